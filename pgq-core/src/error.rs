@@ -1,0 +1,146 @@
+//! The one error type of `pgq-core`.
+
+use crate::ids::BatchId;
+
+/// What went wrong in a `pgq-core` call. Every variant names the queue, consumer, batch or
+/// value it is about; database failures carry the operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A queue or consumer name failed validation before any SQL ran.
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        /// `"queue"`, `"consumer"`, ...
+        kind: &'static str,
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// The queue does not exist.
+    #[error("queue {queue:?} not found")]
+    QueueNotFound {
+        /// The queue name.
+        queue: String,
+    },
+    /// `create_queue` on a name that is taken.
+    #[error("queue {queue:?} already exists")]
+    QueueExists {
+        /// The queue name.
+        queue: String,
+    },
+    /// The consumer is not registered on the queue.
+    #[error("consumer {consumer:?} is not registered on queue {queue:?}")]
+    ConsumerNotRegistered {
+        /// The queue name.
+        queue: String,
+        /// The consumer name.
+        consumer: String,
+    },
+    /// The batch does not exist, or was already finished.
+    #[error("batch {batch_id} not found (unknown or already finished)")]
+    BatchNotFound {
+        /// The batch id.
+        batch_id: BatchId,
+    },
+    /// The queue refuses inserts (`queue_disable_insert`).
+    #[error("queue {queue:?} is disabled for inserts")]
+    InsertDisabled {
+        /// The queue name.
+        queue: String,
+    },
+    /// A transaction tried to insert more events than `queue_per_tx_limit` allows.
+    #[error("queue {queue:?}: transaction exceeded the per-transaction event limit")]
+    PerTxLimitExceeded {
+        /// The queue name.
+        queue: String,
+    },
+    /// The database holds a newer schema than this build knows.
+    #[error("schema line {line} is at version {found}, newer than this build's {expected}")]
+    SchemaTooNew {
+        /// The migration line (`pgq`, `pgq_coop`, `pgq_ext`).
+        line: &'static str,
+        /// Version found in the database.
+        found: i32,
+        /// Newest version this build ships.
+        expected: i32,
+    },
+    /// An installed migration differs from the one this build ships.
+    #[error("migration {line}/{version} was modified after it was installed (checksum differs)")]
+    MigrationModified {
+        /// The migration line.
+        line: &'static str,
+        /// The migration version.
+        version: i32,
+    },
+    /// The schema is missing or older than this build needs.
+    #[error("schema line {line} is at version {found:?}, this build needs {expected}")]
+    SchemaOutdated {
+        /// The migration line.
+        line: &'static str,
+        /// Version found, `None` when not installed.
+        found: Option<i32>,
+        /// Version this build needs.
+        expected: i32,
+    },
+    /// A connection string or setting could not be understood.
+    #[error("invalid connection settings: {reason}")]
+    InvalidDsn {
+        /// What is wrong (never contains a password).
+        reason: String,
+    },
+    /// TLS could not be set up (certificate files, unsupported mode).
+    #[error("TLS setup failed: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A database call failed.
+    #[error("database error during {op}")]
+    Db {
+        /// The operation that failed.
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The SQLSTATE of a database error, if the server sent one.
+    pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            Error::Db { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// True when the connection to the server was lost (closed socket, server restart).
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Error::Db { source, .. } => {
+                source.is_closed()
+                    || source.code().is_some_and(|c| {
+                        c.code().starts_with("08")
+                            || *c == tokio_postgres::error::SqlState::ADMIN_SHUTDOWN
+                    })
+                    || (source.code().is_none() && source.as_db_error().is_none())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Attaches the operation name to a driver error.
+pub(crate) trait DbContext<T> {
+    fn op(self, op: &'static str) -> Result<T>;
+}
+
+impl<T> DbContext<T> for std::result::Result<T, tokio_postgres::Error> {
+    fn op(self, op: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Db { op, source })
+    }
+}
