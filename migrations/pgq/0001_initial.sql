@@ -276,6 +276,8 @@ BEGIN
     IF i_queue_name IS NULL THEN
         RAISE EXCEPTION 'Invalid NULL value' USING ERRCODE = 'PQA01';
     END IF;
+    -- one queue creation at a time: each regenerates pgq._insert_dispatch
+    LOCK TABLE pgq.queue IN SHARE ROW EXCLUSIVE MODE;
     IF EXISTS (SELECT 1 FROM pgq.queue WHERE queue_name = i_queue_name) THEN
         RETURN 0;
     END IF;
@@ -301,6 +303,7 @@ BEGIN
             || ' ON ' || pgq.quote_fqname(tbl) || ' (ev_txid)';
     END LOOP;
     PERFORM pgq.grant_perms(i_queue_name);
+    PERFORM pgq._rebuild_insert_dispatch();
     PERFORM pgq.ticker(i_queue_name);
     PERFORM pgq.tune_storage(i_queue_name);
     RETURN 1;
@@ -312,6 +315,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q record;
 BEGIN
+    LOCK TABLE pgq.queue IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO q FROM pgq.queue WHERE queue_name = x_queue_name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'No such event queue: %', x_queue_name USING ERRCODE = 'PQQ01';
@@ -333,6 +337,7 @@ BEGIN
     EXECUTE 'DROP SEQUENCE ' || pgq.quote_fqname(q.queue_tick_seq);
     EXECUTE 'DROP SEQUENCE ' || pgq.quote_fqname(q.queue_event_seq);
     DELETE FROM pgq.queue WHERE queue_id = q.queue_id;
+    PERFORM pgq._rebuild_insert_dispatch();
     RETURN 1;
 END
 $$;
@@ -407,6 +412,57 @@ BEGIN
 END
 $$;
 
+-- Inserts one event row into a queue's current table with statements whose plans PL/pgSQL
+-- caches: pgq._rebuild_insert_dispatch() regenerates this function's body (one static INSERT per
+-- event table) whenever a queue is created or dropped. Returns NULL for a table it does not
+-- know (then the caller falls back to dynamic SQL).
+CREATE FUNCTION pgq._insert_dispatch(
+    i_queue_id integer, i_table integer, i_ev_id bigint, i_ev_time timestamptz,
+    i_ev_owner integer, i_ev_retry integer, i_ev_type text, i_ev_data text,
+    i_ev_extra1 text, i_ev_extra2 text, i_ev_extra3 text, i_ev_extra4 text)
+RETURNS bigint
+LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+
+CREATE FUNCTION pgq._rebuild_insert_dispatch() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $rebuild$
+DECLARE
+    q record;
+    branches text := '';
+BEGIN
+    FOR q IN SELECT queue_id, queue_data_pfx, queue_event_seq, queue_ntables
+               FROM pgq.queue ORDER BY queue_id
+    LOOP
+        branches := branches || format(E'\n    WHEN %s THEN\n        CASE i_table', q.queue_id);
+        FOR i IN 0 .. q.queue_ntables - 1 LOOP
+            branches := branches || format(
+                E'\n        WHEN %s THEN INSERT INTO %s (ev_id, ev_time, ev_owner, ev_retry, ev_type,'
+                ' ev_data, ev_extra1, ev_extra2, ev_extra3, ev_extra4)'
+                ' VALUES (coalesce(i_ev_id, nextval(%L::regclass)), i_ev_time, i_ev_owner,'
+                ' i_ev_retry, i_ev_type, i_ev_data, i_ev_extra1, i_ev_extra2, i_ev_extra3,'
+                ' i_ev_extra4) RETURNING ev_id INTO new_id;',
+                i, pgq.quote_fqname(q.queue_data_pfx || '_' || i), q.queue_event_seq);
+        END LOOP;
+        branches := branches || E'\n        ELSE RETURN NULL;\n        END CASE;';
+    END LOOP;
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION pgq._insert_dispatch(
+    i_queue_id integer, i_table integer, i_ev_id bigint, i_ev_time timestamptz,
+    i_ev_owner integer, i_ev_retry integer, i_ev_type text, i_ev_data text,
+    i_ev_extra1 text, i_ev_extra2 text, i_ev_extra3 text, i_ev_extra4 text)
+RETURNS bigint
+LANGUAGE plpgsql AS $body$
+DECLARE
+    new_id bigint;
+BEGIN
+    CASE i_queue_id%s
+    ELSE RETURN NULL;
+    END CASE;
+    RETURN new_id;
+END
+$body$$f$, CASE WHEN branches = '' THEN E'\n    WHEN NULL THEN NULL;' ELSE branches END);
+END
+$rebuild$;
+
 CREATE FUNCTION pgq.insert_event_raw(
     queue_name text, ev_id bigint, ev_time timestamptz,
     ev_owner integer, ev_retry integer, ev_type text, ev_data text,
@@ -417,7 +473,7 @@ DECLARE
     q record;
     new_id bigint;
 BEGIN
-    SELECT qq.queue_id, qq.queue_data_pfx || '_' || qq.queue_cur_table AS tbl, qq.queue_event_seq,
+    SELECT qq.queue_id, qq.queue_data_pfx, qq.queue_cur_table, qq.queue_event_seq,
            qq.queue_disable_insert, qq.queue_per_tx_limit
       INTO q FROM pgq.queue qq WHERE qq.queue_name = $1;
     IF NOT FOUND THEN
@@ -429,13 +485,17 @@ BEGIN
     IF q.queue_per_tx_limit IS NOT NULL THEN
         PERFORM pgq._count_tx_events(q.queue_id, $1, q.queue_per_tx_limit, 1);
     END IF;
-    EXECUTE 'INSERT INTO ' || pgq.quote_fqname(q.tbl)
-        || ' (ev_id, ev_time, ev_owner, ev_retry, ev_type, ev_data,'
-        || ' ev_extra1, ev_extra2, ev_extra3, ev_extra4)'
-        || ' VALUES (coalesce($1, nextval(' || quote_literal(q.queue_event_seq) || ')),'
-        || ' $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ev_id'
-      INTO new_id
-      USING $2, $3, $4, $5, $6, $7, $8, $9, $10, $11;
+    new_id := pgq._insert_dispatch(q.queue_id, q.queue_cur_table, $2, $3, $4, $5, $6, $7, $8, $9,
+                                   $10, $11);
+    IF new_id IS NULL THEN
+        EXECUTE 'INSERT INTO ' || pgq.quote_fqname(q.queue_data_pfx || '_' || q.queue_cur_table)
+            || ' (ev_id, ev_time, ev_owner, ev_retry, ev_type, ev_data,'
+            || ' ev_extra1, ev_extra2, ev_extra3, ev_extra4)'
+            || ' VALUES (coalesce($1, nextval(' || quote_literal(q.queue_event_seq) || ')),'
+            || ' $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ev_id'
+          INTO new_id
+          USING $2, $3, $4, $5, $6, $7, $8, $9, $10, $11;
+    END IF;
     RETURN new_id;
 END
 $$;
@@ -1467,7 +1527,7 @@ GRANT EXECUTE ON FUNCTION
     pgq.drop_queue(text), pgq.set_queue_config(text, text, text),
     pgq.insert_event_raw(text, bigint, timestamptz, integer, integer, text, text, text, text, text, text),
     pgq.event_retry_raw(text, text, timestamptz, bigint, timestamptz, integer, text, text, text, text, text, text),
-    pgq._count_tx_events(integer, text, integer, bigint)
+    pgq._count_tx_events(integer, text, integer, bigint), pgq._rebuild_insert_dispatch()
   TO pgq_admin;
 
 GRANT SELECT ON TABLE pgq.event_template TO pgq_reader;
