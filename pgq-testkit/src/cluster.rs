@@ -1,0 +1,483 @@
+//! Private throwaway clusters made with the machine's `initdb` and `pg_ctl`.
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use crate::dsn::quote_value;
+use crate::TestkitError;
+
+/// How many times a TCP cluster is restarted on a fresh port when its port was taken meanwhile.
+const PORT_ATTEMPTS: u32 = 5;
+
+/// Certificate and key a [`Cluster`] serves TLS with.
+#[derive(Debug, Clone)]
+pub struct SslFiles {
+    /// The server certificate (chain), PEM.
+    pub cert_pem: String,
+    /// The certificate's private key, PEM.
+    pub key_pem: String,
+}
+
+/// What a [`Cluster`] starts with beyond the test defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Serve TLS with these files (`ssl = on`).
+    pub ssl: Option<SslFiles>,
+    /// Extra server settings, `(name, value)`, applied after the test defaults.
+    pub settings: Vec<(String, String)>,
+    /// Also listen on 127.0.0.1 (see [`Cluster::tcp_dsn`]); the unix socket is always there.
+    pub listen_tcp: bool,
+}
+
+/// A private throwaway PostgreSQL cluster.
+///
+/// It lives in its own directory under `/tmp` (or the temporary directory when not root), with
+/// trust authentication, superuser `postgres`, locale C, UTF8, `TimeZone=UTC`, `fsync=off`, and a
+/// unix socket in its data directory. Dropping it stops the server (`-m immediate`) and removes
+/// the directory; a watchdog process does the same if the test process dies first.
+#[derive(Debug)]
+pub struct Cluster {
+    base: PathBuf,
+    data: PathBuf,
+    port: u16,
+    listen_tcp: bool,
+    settings: Vec<(String, String)>,
+    tools: &'static Tools,
+}
+
+impl Cluster {
+    /// Creates and starts a cluster; takes about a second.
+    pub async fn start(opts: ClusterOptions) -> Result<Cluster, TestkitError> {
+        let tools = tools()?;
+        let base = make_base_dir(tools.as_postgres)?;
+        let mut cluster = Cluster {
+            data: base.join("data"),
+            base,
+            port: free_port()?,
+            listen_tcp: opts.listen_tcp,
+            settings: Vec::new(),
+            tools,
+        };
+        let mut stop = tools.argv("pg_ctl");
+        stop.extend(["stop", "-D"].map(OsString::from));
+        stop.push(cluster.data.clone().into_os_string());
+        stop.extend(["-m", "immediate"].map(OsString::from));
+        spawn_watchdog(Some(&cluster.base), &stop)?;
+
+        let mut initdb = tools.command("initdb");
+        initdb
+            .arg("-D")
+            .arg(&cluster.data)
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--locale=C",
+                "-E",
+                "UTF8",
+                "-N",
+            ])
+            .current_dir(&cluster.base);
+        run(initdb, "initdb").await?;
+
+        if let Some(ssl) = &opts.ssl {
+            cluster
+                .write_file("server.crt", &ssl.cert_pem, 0o644)
+                .await?;
+            cluster
+                .write_file("server.key", &ssl.key_pem, 0o600)
+                .await?;
+        }
+        cluster.settings = cluster.base_settings(opts.ssl.is_some());
+        cluster.settings.extend(opts.settings);
+        cluster.append_conf(&cluster.settings)?;
+        cluster.start_server().await?;
+        Ok(cluster)
+    }
+
+    /// Keyword/value connection string for `dbname` as superuser `postgres` over the unix socket.
+    pub fn dsn(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={}",
+            quote_value(&self.data.display().to_string()),
+            self.port,
+            quote_value(dbname)
+        )
+    }
+
+    /// Keyword/value connection string for `dbname` as `postgres` over TCP (127.0.0.1), when the
+    /// cluster was started with [`ClusterOptions::listen_tcp`].
+    pub fn tcp_dsn(&self, dbname: &str) -> Option<String> {
+        self.listen_tcp.then(|| {
+            format!(
+                "host=127.0.0.1 port={} user=postgres dbname={}",
+                self.port,
+                quote_value(dbname)
+            )
+        })
+    }
+
+    /// The port, for TCP and for the unix socket's file name.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data directory, which also holds the unix socket.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The settings the server started with besides the `initdb` defaults, as `name=value, …`.
+    pub fn settings_summary(&self) -> String {
+        self.settings
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn base_settings(&self, ssl: bool) -> Vec<(String, String)> {
+        let listen = if self.listen_tcp { "127.0.0.1" } else { "" };
+        let mut settings = vec![
+            ("port", self.port.to_string()),
+            ("listen_addresses", listen.to_owned()),
+            ("unix_socket_directories", self.data.display().to_string()),
+            ("fsync", "off".to_owned()),
+            ("synchronous_commit", "off".to_owned()),
+            ("full_page_writes", "off".to_owned()),
+            ("max_connections", "200".to_owned()),
+            ("TimeZone", "UTC".to_owned()),
+        ];
+        if ssl {
+            settings.push(("ssl", "on".to_owned()));
+        }
+        settings
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect()
+    }
+
+    /// Writes a file into the data directory, owned by the server's user.
+    async fn write_file(&self, name: &str, contents: &str, mode: u32) -> Result<(), TestkitError> {
+        let path = self.data.join(name);
+        fs::write(&path, contents)
+            .map_err(|e| io_error(format!("writing {}", path.display()), e))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .map_err(|e| io_error(format!("chmod {}", path.display()), e))?;
+        if self.tools.as_postgres {
+            chown_postgres(&path).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends settings to `postgresql.conf`; later lines win, so this also overrides.
+    fn append_conf(&self, settings: &[(String, String)]) -> Result<(), TestkitError> {
+        use std::io::Write as _;
+        let path = self.data.join("postgresql.conf");
+        let mut text = String::from("\n# pgq-testkit\n");
+        for (name, value) in settings {
+            let value = value.replace('\\', "\\\\").replace('\'', "''");
+            text.push_str(&format!("{name} = '{value}'\n"));
+        }
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .map_err(|e| io_error(format!("appending to {}", path.display()), e))
+    }
+
+    /// `pg_ctl start -w`, moving to another port when a TCP port was taken meanwhile.
+    async fn start_server(&mut self) -> Result<(), TestkitError> {
+        let log = self.base.join("server.log");
+        let mut attempt = 1;
+        loop {
+            let mut pg_ctl = self.tools.command("pg_ctl");
+            pg_ctl
+                .arg("start")
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "60", "-s"])
+                .current_dir(&self.base);
+            let Err(error) = run(pg_ctl, "pg_ctl start").await else {
+                return Ok(());
+            };
+            let log_text = fs::read_to_string(&log).unwrap_or_default();
+            let port_taken = log_text.contains("could not bind") || log_text.contains("in use");
+            if !(self.listen_tcp && port_taken && attempt < PORT_ATTEMPTS) {
+                let tail: Vec<&str> = log_text.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(match error {
+                    TestkitError::Command {
+                        command,
+                        status,
+                        output,
+                    } => TestkitError::Command {
+                        command,
+                        status,
+                        output: format!("{output}\nserver log:\n{}", tail.join("\n")),
+                    },
+                    other => other,
+                });
+            }
+            attempt += 1;
+            self.port = free_port()?;
+            let port = ("port".to_owned(), self.port.to_string());
+            self.append_conf(std::slice::from_ref(&port))?;
+            if let Some(entry) = self.settings.iter_mut().find(|(name, _)| name == "port") {
+                *entry = port;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.data.join("postmaster.pid").exists() {
+            let mut stop = self.tools.std_command("pg_ctl");
+            stop.arg("stop")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "-s"])
+                .current_dir("/")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Err(e) = stop.status() {
+                eprintln!(
+                    "pgq-testkit: could not stop cluster {}: {e}",
+                    self.data.display()
+                );
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.base) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("pgq-testkit: could not remove {}: {e}", self.base.display());
+            }
+        }
+    }
+}
+
+/// Where the server binaries are, and whether they must run as `postgres` (we are root).
+#[derive(Debug)]
+struct Tools {
+    bindir: PathBuf,
+    as_postgres: bool,
+}
+
+impl Tools {
+    /// The argument vector that runs `program` from the bin directory as the right user.
+    fn argv(&self, program: &str) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = Vec::new();
+        if self.as_postgres {
+            argv.extend(["runuser", "-u", "postgres", "--"].map(OsString::from));
+        }
+        argv.push(self.bindir.join(program).into_os_string());
+        argv
+    }
+
+    fn std_command(&self, program: &str) -> std::process::Command {
+        let argv = self.argv(program);
+        let mut command = std::process::Command::new(&argv[0]);
+        command.args(&argv[1..]);
+        command
+    }
+
+    fn command(&self, program: &str) -> tokio::process::Command {
+        tokio::process::Command::from(self.std_command(program))
+    }
+}
+
+/// The binaries, found once per process.
+fn tools() -> Result<&'static Tools, TestkitError> {
+    static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            Ok(Tools {
+                bindir: find_bindir()?,
+                as_postgres: is_root(),
+            })
+        })
+        .as_ref()
+        .map_err(|reason| TestkitError::NoBinaries(reason.clone()))
+}
+
+/// `pg_config --bindir`, else the highest `/usr/lib/postgresql/<version>/bin`, else `PATH`.
+fn find_bindir() -> Result<PathBuf, String> {
+    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Ok(output) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .stderr(Stdio::null())
+        .output()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if output.status.success() && has_tools(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .filter(|(_, dir)| has_tools(dir))
+        .collect();
+    versions.sort();
+    if let Some((_, dir)) = versions.pop() {
+        return Ok(dir);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .find(|dir| has_tools(dir))
+        .ok_or_else(|| {
+            "initdb and pg_ctl not found (tried `pg_config --bindir`, /usr/lib/postgresql/*/bin, PATH)"
+                .to_owned()
+        })
+}
+
+/// Whether this process runs as root (initdb and pg_ctl refuse to).
+fn is_root() -> bool {
+    match std::process::Command::new("id").arg("-u").output() {
+        Ok(output) if output.status.success() => {
+            String::from_utf8_lossy(&output.stdout).trim() == "0"
+        }
+        _ => std::env::var("USER").is_ok_and(|user| user == "root"),
+    }
+}
+
+/// Creates a fresh private directory the server's user owns.
+fn make_base_dir(as_postgres: bool) -> Result<PathBuf, TestkitError> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let parent = if as_postgres {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    };
+    let pid = std::process::id();
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = parent.join(format!("pgqt-{pid}-{n}"));
+        match fs::create_dir(&dir) {
+            Ok(()) => {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| io_error(format!("chmod {}", dir.display()), e))?;
+                if as_postgres {
+                    let status = std::process::Command::new("chown")
+                        .arg("postgres")
+                        .arg(&dir)
+                        .status()
+                        .map_err(|e| io_error("running chown", e))?;
+                    if !status.success() {
+                        let _ = fs::remove_dir(&dir);
+                        return Err(TestkitError::Command {
+                            command: format!("chown postgres {}", dir.display()),
+                            status: status.to_string(),
+                            output: "is there a `postgres` user?".to_owned(),
+                        });
+                    }
+                }
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_error(format!("creating {}", dir.display()), e)),
+        }
+    }
+}
+
+async fn chown_postgres(path: &Path) -> Result<(), TestkitError> {
+    let mut chown = tokio::process::Command::new("chown");
+    chown.arg("postgres").arg(path);
+    run(chown, "chown postgres").await.map(drop)
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> Result<u16, TestkitError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| io_error("finding a free port", e))
+}
+
+/// Runs a command to completion, failing with its output unless it succeeds.
+async fn run(mut command: tokio::process::Command, label: &str) -> Result<Output, TestkitError> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| io_error(format!("running {label}"), e))?;
+    if output.status.success() {
+        return Ok(output);
+    }
+    Err(TestkitError::Command {
+        command: label.to_owned(),
+        status: output.status.to_string(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    })
+}
+
+fn io_error(context: impl Into<String>, source: std::io::Error) -> TestkitError {
+    TestkitError::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+/// Starts a detached process that waits for this process to exit, then runs `cleanup` and
+/// removes `dir`. It gives up early once `dir` is gone (its owner cleaned up normally).
+///
+/// No destructor runs at process exit, so this is how process-wide servers get stopped.
+pub(crate) fn spawn_watchdog(dir: Option<&Path>, cleanup: &[OsString]) -> Result<(), TestkitError> {
+    const WATCH: &str = r#"trap '' HUP INT
+cd /
+parent=$1; dir=$2; shift 2
+while kill -0 "$parent" 2>/dev/null; do
+  if [ -n "$dir" ] && [ ! -d "$dir" ]; then exit 0; fi
+  sleep 1
+done
+"$@"
+if [ -n "$dir" ]; then rm -rf "$dir"; fi"#;
+    // The outer shell backgrounds the watcher and exits at once, so nothing is left to reap.
+    const DETACH: &str =
+        r#"w=$1; shift; sh -c "$w" pgq-testkit-watchdog "$@" </dev/null >/dev/null 2>&1 &"#;
+    let dir = dir.map_or_else(OsString::new, |d| d.as_os_str().to_owned());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(DETACH)
+        .arg("pgq-testkit-detach")
+        .arg(WATCH)
+        .arg(std::process::id().to_string())
+        .arg(dir)
+        .args(cleanup)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .status()
+        .map_err(|e| io_error("starting the cleanup watchdog", e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(TestkitError::Command {
+            command: "sh (cleanup watchdog)".to_owned(),
+            status: status.to_string(),
+            output: String::new(),
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! Fresh PostgreSQL databases and throwaway clusters for pgq-rs tests, examples and benchmarks.
+//!
+//! Every test gets a database of its own with [`TestDb::new`], on one server shared by the test
+//! process (see [`server_dsn`] for how it is found: `PGQ_TEST_DSN`, else a private cluster, else
+//! a testcontainers PostgreSQL). Tests that need a server of their own (restarts, TLS, settings)
+//! start a [`Cluster`]; tests that change cluster-wide state (roles, `ALTER SYSTEM`) hold
+//! [`serial`] while they do.
+//!
+//! ```no_run
+//! use pgq_testkit::TestDb;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let db = TestDb::new().await?;
+//!     let client = db.client().await?;
+//!     client.batch_execute("CREATE TABLE t (id int)").await?;
+//!     let row = client.query_one("SELECT count(*) FROM t", &[]).await?;
+//!     assert_eq!(row.get::<_, i64>(0), 0);
+//!     Ok(())
+//!     // Dropping `db` drops the database, unless the thread is panicking.
+//! }
+//! ```
+//!
+//! # Environment
+//!
+//! | Variable | Effect |
+//! |----------|--------|
+//! | `PGQ_TEST_DSN` | Use this server (superuser; its database is the maintenance database) |
+//! | `PGQ_REQUIRE_REFERENCE=1` | [`reference_available`] fails instead of skipping |
+//!
+//! # Cleanup
+//!
+//! A passing test's database is dropped; a failing test's database is kept and its name printed.
+//! The private cluster and any container are removed by a watchdog process when the test process
+//! exits. Nothing sweeps databases kept on a `PGQ_TEST_DSN` server: drop them by hand.
+//!
+//! Main types: [`TestDb`], [`Cluster`], [`ClusterOptions`], [`TestkitError`].
+
+mod cluster;
+mod db;
+mod dsn;
+mod server;
+
+
+pub use cluster::{Cluster, ClusterOptions, SslFiles};
+pub use db::TestDb;
+pub use server::server_dsn;
+
+/// What can go wrong getting a database or a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    /// None of the ways to get a test server worked.
+    #[error(
+        "no PostgreSQL server for tests. Provide one of: \
+         PGQ_TEST_DSN (e.g. PGQ_TEST_DSN=\"host=127.0.0.1 port=5432 user=postgres dbname=postgres\", \
+         a superuser); the PostgreSQL server binaries (initdb, pg_ctl, found via pg_config or \
+         /usr/lib/postgresql/*/bin) for a private throwaway cluster; or a running Docker engine \
+         for a testcontainers PostgreSQL. Tried: {tried}"
+    )]
+    NoServer {
+        /// Why each way failed.
+        tried: String,
+    },
+    /// The server binaries were not found.
+    #[error("PostgreSQL server binaries: {0}")]
+    NoBinaries(String),
+    /// A connection string could not be parsed.
+    #[error("invalid connection string (PGQ_TEST_DSN?): {source}")]
+    BadDsn {
+        /// The parser's complaint.
+        source: tokio_postgres::Error,
+    },
+    /// A statement or a connection failed.
+    #[error("{context}: {message}")]
+    Postgres {
+        /// What was being done.
+        context: String,
+        /// The server's message, or the chain of causes.
+        message: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A file or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A helper program (`initdb`, `pg_ctl`, `chown`) failed.
+    #[error("`{command}` failed ({status}):\n{output}")]
+    Command {
+        /// The program.
+        command: String,
+        /// How it exited.
+        status: String,
+        /// What it printed.
+        output: String,
+    },
+    /// The reference `pgq` extension is missing and `PGQ_REQUIRE_REFERENCE=1` demands it.
+    #[error(
+        "REFERENCE MISSING: the reference pgq extension is not available on the test server, and \
+         PGQ_REQUIRE_REFERENCE=1 requires it; install postgresql-15-pgq3 (the Skytools PGQ \
+         extension for the server's major version)"
+    )]
+    ReferenceMissing,
+}
+
+/// Holds off other tests of this process that touch cluster-wide state (roles, `ALTER SYSTEM`)
+/// for as long as the guard lives. An async mutex, so the guard may be held across `.await`; a
+/// panic while holding it does not poison it for the others.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
+/// Whether the reference `pgq` extension (Skytools PGQ) can be created on `client`'s server.
+///
+/// When it cannot: with `PGQ_REQUIRE_REFERENCE=1` this is [`TestkitError::ReferenceMissing`];
+/// otherwise it prints a loud `SKIPPED` line and returns `Ok(false)`, so comparison tests return
+/// early.
+pub async fn reference_available(client: &tokio_postgres::Client) -> Result<bool, TestkitError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = $1)",
+            &[&"pgq"],
+        )
+        .await
+        .map_err(|e| dsn::pg_error("looking for the reference pgq extension", e))?;
+    if row.get::<_, bool>(0) {
+        return Ok(true);
+    }
+    if std::env::var("PGQ_REQUIRE_REFERENCE").is_ok_and(|v| v.trim() == "1") {
+        return Err(TestkitError::ReferenceMissing);
+    }
+    eprintln!(
+        "SKIPPED: reference pgq extension missing; install postgresql-15-pgq3 \
+         (set PGQ_REQUIRE_REFERENCE=1 to fail instead)"
+    );
+    Ok(false)
+}
