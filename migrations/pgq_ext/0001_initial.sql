@@ -1,0 +1,322 @@
+-- pgq-rs migration: line pgq_ext, version 1 (initial schema).
+--
+-- Target-side tracking for consumers whose work lands in another database
+-- than the queue (PGQ's pgq_ext API: RemoteConsumer, SerialConsumer and the
+-- like). The consumer records, in the destination database and inside the
+-- transaction that applies a batch, which batch (or tick, or single events
+-- of a partially applied batch) it has completed; after a crash between that
+-- commit and finish_batch in the queue database it sees the batch as done
+-- and skips it, so each batch is applied once.
+--
+-- This line needs nothing else: it installs alone into a database that has
+-- no pgq schema.
+--
+-- Every function has a short form without subconsumer; it stands for the
+-- subconsumer '' (empty string).
+--
+-- SQLSTATEs raised by this file:
+--   PQR01  this or a newer version of the line is already installed.
+
+CREATE SCHEMA IF NOT EXISTS pgq_rs;
+CREATE TABLE IF NOT EXISTS pgq_rs.migrations (
+    line text NOT NULL, version integer NOT NULL, description text NOT NULL,
+    installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL DEFAULT true,
+    checksum bytea, execution_time_ms bigint, PRIMARY KEY (line, version));
+
+DO $guard$ BEGIN
+    IF EXISTS (SELECT 1 FROM pgq_rs.migrations WHERE line = 'pgq_ext' AND version >= 1) THEN
+        RAISE EXCEPTION 'pgq-rs: % version % or newer is already installed', 'pgq_ext', 1
+            USING ERRCODE = 'PQR01';
+    END IF;
+END $guard$;
+
+-- Roles of PGQ's grant model; cluster-wide, so an existing role is kept as
+-- it is, and a concurrent creation by another installer is tolerated.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgq_reader') THEN
+        BEGIN
+            CREATE ROLE pgq_reader;
+        EXCEPTION WHEN duplicate_object THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgq_writer') THEN
+        BEGIN
+            CREATE ROLE pgq_writer;
+        EXCEPTION WHEN duplicate_object THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgq_admin') THEN
+        BEGIN
+            CREATE ROLE pgq_admin IN ROLE pgq_reader, pgq_writer;
+        EXCEPTION WHEN duplicate_object THEN
+            NULL;
+        END;
+    END IF;
+END $roles$;
+
+CREATE SCHEMA pgq_ext;
+GRANT USAGE ON SCHEMA pgq_ext TO PUBLIC;
+
+-- ----------------------------------------------------------------------
+-- Tables. Rows are keyed by (consumer_id, subconsumer_id); plain consumers
+-- use subconsumer_id ''.
+-- ----------------------------------------------------------------------
+
+-- Last tick a consumer has applied (SerialConsumer's position tracking).
+CREATE TABLE pgq_ext.completed_tick (
+    consumer_id    text   NOT NULL,
+    subconsumer_id text   NOT NULL DEFAULT '',
+    last_tick_id   bigint NOT NULL,
+    CONSTRAINT completed_tick_pkey PRIMARY KEY (consumer_id, subconsumer_id)
+);
+
+-- Last batch a consumer has applied. Batches of one consumer come one after
+-- another, so the latest id is all that needs keeping.
+CREATE TABLE pgq_ext.completed_batch (
+    consumer_id    text   NOT NULL,
+    subconsumer_id text   NOT NULL DEFAULT '',
+    last_batch_id  bigint NOT NULL,
+    CONSTRAINT completed_batch_pkey PRIMARY KEY (consumer_id, subconsumer_id)
+);
+
+-- Events already applied from the batch in progress (see partial_batch).
+CREATE TABLE pgq_ext.completed_event (
+    consumer_id    text   NOT NULL,
+    subconsumer_id text   NOT NULL DEFAULT '',
+    batch_id       bigint NOT NULL,
+    event_id       bigint NOT NULL,
+    CONSTRAINT completed_event_pkey PRIMARY KEY (consumer_id, subconsumer_id, batch_id, event_id)
+);
+
+-- The batch whose events are being tracked one by one in completed_event.
+-- When a consumer starts tagging events of another batch, the previous one
+-- is finished in the queue database and its event rows are dropped.
+CREATE TABLE pgq_ext.partial_batch (
+    consumer_id    text   NOT NULL,
+    subconsumer_id text   NOT NULL DEFAULT '',
+    cur_batch_id   bigint NOT NULL,
+    CONSTRAINT partial_batch_pkey PRIMARY KEY (consumer_id, subconsumer_id)
+);
+
+-- ----------------------------------------------------------------------
+-- Functions
+-- ----------------------------------------------------------------------
+
+-- Version of the pgq_ext API this schema answers to.
+CREATE FUNCTION pgq_ext.version()
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT '3.1'::text $$;
+
+-- True when a_batch_id is the last batch recorded as done for the
+-- (sub)consumer; false when another batch or none is recorded.
+CREATE FUNCTION pgq_ext.is_batch_done(a_consumer text, a_subconsumer text, a_batch_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _last bigint;
+BEGIN
+    SELECT cb.last_batch_id INTO _last
+      FROM pgq_ext.completed_batch cb
+     WHERE cb.consumer_id = a_consumer
+       AND cb.subconsumer_id = a_subconsumer;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    RETURN _last = a_batch_id;
+END;
+$$;
+
+CREATE FUNCTION pgq_ext.is_batch_done(a_consumer text, a_batch_id bigint)
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$ SELECT pgq_ext.is_batch_done(a_consumer, '', a_batch_id) $$;
+
+-- Records a_batch_id as the last batch done by the (sub)consumer. Returns
+-- false, changing nothing, when that batch is already recorded; true
+-- otherwise. Batch ids below 1 are accepted but not stored.
+CREATE FUNCTION pgq_ext.set_batch_done(a_consumer text, a_subconsumer text, a_batch_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pgq_ext.is_batch_done(a_consumer, a_subconsumer, a_batch_id) THEN
+        RETURN false;
+    END IF;
+    IF a_batch_id > 0 THEN
+        INSERT INTO pgq_ext.completed_batch AS cb (consumer_id, subconsumer_id, last_batch_id)
+        VALUES (a_consumer, a_subconsumer, a_batch_id)
+        ON CONFLICT (consumer_id, subconsumer_id)
+            DO UPDATE SET last_batch_id = EXCLUDED.last_batch_id;
+    END IF;
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION pgq_ext.set_batch_done(a_consumer text, a_batch_id bigint)
+RETURNS boolean
+LANGUAGE sql
+AS $$ SELECT pgq_ext.set_batch_done(a_consumer, '', a_batch_id) $$;
+
+-- True when the event was tagged done in that batch by the (sub)consumer.
+CREATE FUNCTION pgq_ext.is_event_done(a_consumer text, a_subconsumer text, a_batch_id bigint, a_event_id bigint)
+RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT 1
+          FROM pgq_ext.completed_event ce
+         WHERE ce.consumer_id = a_consumer
+           AND ce.subconsumer_id = a_subconsumer
+           AND ce.batch_id = a_batch_id
+           AND ce.event_id = a_event_id)
+$$;
+
+CREATE FUNCTION pgq_ext.is_event_done(a_consumer text, a_batch_id bigint, a_event_id bigint)
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$ SELECT pgq_ext.is_event_done(a_consumer, '', a_batch_id, a_event_id) $$;
+
+-- Tags one event of a batch as done. Returns false when it already was,
+-- true otherwise. Tagging an event of a new batch forgets the events of
+-- the (sub)consumer's previous batch.
+CREATE FUNCTION pgq_ext.set_event_done(a_consumer text, a_subconsumer text, a_batch_id bigint, a_event_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _prev bigint;
+BEGIN
+    IF pgq_ext.is_event_done(a_consumer, a_subconsumer, a_batch_id, a_event_id) THEN
+        RETURN false;
+    END IF;
+
+    SELECT pb.cur_batch_id INTO _prev
+      FROM pgq_ext.partial_batch pb
+     WHERE pb.consumer_id = a_consumer
+       AND pb.subconsumer_id = a_subconsumer
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO pgq_ext.partial_batch (consumer_id, subconsumer_id, cur_batch_id)
+        VALUES (a_consumer, a_subconsumer, a_batch_id)
+        ON CONFLICT (consumer_id, subconsumer_id)
+            DO UPDATE SET cur_batch_id = EXCLUDED.cur_batch_id;
+    ELSIF _prev IS DISTINCT FROM a_batch_id THEN
+        DELETE FROM pgq_ext.completed_event ce
+         WHERE ce.consumer_id = a_consumer
+           AND ce.subconsumer_id = a_subconsumer
+           AND ce.batch_id = _prev;
+        UPDATE pgq_ext.partial_batch pb
+           SET cur_batch_id = a_batch_id
+         WHERE pb.consumer_id = a_consumer
+           AND pb.subconsumer_id = a_subconsumer;
+    END IF;
+
+    INSERT INTO pgq_ext.completed_event (consumer_id, subconsumer_id, batch_id, event_id)
+    VALUES (a_consumer, a_subconsumer, a_batch_id, a_event_id)
+    ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END;
+$$;
+
+CREATE FUNCTION pgq_ext.set_event_done(a_consumer text, a_batch_id bigint, a_event_id bigint)
+RETURNS boolean
+LANGUAGE sql
+AS $$ SELECT pgq_ext.set_event_done(a_consumer, '', a_batch_id, a_event_id) $$;
+
+-- Last tick recorded for the (sub)consumer, NULL when none.
+CREATE FUNCTION pgq_ext.get_last_tick(a_consumer text, a_subconsumer text)
+RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ct.last_tick_id
+      FROM pgq_ext.completed_tick ct
+     WHERE ct.consumer_id = a_consumer
+       AND ct.subconsumer_id = a_subconsumer
+$$;
+
+CREATE FUNCTION pgq_ext.get_last_tick(a_consumer text)
+RETURNS bigint
+LANGUAGE sql STABLE
+AS $$ SELECT pgq_ext.get_last_tick(a_consumer, '') $$;
+
+-- Records the last tick applied by the (sub)consumer; a NULL tick removes
+-- the record. Returns 1.
+CREATE FUNCTION pgq_ext.set_last_tick(a_consumer text, a_subconsumer text, a_tick_id bigint)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF a_tick_id IS NULL THEN
+        DELETE FROM pgq_ext.completed_tick ct
+         WHERE ct.consumer_id = a_consumer
+           AND ct.subconsumer_id = a_subconsumer;
+    ELSE
+        INSERT INTO pgq_ext.completed_tick AS ct (consumer_id, subconsumer_id, last_tick_id)
+        VALUES (a_consumer, a_subconsumer, a_tick_id)
+        ON CONFLICT (consumer_id, subconsumer_id)
+            DO UPDATE SET last_tick_id = EXCLUDED.last_tick_id;
+    END IF;
+    RETURN 1;
+END;
+$$;
+
+CREATE FUNCTION pgq_ext.set_last_tick(a_consumer text, a_tick_id bigint)
+RETURNS integer
+LANGUAGE sql
+AS $$ SELECT pgq_ext.set_last_tick(a_consumer, '', a_tick_id) $$;
+
+-- ----------------------------------------------------------------------
+-- Grants (PGQ's model: everybody may ask the version, pgq_writer uses the
+-- tracking functions; the tables are reached only through them).
+-- ----------------------------------------------------------------------
+
+REVOKE ALL ON TABLE pgq_ext.completed_tick, pgq_ext.completed_batch,
+    pgq_ext.completed_event, pgq_ext.partial_batch FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION
+    pgq_ext.is_batch_done(text, text, bigint),
+    pgq_ext.is_batch_done(text, bigint),
+    pgq_ext.set_batch_done(text, text, bigint),
+    pgq_ext.set_batch_done(text, bigint),
+    pgq_ext.is_event_done(text, text, bigint, bigint),
+    pgq_ext.is_event_done(text, bigint, bigint),
+    pgq_ext.set_event_done(text, text, bigint, bigint),
+    pgq_ext.set_event_done(text, bigint, bigint),
+    pgq_ext.get_last_tick(text, text),
+    pgq_ext.get_last_tick(text),
+    pgq_ext.set_last_tick(text, text, bigint),
+    pgq_ext.set_last_tick(text, bigint)
+  FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION pgq_ext.version() TO PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    pgq_ext.is_batch_done(text, text, bigint),
+    pgq_ext.is_batch_done(text, bigint),
+    pgq_ext.set_batch_done(text, text, bigint),
+    pgq_ext.set_batch_done(text, bigint),
+    pgq_ext.is_event_done(text, text, bigint, bigint),
+    pgq_ext.is_event_done(text, bigint, bigint),
+    pgq_ext.set_event_done(text, text, bigint, bigint),
+    pgq_ext.set_event_done(text, bigint, bigint),
+    pgq_ext.get_last_tick(text, text),
+    pgq_ext.get_last_tick(text),
+    pgq_ext.set_last_tick(text, text, bigint),
+    pgq_ext.set_last_tick(text, bigint)
+  TO pgq_writer;
+
+GRANT SELECT ON TABLE pgq_ext.completed_tick, pgq_ext.completed_batch,
+    pgq_ext.completed_event, pgq_ext.partial_batch TO pgq_admin;
+
+INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('pgq_ext', 1, 'initial');
