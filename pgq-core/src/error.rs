@@ -73,6 +73,17 @@ pub enum Error {
         /// The migration version.
         version: i32,
     },
+    /// A migration's SQL failed; it was rolled back (earlier migrations of the run stay).
+    #[error("migration {line}/{version} failed")]
+    MigrationFailed {
+        /// The migration line.
+        line: &'static str,
+        /// The migration version.
+        version: i32,
+        /// The driver's error (the server's message, position and SQLSTATE).
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The schema is missing or older than this build needs.
     #[error("schema line {line} is at version {found:?}, this build needs {expected}")]
     SchemaOutdated {
@@ -113,7 +124,7 @@ impl Error {
     /// The SQLSTATE of a database error, if the server sent one.
     pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
-            Error::Db { source, .. } => source.code(),
+            Error::Db { source, .. } | Error::MigrationFailed { source, .. } => source.code(),
             _ => None,
         }
     }

@@ -1,0 +1,483 @@
+//! Queue administration (`pgq.create_queue`, `pgq.drop_queue`, `pgq.set_queue_config`,
+//! `pgq.get_queue_info`, `pgq.ticker`, `pgq.force_tick`) and consumer registration
+//! (`pgq.register_consumer[_at]`, `pgq.unregister_consumer`).
+//!
+//! PGQ reports an unknown queue with a plain exception whose SQLSTATE says nothing. So that the
+//! error can be told apart without reading messages, each statement here calls the PGQ function
+//! only for a queue row that exists in `pgq.queue` (one round trip, also correct inside a
+//! transaction): no row means [`Error::QueueNotFound`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio_postgres::types::Type;
+use tokio_postgres::GenericClient;
+
+use crate::error::{DbContext, Error, Result};
+use crate::ident::{ConsumerName, QueueName};
+use crate::ids::TickId;
+
+// language=SQL
+const CREATE_QUEUE: &str = "SELECT pgq.create_queue($1)";
+
+// language=SQL
+const DROP_QUEUE: &str =
+    "SELECT pgq.drop_queue(q.queue_name, $2) FROM pgq.queue q WHERE q.queue_name = $1";
+
+// language=SQL
+const SET_QUEUE_CONFIG: &str =
+    "SELECT pgq.set_queue_config(q.queue_name, $2, $3) FROM pgq.queue q WHERE q.queue_name = $1";
+
+// language=SQL
+const SET_DISABLE_INSERT: &str =
+    "UPDATE pgq.queue SET queue_disable_insert = $2 WHERE queue_name = $1";
+
+// language=SQL
+const SET_PER_TX_LIMIT: &str = "UPDATE pgq.queue SET queue_per_tx_limit = $2 WHERE queue_name = $1";
+
+// language=SQL
+const QUEUE_INFO: &str = "\
+SELECT queue_name, queue_ntables, queue_cur_table,
+       (extract(epoch FROM queue_rotation_period) * 1000000)::int8,
+       queue_switch_time, queue_external_ticker, queue_ticker_paused, queue_ticker_max_count,
+       (extract(epoch FROM queue_ticker_max_lag) * 1000000)::int8,
+       (extract(epoch FROM queue_ticker_idle_period) * 1000000)::int8,
+       (extract(epoch FROM ticker_lag) * 1000000)::int8,
+       ev_per_sec, ev_new, last_tick_id
+  FROM pgq.get_queue_info($1)";
+
+// language=SQL
+const TICKER: &str = "SELECT pgq.ticker(q.queue_name) FROM pgq.queue q WHERE q.queue_name = $1";
+
+// language=SQL
+const TICKER_ALL: &str = "SELECT pgq.ticker()";
+
+// language=SQL
+const FORCE_TICK: &str =
+    "SELECT pgq.force_tick(q.queue_name) FROM pgq.queue q WHERE q.queue_name = $1";
+
+// language=SQL
+const REGISTER_CONSUMER: &str =
+    "SELECT pgq.register_consumer(q.queue_name, $2) FROM pgq.queue q WHERE q.queue_name = $1";
+
+// language=SQL
+const REGISTER_CONSUMER_AT: &str = "\
+SELECT pgq.register_consumer_at(q.queue_name, $2, $3) FROM pgq.queue q WHERE q.queue_name = $1";
+
+// language=SQL
+const UNREGISTER_CONSUMER: &str =
+    "SELECT pgq.unregister_consumer(q.queue_name, $2) FROM pgq.queue q WHERE q.queue_name = $1";
+
+// language=SQL
+const QUEUE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pgq.queue WHERE queue_name = $1)";
+
+/// Creates a queue (`pgq.create_queue`): its sequences, its rotated event tables and its first
+/// tick.
+///
+/// # Errors
+///
+/// [`Error::QueueExists`] when the name is taken; [`Error::Db`] when the statement fails.
+pub async fn create_queue(client: &impl GenericClient, queue: &QueueName) -> Result<()> {
+    let row = client
+        .query_typed_one(CREATE_QUEUE, &[(&queue.as_str(), Type::TEXT)])
+        .await
+        .op("create_queue")?;
+    if row.try_get::<_, Option<i32>>(0).op("create_queue")? == Some(1) {
+        Ok(())
+    } else {
+        Err(Error::QueueExists {
+            queue: queue.to_string(),
+        })
+    }
+}
+
+/// Drops a queue with its event tables and ticks (`pgq.drop_queue`). With `force`, registered
+/// consumers are unregistered first; without it, a queue that still has consumers is kept and
+/// PGQ's exception comes back as [`Error::Db`].
+///
+/// # Errors
+///
+/// [`Error::QueueNotFound`]; [`Error::Db`] when the statement fails.
+pub async fn drop_queue(client: &impl GenericClient, queue: &QueueName, force: bool) -> Result<()> {
+    client
+        .query_typed_opt(
+            DROP_QUEUE,
+            &[(&queue.as_str(), Type::TEXT), (&force, Type::BOOL)],
+        )
+        .await
+        .op("drop_queue")?
+        .map(drop)
+        .ok_or_else(|| queue_not_found(queue))
+}
+
+/// One queue setting, with the value to give it.
+///
+/// The first six go through `pgq.set_queue_config` under PGQ's parameter names
+/// (`ticker_max_count`, `ticker_max_lag`, ...). PGQ 3.5's function refuses the last two, so they
+/// update `pgq.queue` directly (`queue_disable_insert`, `queue_per_tx_limit`), which needs the
+/// `pgq_admin` role like `set_queue_config` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueueSetting {
+    /// Tick after this many new events, even when `TickerMaxLag` has not passed.
+    TickerMaxCount(i32),
+    /// Tick at least this often while there are new events.
+    TickerMaxLag(Duration),
+    /// Tick at least this often when there are no new events.
+    TickerIdlePeriod(Duration),
+    /// Stop the ticker for this queue.
+    TickerPaused(bool),
+    /// How often the event tables are rotated.
+    RotationPeriod(Duration),
+    /// Ticks come from outside (`pgq.ticker` with 4 arguments), not from the ticker.
+    ExternalTicker(bool),
+    /// Refuse `insert_event` (except for sessions with `session_replication_role = replica`).
+    DisableInsert(bool),
+    /// At most this many events per transaction; `None` for no limit.
+    PerTxLimit(Option<i32>),
+}
+
+/// Changes one setting of a queue.
+///
+/// # Errors
+///
+/// [`Error::QueueNotFound`]; [`Error::Db`] when the statement fails.
+pub async fn set_queue_config(
+    client: &impl GenericClient,
+    queue: &QueueName,
+    setting: QueueSetting,
+) -> Result<()> {
+    let name = queue.as_str();
+    let changed = match setting {
+        QueueSetting::TickerMaxCount(n) => {
+            set_config(client, name, "ticker_max_count", n.to_string()).await?
+        }
+        QueueSetting::TickerMaxLag(d) => {
+            set_config(client, name, "ticker_max_lag", interval_text(d)).await?
+        }
+        QueueSetting::TickerIdlePeriod(d) => {
+            set_config(client, name, "ticker_idle_period", interval_text(d)).await?
+        }
+        QueueSetting::TickerPaused(b) => {
+            set_config(client, name, "ticker_paused", b.to_string()).await?
+        }
+        QueueSetting::RotationPeriod(d) => {
+            set_config(client, name, "rotation_period", interval_text(d)).await?
+        }
+        QueueSetting::ExternalTicker(b) => {
+            set_config(client, name, "external_ticker", b.to_string()).await?
+        }
+        QueueSetting::DisableInsert(disabled) => client
+            .execute_typed(
+                SET_DISABLE_INSERT,
+                &[(&name, Type::TEXT), (&disabled, Type::BOOL)],
+            )
+            .await
+            .op("set_queue_config")?,
+        QueueSetting::PerTxLimit(limit) => client
+            .execute_typed(
+                SET_PER_TX_LIMIT,
+                &[(&name, Type::TEXT), (&limit, Type::INT4)],
+            )
+            .await
+            .op("set_queue_config")?,
+    };
+    if changed == 0 {
+        return Err(queue_not_found(queue));
+    }
+    Ok(())
+}
+
+/// `pgq.set_queue_config` with PGQ's parameter name; returns 0 when the queue does not exist.
+async fn set_config(
+    client: &impl GenericClient,
+    queue: &str,
+    param: &str,
+    value: String,
+) -> Result<u64> {
+    client
+        .execute_typed(
+            SET_QUEUE_CONFIG,
+            &[
+                (&queue, Type::TEXT),
+                (&param, Type::TEXT),
+                (&value, Type::TEXT),
+            ],
+        )
+        .await
+        .op("set_queue_config")
+}
+
+/// An interval literal with microsecond precision, e.g. `1.500000 seconds`.
+fn interval_text(d: Duration) -> String {
+    format!("{}.{:06} seconds", d.as_secs(), d.subsec_micros())
+}
+
+/// A queue as `pgq.get_queue_info` describes it. Field docs name the PGQ column.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct QueueInfo {
+    /// `queue_name`.
+    pub name: String,
+    /// `queue_ntables`: how many event tables are rotated.
+    pub ntables: i32,
+    /// `queue_cur_table`: the event table inserts go to now.
+    pub cur_table: i32,
+    /// `queue_rotation_period`.
+    pub rotation_period: Duration,
+    /// `queue_switch_time`: when the tables were last rotated.
+    pub switch_time: DateTime<Utc>,
+    /// `queue_external_ticker`.
+    pub external_ticker: bool,
+    /// `queue_ticker_paused`.
+    pub ticker_paused: bool,
+    /// `queue_ticker_max_count`.
+    pub ticker_max_count: i32,
+    /// `queue_ticker_max_lag`.
+    pub ticker_max_lag: Duration,
+    /// `queue_ticker_idle_period`.
+    pub ticker_idle_period: Duration,
+    /// `ticker_lag`: age of the newest tick (negative when it was made after this transaction
+    /// started); `None` without ticks.
+    pub ticker_lag: Option<TimeDelta>,
+    /// `ev_per_sec`: event rate over the last ticks; `None` when it cannot be computed.
+    pub ev_per_sec: Option<f64>,
+    /// `ev_new`: events inserted since the newest tick (an estimate from the event sequence).
+    pub ev_new: Option<i64>,
+    /// `last_tick_id`: the newest tick.
+    pub last_tick_id: Option<TickId>,
+}
+
+/// Describes one queue, or all queues (ordered by name) with `None` (`pgq.get_queue_info`).
+/// An unknown queue gives an empty list. Configured periods read back negative (set by hand in
+/// SQL) come back as zero, which is how PGQ's ticker treats them.
+///
+/// # Errors
+///
+/// [`Error::Db`] when the statement fails.
+pub async fn queue_info(
+    client: &impl GenericClient,
+    queue: Option<&QueueName>,
+) -> Result<Vec<QueueInfo>> {
+    const OP: &str = "get_queue_info";
+    let name = queue.map(QueueName::as_str);
+    let rows = client
+        .query_typed(QUEUE_INFO, &[(&name, Type::TEXT)])
+        .await
+        .op(OP)?;
+    rows.iter()
+        .map(|row| {
+            Ok(QueueInfo {
+                name: row.try_get(0).op(OP)?,
+                ntables: row.try_get(1).op(OP)?,
+                cur_table: row.try_get(2).op(OP)?,
+                rotation_period: duration(row.try_get(3).op(OP)?),
+                switch_time: row.try_get(4).op(OP)?,
+                external_ticker: row.try_get(5).op(OP)?,
+                ticker_paused: row.try_get(6).op(OP)?,
+                ticker_max_count: row.try_get(7).op(OP)?,
+                ticker_max_lag: duration(row.try_get(8).op(OP)?),
+                ticker_idle_period: duration(row.try_get(9).op(OP)?),
+                ticker_lag: row
+                    .try_get::<_, Option<i64>>(10)
+                    .op(OP)?
+                    .map(TimeDelta::microseconds),
+                ev_per_sec: row.try_get(11).op(OP)?,
+                ev_new: row.try_get(12).op(OP)?,
+                last_tick_id: row.try_get::<_, Option<i64>>(13).op(OP)?.map(TickId),
+            })
+        })
+        .collect()
+}
+
+/// Asks PGQ's own ticker logic for a tick on one queue (`pgq.ticker(queue)`): it ticks when
+/// `ticker_max_count` events are waiting, when `ticker_max_lag` has passed with events waiting,
+/// or when `ticker_idle_period` has passed without. Returns the new tick, `None` when no tick
+/// was due. To make the next call tick, use [`force_tick`] first.
+///
+/// # Errors
+///
+/// [`Error::QueueNotFound`]; [`Error::Db`] when the statement fails, e.g. PGQ's exception for a
+/// paused queue or one with an external ticker.
+pub async fn ticker(client: &impl GenericClient, queue: &QueueName) -> Result<Option<TickId>> {
+    let row = client
+        .query_typed_opt(TICKER, &[(&queue.as_str(), Type::TEXT)])
+        .await
+        .op("ticker")?
+        .ok_or_else(|| queue_not_found(queue))?;
+    Ok(row.try_get::<_, Option<i64>>(0).op("ticker")?.map(TickId))
+}
+
+/// Runs PGQ's ticker logic (see [`ticker`]) on every queue that is neither paused nor ticked
+/// externally (`pgq.ticker()`). Returns how many queues got a tick.
+///
+/// # Errors
+///
+/// [`Error::Db`] when the statement fails.
+pub async fn ticker_all(client: &impl GenericClient) -> Result<u64> {
+    let row = client.query_typed_one(TICKER_ALL, &[]).await.op("ticker")?;
+    Ok(row
+        .try_get::<_, Option<i64>>(0)
+        .op("ticker")?
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0))
+}
+
+/// Makes the next [`ticker`] call on the queue tick (`pgq.force_tick`): it advances the event
+/// sequence past `ticker_max_count`. Has no effect on a paused or externally ticked queue.
+/// Returns the newest tick as it is now, `None` when the queue has none.
+///
+/// # Errors
+///
+/// [`Error::QueueNotFound`]; [`Error::Db`] when the statement fails.
+pub async fn force_tick(client: &impl GenericClient, queue: &QueueName) -> Result<Option<TickId>> {
+    let row = client
+        .query_typed_opt(FORCE_TICK, &[(&queue.as_str(), Type::TEXT)])
+        .await
+        .op("force_tick")?
+        .ok_or_else(|| queue_not_found(queue))?;
+    Ok(row
+        .try_get::<_, Option<i64>>(0)
+        .op("force_tick")?
+        .map(TickId))
+}
+
+/// Registers a consumer on a queue at its newest tick (`pgq.register_consumer`): it will see
+/// every event in batches after that tick. Returns `true` for a new registration, `false` when
+/// it was registered already (its position is kept).
+///
+/// # Errors
+///
+/// [`Error::QueueNotFound`]; [`Error::Db`] when the statement fails.
+pub async fn register_consumer(
+    client: &impl GenericClient,
+    queue: &QueueName,
+    consumer: &ConsumerName,
+) -> Result<bool> {
+    let row = client
+        .query_typed_opt(
+            REGISTER_CONSUMER,
+            &[
+                (&queue.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
+            ],
+        )
+        .await
+        .op("register_consumer")?
+        .ok_or_else(|| queue_not_found(queue))?;
+    Ok(row.try_get::<_, Option<i32>>(0).op("register_consumer")? == Some(1))
+}
+
+/// Registers a consumer at a given tick, or moves an existing registration there, dropping its
+/// batch in progress (`pgq.register_consumer_at`). Returns `true` for a new registration.
+///
+/// # Errors
+///
+/// [`Error::QueueNotFound`]; [`Error::Db`] when the statement fails, e.g. PGQ's exception when
+/// the tick does not exist.
+pub async fn register_consumer_at(
+    client: &impl GenericClient,
+    queue: &QueueName,
+    consumer: &ConsumerName,
+    tick: TickId,
+) -> Result<bool> {
+    let row = client
+        .query_typed_opt(
+            REGISTER_CONSUMER_AT,
+            &[
+                (&queue.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
+                (&tick.0, Type::INT8),
+            ],
+        )
+        .await
+        .op("register_consumer_at")?
+        .ok_or_else(|| queue_not_found(queue))?;
+    Ok(row
+        .try_get::<_, Option<i32>>(0)
+        .op("register_consumer_at")?
+        == Some(1))
+}
+
+/// Unregisters a consumer from a queue, deleting its pending retry events
+/// (`pgq.unregister_consumer`).
+///
+/// # Errors
+///
+/// [`Error::QueueNotFound`]; [`Error::ConsumerNotRegistered`]; [`Error::Db`] when the
+/// statement fails.
+pub async fn unregister_consumer(
+    client: &impl GenericClient,
+    queue: &QueueName,
+    consumer: &ConsumerName,
+) -> Result<()> {
+    let row = client
+        .query_typed_opt(
+            UNREGISTER_CONSUMER,
+            &[
+                (&queue.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
+            ],
+        )
+        .await
+        .op("unregister_consumer")?
+        .ok_or_else(|| queue_not_found(queue))?;
+    if row
+        .try_get::<_, Option<i32>>(0)
+        .op("unregister_consumer")?
+        .unwrap_or(0)
+        == 0
+    {
+        return Err(Error::ConsumerNotRegistered {
+            queue: queue.to_string(),
+            consumer: consumer.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether the queue exists (read-only; used to explain an empty guarded result).
+pub(crate) async fn queue_exists(client: &impl GenericClient, queue: &QueueName) -> Result<bool> {
+    const OP: &str = "checking that the queue exists";
+    client
+        .query_typed_one(QUEUE_EXISTS, &[(&queue.as_str(), Type::TEXT)])
+        .await
+        .op(OP)?
+        .try_get(0)
+        .op(OP)
+}
+
+pub(crate) fn queue_not_found(queue: &QueueName) -> Error {
+    Error::QueueNotFound {
+        queue: queue.to_string(),
+    }
+}
+
+/// A configured period read as microseconds; negative reads as zero.
+pub(crate) fn duration(micros: i64) -> Duration {
+    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_text_keeps_microseconds() {
+        assert_eq!(
+            interval_text(Duration::from_micros(1_500_001)),
+            "1.500001 seconds"
+        );
+        assert_eq!(interval_text(Duration::ZERO), "0.000000 seconds");
+        assert_eq!(
+            interval_text(Duration::from_secs(7200)),
+            "7200.000000 seconds"
+        );
+    }
+
+    #[test]
+    fn negative_period_reads_as_zero() {
+        assert_eq!(duration(-5), Duration::ZERO);
+        assert_eq!(duration(1_000_000), Duration::from_secs(1));
+    }
+}

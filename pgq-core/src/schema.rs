@@ -1,0 +1,894 @@
+//! The schema installer: the SQL migrations of `migrations/` embedded at build time, applied in
+//! order and recorded in `pgq_rs.migrations`.
+//!
+//! Each migration runs in a transaction of its own, together with the update of its
+//! bookkeeping row (checksum, execution time), so a failed migration leaves nothing behind.
+//! A migration a DBA ran with `psql` (see [`migrations_sql`]) is recorded without a checksum;
+//! the installer fills it in on its next run.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::error::{DbContext, Error, Result};
+
+/// The session advisory lock key that serializes installers (ASCII `pgqrs_in`).
+const INSTALL_LOCK_KEY: i64 = 0x7067_7172_735f_696e;
+
+// language=SQL
+const LOCK: &str = "SELECT pg_catalog.pg_advisory_lock($1)";
+
+// language=SQL
+const UNLOCK: &str = "SELECT pg_catalog.pg_advisory_unlock($1)";
+
+// language=SQL
+const PROBE: &str = "\
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgq'),
+       pg_catalog.to_regclass('pgq_rs.migrations') IS NOT NULL";
+
+// language=SQL
+const RECORDED: &str = "SELECT line, version, checksum FROM pgq_rs.migrations";
+
+// language=SQL
+const FILL_CHECKSUM: &str = "\
+UPDATE pgq_rs.migrations SET checksum = $3
+ WHERE line = $1 AND version = $2 AND checksum IS NULL";
+
+// language=SQL
+const RECORD: &str = "\
+INSERT INTO pgq_rs.migrations (line, version, description, checksum, execution_time_ms)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (line, version)
+DO UPDATE SET checksum = excluded.checksum, execution_time_ms = excluded.execution_time_ms";
+
+/// A line of migrations: one SQL schema, versioned on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Line {
+    /// The queue itself: schema `pgq`.
+    Pgq,
+    /// Cooperative consumers: schema `pgq_coop` (needs [`Line::Pgq`] or the `pgq` extension).
+    PgqCoop,
+    /// Batch tracking in the target database of remote consumers: schema `pgq_ext`.
+    PgqExt,
+}
+
+impl Line {
+    /// Every line, in installation order.
+    pub const ALL: [Line; 3] = [Line::Pgq, Line::PgqCoop, Line::PgqExt];
+
+    /// The line's name: its folder under `migrations/` and its `line` in `pgq_rs.migrations`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Line::Pgq => "pgq",
+            Line::PgqCoop => "pgq_coop",
+            Line::PgqExt => "pgq_ext",
+        }
+    }
+
+    /// The newest version of the line this build ships.
+    pub fn latest_version(self) -> i32 {
+        latest(MIGRATIONS, self)
+    }
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which PGQ a database has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// The pgq-rs schema, installed by migrations (recorded in `pgq_rs.migrations`).
+    Ours,
+    /// The original PGQ extension (`CREATE EXTENSION pgq`).
+    Extension,
+    /// Neither.
+    None,
+}
+
+/// What [`install`] did, line by line, in installation order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InstallReport {
+    /// One entry per requested line.
+    pub lines: Vec<LineReport>,
+}
+
+impl InstallReport {
+    /// Whether the run changed nothing (no migration applied, no checksum recorded).
+    pub fn is_noop(&self) -> bool {
+        self.lines
+            .iter()
+            .all(|l| l.applied.is_empty() && l.checksums_recorded.is_empty())
+    }
+}
+
+impl fmt::Display for InstallReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, line) in self.lines.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`install`] did to one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LineReport {
+    /// The line.
+    pub line: Line,
+    /// The version recorded before the run; `None` when the line was not installed.
+    pub found: Option<i32>,
+    /// The migrations applied, in order.
+    pub applied: Vec<AppliedMigration>,
+    /// Versions installed by `psql` whose checksum this run recorded.
+    pub checksums_recorded: Vec<i32>,
+    /// The line was skipped because the original `pgq` extension provides it
+    /// (only [`Line::Pgq`]).
+    pub provided_by_extension: bool,
+}
+
+impl fmt::Display for LineReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let line = self.line;
+        if self.provided_by_extension {
+            return write!(f, "{line}: provided by the pgq extension, skipped");
+        }
+        for version in &self.checksums_recorded {
+            writeln!(f, "{line}: recorded the checksum of version {version}")?;
+        }
+        if self.applied.is_empty() {
+            return match self.found {
+                Some(v) => write!(f, "{line}: up to date at version {v}"),
+                None => write!(f, "{line}: not installed, nothing to apply"),
+            };
+        }
+        for (i, m) in self.applied.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{line}: applied {:04}_{} in {} ms",
+                m.version,
+                m.description,
+                m.elapsed.as_millis()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One migration [`install`] applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppliedMigration {
+    /// Its version.
+    pub version: i32,
+    /// Its description (the file name without the number).
+    pub description: &'static str,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+/// One embedded migration file.
+#[derive(Debug)]
+struct Migration {
+    line: Line,
+    version: i32,
+    description: &'static str,
+    /// Path under `migrations/`.
+    file: &'static str,
+    sql: &'static str,
+}
+
+impl Migration {
+    fn checksum(&self) -> Vec<u8> {
+        Sha256::digest(self.sql.as_bytes()).to_vec()
+    }
+}
+
+macro_rules! migration {
+    ($line:ident, $file:literal, $version:literal, $description:literal) => {
+        Migration {
+            line: Line::$line,
+            version: $version,
+            description: $description,
+            file: $file,
+            sql: include_str!(concat!("../../migrations/", $file)),
+        }
+    };
+}
+
+/// Every migration this build ships, per line in version order.
+static MIGRATIONS: &[Migration] = &[
+    migration!(Pgq, "pgq/0001_initial.sql", 1, "initial"),
+    migration!(PgqCoop, "pgq_coop/0001_initial.sql", 1, "initial"),
+    migration!(PgqExt, "pgq_ext/0001_initial.sql", 1, "initial"),
+];
+
+fn latest(migrations: &[Migration], line: Line) -> i32 {
+    migrations
+        .iter()
+        .filter(|m| m.line == line)
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The requested lines, deduplicated, in installation order.
+fn canonical(lines: &[Line]) -> Vec<Line> {
+    Line::ALL
+        .into_iter()
+        .filter(|l| lines.contains(l))
+        .collect()
+}
+
+/// What the database holds.
+struct State {
+    extension: bool,
+    /// `(line, version, checksum)` rows of `pgq_rs.migrations`.
+    recorded: Vec<(String, i32, Option<Vec<u8>>)>,
+}
+
+impl State {
+    async fn read(client: &impl GenericClient) -> Result<State> {
+        const OP: &str = "reading the installed schema versions";
+        let probe = client.query_typed_one(PROBE, &[]).await.op(OP)?;
+        let extension: bool = probe.try_get(0).op(OP)?;
+        let mut recorded = Vec::new();
+        if probe.try_get::<_, bool>(1).op(OP)? {
+            for row in client.query_typed(RECORDED, &[]).await.op(OP)? {
+                recorded.push((
+                    row.try_get(0).op(OP)?,
+                    row.try_get(1).op(OP)?,
+                    row.try_get(2).op(OP)?,
+                ));
+            }
+        }
+        Ok(State {
+            extension,
+            recorded,
+        })
+    }
+
+    fn versions(&self, line: Line) -> impl Iterator<Item = (i32, Option<&[u8]>)> + '_ {
+        self.recorded
+            .iter()
+            .filter(move |(l, _, _)| l == line.name())
+            .map(|(_, v, c)| (*v, c.as_deref()))
+    }
+
+    fn found(&self, line: Line) -> Option<i32> {
+        self.versions(line).map(|(v, _)| v).max()
+    }
+
+    /// Checks what is recorded for `line` against the embedded migrations.
+    fn verify(&self, migrations: &[Migration], line: Line) -> Result<()> {
+        let expected = latest(migrations, line);
+        if let Some(found) = self.found(line).filter(|&v| v > expected) {
+            return Err(Error::SchemaTooNew {
+                line: line.name(),
+                found,
+                expected,
+            });
+        }
+        for (version, checksum) in self.versions(line) {
+            let embedded = migrations
+                .iter()
+                .find(|m| m.line == line && m.version == version);
+            if let (Some(m), Some(checksum)) = (embedded, checksum) {
+                if m.checksum() != checksum {
+                    return Err(Error::MigrationModified {
+                        line: line.name(),
+                        version,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Installs or upgrades the given lines: applies every embedded migration newer than what the
+/// database records, in installation order ([`Line::ALL`]) whatever the order of `lines`, and
+/// records checksums of migrations installed with `psql`. Running it again changes nothing.
+///
+/// A session advisory lock on `client` serializes concurrent installers; it is released before
+/// returning, also on error. [`Line::Pgq`] is skipped when the original `pgq` extension is
+/// installed (the report says so), so the other lines can be installed next to it.
+///
+/// # Errors
+///
+/// Nothing is applied when one of these is found first:
+/// [`Error::SchemaTooNew`] when the database records a newer version than this build ships;
+/// [`Error::MigrationModified`] when an installed migration's checksum differs from the
+/// embedded file; [`Error::SchemaOutdated`] (for `pgq`) when [`Line::PgqCoop`] is requested
+/// without [`Line::Pgq`] being requested, installed, or provided by the extension.
+/// [`Error::MigrationFailed`] when a migration's SQL fails (that migration is rolled back,
+/// earlier ones stay); [`Error::Db`] for other statements.
+pub async fn install(client: &mut Client, lines: &[Line]) -> Result<InstallReport> {
+    install_with(client, lines, MIGRATIONS).await
+}
+
+async fn install_with(
+    client: &mut Client,
+    lines: &[Line],
+    migrations: &[Migration],
+) -> Result<InstallReport> {
+    client
+        .query_typed_one(LOCK, &[(&INSTALL_LOCK_KEY, Type::INT8)])
+        .await
+        .op("taking the installer lock")?;
+    let report = install_locked(client, lines, migrations).await;
+    let unlocked = client
+        .query_typed_one(UNLOCK, &[(&INSTALL_LOCK_KEY, Type::INT8)])
+        .await
+        .op("releasing the installer lock");
+    let report = report?;
+    unlocked?;
+    Ok(report)
+}
+
+async fn install_locked(
+    client: &mut Client,
+    lines: &[Line],
+    migrations: &[Migration],
+) -> Result<InstallReport> {
+    let lines = canonical(lines);
+    let state = State::read(&*client).await?;
+    for &line in &lines {
+        if line == Line::Pgq && state.extension {
+            continue;
+        }
+        state.verify(migrations, line)?;
+    }
+    if lines.contains(&Line::PgqCoop)
+        && !lines.contains(&Line::Pgq)
+        && !state.extension
+        && state.found(Line::Pgq).is_none()
+    {
+        return Err(Error::SchemaOutdated {
+            line: Line::Pgq.name(),
+            found: None,
+            expected: latest(migrations, Line::Pgq),
+        });
+    }
+
+    let mut report = InstallReport { lines: Vec::new() };
+    for line in lines {
+        let found = state.found(line);
+        let mut line_report = LineReport {
+            line,
+            found,
+            applied: Vec::new(),
+            checksums_recorded: Vec::new(),
+            provided_by_extension: line == Line::Pgq && state.extension,
+        };
+        if !line_report.provided_by_extension {
+            for (version, checksum) in state.versions(line) {
+                let embedded = migrations
+                    .iter()
+                    .find(|m| m.line == line && m.version == version);
+                if let (Some(m), None) = (embedded, checksum) {
+                    fill_checksum(&*client, m).await?;
+                    tracing::info!(
+                        line = line.name(),
+                        version,
+                        "recorded the checksum of a migration installed without it"
+                    );
+                    line_report.checksums_recorded.push(version);
+                }
+            }
+            line_report.checksums_recorded.sort_unstable();
+            for m in migrations
+                .iter()
+                .filter(|m| m.line == line && Some(m.version) > found)
+            {
+                line_report.applied.push(apply(client, m).await?);
+            }
+        }
+        report.lines.push(line_report);
+    }
+    Ok(report)
+}
+
+async fn fill_checksum(client: &Client, m: &Migration) -> Result<()> {
+    client
+        .execute_typed(
+            FILL_CHECKSUM,
+            &[
+                (&m.line.name(), Type::TEXT),
+                (&m.version, Type::INT4),
+                (&m.checksum(), Type::BYTEA),
+            ],
+        )
+        .await
+        .op("recording a migration checksum")?;
+    Ok(())
+}
+
+/// Runs one migration and records it, in one transaction.
+async fn apply(client: &mut Client, m: &Migration) -> Result<AppliedMigration> {
+    let tx = client
+        .transaction()
+        .await
+        .op("starting a migration transaction")?;
+    let started = Instant::now();
+    tx.batch_execute(m.sql)
+        .await
+        .map_err(|source| Error::MigrationFailed {
+            line: m.line.name(),
+            version: m.version,
+            source,
+        })?;
+    let elapsed = started.elapsed();
+    let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
+    tx.execute_typed(
+        RECORD,
+        &[
+            (&m.line.name(), Type::TEXT),
+            (&m.version, Type::INT4),
+            (&m.description, Type::TEXT),
+            (&m.checksum(), Type::BYTEA),
+            (&elapsed_ms, Type::INT8),
+        ],
+    )
+    .await
+    .op("recording a migration")?;
+    tx.commit().await.op("committing a migration")?;
+    tracing::info!(
+        line = m.line.name(),
+        version = m.version,
+        file = m.file,
+        elapsed_ms,
+        "applied migration"
+    );
+    Ok(AppliedMigration {
+        version: m.version,
+        description: m.description,
+        elapsed,
+    })
+}
+
+/// Checks that the database has every given line at this build's newest version, untouched
+/// ([`Line::Pgq`] is satisfied by the original `pgq` extension). Read-only.
+///
+/// # Errors
+///
+/// [`Error::SchemaOutdated`] when a line is missing or older; [`Error::SchemaTooNew`];
+/// [`Error::MigrationModified`]; [`Error::Db`].
+pub async fn check(client: &impl GenericClient, lines: &[Line]) -> Result<()> {
+    check_with(client, lines, MIGRATIONS).await
+}
+
+async fn check_with(
+    client: &impl GenericClient,
+    lines: &[Line],
+    migrations: &[Migration],
+) -> Result<()> {
+    let state = State::read(client).await?;
+    for line in canonical(lines) {
+        if line == Line::Pgq && state.extension {
+            continue;
+        }
+        state.verify(migrations, line)?;
+        let expected = latest(migrations, line);
+        let found = state.found(line);
+        if !matches!(found, Some(v) if v >= expected) {
+            return Err(Error::SchemaOutdated {
+                line: line.name(),
+                found,
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The SQL of the line's migrations newer than `from_version` (the version the database is
+/// at; 0 for all), for a DBA to review and run with
+/// `psql -v ON_ERROR_STOP=1 -f FILE`. Each migration is wrapped in its own `BEGIN`/`COMMIT`.
+/// Migrations run this way are recorded without a checksum, which [`install`] fills in later.
+pub fn migrations_sql(line: Line, from_version: i32) -> String {
+    migrations_sql_with(MIGRATIONS, line, from_version)
+}
+
+fn migrations_sql_with(migrations: &[Migration], line: Line, from_version: i32) -> String {
+    let mut sql = String::new();
+    for m in migrations
+        .iter()
+        .filter(|m| m.line == line && m.version > from_version)
+    {
+        sql.push_str(&format!("-- pgq-rs migration {}\nBEGIN;\n", m.file));
+        sql.push_str(m.sql);
+        if !m.sql.ends_with('\n') {
+            sql.push('\n');
+        }
+        sql.push_str("COMMIT;\n\n");
+    }
+    sql
+}
+
+/// Tells which PGQ the database has: the original extension (checked first), the pgq-rs
+/// schema (a `pgq` line recorded in `pgq_rs.migrations`), or none.
+///
+/// # Errors
+///
+/// [`Error::Db`].
+pub async fn flavor(client: &impl GenericClient) -> Result<Flavor> {
+    let state = State::read(client).await?;
+    Ok(if state.extension {
+        Flavor::Extension
+    } else if state.found(Line::Pgq).is_some() {
+        Flavor::Ours
+    } else {
+        Flavor::None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use pgq_testkit::TestDb;
+
+    use super::*;
+
+    /// A migration following the conventions (bookkeeping table, guard, self-record) around
+    /// `body`.
+    fn fake(line: Line, version: i32, body: &str) -> Migration {
+        let name = line.name();
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS pgq_rs;
+CREATE TABLE IF NOT EXISTS pgq_rs.migrations (
+    line text NOT NULL, version integer NOT NULL, description text NOT NULL,
+    installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL DEFAULT true,
+    checksum bytea, execution_time_ms bigint, PRIMARY KEY (line, version));
+DO $guard$ BEGIN
+    IF EXISTS (SELECT 1 FROM pgq_rs.migrations WHERE line = '{name}' AND version >= {version}) THEN
+        RAISE EXCEPTION 'already installed' USING ERRCODE = 'PQR01';
+    END IF;
+END $guard$;
+{body}
+INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {version}, 'fake');
+"
+        );
+        Migration {
+            line,
+            version,
+            description: "fake",
+            file: "fake.sql",
+            sql: Box::leak(sql.into_boxed_str()),
+        }
+    }
+
+    fn table(line: Line, version: i32) -> Migration {
+        fake(
+            line,
+            version,
+            &format!("CREATE TABLE public.t_{}_{version} ();", line.name()),
+        )
+    }
+
+    async fn recorded(client: &Client) -> anyhow::Result<Vec<(String, i32, bool, bool)>> {
+        Ok(client
+            .query(
+                "SELECT line, version, checksum IS NOT NULL, execution_time_ms IS NOT NULL
+                   FROM pgq_rs.migrations ORDER BY installed_on, line, version",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    async fn lock_is_free(db: &TestDb) -> anyhow::Result<bool> {
+        let other = db.client().await?;
+        let row = other
+            .query_one(
+                "SELECT pg_try_advisory_lock($1), pg_advisory_unlock_all()",
+                &[&INSTALL_LOCK_KEY],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    #[test]
+    fn embedded_list_matches_directory() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        for line in Line::ALL {
+            let mut on_disk: Vec<String> = std::fs::read_dir(root.join(line.name()))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .map(|f| format!("{}/{f}", line.name()))
+                .collect();
+            on_disk.sort();
+            let embedded: Vec<String> = MIGRATIONS
+                .iter()
+                .filter(|m| m.line == line)
+                .map(|m| m.file.to_owned())
+                .collect();
+            assert_eq!(embedded, on_disk, "line {line}");
+            let versions: Vec<i32> = MIGRATIONS
+                .iter()
+                .filter(|m| m.line == line)
+                .map(|m| m.version)
+                .collect();
+            assert_eq!(
+                versions,
+                (1..=line.latest_version()).collect::<Vec<_>>(),
+                "line {line}"
+            );
+        }
+        for m in MIGRATIONS {
+            assert_eq!(
+                m.file,
+                format!("{}/{:04}_{}.sql", m.line.name(), m.version, m.description)
+            );
+        }
+    }
+
+    #[test]
+    fn migrations_sql_wraps_each_file() {
+        let list = [
+            table(Line::Pgq, 1),
+            table(Line::Pgq, 2),
+            table(Line::PgqExt, 1),
+        ];
+        let all = migrations_sql_with(&list, Line::Pgq, 0);
+        assert_eq!(all.matches("BEGIN;\n").count(), 2);
+        assert_eq!(all.matches("COMMIT;\n").count(), 2);
+        assert!(all.contains("t_pgq_1") && all.contains("t_pgq_2"));
+        assert!(!all.contains("t_pgq_ext_1"));
+        let newer = migrations_sql_with(&list, Line::Pgq, 1);
+        assert!(!newer.contains("t_pgq_1 ") && newer.contains("t_pgq_2"));
+        assert_eq!(migrations_sql_with(&list, Line::Pgq, 2), "");
+    }
+
+    #[test]
+    fn lines_install_in_canonical_order() {
+        assert_eq!(
+            canonical(&[Line::PgqExt, Line::Pgq, Line::PgqExt]),
+            vec![Line::Pgq, Line::PgqExt]
+        );
+    }
+
+    #[tokio::test]
+    async fn installs_in_order_once_then_upgrades() -> anyhow::Result<()> {
+        let db = TestDb::new().await?;
+        let mut client = db.client().await?;
+        let v1 = [
+            table(Line::Pgq, 1),
+            table(Line::Pgq, 2),
+            table(Line::PgqCoop, 1),
+            table(Line::PgqExt, 1),
+        ];
+        assert_eq!(flavor(&client).await?, Flavor::None);
+        assert!(matches!(
+            check_with(&client, &[Line::Pgq], &v1).await,
+            Err(Error::SchemaOutdated {
+                line: "pgq",
+                found: None,
+                expected: 2
+            })
+        ));
+
+        let report = install_with(&mut client, &[Line::PgqExt, Line::Pgq], &v1).await?;
+        let applied: Vec<(Line, Vec<i32>)> = report
+            .lines
+            .iter()
+            .map(|l| (l.line, l.applied.iter().map(|a| a.version).collect()))
+            .collect();
+        assert_eq!(
+            applied,
+            vec![(Line::Pgq, vec![1, 2]), (Line::PgqExt, vec![1])]
+        );
+        assert!(!report.is_noop());
+        assert!(report.to_string().contains("pgq: applied 0002_fake in"));
+        assert_eq!(
+            recorded(&client).await?,
+            vec![
+                ("pgq".to_owned(), 1, true, true),
+                ("pgq".to_owned(), 2, true, true),
+                ("pgq_ext".to_owned(), 1, true, true),
+            ]
+        );
+        assert_eq!(flavor(&client).await?, Flavor::Ours);
+        check_with(&client, &[Line::Pgq, Line::PgqExt], &v1).await?;
+        assert!(lock_is_free(&db).await?);
+
+        let again = install_with(&mut client, &[Line::Pgq, Line::PgqExt], &v1).await?;
+        assert!(again.is_noop(), "{again}");
+        assert_eq!(again.lines[0].found, Some(2));
+        assert_eq!(
+            again.to_string(),
+            "pgq: up to date at version 2\npgq_ext: up to date at version 1"
+        );
+
+        let v2 = [
+            table(Line::Pgq, 1),
+            table(Line::Pgq, 2),
+            table(Line::Pgq, 3),
+            table(Line::PgqExt, 1),
+        ];
+        let upgrade = install_with(&mut client, &[Line::Pgq], &v2).await?;
+        assert_eq!(upgrade.lines.len(), 1);
+        assert_eq!(upgrade.lines[0].found, Some(2));
+        assert_eq!(upgrade.lines[0].applied.len(), 1);
+        assert_eq!(upgrade.lines[0].applied[0].version, 3);
+
+        // The older build refuses the newer database.
+        assert!(matches!(
+            install_with(&mut client, &[Line::Pgq], &v1).await,
+            Err(Error::SchemaTooNew {
+                line: "pgq",
+                found: 3,
+                expected: 2
+            })
+        ));
+        assert!(matches!(
+            check_with(&client, &[Line::Pgq], &v1).await,
+            Err(Error::SchemaTooNew { .. })
+        ));
+        assert!(lock_is_free(&db).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn modified_migration_is_refused() -> anyhow::Result<()> {
+        let db = TestDb::new().await?;
+        let mut client = db.client().await?;
+        let list = [table(Line::Pgq, 1), table(Line::Pgq, 2)];
+        install_with(&mut client, &[Line::Pgq], &list[..1]).await?;
+        client
+            .execute(
+                "UPDATE pgq_rs.migrations SET checksum = '\\x00'::bytea WHERE version = 1",
+                &[],
+            )
+            .await?;
+        assert!(matches!(
+            install_with(&mut client, &[Line::Pgq], &list).await,
+            Err(Error::MigrationModified {
+                line: "pgq",
+                version: 1
+            })
+        ));
+        assert!(matches!(
+            check_with(&client, &[Line::Pgq], &list[..1]).await,
+            Err(Error::MigrationModified {
+                line: "pgq",
+                version: 1
+            })
+        ));
+        // Nothing was applied: version 2 is still missing.
+        assert_eq!(recorded(&client).await?.len(), 1);
+        assert!(lock_is_free(&db).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn psql_installed_migration_gets_its_checksum() -> anyhow::Result<()> {
+        let db = TestDb::new().await?;
+        let mut client = db.client().await?;
+        let list = [table(Line::PgqExt, 1), table(Line::PgqExt, 2)];
+        // What `psql -1 -f` of the printed SQL does.
+        client
+            .batch_execute(&migrations_sql_with(&list[..1], Line::PgqExt, 0))
+            .await?;
+        assert_eq!(
+            recorded(&client).await?,
+            vec![("pgq_ext".to_owned(), 1, false, false)]
+        );
+        let report = install_with(&mut client, &[Line::PgqExt], &list).await?;
+        assert_eq!(report.lines[0].checksums_recorded, vec![1]);
+        assert_eq!(report.lines[0].applied.len(), 1);
+        let checksum: Vec<u8> = client
+            .query_one(
+                "SELECT checksum FROM pgq_rs.migrations WHERE version = 1",
+                &[],
+            )
+            .await?
+            .get(0);
+        assert_eq!(checksum, list[0].checksum());
+        assert!(install_with(&mut client, &[Line::PgqExt], &list)
+            .await?
+            .is_noop());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn failed_migration_rolls_back_and_unlocks() -> anyhow::Result<()> {
+        let db = TestDb::new().await?;
+        let mut client = db.client().await?;
+        let list = [
+            table(Line::Pgq, 1),
+            fake(Line::Pgq, 2, "CREATE TABLE public.half (); SELECT 1/0;"),
+        ];
+        match install_with(&mut client, &[Line::Pgq], &list).await {
+            Err(Error::MigrationFailed {
+                line: "pgq",
+                version: 2,
+                source,
+            }) => assert_eq!(
+                source.code(),
+                Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+            ),
+            other => panic!("expected MigrationFailed, got {other:?}"),
+        }
+        assert_eq!(
+            recorded(&client).await?,
+            vec![("pgq".to_owned(), 1, true, true)]
+        );
+        let half: bool = client
+            .query_one("SELECT to_regclass('public.half') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        assert!(!half);
+        assert!(lock_is_free(&db).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn concurrent_installers_apply_once() -> anyhow::Result<()> {
+        let db = TestDb::new().await?;
+        let list = [table(Line::Pgq, 1), table(Line::PgqExt, 1)];
+        let (mut a, mut b) = (db.client().await?, db.client().await?);
+        let (ra, rb) = tokio::join!(
+            install_with(&mut a, &Line::ALL, &list),
+            install_with(&mut b, &Line::ALL, &list)
+        );
+        let (ra, rb) = (ra?, rb?);
+        assert!(ra.is_noop() != rb.is_noop(), "{ra}\n--\n{rb}");
+        assert_eq!(recorded(&a).await?.len(), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn extension_provides_pgq_and_coop_needs_pgq() -> anyhow::Result<()> {
+        let db = TestDb::new().await?;
+        let mut client = db.client().await?;
+        let list = [table(Line::Pgq, 1), table(Line::PgqCoop, 1)];
+        assert!(matches!(
+            install_with(&mut client, &[Line::PgqCoop], &list).await,
+            Err(Error::SchemaOutdated {
+                line: "pgq",
+                found: None,
+                expected: 1
+            })
+        ));
+        let nothing: bool = client
+            .query_one("SELECT to_regnamespace('pgq_rs') IS NULL", &[])
+            .await?
+            .get(0);
+        assert!(nothing);
+        assert!(lock_is_free(&db).await?);
+
+        if !pgq_testkit::reference_available(&client).await? {
+            return Ok(());
+        }
+        client.batch_execute("CREATE EXTENSION pgq").await?;
+        assert_eq!(flavor(&client).await?, Flavor::Extension);
+        let report = install_with(&mut client, &[Line::PgqCoop, Line::Pgq], &list).await?;
+        assert!(report.lines[0].provided_by_extension);
+        assert!(report.lines[0].applied.is_empty());
+        assert_eq!(report.lines[1].line, Line::PgqCoop);
+        assert_eq!(report.lines[1].applied.len(), 1);
+        assert!(report
+            .to_string()
+            .starts_with("pgq: provided by the pgq extension, skipped\n"));
+        check_with(&client, &[Line::Pgq, Line::PgqCoop], &list).await?;
+        assert_eq!(flavor(&client).await?, Flavor::Extension);
+        Ok(())
+    }
+}

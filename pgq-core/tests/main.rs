@@ -1,0 +1,11 @@
+//! Integration tests of pgq-core.
+
+mod tls;
+
+mod batches;
+mod info;
+mod installer;
+mod producing;
+mod queues;
+mod roles;
+mod setup;

@@ -1,0 +1,38 @@
+//! The database every API test starts from, whichever PGQ it runs against.
+
+use anyhow::Context as _;
+use pgq_core::tokio_postgres::Client;
+use pgq_core::{ConsumerName, Line, QueueName, TickId};
+use pgq_testkit::TestDb;
+
+/// A connection to `db` with PGQ installed: the pgq-rs schema by default, the original extension
+/// with `PGQ_TEST_SCHEMA=extension` (CI runs both). `None` (after a loud `SKIPPED` line from the testkit)
+/// when the extension is wanted but missing; the test then returns early.
+pub(crate) async fn setup(db: &TestDb) -> anyhow::Result<Option<Client>> {
+    let mut client = db.client().await?;
+    if std::env::var("PGQ_TEST_SCHEMA").is_ok_and(|v| v == "extension") {
+        if !pgq_testkit::reference_available(&client).await? {
+            return Ok(None);
+        }
+        client.batch_execute("CREATE EXTENSION pgq").await?;
+    } else {
+        pgq_core::install(&mut client, &[Line::Pgq]).await?;
+    }
+    Ok(Some(client))
+}
+
+/// Makes the ticker tick the queue now.
+pub(crate) async fn tick(client: &Client, queue: &QueueName) -> anyhow::Result<TickId> {
+    pgq_core::force_tick(client, queue).await?;
+    pgq_core::ticker(client, queue)
+        .await?
+        .context("the ticker did not tick after force_tick")
+}
+
+pub(crate) fn queue(name: &str) -> QueueName {
+    QueueName::new(name).expect("a valid test queue name")
+}
+
+pub(crate) fn consumer(name: &str) -> ConsumerName {
+    ConsumerName::new(name).expect("a valid test consumer name")
+}
