@@ -40,19 +40,21 @@ $guard$;
 
 -- Roles of PGQ's grant model: readers consume, writers produce, admins administer.
 DO $roles$
+DECLARE
+    r record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgq_reader') THEN
-        CREATE ROLE pgq_reader;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgq_writer') THEN
-        CREATE ROLE pgq_writer;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgq_admin') THEN
-        CREATE ROLE pgq_admin IN ROLE pgq_reader, pgq_writer;
-    END IF;
-EXCEPTION WHEN duplicate_object THEN
-    -- another installer in another database of this cluster created them at the same moment
-    NULL;
+    FOR r IN SELECT * FROM (VALUES ('pgq_reader', ''), ('pgq_writer', ''),
+                                   ('pgq_admin', ' IN ROLE pgq_reader, pgq_writer')) v(name, extra)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r.name) THEN
+            BEGIN
+                EXECUTE 'CREATE ROLE ' || r.name || r.extra;
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                -- an installer in another database of this cluster created it just now
+                NULL;
+            END;
+        END IF;
+    END LOOP;
 END
 $roles$;
 

@@ -37,21 +37,21 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgq_reader') THEN
         BEGIN
             CREATE ROLE pgq_reader;
-        EXCEPTION WHEN duplicate_object THEN
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
             NULL;
         END;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgq_writer') THEN
         BEGIN
             CREATE ROLE pgq_writer;
-        EXCEPTION WHEN duplicate_object THEN
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
             NULL;
         END;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgq_admin') THEN
         BEGIN
             CREATE ROLE pgq_admin IN ROLE pgq_reader, pgq_writer;
-        EXCEPTION WHEN duplicate_object THEN
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
             NULL;
         END;
     END IF;

@@ -9,3 +9,4 @@ mod producing;
 mod queues;
 mod roles;
 mod setup;
+mod sql_scripts;
