@@ -40,7 +40,13 @@ async fn main() -> anyhow::Result<()> {
     // three producer transactions; the second rolls back, so its events never exist
     for (n, commit) in [(1, true), (2, false), (3, true)] {
         let tx = client.transaction().await?;
-        pgq::insert_event(&tx, &queue, "order.created", &format!(r#"{{"order": {n}}}"#)).await?;
+        pgq::insert_event(
+            &tx,
+            &queue,
+            "order.created",
+            &format!(r#"{{"order": {n}}}"#),
+        )
+        .await?;
         let more = [
             NewEvent::new("order.line", format!(r#"{{"order": {n}, "line": 1}}"#)),
             NewEvent::new("order.line", format!(r#"{{"order": {n}, "line": 2}}"#)),
@@ -51,7 +57,10 @@ async fn main() -> anyhow::Result<()> {
         } else {
             tx.rollback().await?;
         }
-        println!("transaction {n}: {}", if commit { "committed" } else { "rolled back" });
+        println!(
+            "transaction {n}: {}",
+            if commit { "committed" } else { "rolled back" }
+        );
     }
 
     // the pgq-ticker daemon normally does this; force_tick makes the next tick due at once
@@ -66,7 +75,10 @@ async fn main() -> anyhow::Result<()> {
             tx.commit().await?;
             break;
         };
-        println!("batch {} (ticks {} → {}):", batch.id, batch.prev_tick, batch.cur_tick);
+        println!(
+            "batch {} (ticks {} → {}):",
+            batch.id, batch.prev_tick, batch.cur_tick
+        );
         let mut cursor = EventCursor::open(&tx, batch.id, 100).await?;
         while let Some(events) = cursor.next_chunk(&tx).await? {
             for event in events {

@@ -53,28 +53,60 @@ async fn writers_produce_readers_consume_admins_administer() -> anyhow::Result<(
     let denied = Some(SqlState::INSUFFICIENT_PRIVILEGE);
 
     // writer: produces, nothing else
-    assert_eq!(outcome(&writer, "SELECT pgq.insert_event('q', 't', 'by writer')").await, None);
     assert_eq!(
-        outcome(&writer, "SELECT pgq.insert_event_bulk('q', ARRAY['t'], ARRAY['bulk'])").await,
+        outcome(&writer, "SELECT pgq.insert_event('q', 't', 'by writer')").await,
         None
     );
-    assert_eq!(outcome(&writer, "SELECT pgq.register_consumer('q', 'w')").await, denied);
-    assert_eq!(outcome(&writer, "SELECT pgq.next_batch('q', 'existing')").await, denied);
+    assert_eq!(
+        outcome(
+            &writer,
+            "SELECT pgq.insert_event_bulk('q', ARRAY['t'], ARRAY['bulk'])"
+        )
+        .await,
+        None
+    );
+    assert_eq!(
+        outcome(&writer, "SELECT pgq.register_consumer('q', 'w')").await,
+        denied
+    );
+    assert_eq!(
+        outcome(&writer, "SELECT pgq.next_batch('q', 'existing')").await,
+        denied
+    );
     assert_eq!(outcome(&writer, "SELECT pgq.drop_queue('q')").await, denied);
-    assert_eq!(outcome(&writer, "SELECT pgq.create_queue('w')").await, denied);
+    assert_eq!(
+        outcome(&writer, "SELECT pgq.create_queue('w')").await,
+        denied
+    );
     assert_eq!(outcome(&writer, "DELETE FROM pgq.queue").await, denied);
 
     // reader: consumes, cannot produce, drop or reconfigure
-    assert_eq!(outcome(&reader, "SELECT pgq.register_consumer('q', 'r')").await, None);
-    assert_eq!(outcome(&reader, "SELECT pgq.force_tick('q')").await, None);
-    assert_eq!(outcome(&reader, "SELECT pgq.insert_event('q', 't', 'by reader')").await, denied);
-    assert_eq!(outcome(&reader, "SELECT pgq.drop_queue('q', true)").await, denied);
     assert_eq!(
-        outcome(&reader, "SELECT pgq.set_queue_config('q', 'ticker_max_count', '1')").await,
+        outcome(&reader, "SELECT pgq.register_consumer('q', 'r')").await,
+        None
+    );
+    assert_eq!(outcome(&reader, "SELECT pgq.force_tick('q')").await, None);
+    assert_eq!(
+        outcome(&reader, "SELECT pgq.insert_event('q', 't', 'by reader')").await,
+        denied
+    );
+    assert_eq!(
+        outcome(&reader, "SELECT pgq.drop_queue('q', true)").await,
+        denied
+    );
+    assert_eq!(
+        outcome(
+            &reader,
+            "SELECT pgq.set_queue_config('q', 'ticker_max_count', '1')"
+        )
+        .await,
         denied
     );
     assert_eq!(outcome(&reader, "SELECT pgq.ticker('q')").await, denied);
-    assert_eq!(outcome(&reader, "UPDATE pgq.subscription SET sub_batch = 1").await, denied);
+    assert_eq!(
+        outcome(&reader, "UPDATE pgq.subscription SET sub_batch = 1").await,
+        denied
+    );
 
     // the admin ticks; the reader reads the writer's events through the batch API
     assert_eq!(outcome(&admin, "SELECT pgq.ticker('q')").await, None);
@@ -92,18 +124,33 @@ async fn writers_produce_readers_consume_admins_administer() -> anyhow::Result<(
             .await?
             .get(0);
         assert_eq!(finished, 1);
-        rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+        rows.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
     };
     assert_eq!(tx_events, ["by writer", "bulk"]);
 
     // only the admin administers
     assert_eq!(
-        outcome(&admin, "SELECT pgq.set_queue_config('q', 'ticker_max_count', '10')").await,
+        outcome(
+            &admin,
+            "SELECT pgq.set_queue_config('q', 'ticker_max_count', '10')"
+        )
+        .await,
         None
     );
-    assert_eq!(outcome(&admin, "SELECT pgq.create_queue('by_admin')").await, None);
-    assert_eq!(outcome(&admin, "SELECT pgq.drop_queue('by_admin')").await, None);
-    assert_eq!(outcome(&admin, "SELECT pgq.drop_queue('q', true)").await, None);
+    assert_eq!(
+        outcome(&admin, "SELECT pgq.create_queue('by_admin')").await,
+        None
+    );
+    assert_eq!(
+        outcome(&admin, "SELECT pgq.drop_queue('by_admin')").await,
+        None
+    );
+    assert_eq!(
+        outcome(&admin, "SELECT pgq.drop_queue('q', true)").await,
+        None
+    );
     Ok(())
 }
 
@@ -124,6 +171,9 @@ async fn security_definer_functions_pin_search_path() -> anyhow::Result<()> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(unpinned.is_empty(), "SECURITY DEFINER without a pinned search_path: {unpinned:?}");
+    assert!(
+        unpinned.is_empty(),
+        "SECURITY DEFINER without a pinned search_path: {unpinned:?}"
+    );
     Ok(())
 }

@@ -26,7 +26,9 @@ fn psql() -> PathBuf {
             .filter(|p| p.is_file())
             .collect();
         found.sort();
-        found.pop().expect("psql not found on PATH or under /usr/lib/postgresql")
+        found
+            .pop()
+            .expect("psql not found on PATH or under /usr/lib/postgresql")
     })
 }
 
@@ -53,7 +55,10 @@ async fn run_script(db: &TestDb, name: &str) -> anyhow::Result<()> {
         .enumerate()
         .find(|(_, (e, a))| e != a);
     if let Some((line, (e, a))) = first_difference {
-        anyhow::bail!("{name}.out line {}:\n  expected: {e}\n  actual:   {a}", line + 1);
+        anyhow::bail!(
+            "{name}.out line {}:\n  expected: {e}\n  actual:   {a}",
+            line + 1
+        );
     }
     anyhow::ensure!(
         expected.lines().count() == actual.lines().count(),
