@@ -41,7 +41,6 @@ mod db;
 mod dsn;
 mod server;
 
-
 pub use cluster::{Cluster, ClusterOptions, SslFiles};
 pub use db::TestDb;
 pub use server::server_dsn;
