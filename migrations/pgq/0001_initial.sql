@@ -465,6 +465,54 @@ $body$$f$, CASE WHEN branches = '' THEN E'\n    WHEN NULL THEN NULL;' ELSE branc
 END
 $rebuild$;
 
+-- Checks a queue before an insert (exists, accepts inserts, per-transaction limit) and returns
+-- its id, prefix, sequence and current table.
+CREATE FUNCTION pgq._insert_target(
+    IN i_queue_name text, IN i_count bigint,
+    OUT queue_id integer, OUT data_pfx text, OUT event_seq text, OUT cur_table integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    disabled boolean;
+    per_tx_limit integer;
+BEGIN
+    SELECT q.queue_id, q.queue_data_pfx, q.queue_event_seq, q.queue_cur_table,
+           q.queue_disable_insert, q.queue_per_tx_limit
+      INTO queue_id, data_pfx, event_seq, cur_table, disabled, per_tx_limit
+      FROM pgq.queue q WHERE q.queue_name = i_queue_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Unknown event queue: %', i_queue_name USING ERRCODE = 'PQQ01';
+    END IF;
+    IF disabled AND current_setting('session_replication_role') <> 'replica' THEN
+        RAISE EXCEPTION 'Insert into queue % disallowed', i_queue_name USING ERRCODE = 'PQI01';
+    END IF;
+    IF per_tx_limit IS NOT NULL THEN
+        PERFORM pgq._count_tx_events(queue_id, i_queue_name, per_tx_limit, i_count);
+    END IF;
+END
+$$;
+
+-- Inserts one event with dynamic SQL: the path for a table pgq._insert_dispatch does not know.
+CREATE FUNCTION pgq._insert_dynamic(
+    i_table text, i_event_seq text, i_ev_id bigint, i_ev_time timestamptz, i_ev_owner integer,
+    i_ev_retry integer, i_ev_type text, i_ev_data text,
+    i_ev_extra1 text, i_ev_extra2 text, i_ev_extra3 text, i_ev_extra4 text)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    new_id bigint;
+BEGIN
+    EXECUTE 'INSERT INTO ' || pgq.quote_fqname(i_table)
+        || ' (ev_id, ev_time, ev_owner, ev_retry, ev_type, ev_data,'
+        || ' ev_extra1, ev_extra2, ev_extra3, ev_extra4)'
+        || ' VALUES (coalesce($1, nextval(' || quote_literal(i_event_seq) || ')),'
+        || ' $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ev_id'
+      INTO new_id
+      USING i_ev_id, i_ev_time, i_ev_owner, i_ev_retry, i_ev_type, i_ev_data,
+            i_ev_extra1, i_ev_extra2, i_ev_extra3, i_ev_extra4;
+    RETURN new_id;
+END
+$$;
+
 CREATE FUNCTION pgq.insert_event_raw(
     queue_name text, ev_id bigint, ev_time timestamptz,
     ev_owner integer, ev_retry integer, ev_type text, ev_data text,
@@ -472,47 +520,59 @@ CREATE FUNCTION pgq.insert_event_raw(
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q record;
-    new_id bigint;
+    t record := pgq._insert_target($1, 1);
 BEGIN
-    SELECT qq.queue_id, qq.queue_data_pfx, qq.queue_cur_table, qq.queue_event_seq,
-           qq.queue_disable_insert, qq.queue_per_tx_limit
-      INTO q FROM pgq.queue qq WHERE qq.queue_name = $1;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'Unknown event queue: %', $1 USING ERRCODE = 'PQQ01';
-    END IF;
-    IF q.queue_disable_insert AND current_setting('session_replication_role') <> 'replica' THEN
-        RAISE EXCEPTION 'Insert into queue % disallowed', $1 USING ERRCODE = 'PQI01';
-    END IF;
-    IF q.queue_per_tx_limit IS NOT NULL THEN
-        PERFORM pgq._count_tx_events(q.queue_id, $1, q.queue_per_tx_limit, 1);
-    END IF;
-    new_id := pgq._insert_dispatch(q.queue_id, q.queue_cur_table, $2, $3, $4, $5, $6, $7, $8, $9,
-                                   $10, $11);
-    IF new_id IS NULL THEN
-        EXECUTE 'INSERT INTO ' || pgq.quote_fqname(q.queue_data_pfx || '_' || q.queue_cur_table)
-            || ' (ev_id, ev_time, ev_owner, ev_retry, ev_type, ev_data,'
-            || ' ev_extra1, ev_extra2, ev_extra3, ev_extra4)'
-            || ' VALUES (coalesce($1, nextval(' || quote_literal(q.queue_event_seq) || ')),'
-            || ' $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ev_id'
-          INTO new_id
-          USING $2, $3, $4, $5, $6, $7, $8, $9, $10, $11;
-    END IF;
-    RETURN new_id;
+    RETURN coalesce(
+        pgq._insert_dispatch(t.queue_id, t.cur_table, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11),
+        pgq._insert_dynamic(t.data_pfx || '_' || t.cur_table, t.event_seq,
+                            $2, $3, $4, $5, $6, $7, $8, $9, $10, $11));
 END
 $$;
 
+-- insert_event is PL/pgSQL, not SQL: an SQL function that cannot be inlined (SECURITY DEFINER)
+-- is planned again on every call, PL/pgSQL keeps its plans for the session. The queue lookup is
+-- inlined (one function call less on the hot path); queues with checks to make, or an unknown
+-- name, take pgq._insert_target.
 CREATE FUNCTION pgq.insert_event(
     queue_name text, ev_type text, ev_data text,
     ev_extra1 text, ev_extra2 text, ev_extra3 text, ev_extra4 text)
 RETURNS bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pgq.insert_event_raw($1, NULL, now(), NULL, NULL, $2, $3, $4, $5, $6, $7)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+BEGIN
+    SELECT q.queue_id, q.queue_data_pfx AS data_pfx, q.queue_event_seq AS event_seq,
+           q.queue_cur_table AS cur_table,
+           q.queue_disable_insert OR q.queue_per_tx_limit IS NOT NULL AS restricted
+      INTO t FROM pgq.queue q WHERE q.queue_name = $1;
+    IF NOT FOUND OR t.restricted THEN
+        t := pgq._insert_target($1, 1);
+    END IF;
+    RETURN coalesce(
+        pgq._insert_dispatch(t.queue_id, t.cur_table, NULL, now(), NULL, NULL, $2, $3, $4, $5, $6, $7),
+        pgq._insert_dynamic(t.data_pfx || '_' || t.cur_table, t.event_seq,
+                            NULL, now(), NULL, NULL, $2, $3, $4, $5, $6, $7));
+END
 $$;
 
 CREATE FUNCTION pgq.insert_event(queue_name text, ev_type text, ev_data text) RETURNS bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pgq.insert_event_raw($1, NULL, now(), NULL, NULL, $2, $3, NULL, NULL, NULL, NULL)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+BEGIN
+    SELECT q.queue_id, q.queue_data_pfx AS data_pfx, q.queue_event_seq AS event_seq,
+           q.queue_cur_table AS cur_table,
+           q.queue_disable_insert OR q.queue_per_tx_limit IS NOT NULL AS restricted
+      INTO t FROM pgq.queue q WHERE q.queue_name = $1;
+    IF NOT FOUND OR t.restricted THEN
+        t := pgq._insert_target($1, 1);
+    END IF;
+    RETURN coalesce(
+        pgq._insert_dispatch(t.queue_id, t.cur_table, NULL, now(), NULL, NULL, $2, $3,
+                             NULL, NULL, NULL, NULL),
+        pgq._insert_dynamic(t.data_pfx || '_' || t.cur_table, t.event_seq,
+                            NULL, now(), NULL, NULL, $2, $3, NULL, NULL, NULL, NULL));
+END
 $$;
 
 -- New: many events in one statement. Arrays are read side by side (a shorter one is padded with
@@ -524,26 +584,14 @@ CREATE FUNCTION pgq.insert_event_bulk(
 RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q record;
-    n bigint := greatest(cardinality($2), cardinality($3), cardinality($4), cardinality($5),
-                         cardinality($6), cardinality($7));
+    n bigint := coalesce(greatest(cardinality($2), cardinality($3), cardinality($4),
+                                  cardinality($5), cardinality($6), cardinality($7)), 0);
+    t record := pgq._insert_target($1, n);
 BEGIN
-    SELECT qq.queue_id, qq.queue_data_pfx || '_' || qq.queue_cur_table AS tbl,
-           qq.queue_disable_insert, qq.queue_per_tx_limit
-      INTO q FROM pgq.queue qq WHERE qq.queue_name = $1;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'Unknown event queue: %', $1 USING ERRCODE = 'PQQ01';
-    END IF;
-    IF coalesce(n, 0) = 0 THEN
+    IF n = 0 THEN
         RETURN;
     END IF;
-    IF q.queue_disable_insert AND current_setting('session_replication_role') <> 'replica' THEN
-        RAISE EXCEPTION 'Insert into queue % disallowed', $1 USING ERRCODE = 'PQI01';
-    END IF;
-    IF q.queue_per_tx_limit IS NOT NULL THEN
-        PERFORM pgq._count_tx_events(q.queue_id, $1, q.queue_per_tx_limit, n);
-    END IF;
-    RETURN QUERY EXECUTE 'INSERT INTO ' || pgq.quote_fqname(q.tbl)
+    RETURN QUERY EXECUTE 'INSERT INTO ' || pgq.quote_fqname(t.data_pfx || '_' || t.cur_table)
         || ' (ev_time, ev_type, ev_data, ev_extra1, ev_extra2, ev_extra3, ev_extra4)'
         || ' SELECT now(), t, d, e1, e2, e3, e4'
         || ' FROM unnest($1, $2, $3, $4, $5, $6) WITH ORDINALITY AS u(t, d, e1, e2, e3, e4, n)'

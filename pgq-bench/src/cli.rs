@@ -1,0 +1,89 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Measures pgq-rs against the original PGQ extension and plain SQL in one run, on one server.
+///
+/// Without `--dsn` (nor `PGQ_DSN`, `DATABASE_URL` or libpq's `PG*` variables) it starts a
+/// private throwaway cluster and connects to it over TCP. With one, it creates scratch databases
+/// `pgq_bench_*` on that server (superuser needed) and drops them at the end.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pgq-bench", version)]
+pub struct Cli {
+    /// Scenarios to run, in this order (default: all).
+    #[arg(value_enum)]
+    pub scenarios: Vec<Scenario>,
+
+    /// Short timed blocks and one run: a quick look, not a figure to quote.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Runs per scenario; each run measures every variant once, alternating [default: 3, 1 with
+    /// --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: Option<u32>,
+
+    /// Repetitions per timed block, instead of calibrating blocks to about a second.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reps: Option<u32>,
+
+    /// Server to benchmark on (libpq keyword/value string or URL).
+    #[arg(long, env = "PGQ_DSN", hide_env_values = true)]
+    pub dsn: Option<String>,
+
+    /// Also write every run's raw figures to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Producing events: `insert_event` and bulk insert, ours vs the reference vs plain INSERT.
+    Produce,
+}
+
+impl Scenario {
+    /// Every scenario, in the order they run by default.
+    pub const ALL: &'static [Scenario] = &[Scenario::Produce];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Produce => "produce",
+        }
+    }
+}
+
+/// How long and how often to measure, derived once from the arguments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    /// Runs per scenario.
+    pub(crate) runs: u32,
+    /// Fixed repetitions per block, when given.
+    pub(crate) reps: Option<u32>,
+    /// What one calibrated block should take.
+    pub(crate) block: Duration,
+    /// How long each variant warms up (at least one repetition).
+    pub(crate) warmup: Duration,
+}
+
+impl Plan {
+    /// The plan for these arguments.
+    pub(crate) fn new(cli: &Cli) -> Plan {
+        let (runs, block, warmup) = if cli.quick {
+            (1, Duration::from_millis(100), Duration::from_millis(50))
+        } else {
+            (3, Duration::from_secs(1), Duration::from_millis(500))
+        };
+        Plan {
+            runs: cli.runs.unwrap_or(runs),
+            reps: cli.reps,
+            block,
+            warmup,
+        }
+    }
+}

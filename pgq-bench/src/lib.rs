@@ -1,0 +1,94 @@
+//! `pgq-bench` measures pgq-rs against the original PGQ extension (our baseline) and plain SQL,
+//! in one run on one server, and prints markdown tables of events per second and ratios.
+//!
+//! The binary is a thin wrapper around [`run`]; tests call it with small sizes.
+//!
+//! ```no_run
+//! use clap::Parser as _;
+//!
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     let cli = pgq_bench::Cli::parse_from(["pgq-bench", "produce", "--quick"]);
+//!     let reports = pgq_bench::run(cli).await?;
+//!     assert_eq!(reports[0].scenario, "produce");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! A scenario is a [`Scenario`] variant, a module with `async fn run(&Server, Plan) ->
+//! Result<Report>`, and one arm in the dispatch below.
+//!
+//! Main items: [`run`], [`Cli`], [`Scenario`], [`Report`].
+
+mod cli;
+mod produce;
+mod report;
+mod server;
+
+use anyhow::{Context as _, Result};
+use pgq_core::Dsn;
+
+pub use cli::{Cli, Scenario};
+pub use report::{Ratio, Report, Sample, Series};
+
+use cli::Plan;
+use server::Server;
+
+/// Runs the scenarios `cli` asks for (all when none), printing a markdown report of each to
+/// stdout, and writes every report as JSON to `cli.json` when given.
+///
+/// The server is `--dsn`, else `PGQ_DSN`, `DATABASE_URL` or libpq's `PG*` variables, else a
+/// private throwaway cluster. Scratch databases are dropped at the end, also after a failure.
+///
+/// # Errors
+///
+/// A bad connection string, a server that cannot be reached or started, any failing statement,
+/// a block whose row count is wrong, or a JSON file that cannot be written.
+pub async fn run(cli: Cli) -> Result<Vec<Report>> {
+    let plan = Plan::new(&cli);
+    let scenarios = if cli.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        cli.scenarios.clone()
+    };
+    let dsn = match &cli.dsn {
+        Some(dsn) => Some(Dsn::parse(dsn).context("--dsn")?),
+        None => Dsn::from_env()?,
+    };
+    let server = Server::open(dsn).await?;
+    let result = run_on(&server, plan, &scenarios).await;
+    let dropped = server.drop_scratch().await;
+    let (description, reports) = result?;
+    dropped?;
+    if let Some(path) = &cli.json {
+        let json = serde_json::json!({
+            "server": description,
+            "runs": plan.runs,
+            "reports": reports,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(reports)
+}
+
+/// Describes the server, then runs and prints each scenario.
+async fn run_on(
+    server: &Server,
+    plan: Plan,
+    scenarios: &[Scenario],
+) -> Result<(String, Vec<Report>)> {
+    let description = server.describe().await?;
+    println!("# pgq-bench\n\n{description}\n");
+    let mut reports = Vec::with_capacity(scenarios.len());
+    for &scenario in scenarios {
+        tracing::info!(scenario = scenario.name(), "running");
+        let report = match scenario {
+            Scenario::Produce => produce::run(server, plan).await,
+        }
+        .with_context(|| format!("scenario {}", scenario.name()))?;
+        println!("{report}");
+        reports.push(report);
+    }
+    Ok((description, reports))
+}

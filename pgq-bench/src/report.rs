@@ -1,0 +1,239 @@
+//! What a scenario measured, and its markdown form.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// One scenario's results: a series of timed blocks per variant, and ratios of their medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The scenario's name (`produce`).
+    pub scenario: &'static str,
+    /// How the figures were made, one sentence each.
+    pub notes: Vec<String>,
+    /// One entry per variant and shape, in the order they were measured within each run.
+    pub series: Vec<Series>,
+    /// Ratios of median throughputs, some with a target.
+    pub ratios: Vec<Ratio>,
+}
+
+/// The timed blocks of one variant in one shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    /// The shape of the work (`round trip`, `server`).
+    pub shape: &'static str,
+    /// What was measured (`ours insert_event`, `plain INSERT`, ...).
+    pub variant: &'static str,
+    /// Repetitions per timed block.
+    pub reps: u32,
+    /// Events each repetition inserts.
+    pub events_per_rep: u64,
+    /// One sample per run, in run order.
+    pub samples: Vec<Sample>,
+}
+
+/// One timed block.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// The run it belongs to, from 1.
+    pub run: u32,
+    /// Events inserted in the block.
+    pub events: u64,
+    /// Wall-clock time of the block.
+    pub seconds: f64,
+    /// `events / seconds`.
+    pub events_per_sec: f64,
+}
+
+/// The ratio of two series' median throughputs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// What is divided by what.
+    pub label: String,
+    /// The ratio; `None` when a side was not measured (the reference is missing).
+    pub value: Option<f64>,
+    /// The lowest acceptable value, when there is one.
+    pub target: Option<f64>,
+    /// Whether the target is met; `None` without a target or a value.
+    pub met: Option<bool>,
+}
+
+impl Series {
+    /// The slowest block's events per second.
+    pub fn min(&self) -> f64 {
+        self.rates().first().copied().unwrap_or(f64::NAN)
+    }
+
+    /// The median block's events per second (the mean of the middle two for an even count).
+    pub fn median(&self) -> f64 {
+        let rates = self.rates();
+        match rates.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => rates[n / 2],
+            n => (rates[n / 2 - 1] + rates[n / 2]) / 2.0,
+        }
+    }
+
+    /// The fastest block's events per second.
+    pub fn max(&self) -> f64 {
+        self.rates().last().copied().unwrap_or(f64::NAN)
+    }
+
+    fn rates(&self) -> Vec<f64> {
+        let mut rates: Vec<f64> = self.samples.iter().map(|s| s.events_per_sec).collect();
+        rates.sort_by(f64::total_cmp);
+        rates
+    }
+}
+
+impl Ratio {
+    /// `numerator`'s median over `denominator`'s, when both were measured.
+    pub(crate) fn of(
+        label: impl Into<String>,
+        numerator: Option<&Series>,
+        denominator: Option<&Series>,
+        target: Option<f64>,
+    ) -> Ratio {
+        let value = numerator
+            .zip(denominator)
+            .map(|(n, d)| n.median() / d.median());
+        Ratio {
+            label: label.into(),
+            value,
+            target,
+            met: value.zip(target).map(|(v, t)| v >= t),
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    /// A markdown section: notes, a table of throughputs, a table of ratios.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "## {}\n", self.scenario)?;
+        for note in &self.notes {
+            writeln!(f, "- {note}")?;
+        }
+        writeln!(
+            f,
+            "\n| shape | variant | reps × events | min events/s | median events/s | max events/s |"
+        )?;
+        writeln!(f, "|---|---|---:|---:|---:|---:|")?;
+        for s in &self.series {
+            writeln!(
+                f,
+                "| {} | {} | {} × {} | {} | {} | {} |",
+                s.shape,
+                s.variant,
+                s.reps,
+                thousands(s.events_per_rep as f64),
+                thousands(s.min()),
+                thousands(s.median()),
+                thousands(s.max())
+            )?;
+        }
+        writeln!(f, "\n| ratio of medians | value | target | verdict |")?;
+        writeln!(f, "|---|---:|---:|---|")?;
+        for r in &self.ratios {
+            let value = r
+                .value
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
+            let target = r.target.map_or_else(String::new, |t| format!("≥ {t:.1}"));
+            let verdict = match r.met {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None if r.target.is_some() => "not measured",
+                None => "",
+            };
+            writeln!(f, "| {} | {value} | {target} | {verdict} |", r.label)?;
+        }
+        Ok(())
+    }
+}
+
+/// A non-negative figure rounded to a whole number, with `,` between thousands.
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "n/a".to_owned();
+    }
+    let digits = format!("{x:.0}");
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(rates: &[f64]) -> Series {
+        Series {
+            shape: "server",
+            variant: "v",
+            reps: 1,
+            events_per_rep: 1000,
+            samples: rates
+                .iter()
+                .zip(1..)
+                .map(|(&r, run)| Sample {
+                    run,
+                    events: 1000,
+                    seconds: 1000.0 / r,
+                    events_per_sec: r,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn statistics() {
+        let s = series(&[30.0, 10.0, 20.0]);
+        assert_eq!((s.min(), s.median(), s.max()), (10.0, 20.0, 30.0));
+        assert_eq!(series(&[4.0, 1.0, 2.0, 3.0]).median(), 2.5);
+        assert!(series(&[]).median().is_nan());
+    }
+
+    #[test]
+    fn ratios_and_verdicts() {
+        let (a, b) = (series(&[90.0]), series(&[100.0]));
+        let met = Ratio::of("a / b", Some(&a), Some(&b), Some(0.8));
+        assert_eq!((met.value, met.met), (Some(0.9), Some(true)));
+        let missed = Ratio::of("a / b", Some(&a), Some(&b), Some(1.0));
+        assert_eq!(missed.met, Some(false));
+        let absent = Ratio::of("a / b", Some(&a), None, Some(0.5));
+        assert_eq!((absent.value, absent.met), (None, None));
+        let report = Report {
+            scenario: "x",
+            notes: vec!["n".to_owned()],
+            series: vec![a],
+            ratios: vec![met, missed, absent],
+        };
+        let text = report.to_string();
+        assert!(
+            text.contains("| server | v | 1 × 1,000 | 90 | 90 | 90 |"),
+            "{text}"
+        );
+        assert!(text.contains("| a / b | 0.90 | ≥ 0.8 | met |"), "{text}");
+        assert!(
+            text.contains("| a / b | 0.90 | ≥ 1.0 | **missed** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| a / b | n/a | ≥ 0.5 | not measured |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1234.6), "1,235");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(thousands(f64::NAN), "n/a");
+    }
+}
