@@ -212,6 +212,12 @@ macro_rules! migration {
 /// Every migration this build ships, per line in version order.
 static MIGRATIONS: &[Migration] = &[
     migration!(Pgq, "pgq/0001_initial.sql", 1, "initial"),
+    migration!(
+        Pgq,
+        "pgq/0002_tick_wakeups_and_catchup.sql",
+        2,
+        "tick wake-ups and catch-up ticks"
+    ),
     migration!(PgqCoop, "pgq_coop/0001_initial.sql", 1, "initial"),
     migration!(PgqExt, "pgq_ext/0001_initial.sql", 1, "initial"),
 ];
