@@ -513,6 +513,9 @@ BEGIN
 END
 $$;
 
+-- Like PGQ, every insert takes the next event id first, even one given an ev_id (a retried event
+-- keeps its id, and the sequence still moves so the ticker sees new events) or one that is then
+-- refused.
 CREATE FUNCTION pgq.insert_event_raw(
     queue_name text, ev_id bigint, ev_time timestamptz,
     ev_owner integer, ev_retry integer, ev_type text, ev_data text,
@@ -520,19 +523,28 @@ CREATE FUNCTION pgq.insert_event_raw(
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t record := pgq._insert_target($1, 1);
+    t record;
 BEGIN
+    SELECT q.queue_id, q.queue_data_pfx AS data_pfx, q.queue_event_seq AS event_seq,
+           q.queue_cur_table AS cur_table,
+           q.queue_disable_insert OR q.queue_per_tx_limit IS NOT NULL AS restricted,
+           nextval(q.queue_event_seq::regclass) AS next_id
+      INTO t FROM pgq.queue q WHERE q.queue_name = $1;
+    IF NOT FOUND OR t.restricted THEN
+        PERFORM pgq._insert_target($1, 1);
+    END IF;
     RETURN coalesce(
-        pgq._insert_dispatch(t.queue_id, t.cur_table, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11),
+        pgq._insert_dispatch(t.queue_id, t.cur_table, coalesce($2, t.next_id), $3, $4, $5, $6,
+                             $7, $8, $9, $10, $11),
         pgq._insert_dynamic(t.data_pfx || '_' || t.cur_table, t.event_seq,
-                            $2, $3, $4, $5, $6, $7, $8, $9, $10, $11));
+                            coalesce($2, t.next_id), $3, $4, $5, $6, $7, $8, $9, $10, $11));
 END
 $$;
 
 -- insert_event is PL/pgSQL, not SQL: an SQL function that cannot be inlined (SECURITY DEFINER)
 -- is planned again on every call, PL/pgSQL keeps its plans for the session. The queue lookup is
--- inlined (one function call less on the hot path); queues with checks to make, or an unknown
--- name, take pgq._insert_target.
+-- inlined (one function call less on the hot path); a queue with checks to make, or an unknown
+-- name, goes through pgq._insert_target, which raises when the insert is refused.
 CREATE FUNCTION pgq.insert_event(
     queue_name text, ev_type text, ev_data text,
     ev_extra1 text, ev_extra2 text, ev_extra3 text, ev_extra4 text)
@@ -543,15 +555,17 @@ DECLARE
 BEGIN
     SELECT q.queue_id, q.queue_data_pfx AS data_pfx, q.queue_event_seq AS event_seq,
            q.queue_cur_table AS cur_table,
-           q.queue_disable_insert OR q.queue_per_tx_limit IS NOT NULL AS restricted
+           q.queue_disable_insert OR q.queue_per_tx_limit IS NOT NULL AS restricted,
+           nextval(q.queue_event_seq::regclass) AS next_id
       INTO t FROM pgq.queue q WHERE q.queue_name = $1;
     IF NOT FOUND OR t.restricted THEN
-        t := pgq._insert_target($1, 1);
+        PERFORM pgq._insert_target($1, 1);
     END IF;
     RETURN coalesce(
-        pgq._insert_dispatch(t.queue_id, t.cur_table, NULL, now(), NULL, NULL, $2, $3, $4, $5, $6, $7),
+        pgq._insert_dispatch(t.queue_id, t.cur_table, t.next_id, now(), NULL, NULL, $2, $3, $4, $5,
+                             $6, $7),
         pgq._insert_dynamic(t.data_pfx || '_' || t.cur_table, t.event_seq,
-                            NULL, now(), NULL, NULL, $2, $3, $4, $5, $6, $7));
+                            t.next_id, now(), NULL, NULL, $2, $3, $4, $5, $6, $7));
 END
 $$;
 
@@ -562,16 +576,17 @@ DECLARE
 BEGIN
     SELECT q.queue_id, q.queue_data_pfx AS data_pfx, q.queue_event_seq AS event_seq,
            q.queue_cur_table AS cur_table,
-           q.queue_disable_insert OR q.queue_per_tx_limit IS NOT NULL AS restricted
+           q.queue_disable_insert OR q.queue_per_tx_limit IS NOT NULL AS restricted,
+           nextval(q.queue_event_seq::regclass) AS next_id
       INTO t FROM pgq.queue q WHERE q.queue_name = $1;
     IF NOT FOUND OR t.restricted THEN
-        t := pgq._insert_target($1, 1);
+        PERFORM pgq._insert_target($1, 1);
     END IF;
     RETURN coalesce(
-        pgq._insert_dispatch(t.queue_id, t.cur_table, NULL, now(), NULL, NULL, $2, $3,
+        pgq._insert_dispatch(t.queue_id, t.cur_table, t.next_id, now(), NULL, NULL, $2, $3,
                              NULL, NULL, NULL, NULL),
         pgq._insert_dynamic(t.data_pfx || '_' || t.cur_table, t.event_seq,
-                            NULL, now(), NULL, NULL, $2, $3, NULL, NULL, NULL, NULL));
+                            t.next_id, now(), NULL, NULL, $2, $3, NULL, NULL, NULL, NULL));
 END
 $$;
 
@@ -1127,6 +1142,9 @@ CREATE FUNCTION pgq.event_retry(x_batch_id bigint, x_event_id bigint, x_retry_ti
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pgq.subscription WHERE sub_batch = x_batch_id) THEN
+        RAISE EXCEPTION 'batch % not found', x_batch_id USING ERRCODE = 'PQB01';
+    END IF;
     INSERT INTO pgq.retry_queue (ev_retry_after, ev_queue, ev_id, ev_time, ev_txid, ev_owner,
                                  ev_retry, ev_type, ev_data, ev_extra1, ev_extra2, ev_extra3,
                                  ev_extra4)

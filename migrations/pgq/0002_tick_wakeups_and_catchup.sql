@@ -126,4 +126,4 @@ REVOKE ALL ON FUNCTION pgq._notify_tick(), pgq.catchup_ticker(text), pgq.catchup
 GRANT EXECUTE ON FUNCTION pgq.catchup_ticker(text), pgq.catchup_ticker() TO pgq_admin;
 
 INSERT INTO pgq_rs.migrations (line, version, description)
-VALUES ('pgq', 2, 'tick wake-ups and catch-up ticks');
+VALUES ('pgq', 2, 'tick_wakeups_and_catchup');

@@ -216,7 +216,7 @@ static MIGRATIONS: &[Migration] = &[
         Pgq,
         "pgq/0002_tick_wakeups_and_catchup.sql",
         2,
-        "tick wake-ups and catch-up ticks"
+        "tick_wakeups_and_catchup"
     ),
     migration!(PgqCoop, "pgq_coop/0001_initial.sql", 1, "initial"),
     migration!(PgqExt, "pgq_ext/0001_initial.sql", 1, "initial"),
