@@ -3,6 +3,7 @@
 mod tls;
 
 mod batches;
+mod catchup;
 mod info;
 mod installer;
 mod producing;

@@ -1,0 +1,252 @@
+//! Catch-up ticks after an outage (`pgq.catchup_ticker`): batches of about ticker_max_count
+//! events instead of one giant batch, every transaction whole and in exactly one batch, and
+//! conflicting transactions kept in order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use pgq_core::tokio_postgres::Client;
+use pgq_core::{Dsn, Line};
+use pgq_testkit::TestDb;
+
+const QUEUE: &str = "outage";
+const MAX_COUNT: i64 = 500;
+
+async fn connect(db: &TestDb) -> anyhow::Result<Client> {
+    Ok(Dsn::parse(&db.dsn())?.connect().await?)
+}
+
+/// Every batch of consumer `c`, in order: each batch's events as (ev_id, ev_extra1 = the
+/// producer transaction's tag). Ticks first the way the daemon does on our schema.
+async fn drain(client: &Client) -> anyhow::Result<Vec<Vec<(i64, String)>>> {
+    client
+        .batch_execute(
+            "SELECT pgq.catchup_ticker(); SELECT pgq.force_tick('outage'); SELECT pgq.ticker();",
+        )
+        .await?;
+    let mut batches = Vec::new();
+    loop {
+        let batch: Option<i64> = client
+            .query_one("SELECT pgq.next_batch('outage', 'c')", &[])
+            .await?
+            .get(0);
+        let Some(batch) = batch else { break };
+        let rows = client
+            .query(
+                "SELECT ev_id, ev_extra1 FROM pgq.get_batch_events($1)",
+                &[&batch],
+            )
+            .await?;
+        batches.push(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
+        client
+            .query_one("SELECT pgq.finish_batch($1)", &[&batch])
+            .await?;
+    }
+    Ok(batches)
+}
+
+/// The batch index of every transaction tag; fails when a transaction is split over batches.
+fn batch_of_each_transaction(
+    batches: &[Vec<(i64, String)>],
+) -> anyhow::Result<HashMap<String, usize>> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, batch) in batches.iter().enumerate() {
+        for (_, tag) in batch {
+            let first = *seen.entry(tag.clone()).or_insert(i);
+            anyhow::ensure!(
+                first == i,
+                "transaction {tag} split over batches {first} and {i}"
+            );
+        }
+    }
+    Ok(seen)
+}
+
+#[tokio::test]
+async fn outage_backlog_is_cut_into_batches_of_about_max_count() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let mut admin = db.client().await?;
+    pgq_core::install(&mut admin, &[Line::Pgq]).await?;
+    admin
+        .batch_execute(&format!(
+            "SELECT pgq.create_queue('{QUEUE}');
+             SELECT pgq.set_queue_config('{QUEUE}', 'ticker_max_count', '{MAX_COUNT}');
+             SELECT pgq.register_consumer('{QUEUE}', 'c');"
+        ))
+        .await?;
+
+    // the ticker is down: a transaction held open across the outage, and 4 concurrent producers
+    let held = connect(&db).await?;
+    held.batch_execute(
+        "BEGIN; SELECT pgq.insert_event('outage', 'held', 'h', 'held', NULL, NULL, NULL)
+                FROM generate_series(1, 10);",
+    )
+    .await?;
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let dsn = db.dsn();
+            tokio::spawn(async move {
+                let client = Dsn::parse(&dsn)?.connect().await?;
+                let mut inserted = 0_i64;
+                for t in 0..1250_i64 {
+                    // 1 to 19 events per transaction; every 7th transaction rolls back
+                    let n = (p * 31 + t * 7) % 19 + 1;
+                    let end = if t % 7 == 3 { "ROLLBACK" } else { "COMMIT" };
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN; SELECT pgq.insert_event('outage', 'e', 'x', 'p{p}t{t}', NULL, NULL, NULL)
+                                    FROM generate_series(1, {n}); {end};"
+                        ))
+                        .await?;
+                    if end == "COMMIT" {
+                        inserted += n;
+                    }
+                }
+                anyhow::Ok(inserted)
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for p in producers {
+        committed += p.await??;
+    }
+
+    // the ticker comes back while `held` is still open
+    let batches = drain(&admin).await?;
+    let total: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!(
+        total,
+        usize::try_from(committed)?,
+        "every committed event, once"
+    );
+    let by_tx = batch_of_each_transaction(&batches)?;
+    assert!(
+        !by_tx.contains_key("held"),
+        "the open transaction is not in any batch yet"
+    );
+    assert!(
+        batches.len() >= 4,
+        "the backlog was cut: {} batches",
+        batches.len()
+    );
+    for batch in &batches {
+        // a cut never splits a transaction, so a batch may exceed the target by one transaction
+        assert!(
+            batch.len() <= 2 * usize::try_from(MAX_COUNT)?,
+            "batch of {}",
+            batch.len()
+        );
+    }
+
+    // the held transaction commits and lands, whole, in a later batch
+    held.batch_execute("COMMIT").await?;
+    let later = drain(&admin).await?;
+    let held_events: Vec<_> = later
+        .iter()
+        .flatten()
+        .filter(|(_, tag)| tag == "held")
+        .collect();
+    assert_eq!(held_events.len(), 10);
+    batch_of_each_transaction(&later)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_transaction_that_waited_for_a_row_lock_is_never_in_an_earlier_batch(
+) -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let mut admin = db.client().await?;
+    pgq_core::install(&mut admin, &[Line::Pgq]).await?;
+    admin
+        .batch_execute(
+            "SELECT pgq.create_queue('outage');
+             SELECT pgq.set_queue_config('outage', 'ticker_max_count', '2');
+             SELECT pgq.register_consumer('outage', 'c');
+             CREATE TABLE account (id int PRIMARY KEY, balance int);
+             INSERT INTO account VALUES (1, 0);
+             CREATE FUNCTION capture() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM pgq.insert_event('outage', 'U', NEW.balance::text,
+                                          current_setting('app.tag'), NULL, NULL, NULL);
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER capture AFTER UPDATE ON account
+                 FOR EACH ROW EXECUTE FUNCTION capture();",
+        )
+        .await?;
+
+    // `waiter` takes the lower txid, then waits for `holder`'s row lock
+    let waiter = connect(&db).await?;
+    let holder = connect(&db).await?;
+    waiter
+        .batch_execute("BEGIN; SET LOCAL app.tag = 'waiter'; SELECT txid_current();")
+        .await?;
+    holder
+        .batch_execute(
+            "BEGIN; SET LOCAL app.tag = 'holder'; SELECT txid_current();
+             UPDATE account SET balance = balance + 10 WHERE id = 1;",
+        )
+        .await?;
+    let waiter_pid: i32 = waiter
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let blocked = tokio::spawn(async move {
+        waiter
+            .batch_execute("UPDATE account SET balance = balance + 1 WHERE id = 1; COMMIT;")
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let blockers: Vec<i32> = admin
+            .query_one("SELECT pg_blocking_pids($1)", &[&waiter_pid])
+            .await?
+            .get(0);
+        if blockers.contains(&holder_pid) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the waiter never waited for the holder"
+        );
+        tokio::task::yield_now().await;
+    }
+    // other traffic around them, so the backlog is well over 2 × ticker_max_count
+    for t in 0..6 {
+        admin
+            .batch_execute(&format!(
+                "SELECT pgq.insert_event('outage', 'f', 'x', 'filler{t}', NULL, NULL, NULL);"
+            ))
+            .await?;
+    }
+    holder.batch_execute("COMMIT").await?;
+    blocked.await??;
+
+    let batches = drain(&admin).await?;
+    let by_tx = batch_of_each_transaction(&batches)?;
+    assert!(
+        batches.len() > 1,
+        "catch-up made several batches: {batches:?}"
+    );
+    let (holder_batch, waiter_batch) = (by_tx["holder"], by_tx["waiter"]);
+    assert!(
+        waiter_batch >= holder_batch,
+        "the waiter (batch {waiter_batch}) came before the holder (batch {holder_batch})"
+    );
+    let ids: BTreeMap<&str, i64> = batches
+        .iter()
+        .flatten()
+        .map(|(id, tag)| (tag.as_str(), *id))
+        .collect();
+    assert!(
+        ids["waiter"] > ids["holder"],
+        "the waiter's event was captured after the holder's"
+    );
+    let distinct: HashSet<&String> = batches.iter().flatten().map(|(_, t)| t).collect();
+    assert_eq!(distinct.len(), 8, "holder, waiter and six fillers");
+    Ok(())
+}
