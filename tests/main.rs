@@ -2,3 +2,4 @@
 //! extension (Skytools PGQ 3.5).
 
 mod compat;
+mod pgqd;

@@ -1,0 +1,141 @@
+//! The original ticker daemon, Skytools' `pgqd`, runs against our schema: it accepts our
+//! `pgq.version()`, ticks our queues and runs our maintenance (retry re-insertion).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use pgq_core::tokio_postgres::Client;
+use pgq_core::Line;
+use pgq_testkit::TestDb;
+
+const PGQD: &str = "/usr/bin/pgqd";
+
+/// `pgqd` when installed; `None` (after a loud line) when missing and not required.
+fn pgqd_binary() -> Result<Option<&'static Path>> {
+    let path = Path::new(PGQD);
+    if path.is_file() {
+        return Ok(Some(path));
+    }
+    ensure!(
+        std::env::var("PGQ_REQUIRE_REFERENCE").as_deref() != Ok("1"),
+        "REFERENCE MISSING: {PGQD} not found and PGQ_REQUIRE_REFERENCE=1; install the pgqd package"
+    );
+    eprintln!("SKIPPED: {PGQD} not found; install the pgqd package to run this test");
+    Ok(None)
+}
+
+/// The TestDb's connection string without its `dbname`, as pgqd's `base_connstr` wants it.
+fn base_connstr(dsn: &str) -> String {
+    dsn.split_whitespace()
+        .filter(|kv| !kv.starts_with("dbname="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Waits until consumer `c` gets a batch, then returns its events as (data, retry count) and
+/// finishes it — unless `retry_first` is set, in which case that event is handed back first.
+async fn next_batch_events(
+    client: &Client,
+    retry_first: Option<&str>,
+    deadline: Instant,
+) -> Result<Vec<(String, Option<i32>)>> {
+    loop {
+        let batch: Option<i64> = client
+            .query_one("SELECT pgq.next_batch('q', 'c')", &[])
+            .await?
+            .get(0);
+        if let Some(batch) = batch {
+            let rows = client
+                .query(
+                    "SELECT ev_id, ev_data, ev_retry FROM pgq.get_batch_events($1)",
+                    &[&batch],
+                )
+                .await?;
+            for row in &rows {
+                if retry_first == Some(row.get::<_, String>(1).as_str()) {
+                    let ev_id: i64 = row.get(0);
+                    client
+                        .query_one("SELECT pgq.event_retry($1, $2, 0)", &[&batch, &ev_id])
+                        .await?;
+                }
+            }
+            client
+                .query_one("SELECT pgq.finish_batch($1)", &[&batch])
+                .await?;
+            let events: Vec<_> = rows.iter().map(|r| (r.get(1), r.get(2))).collect();
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+        ensure!(Instant::now() < deadline, "pgqd made no batch in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn pgqd_ticks_and_maintains_our_schema() -> Result<()> {
+    let Some(pgqd) = pgqd_binary()? else {
+        return Ok(());
+    };
+    let db = TestDb::new().await?;
+    let mut client = db.client().await?;
+    pgq_core::install(&mut client, &[Line::Pgq]).await?;
+    client
+        .batch_execute(
+            "SELECT pgq.create_queue('q');
+             SELECT pgq.set_queue_config('q', 'ticker_max_count', '1');
+             SELECT pgq.register_consumer('q', 'c');",
+        )
+        .await?;
+
+    let dir = std::env::temp_dir().join(format!("pgqt-pgqd-{}-{}", std::process::id(), db.name()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("pgqd.ini");
+    std::fs::write(
+        &config,
+        format!(
+            "[pgqd]\nlogfile = {log}\npidfile = {pid}\nbase_connstr = {base}\n\
+             initial_database = {name}\ndatabase_list = {name}\nticker_period = 0.1\n\
+             retry_period = 0.2\nmaint_period = 1\ncheck_period = 60\n",
+            log = dir.join("pgqd.log").display(),
+            pid = dir.join("pgqd.pid").display(),
+            base = base_connstr(&db.dsn()),
+            name = db.name(),
+        ),
+    )?;
+    let mut daemon = tokio::process::Command::new(pgqd)
+        .arg("-v")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting pgqd")?;
+
+    client
+        .batch_execute(
+            "BEGIN;
+             SELECT pgq.insert_event('q', 't', 'one');
+             SELECT pgq.insert_event('q', 't', 'two');
+             COMMIT;",
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = next_batch_events(&client, Some("two"), deadline).await?;
+    assert_eq!(first, [("one".to_owned(), None), ("two".to_owned(), None)]);
+
+    // pgqd's retry pass re-inserts the handed-back event, and its ticker makes a batch of it
+    let again = next_batch_events(&client, None, deadline).await?;
+    assert_eq!(again, [("two".to_owned(), Some(1))]);
+
+    let log = std::fs::read_to_string(dir.join("pgqd.log")).unwrap_or_default();
+    daemon.kill().await?;
+    std::fs::remove_dir_all(&dir)?;
+    assert!(
+        !log.contains("ERROR") && !log.contains("FATAL"),
+        "pgqd logged errors:\n{log}"
+    );
+    Ok(())
+}
