@@ -18,6 +18,7 @@ mod concurrency;
 mod errors;
 mod info;
 mod model;
+mod python;
 mod retry;
 mod rotation;
 mod ticker;
