@@ -425,27 +425,37 @@ CREATE FUNCTION pgq._insert_dispatch(
 RETURNS bigint
 LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
 
+-- The body is built in one query (string_agg): appending in a loop copies the growing text each
+-- time. Queues are grouped by queue_id / 32 so a call tests at most ~32 + 32 branches, however
+-- many queues there are. Bodies are not validated here (check_function_bodies off): they are
+-- generated from the catalog, and PL/pgSQL compiles the function on first use in each session.
 CREATE FUNCTION pgq._rebuild_insert_dispatch() RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $rebuild$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET check_function_bodies = off AS $rebuild$
 DECLARE
-    q record;
-    branches text := '';
+    branches text;
 BEGIN
-    FOR q IN SELECT queue_id, queue_data_pfx, queue_event_seq, queue_ntables
-               FROM pgq.queue ORDER BY queue_id
-    LOOP
-        branches := branches || format(E'\n    WHEN %s THEN\n        CASE i_table', q.queue_id);
-        FOR i IN 0 .. q.queue_ntables - 1 LOOP
-            branches := branches || format(
-                E'\n        WHEN %s THEN INSERT INTO %s (ev_id, ev_time, ev_owner, ev_retry, ev_type,'
-                ' ev_data, ev_extra1, ev_extra2, ev_extra3, ev_extra4)'
-                ' VALUES (coalesce(i_ev_id, nextval(%L::regclass)), i_ev_time, i_ev_owner,'
-                ' i_ev_retry, i_ev_type, i_ev_data, i_ev_extra1, i_ev_extra2, i_ev_extra3,'
-                ' i_ev_extra4) RETURNING ev_id INTO new_id;',
-                i, pgq.quote_fqname(q.queue_data_pfx || '_' || i), q.queue_event_seq);
-        END LOOP;
-        branches := branches || E'\n        ELSE RETURN NULL;\n        END CASE;';
-    END LOOP;
+    SELECT string_agg(grp.branch, '' ORDER BY grp.bucket) INTO branches
+      FROM (SELECT per_queue.bucket,
+                   format(E'\n    WHEN %s THEN\n      CASE i_queue_id%s\n      ELSE RETURN NULL;\n      END CASE;',
+                          per_queue.bucket,
+                          string_agg(per_queue.branch, '' ORDER BY per_queue.queue_id)) AS branch
+              FROM (SELECT q.queue_id, q.queue_id / 32 AS bucket,
+                           format(E'\n      WHEN %s THEN\n        CASE i_table%s\n        ELSE RETURN NULL;\n        END CASE;',
+                                  q.queue_id,
+                                  string_agg(format(
+                                      E'\n        WHEN %s THEN INSERT INTO %s (ev_id, ev_time,'
+                                      ' ev_owner, ev_retry, ev_type, ev_data, ev_extra1, ev_extra2,'
+                                      ' ev_extra3, ev_extra4) VALUES (coalesce(i_ev_id,'
+                                      ' nextval(%L::regclass)), i_ev_time, i_ev_owner, i_ev_retry,'
+                                      ' i_ev_type, i_ev_data, i_ev_extra1, i_ev_extra2, i_ev_extra3,'
+                                      ' i_ev_extra4) RETURNING ev_id INTO new_id;',
+                                      t.n, pgq.quote_fqname(q.queue_data_pfx || '_' || t.n),
+                                      q.queue_event_seq), '' ORDER BY t.n)) AS branch
+                      FROM pgq.queue q
+                      CROSS JOIN LATERAL generate_series(0, q.queue_ntables - 1) AS t(n)
+                     GROUP BY q.queue_id, q.queue_data_pfx) per_queue
+             GROUP BY per_queue.bucket) grp;
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION pgq._insert_dispatch(
     i_queue_id integer, i_table integer, i_ev_id bigint, i_ev_time timestamptz,
@@ -456,12 +466,12 @@ LANGUAGE plpgsql AS $body$
 DECLARE
     new_id bigint;
 BEGIN
-    CASE i_queue_id%s
+    CASE i_queue_id / 32%s
     ELSE RETURN NULL;
     END CASE;
     RETURN new_id;
 END
-$body$$f$, CASE WHEN branches = '' THEN E'\n    WHEN NULL THEN NULL;' ELSE branches END);
+$body$$f$, coalesce(branches, E'\n    WHEN NULL THEN NULL;'));
 END
 $rebuild$;
 
