@@ -5,7 +5,11 @@
 //! | part | crate | status |
 //! |---|---|---|
 //! | queue schema, producer, batches, info, backlog | `pgq-core` | always on |
+//! | ticker daemon, maintenance, backlog reports (`pgq::ticker`) | `pgq-ticker` | feature `ticker` (default) |
 //!
-//! Later parts (ticker, consumer, londiste, basebackup) arrive as features of this crate.
+//! Later parts (consumer, londiste, basebackup) arrive as features of this crate.
 
 pub use pgq_core::*;
+
+#[cfg(feature = "ticker")]
+pub use pgq_ticker as ticker;

@@ -144,6 +144,21 @@ impl Cluster {
             .join(", ")
     }
 
+    /// Restarts the server (`pg_ctl restart -m fast`): every session is terminated, the data
+    /// and the port stay. Returns once it accepts connections again.
+    pub async fn restart(&self) -> Result<(), TestkitError> {
+        let mut pg_ctl = self.tools.command("pg_ctl");
+        pg_ctl
+            .arg("restart")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.base.join("server.log"))
+            .args(["-m", "fast", "-w", "-t", "60", "-s"])
+            .current_dir(&self.base);
+        run(pg_ctl, "pg_ctl restart").await.map(drop)
+    }
+
     fn base_settings(&self, ssl: bool) -> Vec<(String, String)> {
         let listen = if self.listen_tcp { "127.0.0.1" } else { "" };
         let mut settings = vec![

@@ -1,0 +1,490 @@
+//! One database's ticker: a dedicated connection holding the ticker lock, and the steps
+//! (ticker pass, maintenance, retry) the daemon repeats.
+
+use std::time::Duration;
+
+use pgq_core::{quote_ident, Dsn, Flavor};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::error::{DbContext as _, Result, TickerError};
+
+/// The session advisory lock a ticker holds on its database, so that two tickers never tick
+/// one database at once (ASCII `pgq_tick`).
+pub const TICKER_LOCK_KEY: i64 = 0x7067_715f_7469_636b;
+
+/// The channel ticks are announced on; the payload is the queue name.
+pub const TICK_CHANNEL: &str = "pgq_tick";
+
+/// How often one maintenance function is called in a row while it asks to be called again.
+const MAX_REPEATS: u32 = 100;
+
+// language=SQL
+const PROBE: &str = "\
+SELECT pg_catalog.to_regprocedure('pgq.ticker()') IS NOT NULL,
+       pg_catalog.to_regprocedure('pgq.catchup_ticker()') IS NOT NULL,
+       pg_catalog.pg_backend_pid()";
+
+// language=SQL
+const TRY_LOCK: &str = "SELECT pg_catalog.pg_try_advisory_lock($1)";
+
+// language=SQL
+const NAME_SESSION: &str = "\
+SELECT pg_catalog.set_config('application_name', 'pgq-ticker', false)
+ WHERE pg_catalog.current_setting('application_name') = ''";
+
+// The pass on the pgq-rs schema: catch-up cuts first, then PGQ's tick rule, in one transaction
+// (a simple query of two statements is one transaction). Its insert trigger on pgq.tick
+// announces the ticks.
+// language=SQL
+const PASS_WITH_CATCHUP: &str = "SELECT pgq.catchup_ticker(); SELECT pgq.ticker()";
+
+// The pass elsewhere: PGQ's tick rule queue by queue, as pgq.ticker() does, so the ticked
+// queues are known and can be announced after the commit. CASE keeps paused and externally
+// ticked queues away from pgq.ticker(text), which would raise.
+// language=SQL
+const PASS_PER_QUEUE: &str = "\
+SELECT queue_name,
+       CASE WHEN NOT queue_external_ticker AND NOT queue_ticker_paused
+            THEN pgq.ticker(queue_name) END
+  FROM pgq.queue
+ ORDER BY queue_name";
+
+// language=SQL
+const NOTIFY: &str = "SELECT pg_catalog.pg_notify($1, q) FROM pg_catalog.unnest($2::text[]) AS q";
+
+// language=SQL
+const MAINT_OPERATIONS: &str = "SELECT func_name, func_arg FROM pgq.maint_operations()";
+
+// language=SQL
+const RETRY_EVENTS: &str = "SELECT pgq.maint_retry_events()::int8";
+
+// language=SQL
+const CANCEL_BACKEND: &str = "SELECT pg_catalog.pg_cancel_backend($1)";
+
+/// What one ticker pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TickReport {
+    /// Tick rows written, catch-up cuts included.
+    pub ticks: u64,
+    /// Queues that got a tick by PGQ's rule (`ticker_max_count`, `ticker_max_lag`,
+    /// `ticker_idle_period`).
+    pub queues: u64,
+    /// Of [`ticks`](Self::ticks), the cuts written by `pgq.catchup_ticker()` so that a
+    /// backlog is split into batches of about `ticker_max_count` events.
+    pub catchup_ticks: u64,
+}
+
+/// What one maintenance round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintReport {
+    /// Maintenance function calls made (rotation steps, the hooks of other PGQ tools),
+    /// repeats included.
+    pub calls: u64,
+    /// Tables vacuumed.
+    pub vacuumed: u64,
+    /// Operations that failed (logged; the others still ran).
+    pub failed: u64,
+    /// Operations refused because the function or table name the database gave did not look
+    /// like `schema.name` in lower case (logged).
+    pub refused: u64,
+    /// Retry events put back into their queues.
+    pub retried: u64,
+}
+
+/// The ticker of one database, on a dedicated connection that holds the database's ticker
+/// lock (a session advisory lock, [`TICKER_LOCK_KEY`]) for as long as it lives. Dropping it
+/// closes the connection and frees the lock.
+///
+/// On the pgq-rs schema a pass writes catch-up ticks (`pgq.catchup_ticker()`) before PGQ's tick
+/// rule (`pgq.ticker()`), and the schema announces each tick on the `pgq_tick` channel. On the
+/// original PGQ extension (or an older pgq-rs schema) a pass applies PGQ's tick rule only, and
+/// the ticker sends the announcements itself after the commit.
+#[derive(Debug)]
+pub struct DatabaseTicker {
+    client: Client,
+    dsn: Dsn,
+    db: String,
+    flavor: Flavor,
+    catchup: bool,
+    pid: i32,
+}
+
+impl DatabaseTicker {
+    /// Connects, checks that the database has PGQ and takes its ticker lock.
+    ///
+    /// # Errors
+    ///
+    /// [`TickerError::SchemaMissing`] when the database has no PGQ;
+    /// [`TickerError::AlreadyTicked`] when another ticker holds the lock;
+    /// [`TickerError::Core`] when the connection fails; [`TickerError::Db`] when a statement
+    /// fails.
+    pub async fn connect(dsn: &Dsn) -> Result<DatabaseTicker> {
+        let db = dsn.dbname().to_owned();
+        let client = dsn.connect().await?;
+        let row = client.query_typed_one(PROBE, &[]).await.op(&db, "probe")?;
+        let has_pgq: bool = row.try_get(0).op(&db, "probe")?;
+        if !has_pgq {
+            return Err(TickerError::SchemaMissing { db });
+        }
+        let catchup: bool = row.try_get(1).op(&db, "probe")?;
+        let pid: i32 = row.try_get(2).op(&db, "probe")?;
+        let flavor = pgq_core::flavor(&client).await?;
+        let locked: bool = client
+            .query_typed_one(TRY_LOCK, &[(&TICKER_LOCK_KEY, Type::INT8)])
+            .await
+            .op(&db, "taking the ticker lock")?
+            .try_get(0)
+            .op(&db, "taking the ticker lock")?;
+        if !locked {
+            return Err(TickerError::AlreadyTicked { db });
+        }
+        client
+            .execute_typed(NAME_SESSION, &[])
+            .await
+            .op(&db, "setting application_name")?;
+        Ok(DatabaseTicker {
+            client,
+            dsn: dsn.clone(),
+            db,
+            flavor,
+            catchup,
+            pid,
+        })
+    }
+
+    /// The database name.
+    pub fn db(&self) -> &str {
+        &self.db
+    }
+
+    /// Which PGQ the database has.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// Whether passes write catch-up ticks (the database has `pgq.catchup_ticker()`).
+    pub fn catches_up(&self) -> bool {
+        self.catchup
+    }
+
+    /// Whether the connection is gone; the ticker must then be replaced.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// One ticker pass over every queue of the database, in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`TickerError::Db`] when the pass fails; it is rolled back.
+    pub async fn tick_once(&mut self) -> Result<TickReport> {
+        const OP: &str = "ticker pass";
+        let report = if self.catchup {
+            let messages = self
+                .client
+                .simple_query(PASS_WITH_CATCHUP)
+                .await
+                .op(&self.db, OP)?;
+            let mut values = messages.iter().filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => {
+                    Some(row.get(0).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+                }
+                _ => None,
+            });
+            let catchup_ticks = values.next().unwrap_or(0);
+            let queues = values.next().unwrap_or(0);
+            TickReport {
+                ticks: catchup_ticks + queues,
+                queues,
+                catchup_ticks,
+            }
+        } else {
+            let rows = self
+                .client
+                .query_typed(PASS_PER_QUEUE, &[])
+                .await
+                .op(&self.db, OP)?;
+            let mut ticked = Vec::new();
+            for row in &rows {
+                if row.try_get::<_, Option<i64>>(1).op(&self.db, OP)?.is_some() {
+                    ticked.push(row.try_get::<_, String>(0).op(&self.db, OP)?);
+                }
+            }
+            if !ticked.is_empty() {
+                self.client
+                    .execute_typed(
+                        NOTIFY,
+                        &[(&TICK_CHANNEL, Type::TEXT), (&ticked, Type::TEXT_ARRAY)],
+                    )
+                    .await
+                    .op(&self.db, "announcing ticks")?;
+            }
+            let n = u64::try_from(ticked.len()).unwrap_or(u64::MAX);
+            TickReport {
+                ticks: n,
+                queues: n,
+                catchup_ticks: 0,
+            }
+        };
+        if report.catchup_ticks > 0 {
+            tracing::info!(
+                db = %self.db,
+                catchup_ticks = report.catchup_ticks,
+                "backlog cut into catch-up ticks"
+            );
+        }
+        tracing::debug!(db = %self.db, ticks = report.ticks, queues = report.queues, "ticker pass");
+        Ok(report)
+    }
+
+    /// One maintenance round as pgqd does it: every operation `pgq.maint_operations()` lists,
+    /// each in its own transaction (`vacuum` rows run `VACUUM` on the table, the others call
+    /// the function with the queue name, again while it returns a positive number), then
+    /// [`retry_once`](Self::retry_once). Function and table names come from the database and
+    /// must look like `schema.name` in lower case, or the row is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`TickerError::Db`] when the operations cannot be listed or the connection is lost; a
+    /// failing operation is logged and counted in [`MaintReport::failed`].
+    pub async fn maintain_once(&mut self) -> Result<MaintReport> {
+        let mut report = MaintReport::default();
+        let ops = self
+            .client
+            .query_typed(MAINT_OPERATIONS, &[])
+            .await
+            .op(&self.db, "listing maintenance operations")?;
+        let ops = ops
+            .iter()
+            .map(|row| {
+                Ok::<_, TickerError>((
+                    row.try_get::<_, Option<String>>(0)
+                        .op(&self.db, "listing maintenance operations")?,
+                    row.try_get::<_, Option<String>>(1)
+                        .op(&self.db, "listing maintenance operations")?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (func, arg) in ops {
+            let func = func.unwrap_or_default();
+            let outcome = if func == "vacuum" {
+                self.vacuum(arg.as_deref(), &mut report).await
+            } else {
+                self.call(&func, arg.as_deref(), &mut report).await
+            };
+            if let Err(err) = outcome {
+                if err.is_connection_lost() {
+                    return Err(err);
+                }
+                report.failed += 1;
+                tracing::warn!(
+                    db = %self.db,
+                    operation = %func,
+                    arg = arg.as_deref().unwrap_or(""),
+                    error = %crate::error::Chain(&err),
+                    "maintenance operation failed"
+                );
+            }
+        }
+        report.retried = self.retry_once().await?;
+        tracing::debug!(
+            db = %self.db,
+            calls = report.calls,
+            vacuumed = report.vacuumed,
+            retried = report.retried,
+            "maintenance"
+        );
+        Ok(report)
+    }
+
+    /// Puts due retry events back into their queues: `pgq.maint_retry_events()` until it
+    /// returns 0 (each call is a transaction of its own). Returns how many were put back.
+    ///
+    /// # Errors
+    ///
+    /// [`TickerError::Db`] when a call fails.
+    pub async fn retry_once(&mut self) -> Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let moved: i64 = self
+                .client
+                .query_typed_one(RETRY_EVENTS, &[])
+                .await
+                .op(&self.db, "maint_retry_events")?
+                .try_get::<_, Option<i64>>(0)
+                .op(&self.db, "maint_retry_events")?
+                .unwrap_or(0);
+            match u64::try_from(moved) {
+                Ok(n) if n > 0 => total += n,
+                _ => return Ok(total),
+            }
+        }
+    }
+
+    /// Re-reads what the database offers (after a schema upgrade, `pgq.catchup_ticker()` may
+    /// have appeared). An error means the schema is gone or the connection is lost.
+    pub(crate) async fn refresh(&mut self) -> Result<()> {
+        let row = self
+            .client
+            .query_typed_one(PROBE, &[])
+            .await
+            .op(&self.db, "probe")?;
+        if !row.try_get::<_, bool>(0).op(&self.db, "probe")? {
+            return Err(TickerError::SchemaMissing {
+                db: self.db.clone(),
+            });
+        }
+        let catchup = row.try_get(1).op(&self.db, "probe")?;
+        if catchup != self.catchup {
+            tracing::info!(db = %self.db, catchup, "the schema changed");
+            self.catchup = catchup;
+        }
+        Ok(())
+    }
+
+    /// What cancels this connection's running statement from elsewhere.
+    pub(crate) fn canceller(&self) -> Canceller {
+        Canceller {
+            dsn: self.dsn.clone(),
+            pid: self.pid,
+        }
+    }
+
+    async fn vacuum(&mut self, table: Option<&str>, report: &mut MaintReport) -> Result<()> {
+        let Some(quoted) = table.and_then(quote_qualified) else {
+            report.refused += 1;
+            tracing::warn!(db = %self.db, table, "refusing to vacuum a table with an unexpected name");
+            return Ok(());
+        };
+        self.client
+            .batch_execute(&format!("VACUUM {quoted}"))
+            .await
+            .op(&self.db, "vacuum")?;
+        report.vacuumed += 1;
+        Ok(())
+    }
+
+    async fn call(
+        &mut self,
+        func: &str,
+        arg: Option<&str>,
+        report: &mut MaintReport,
+    ) -> Result<()> {
+        let Some(quoted) = quote_qualified(func) else {
+            report.refused += 1;
+            tracing::warn!(db = %self.db, operation = func, "refusing to call a maintenance function with an unexpected name");
+            return Ok(());
+        };
+        let (sql, params): (
+            String,
+            Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)>,
+        ) = match &arg {
+            Some(arg) => (
+                format!("SELECT {quoted}($1)::text"),
+                vec![(arg, Type::TEXT)],
+            ),
+            None => (format!("SELECT {quoted}()::text"), Vec::new()),
+        };
+        for _ in 0..MAX_REPEATS {
+            let again = self
+                .client
+                .query_typed_one(&sql, &params)
+                .await
+                .op(&self.db, "maintenance operation")?
+                .try_get::<_, Option<String>>(0)
+                .op(&self.db, "maintenance operation")?
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .is_some_and(|n| n > 0);
+            report.calls += 1;
+            if !again {
+                return Ok(());
+            }
+        }
+        tracing::warn!(db = %self.db, operation = func, repeats = MAX_REPEATS, "maintenance function still asks to be called again; leaving it for the next round");
+        Ok(())
+    }
+}
+
+/// Cancels a ticker connection's running statement through a connection of its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Canceller {
+    dsn: Dsn,
+    pid: i32,
+}
+
+impl Canceller {
+    /// Asks the server to cancel the statement (best effort, at most `patience` long).
+    pub(crate) async fn cancel(&self, patience: Duration) {
+        let attempt = async {
+            let client = self.dsn.connect().await?;
+            client
+                .query_typed_one(CANCEL_BACKEND, &[(&self.pid, Type::INT4)])
+                .await
+                .op(self.dsn.dbname(), "cancelling the running pass")?;
+            Ok::<_, TickerError>(())
+        };
+        match tokio::time::timeout(patience, attempt).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(db = %self.dsn.dbname(), error = %crate::error::Chain(&err), "could not cancel the running pass");
+            }
+            Err(_) => {
+                tracing::warn!(db = %self.dsn.dbname(), "could not cancel the running pass in time");
+            }
+        }
+    }
+}
+
+/// Whether a name from the database is `schema.name` in lower-case letters, digits and `_`
+/// (`^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$`).
+fn is_plain_qualified(name: &str) -> bool {
+    let plain = |part: &str| {
+        let mut chars = part.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    name.split_once('.')
+        .is_some_and(|(schema, object)| plain(schema) && plain(object))
+}
+
+/// `schema.name` quoted, when the name is plain.
+fn quote_qualified(name: &str) -> Option<String> {
+    let (schema, object) = name.split_once('.')?;
+    is_plain_qualified(name).then(|| format!("{}.{}", quote_ident(schema), quote_ident(object)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_qualified_names_pass() {
+        assert!(is_plain_qualified("pgq.maint_rotate_tables_step1"));
+        assert!(is_plain_qualified("_x.y9"));
+        assert!(is_plain_qualified("pgq_ext.completed_tick"));
+        for bad in [
+            "maint",
+            "pgq.",
+            ".x",
+            "pgq.Tick",
+            "pgq.x; DROP TABLE t",
+            "pgq.x()",
+            "a.b.c",
+            "9a.b",
+            "pgq.\"x\"",
+            "pgq .x",
+        ] {
+            assert!(!is_plain_qualified(bad), "{bad}");
+        }
+        assert_eq!(
+            quote_qualified("pgq.tick").as_deref(),
+            Some("\"pgq\".\"tick\"")
+        );
+        assert_eq!(quote_qualified("pgq.x;y"), None);
+    }
+}

@@ -1,0 +1,74 @@
+//! The PGQ ticker: it cuts each queue's event stream into batches by writing ticks, runs the
+//! queue maintenance (table rotation, retry events, vacuum), and tells an operator how big a
+//! backlog is.
+//!
+//! A [`Ticker`] serves many databases, listed or discovered, with one task each. Each task
+//! holds a dedicated connection with the database's ticker lock, so two daemons never tick
+//! one database at once; it reconnects with capped exponential backoff after a lost
+//! connection. [`DatabaseTicker`] is one database's ticker, with the one-step functions the
+//! daemon repeats ([`DatabaseTicker::tick_once`], [`DatabaseTicker::maintain_once`]). On the
+//! pgq-rs schema a pass also writes catch-up ticks, so that a backlog left by an outage comes
+//! back in batches of about `ticker_max_count` events instead of one giant batch; the
+//! original PGQ extension is ticked too, with plain ticks.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use pgq_ticker::{DatabaseTicker, Databases, Ticker, TickerConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let dsn = pgq_core::Dsn::parse("host=/var/run/postgresql dbname=app")?;
+//!
+//!     // One step by hand:
+//!     let mut ticker = DatabaseTicker::connect(&dsn).await?;
+//!     let report = ticker.tick_once().await?;
+//!     println!("{} ticks on {} queues", report.ticks, report.queues);
+//!     drop(ticker); // frees the ticker lock
+//!
+//!     // The daemon, for ten seconds:
+//!     let config = TickerConfig::builder(Databases::List(vec![dsn]))
+//!         .ticker_period(Duration::from_millis(500))
+//!         .build()?;
+//!     let cancel = CancellationToken::new();
+//!     let stop = cancel.clone();
+//!     tokio::spawn(async move {
+//!         tokio::time::sleep(Duration::from_secs(10)).await;
+//!         stop.cancel();
+//!     });
+//!     Ticker::new(config).run(cancel).await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `cli` | yes | the `pgq-ticker` binary (daemon and admin commands) |
+//!
+//! The operator's guide (running the daemon, `ticker.toml`, the backlog runbook) is
+//! `docs/ticker.md` in the repository.
+//!
+//! Main items: [`Ticker`], [`TickerConfig`], [`DatabaseTicker`], [`database_status`],
+//! [`backlog()`], [`recent_ticks`], [`skip_consumer`], [`TickerError`].
+
+mod backlog;
+mod backoff;
+pub mod config;
+mod database;
+mod error;
+mod skip;
+mod status;
+mod ticker;
+mod ticks;
+
+pub use backlog::{backlog, Backlog};
+pub use config::{Databases, TickerConfig, TickerConfigBuilder};
+pub use database::{DatabaseTicker, MaintReport, TickReport, TICKER_LOCK_KEY, TICK_CHANNEL};
+pub use error::{ConfigError, Result, TickerError};
+pub use skip::{skip_consumer, SkipReport, SkipTarget};
+pub use status::{database_status, ConsumerStatus, DatabaseStatus, QueueStatus, TickerHolder};
+pub use ticker::Ticker;
+pub use ticks::{recent_ticks, TickInfo};

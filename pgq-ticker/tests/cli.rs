@@ -1,0 +1,165 @@
+//! The admin commands of the real binary, on our schema and on the original extension.
+
+use pgq_core::tokio_postgres::Client;
+use pgq_testkit::TestDb;
+use serde_json::Value;
+
+use crate::setup::{consumer, extension, queue, run_binary};
+
+/// Runs `pgq-ticker --dsn <db> args...`; fails unless the exit code is `code`.
+async fn cli(db: &TestDb, args: &[&str], code: i32) -> anyhow::Result<String> {
+    let dsn = db.dsn();
+    let mut all = vec!["--dsn", dsn.as_str()];
+    all.extend_from_slice(args);
+    let (got, stdout, stderr) = run_binary(&all).await?;
+    anyhow::ensure!(
+        got == code,
+        "pgq-ticker {args:?} exited with {got}, expected {code}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    Ok(stdout)
+}
+
+async fn json(db: &TestDb, args: &[&str]) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&cli(db, args, 0).await?)?)
+}
+
+/// Four events in four ticks after the consumer's position.
+async fn four_ticks(client: &Client) -> anyhow::Result<()> {
+    let q = queue("orders");
+    for i in 0..4 {
+        pgq_core::insert_event(client, &q, "t", &i.to_string()).await?;
+        pgq_core::force_tick(client, &q).await?;
+        pgq_core::ticker(client, &q).await?;
+    }
+    Ok(())
+}
+
+/// The commands that read and move, the same on both schemas.
+async fn reports_and_skip(db: &TestDb, client: &Client) -> anyhow::Result<()> {
+    cli(db, &["register", "orders", "mailer"], 0).await?;
+    four_ticks(client).await?;
+
+    let status = json(db, &["status", "--json", "--max-tick-age", "1h"]).await?;
+    assert_eq!(status["ok"], true, "{status}");
+    let queues = status["status"]["queues"].as_array().expect("queues");
+    assert_eq!(queues.len(), 1);
+    assert_eq!(queues[0]["queue"], "orders");
+    assert_eq!(queues[0]["consumers"][0]["consumer"], "mailer");
+    let table = cli(db, &["status"], 0).await?;
+    assert!(table.contains("NO TICKER holds this database"), "{table}");
+    assert!(table.contains("mailer"), "{table}");
+
+    let backlog = json(db, &["backlog", "orders", "--json"]).await?;
+    assert_eq!(backlog[0]["consumer"], "mailer");
+    assert_eq!(backlog[0]["pending_ticks"], 4);
+    assert_eq!(backlog[0]["batches"], 4);
+    assert!(cli(db, &["backlog"], 0).await?.contains("mailer"));
+
+    let ticks = json(db, &["ticks", "orders", "--limit", "3", "--json"]).await?;
+    let ticks = ticks.as_array().expect("ticks");
+    assert_eq!(ticks.len(), 3);
+    assert!(ticks[0]["tick_id"].as_i64() > ticks[1]["tick_id"].as_i64());
+    assert!(ticks[2]["events"].as_i64().is_some());
+    cli(db, &["ticks", "missing"], 1).await?;
+
+    let head = ticks[0]["tick_id"].as_i64().expect("a tick id");
+    let dry = json(
+        db,
+        &[
+            "skip",
+            "orders",
+            "mailer",
+            "--to-head",
+            "--dry-run",
+            "--exact",
+            "--json",
+        ],
+    )
+    .await?;
+    assert_eq!(dry["applied"], false);
+    assert_eq!(dry["to_tick"], head);
+    assert_eq!(dry["ticks_skipped"], 4);
+    assert_eq!(dry["events_exact"], 4);
+    assert!(dry["events_skipped"].as_i64() >= Some(4));
+    let before = pgq_core::consumer_info(client, Some(&queue("orders")), None).await?;
+    assert_eq!(before[0].last_tick.map(|t| t.0), dry["from_tick"].as_i64());
+
+    let text = cli(
+        db,
+        &["skip", "orders", "mailer", "--to-tick", &head.to_string()],
+        0,
+    )
+    .await?;
+    assert!(text.contains(&format!("to tick {head}")), "{text}");
+    let after = pgq_core::consumer_info(client, Some(&queue("orders")), None).await?;
+    assert_eq!(after[0].last_tick.map(|t| t.0), Some(head));
+    assert!(
+        pgq_core::next_batch(client, &queue("orders"), &consumer("mailer"))
+            .await?
+            .is_none()
+    );
+    cli(db, &["skip", "orders", "mailer", "--to-head"], 1).await?;
+
+    // An old newest tick fails the check.
+    client
+        .batch_execute("UPDATE pgq.tick SET tick_time = tick_time - interval '2 hours'")
+        .await?;
+    let failing = cli(db, &["status", "--max-tick-age", "1h"], 1).await?;
+    assert!(failing.contains("PROBLEM: queue \"orders\""), "{failing}");
+
+    cli(db, &["unregister", "orders", "mailer"], 0).await?;
+    cli(db, &["drop-queue", "orders"], 0).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_commands_on_our_schema() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let out = cli(&db, &["install"], 0).await?;
+    assert!(out.contains("pgq"), "{out}");
+    cli(&db, &["create-queue", "orders"], 0).await?;
+    cli(&db, &["create-queue", "orders"], 1).await?;
+    cli(
+        &db,
+        &[
+            "config",
+            "orders",
+            "ticker_max_count=100",
+            "queue_ticker_max_lag=2s",
+        ],
+        0,
+    )
+    .await?;
+    cli(&db, &["config", "orders", "no_such_setting=1"], 1).await?;
+    let settings = cli(&db, &["config", "orders"], 0).await?;
+    assert!(settings.contains("ticker_max_count    100"), "{settings}");
+    assert!(settings.contains("ticker_max_lag      2s"), "{settings}");
+
+    let client = db.client().await?;
+    reports_and_skip(&db, &client).await
+}
+
+#[tokio::test]
+async fn admin_commands_on_the_original_extension() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let Some(client) = extension(&db).await? else {
+        return Ok(());
+    };
+    cli(&db, &["create-queue", "orders"], 0).await?;
+    let status = json(&db, &["status", "--json"]).await?;
+    assert_eq!(status["status"]["flavor"], "extension");
+    reports_and_skip(&db, &client).await
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_the_status_check() -> anyhow::Result<()> {
+    let (code, _, stderr) = run_binary(&[
+        "--dsn",
+        "host=127.0.0.1 port=1 user=postgres dbname=nowhere",
+        "status",
+    ])
+    .await?;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    Ok(())
+}

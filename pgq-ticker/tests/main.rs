@@ -1,0 +1,10 @@
+//! Integration tests of pgq-ticker, on real PostgreSQL (see pgq-testkit).
+
+mod cli;
+mod daemon;
+mod discovery;
+mod lock;
+mod maintenance;
+mod resilience;
+mod setup;
+mod ticking;

@@ -1,0 +1,300 @@
+//! Shared helpers: databases with PGQ, polling with a deadline, the real binary.
+
+use std::future::Future;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use futures_util::StreamExt as _;
+use pgq_core::tokio_postgres::{AsyncMessage, Client, NoTls};
+use pgq_core::{ConsumerName, Dsn, Event, Line, QueueName, QueueSetting};
+use pgq_testkit::TestDb;
+use pgq_ticker::{Databases, TickerConfig};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// A connection to `db` with the pgq-rs schema installed.
+pub(crate) async fn ours(db: &TestDb) -> anyhow::Result<Client> {
+    let mut client = db.client().await?;
+    pgq_core::install(&mut client, &[Line::Pgq]).await?;
+    Ok(client)
+}
+
+/// A connection to `db` with the original PGQ extension; `None` when it is not available
+/// (the testkit printed a SKIPPED line, or failed with `PGQ_REQUIRE_REFERENCE=1`).
+pub(crate) async fn extension(db: &TestDb) -> anyhow::Result<Option<Client>> {
+    let client = db.client().await?;
+    if !pgq_testkit::reference_available(&client).await? {
+        return Ok(None);
+    }
+    client.batch_execute("CREATE EXTENSION pgq").await?;
+    Ok(Some(client))
+}
+
+pub(crate) fn queue(name: &str) -> QueueName {
+    QueueName::new(name).expect("a valid queue name")
+}
+
+pub(crate) fn consumer(name: &str) -> ConsumerName {
+    ConsumerName::new(name).expect("a valid consumer name")
+}
+
+/// Creates a queue that ticks as soon as one event waits (`ticker_max_count = 1`) and
+/// registers the consumers. A first event and a tick come before the registrations: PGQ counts
+/// new events from the event sequence's last value, which does not move at a fresh sequence's
+/// first use, and a queue with a single tick gets a second at the next pass whatever waits.
+pub(crate) async fn queue_with(
+    client: &Client,
+    name: &str,
+    consumers: &[&str],
+) -> anyhow::Result<QueueName> {
+    let q = queue(name);
+    pgq_core::create_queue(client, &q).await?;
+    pgq_core::set_queue_config(client, &q, QueueSetting::TickerMaxCount(1)).await?;
+    pgq_core::insert_event(client, &q, "warm-up", "").await?;
+    pgq_core::force_tick(client, &q).await?;
+    pgq_core::ticker(client, &q).await?;
+    for c in consumers {
+        pgq_core::register_consumer(client, &q, &consumer(c)).await?;
+    }
+    Ok(q)
+}
+
+/// How many ticks the queue has.
+pub(crate) async fn tick_count(client: &Client, queue: &QueueName) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pgq.tick t JOIN pgq.queue q ON q.queue_id = t.tick_queue
+              WHERE q.queue_name = $1",
+            &[&queue.as_str()],
+        )
+        .await?
+        .get(0))
+}
+
+/// Takes the consumer's next batch, reads it whole and finishes it.
+pub(crate) async fn take_batch(
+    client: &mut Client,
+    queue: &QueueName,
+    consumer: &ConsumerName,
+) -> anyhow::Result<Option<Vec<Event>>> {
+    let tx = client.transaction().await?;
+    let Some(batch) = pgq_core::next_batch(&tx, queue, consumer).await? else {
+        return Ok(None);
+    };
+    let events = pgq_core::batch_events(&tx, batch.id).await?;
+    pgq_core::finish_batch(&tx, batch.id).await?;
+    tx.commit().await?;
+    Ok(Some(events))
+}
+
+/// Takes the consumer's batches (read whole and finished) until some hold events, and returns
+/// those events; fails after `timeout`.
+pub(crate) async fn wait_for_events(
+    client: &mut Client,
+    queue: &QueueName,
+    consumer: &ConsumerName,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Event>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match take_batch(client, queue, consumer).await? {
+            Some(events) if !events.is_empty() => return Ok(events),
+            Some(_) => continue,
+            None => {}
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for events of {queue} for {consumer}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` every 20 ms until it says yes; fails after `timeout`.
+pub(crate) async fn wait_for<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A daemon configuration with short periods, for tests.
+pub(crate) fn fast_config(databases: Databases) -> anyhow::Result<TickerConfig> {
+    Ok(TickerConfig::builder(databases)
+        .ticker_period(Duration::from_millis(50))
+        .retry_period(Duration::from_millis(200))
+        .discovery_period(Duration::from_millis(200))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(300))
+        .build()?)
+}
+
+pub(crate) fn dsn(text: &str) -> anyhow::Result<Dsn> {
+    Ok(Dsn::parse(text)?)
+}
+
+/// A connection that has run `LISTEN pgq_tick`, and the payloads (queue names) it receives.
+pub(crate) async fn listen_ticks(
+    dsn: &str,
+) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<String>)> {
+    let (client, mut connection) = pgq_core::tokio_postgres::connect(dsn, NoTls).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                if n.channel() == "pgq_tick" && tx.send(n.payload().to_owned()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    client.batch_execute("LISTEN pgq_tick").await?;
+    Ok((client, rx))
+}
+
+/// A file removed when dropped.
+pub(crate) struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    pub(crate) fn new(contents: &str) -> anyhow::Result<TempFile> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "pgq-ticker-test-{}-{}.toml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, contents)?;
+        Ok(TempFile { path })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn rewrite(&self, contents: &str) -> anyhow::Result<()> {
+        Ok(std::fs::write(&self.path, contents)?)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The real `pgq-ticker` binary, its stderr collected as it comes.
+pub(crate) struct Binary {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Binary {
+    pub(crate) fn spawn(args: &[&str]) -> anyhow::Result<Binary> {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgq-ticker"))
+            .args(args)
+            .env_remove("PGQ_DSN")
+            .env_remove("PGQ_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting pgq-ticker")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().context("stderr pipe")?;
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Ok(Binary { child, stderr })
+    }
+
+    pub(crate) fn log(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many log lines contain every one of `parts`.
+    pub(crate) fn count(&self, parts: &[&str]) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count()
+    }
+
+    pub(crate) fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub(crate) async fn exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pgq-ticker still running after {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion: exit code, stdout, stderr.
+pub(crate) async fn run_binary(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgq-ticker"))
+        .args(args)
+        .env_remove("PGQ_DSN")
+        .env_remove("PGQ_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
