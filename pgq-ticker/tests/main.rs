@@ -5,6 +5,7 @@ mod daemon;
 mod discovery;
 mod lock;
 mod maintenance;
+mod outage;
 mod resilience;
 mod setup;
 mod ticking;

@@ -1,0 +1,89 @@
+//! The ticker was down: when it comes back, its first pass cuts the backlog into batches of
+//! about ticker_max_count events (catch-up ticks) instead of one giant batch.
+
+use std::collections::HashMap;
+
+use pgq_core::{Dsn, QueueSetting};
+use pgq_testkit::TestDb;
+use pgq_ticker::DatabaseTicker;
+
+use crate::setup::{consumer, dsn, ours, queue, take_batch};
+
+const MAX_COUNT: i32 = 200;
+
+#[tokio::test]
+async fn first_pass_after_an_outage_cuts_the_backlog() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let mut client = ours(&db).await?;
+    let q = queue("outage");
+    let c = consumer("c");
+    pgq_core::create_queue(&client, &q).await?;
+    pgq_core::set_queue_config(&client, &q, QueueSetting::TickerMaxCount(MAX_COUNT)).await?;
+    pgq_core::register_consumer(&client, &q, &c).await?;
+
+    // the daemon is down while 4 producers commit 1,000 transactions, one held open throughout
+    let held = Dsn::parse(&db.dsn())?.connect().await?;
+    held.batch_execute(
+        "BEGIN; SELECT pgq.insert_event('outage', 'held', 'h', 'held', NULL, NULL, NULL);",
+    )
+    .await?;
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let dsn = db.dsn();
+            tokio::spawn(async move {
+                let client = Dsn::parse(&dsn)?.connect().await?;
+                let mut inserted = 0_usize;
+                for t in 0..250_usize {
+                    let n = (p * 13 + t * 5) % 9 + 1;
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN; SELECT pgq.insert_event('outage', 'e', 'x', 'p{p}t{t}', NULL, NULL, NULL)
+                                    FROM generate_series(1, {n}); COMMIT;"
+                        ))
+                        .await?;
+                    inserted += n;
+                }
+                anyhow::Ok(inserted)
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for p in producers {
+        committed += p.await??;
+    }
+
+    // the daemon comes back: one pass
+    let mut ticker = DatabaseTicker::connect(&dsn(&db.dsn())?).await?;
+    let report = ticker.tick_once().await?;
+    assert!(report.catchup_ticks > 1, "catch-up ticks: {report:?}");
+
+    let mut sizes = Vec::new();
+    let mut batch_of: HashMap<String, usize> = HashMap::new();
+    while let Some(events) = take_batch(&mut client, &q, &c).await? {
+        for event in &events {
+            let tag = event.extra1.clone().unwrap_or_default();
+            let first = *batch_of.entry(tag.clone()).or_insert(sizes.len());
+            assert_eq!(first, sizes.len(), "transaction {tag} split over batches");
+        }
+        sizes.push(events.len());
+    }
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        committed,
+        "every committed event once"
+    );
+    assert!(
+        !batch_of.contains_key("held"),
+        "the open transaction waits for a later batch"
+    );
+    let target = usize::try_from(MAX_COUNT)?;
+    let (last, cut) = sizes.split_last().expect("batches");
+    assert!(
+        cut.iter().all(|&n| n <= target + 9),
+        "cut batch sizes: {sizes:?}"
+    );
+    assert!(*last <= 2 * target + 9, "batch sizes: {sizes:?}");
+    assert!(sizes.len() >= committed / target, "batch sizes: {sizes:?}");
+    held.batch_execute("ROLLBACK").await?;
+    Ok(())
+}
