@@ -6,10 +6,14 @@
 //! |---|---|---|
 //! | queue schema, producer, batches, info, backlog | `pgq-core` | always on |
 //! | ticker daemon, maintenance, backlog reports (`pgq::ticker`) | `pgq-ticker` | feature `ticker` (default) |
+//! | consumer framework: runner, cooperative and remote consumers (`pgq::consumer`) | `pgq-consumer` | feature `consumer` (default) |
 //!
-//! Later parts (consumer, londiste, basebackup) arrive as features of this crate.
+//! Later parts (londiste, basebackup) arrive as features of this crate.
 
 pub use pgq_core::*;
 
 #[cfg(feature = "ticker")]
 pub use pgq_ticker as ticker;
+
+#[cfg(feature = "consumer")]
+pub use pgq_consumer as consumer;

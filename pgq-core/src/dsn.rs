@@ -315,6 +315,45 @@ impl Dsn {
         Ok(client)
     }
 
+    /// Like [`Dsn::connect`], for a dedicated connection that LISTENs: the server's
+    /// notifications arrive on the returned receiver, which ends when the connection does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Dsn::connect`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn connect_with_notifications(
+        &self,
+    ) -> Result<(
+        tokio_postgres::Client,
+        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    )> {
+        let tls = self.tls.connector()?;
+        let (client, mut connection) = self.config.connect(tls).await.op("connect")?;
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let db = self.dbname().to_owned();
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        // The receiver may be gone; the connection still serves the client.
+                        let _ = sender.send(n);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => {
+                        tracing::warn!(%err, db, "connection ended with an error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        });
+        Ok((client, receiver))
+    }
+
     /// A deadpool-postgres pool of up to `max_size` connections with these settings and TLS,
     /// recycling connections with [`deadpool_postgres::RecyclingMethod::Fast`]. No connection is
     /// opened here.

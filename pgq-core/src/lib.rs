@@ -49,6 +49,7 @@
 //! [`finish_batch`], [`queue_info`], [`consumer_info`], [`queue_backlog`], [`Error`].
 
 mod backlog;
+mod backoff;
 mod batch;
 mod consumer_info;
 mod dsn;
@@ -60,6 +61,7 @@ mod queue;
 mod schema;
 
 pub use backlog::{consumer_backlog, queue_backlog, ConsumerBacklog, QueueBacklog};
+pub use backoff::Backoff;
 pub use batch::{
     batch_events, batch_info, batch_retry, event_retry, event_retry_at, finish_batch, next_batch,
     next_batch_custom, Batch, BatchInfo, Event, EventCursor,

@@ -218,6 +218,7 @@ static MIGRATIONS: &[Migration] = &[
         2,
         "tick_wakeups_and_catchup"
     ),
+    migration!(Pgq, "pgq/0003_failed_events.sql", 3, "failed_events"),
     migration!(PgqCoop, "pgq_coop/0001_initial.sql", 1, "initial"),
     migration!(PgqExt, "pgq_ext/0001_initial.sql", 1, "initial"),
 ];

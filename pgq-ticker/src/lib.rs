@@ -55,7 +55,6 @@
 //! [`backlog()`], [`recent_ticks`], [`skip_consumer`], [`TickerError`].
 
 mod backlog;
-mod backoff;
 pub mod config;
 mod database;
 mod error;

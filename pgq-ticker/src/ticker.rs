@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::backoff::Backoff;
 use crate::config::{Databases, TickerConfig};
 use crate::database::{Canceller, DatabaseTicker};
 use crate::error::{Chain, DbContext as _, Result, TickerError};
+use pgq_core::Backoff;
 
 // language=SQL
 const LIST_DATABASES: &str = "\

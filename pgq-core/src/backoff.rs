@@ -1,19 +1,20 @@
-//! Capped exponential backoff with jitter, for reconnecting.
+//! Capped exponential backoff with jitter, for reconnecting and retrying.
 
 use std::hash::{BuildHasher as _, RandomState};
 use std::time::Duration;
 
 /// Waits that double from `min` up to `max`; each is drawn between half and all of the nominal
-/// wait, so many tickers that lost one server do not come back in step.
+/// wait, so many clients that lost one server do not come back in step.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
+    /// Waits starting at `min`, never longer than `max`.
+    pub fn new(min: Duration, max: Duration) -> Backoff {
         Backoff {
             min,
             max,
@@ -22,14 +23,14 @@ impl Backoff {
     }
 
     /// The wait before the next attempt.
-    pub(crate) fn next_wait(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let nominal = self.next;
         self.next = (self.next * 2).min(self.max);
         nominal.mul_f64(0.5 + 0.5 * unit_random())
     }
 
     /// Starts over at `min` (after a success).
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.next = self.min;
     }
 }

@@ -1,0 +1,108 @@
+//! The error type of `pgq-consumer`.
+
+use pgq_core::BatchId;
+
+/// What a [`Consumer`](crate::Consumer) handler returns when it fails: any error.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong while consuming. Every variant names the queue, consumer or batch it is
+/// about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// Another runner holds the consumer's lock: a second process with the same consumer name
+    /// would be handed the same batch, so it is refused at once.
+    #[error("consumer {consumer:?} on queue {queue:?} is busy: another runner holds its lock")]
+    ConsumerBusy {
+        /// The queue name.
+        queue: String,
+        /// The consumer (or `group.subconsumer`) name.
+        consumer: String,
+    },
+    /// The handler failed; the batch was rolled back and will be processed again.
+    #[error("handler failed on batch {batch_id}")]
+    Handler {
+        /// The batch.
+        batch_id: BatchId,
+        /// The handler's error.
+        #[source]
+        source: HandlerError,
+    },
+    /// The handler returned twice in a row without reading the batch's remaining events; the
+    /// batch was rolled back instead of being finished with events unread.
+    #[error("batch {batch_id}: the handler returned with events unread; batch rolled back")]
+    UnreadEvents {
+        /// The batch.
+        batch_id: BatchId,
+    },
+    /// `finish_batch` did not close the batch (it returned 0); the work was rolled back.
+    #[error("batch {batch_id} could not be finished; its work was rolled back")]
+    FinishFailed {
+        /// The batch.
+        batch_id: BatchId,
+    },
+    /// A cooperative batch was taken over by a sibling sub-consumer before this one finished
+    /// it; its work was rolled back.
+    #[error("batch {batch_id} was taken over by another sub-consumer; its work was rolled back")]
+    BatchTakenOver {
+        /// The batch.
+        batch_id: BatchId,
+    },
+    /// The hard-stop timeout expired during shutdown; the batch in hand was rolled back.
+    #[error("shutdown timeout expired; the batch in hand was rolled back")]
+    HardStopped,
+    /// A `pgq-core` call failed (unknown queue or consumer, database errors, ...).
+    #[error(transparent)]
+    Core(#[from] pgq_core::Error),
+    /// A database call of this crate failed.
+    #[error("database error during {op}")]
+    Db {
+        /// The operation that failed.
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// `Result` with [`ConsumerError`] as the default error.
+pub type Result<T, E = ConsumerError> = std::result::Result<T, E>;
+
+impl ConsumerError {
+    /// True when the connection to the server was lost (closed socket, server restart): the
+    /// runner reconnects.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            ConsumerError::Core(err) => err.is_connection_lost(),
+            ConsumerError::Db { source, .. } => {
+                source.is_closed()
+                    || source.code().is_some_and(|c| {
+                        c.code().starts_with("08")
+                            || *c == tokio_postgres::error::SqlState::ADMIN_SHUTDOWN
+                    })
+                    || (source.code().is_none() && source.as_db_error().is_none())
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE of a database error, if the server sent one.
+    pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            ConsumerError::Core(err) => err.sql_state(),
+            ConsumerError::Db { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+}
+
+/// Attaches the operation name to a driver error.
+pub(crate) trait DbContext<T> {
+    fn op(self, op: &'static str) -> Result<T>;
+}
+
+impl<T> DbContext<T> for std::result::Result<T, tokio_postgres::Error> {
+    fn op(self, op: &'static str) -> Result<T> {
+        self.map_err(|source| ConsumerError::Db { op, source })
+    }
+}

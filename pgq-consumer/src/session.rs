@@ -1,0 +1,100 @@
+//! The runner's dedicated connection: it holds the consumer's advisory lock, LISTENs for ticks
+//! and runs the batch transactions.
+
+use std::time::Duration;
+
+use pgq_core::tokio_postgres::types::Type;
+use pgq_core::tokio_postgres::{Client, Notification};
+use pgq_core::{Dsn, QueueName};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::has_failed_queue;
+use crate::error::{ConsumerError, DbContext, Result};
+
+/// The channel the ticks are announced on (the payload is the queue name).
+pub const TICK_CHANNEL: &str = "pgq_tick";
+
+// language=SQL
+const TRY_LOCK: &str = "\
+SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended(
+           pg_catalog.format('pgq-rs consumer %s:%s/%s', pg_catalog.length($1), $1, $2), 0))";
+
+// language=SQL
+const LISTEN: &str = "LISTEN pgq_tick";
+
+/// A dedicated connection holding the lock of one (queue, consumer).
+pub(crate) struct Session {
+    pub(crate) client: Client,
+    notifications: UnboundedReceiver<Notification>,
+    pub(crate) failed_queue: bool,
+}
+
+impl Session {
+    /// Connects, takes the lock and LISTENs.
+    pub(crate) async fn open(dsn: &Dsn, queue: &QueueName, lock_name: &str) -> Result<Session> {
+        let (client, notifications) = dsn.connect_with_notifications().await?;
+        let row = client
+            .query_typed_one(
+                TRY_LOCK,
+                &[(&queue.as_str(), Type::TEXT), (&lock_name, Type::TEXT)],
+            )
+            .await
+            .op("pg_try_advisory_lock")?;
+        if !row.try_get::<_, bool>(0).op("pg_try_advisory_lock")? {
+            return Err(ConsumerError::ConsumerBusy {
+                queue: queue.to_string(),
+                consumer: lock_name.to_owned(),
+            });
+        }
+        client.batch_execute(LISTEN).await.op("listen")?;
+        let failed_queue = has_failed_queue(&client).await?;
+        Ok(Session {
+            client,
+            notifications,
+            failed_queue,
+        })
+    }
+
+    /// Gives the connection up in the middle of a batch: asks the server to cancel the statement
+    /// in flight (best effort, over an unencrypted cancel connection) and closes the
+    /// connection, which rolls the batch's transaction back.
+    pub(crate) fn abandon(self) {
+        let token = self.client.cancel_token();
+        tokio::spawn(async move {
+            if let Err(err) = token.cancel_query(pgq_core::tokio_postgres::NoTls).await {
+                tracing::debug!(%err, "cancel request failed");
+            }
+        });
+    }
+
+    /// Waits until a tick of `queue` is announced, `timeout` passes, or `cancel` fires. A
+    /// notification that arrived while the runner was busy ends the wait at once.
+    pub(crate) async fn wait_for_tick(
+        &mut self,
+        queue: &QueueName,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                n = self.notifications.recv() => match n {
+                    Some(n) if n.payload() == queue.as_str() => return,
+                    Some(_) => {}
+                    None => {
+                        // The connection ended: poll until the timeout shows the loss.
+                        tokio::select! {
+                            () = &mut deadline => {}
+                            () = cancel.cancelled() => {}
+                        }
+                        return;
+                    }
+                },
+                () = &mut deadline => return,
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+}

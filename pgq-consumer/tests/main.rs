@@ -1,0 +1,8 @@
+//! Integration tests of pgq-consumer against a real PostgreSQL.
+
+mod common;
+mod compat;
+mod coop;
+mod kill;
+mod local;
+mod remote;
