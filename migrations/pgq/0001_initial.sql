@@ -165,7 +165,8 @@ LANGUAGE sql STRICT IMMUTABLE AS $$
 $$;
 
 -- The sequence's last_value, whether or not nextval was ever called (PGQ reads it this way, and
--- tick_event_seq values depend on it).
+-- tick_event_seq values depend on it). The queue functions read their own sequences with
+-- pgq._event_seq_value, which needs no dynamic SQL.
 CREATE FUNCTION pgq.seq_getval(i_seq_name text) RETURNS bigint
 LANGUAGE plpgsql STRICT AS $$
 DECLARE
@@ -188,6 +189,14 @@ BEGIN
     END IF;
     RETURN cur;
 END
+$$;
+
+-- A queue's event-sequence position as pgq.seq_getval reads it: pg_sequence_last_value is NULL
+-- before the first nextval, when last_value still holds the start value, 1 for queue sequences
+-- (later moves go through nextval or setval(…, true)).
+CREATE FUNCTION pgq._event_seq_value(i_seq_name text) RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT coalesce(pg_catalog.pg_sequence_last_value(i_seq_name::regclass), 1)
 $$;
 
 CREATE FUNCTION pgq.version() RETURNS text
@@ -655,7 +664,7 @@ BEGIN
     IF q.queue_ticker_paused THEN
         RAISE EXCEPTION 'ticker is paused for queue %', i_queue_name USING ERRCODE = 'PQT01';
     END IF;
-    event_seq := pgq.seq_getval(q.queue_event_seq);
+    event_seq := pgq._event_seq_value(q.queue_event_seq);
 
     SELECT tick_id, tick_time, tick_event_seq, now() - tick_time AS lag,
            txid_snapshot_xmin(tick_snapshot) AS xmin
@@ -1276,7 +1285,7 @@ LANGUAGE sql STABLE AS $$
                 THEN (top.tick_event_seq - old.tick_event_seq)
                      / extract(epoch FROM top.tick_time - old.tick_time)::float8
            END,
-           pgq.seq_getval(q.queue_event_seq) - top.tick_event_seq,
+           pgq._event_seq_value(q.queue_event_seq) - top.tick_event_seq,
            top.tick_id
       FROM pgq.queue q
       LEFT JOIN LATERAL (
@@ -1346,7 +1355,7 @@ CREATE FUNCTION pgq.get_queue_backlog(
 RETURNS SETOF record
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT q.queue_name, top.tick_id, top.tick_time, now() - top.tick_time,
-           pgq.seq_getval(q.queue_event_seq) - top.tick_event_seq
+           pgq._event_seq_value(q.queue_event_seq) - top.tick_event_seq
       FROM pgq.queue q
       LEFT JOIN LATERAL (
             SELECT t.tick_id, t.tick_time, t.tick_event_seq FROM pgq.tick t
@@ -1571,7 +1580,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA pgq FROM public;
 GRANT USAGE ON SCHEMA pgq TO public;
 
 GRANT EXECUTE ON FUNCTION
-    pgq.seq_getval(text), pgq.quote_fqname(text), pgq.version(),
+    pgq.seq_getval(text), pgq._event_seq_value(text), pgq.quote_fqname(text), pgq.version(),
     pgq.get_queue_info(), pgq.get_queue_info(text),
     pgq.get_consumer_info(), pgq.get_consumer_info(text), pgq.get_consumer_info(text, text),
     pgq.get_queue_backlog(text), pgq.get_consumer_backlog(text, text)

@@ -66,7 +66,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
-    event_seq := pgq.seq_getval(q.queue_event_seq);
+    event_seq := pgq._event_seq_value(q.queue_event_seq);
     IF event_seq - last_tick.tick_event_seq <= 2 * q.queue_ticker_max_count THEN
         RETURN 0;
     END IF;
@@ -113,12 +113,19 @@ BEGIN
 END
 $$;
 
--- Catch-up for every queue ticked here; returns the number of ticks written.
+-- Catch-up for every queue ticked here; returns the number of ticks written. The daemon calls it
+-- on every pass, so the queues with no backlog are filtered out in one query (the sequence read
+-- with pg_sequence_last_value, not one dynamic statement per queue).
 CREATE FUNCTION pgq.catchup_ticker() RETURNS bigint
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(sum(pgq.catchup_ticker(queue_name)), 0)::bigint
-      FROM pgq.queue
-     WHERE NOT queue_external_ticker AND NOT queue_ticker_paused
+    SELECT coalesce(sum(pgq.catchup_ticker(q.queue_name)), 0)::bigint
+      FROM pgq.queue q
+      JOIN LATERAL (SELECT t.tick_event_seq FROM pgq.tick t
+                     WHERE t.tick_queue = q.queue_id
+                     ORDER BY t.tick_queue DESC, t.tick_id DESC LIMIT 1) top ON true
+     WHERE NOT q.queue_external_ticker AND NOT q.queue_ticker_paused
+       AND pgq._event_seq_value(q.queue_event_seq) - top.tick_event_seq
+           > 2 * q.queue_ticker_max_count
 $$;
 
 REVOKE ALL ON FUNCTION pgq._notify_tick(), pgq.catchup_ticker(text), pgq.catchup_ticker()

@@ -44,16 +44,20 @@ pub struct Cli {
 pub enum Scenario {
     /// Producing events: `insert_event` and bulk insert, ours vs the reference vs plain INSERT.
     Produce,
+    /// The ticker: one `pgq.ticker()` pass over many queues, the idle daemon's CPU (ours vs
+    /// pgqd), and commit-to-tick latency at a 10 ms period.
+    Ticker,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run by default.
-    pub const ALL: &'static [Scenario] = &[Scenario::Produce];
+    pub const ALL: &'static [Scenario] = &[Scenario::Produce, Scenario::Ticker];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Produce => "produce",
+            Scenario::Ticker => "ticker",
         }
     }
 }
@@ -63,6 +67,8 @@ impl Scenario {
 pub(crate) struct Plan {
     /// Runs per scenario.
     pub(crate) runs: u32,
+    /// Tiny sizes and short windows (`--quick` or `--reps`), for a look or a smoke test.
+    pub(crate) small: bool,
     /// Fixed repetitions per block, when given.
     pub(crate) reps: Option<u32>,
     /// What one calibrated block should take.
@@ -81,6 +87,7 @@ impl Plan {
         };
         Plan {
             runs: cli.runs.unwrap_or(runs),
+            small: cli.quick || cli.reps.is_some(),
             reps: cli.reps,
             block,
             warmup,

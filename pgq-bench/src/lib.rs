@@ -1,5 +1,6 @@
 //! `pgq-bench` measures pgq-rs against the original PGQ extension (our baseline) and plain SQL,
-//! in one run on one server, and prints markdown tables of events per second and ratios.
+//! in one run on one server, and prints markdown tables of events per second, times, CPU shares
+//! and ratios.
 //!
 //! The binary is a thin wrapper around [`run`]; tests call it with small sizes.
 //!
@@ -24,12 +25,13 @@ mod cli;
 mod produce;
 mod report;
 mod server;
+mod ticker;
 
 use anyhow::{Context as _, Result};
 use pgq_core::Dsn;
 
 pub use cli::{Cli, Scenario};
-pub use report::{Ratio, Report, Sample, Series};
+pub use report::{Limit, Measure, Ratio, Report, Sample, Series};
 
 use cli::Plan;
 use server::Server;
@@ -85,6 +87,7 @@ async fn run_on(
         tracing::info!(scenario = scenario.name(), "running");
         let report = match scenario {
             Scenario::Produce => produce::run(server, plan).await,
+            Scenario::Ticker => ticker::run(server, plan).await,
         }
         .with_context(|| format!("scenario {}", scenario.name()))?;
         println!("{report}");

@@ -206,6 +206,8 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
         notes,
         series,
         ratios,
+        measures: Vec::new(),
+        limits: Vec::new(),
     })
 }
 

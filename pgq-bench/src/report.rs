@@ -4,17 +4,48 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// One scenario's results: a series of timed blocks per variant, and ratios of their medians.
+/// One scenario's results: a series of timed blocks per variant, and ratios of their medians;
+/// or figures other than throughput (times, CPU shares) with their upper limits.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// The scenario's name (`produce`).
+    /// The scenario's name (`produce`, `ticker`).
     pub scenario: &'static str,
     /// How the figures were made, one sentence each.
     pub notes: Vec<String>,
     /// One entry per variant and shape, in the order they were measured within each run.
     pub series: Vec<Series>,
-    /// Ratios of median throughputs, some with a target.
+    /// Ratios of median throughputs (or of other medians), some with a target.
     pub ratios: Vec<Ratio>,
+    /// Figures that are not throughputs, one sample per run.
+    pub measures: Vec<Measure>,
+    /// Medians of [`Report::measures`] held against an upper limit.
+    pub limits: Vec<Limit>,
+}
+
+/// One figure that is not a throughput (a time, a CPU share), measured once per run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measure {
+    /// What was measured (`ticker pass, 1,000 queues, all tick`).
+    pub what: String,
+    /// Whose it is (`ours`, `reference`).
+    pub variant: &'static str,
+    /// The figure and its unit (`server total ms`, `% of one core`).
+    pub metric: &'static str,
+    /// One value per run, in run order.
+    pub samples: Vec<f64>,
+}
+
+/// A median that must stay at or below a limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limit {
+    /// What is limited.
+    pub label: String,
+    /// The median; `None` when it was not measured.
+    pub value: Option<f64>,
+    /// The highest acceptable value.
+    pub max: f64,
+    /// Whether the limit is met; `None` without a value.
+    pub met: Option<bool>,
 }
 
 /// The timed blocks of one variant in one shape.
@@ -66,12 +97,7 @@ impl Series {
 
     /// The median block's events per second (the mean of the middle two for an even count).
     pub fn median(&self) -> f64 {
-        let rates = self.rates();
-        match rates.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => rates[n / 2],
-            n => (rates[n / 2 - 1] + rates[n / 2]) / 2.0,
-        }
+        median_of_sorted(&self.rates())
     }
 
     /// The fastest block's events per second.
@@ -83,6 +109,46 @@ impl Series {
         let mut rates: Vec<f64> = self.samples.iter().map(|s| s.events_per_sec).collect();
         rates.sort_by(f64::total_cmp);
         rates
+    }
+}
+
+impl Measure {
+    /// The smallest, median (the mean of the middle two for an even count) and largest sample.
+    pub fn stats(&self) -> (f64, f64, f64) {
+        let mut values = self.samples.clone();
+        values.sort_by(f64::total_cmp);
+        (
+            values.first().copied().unwrap_or(f64::NAN),
+            median_of_sorted(&values),
+            values.last().copied().unwrap_or(f64::NAN),
+        )
+    }
+
+    /// The median sample.
+    pub fn median(&self) -> f64 {
+        self.stats().1
+    }
+}
+
+impl Limit {
+    /// `measure`'s median held against `max`; `None` when it was not measured.
+    pub(crate) fn of(label: impl Into<String>, measure: Option<&Measure>, max: f64) -> Limit {
+        let value = measure.map(Measure::median).filter(|v| v.is_finite());
+        Limit {
+            label: label.into(),
+            value,
+            max,
+            met: value.map(|v| v <= max),
+        }
+    }
+}
+
+/// The median of sorted values (the mean of the middle two for an even count); NaN when empty.
+pub(crate) fn median_of_sorted(values: &[f64]) -> f64 {
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
@@ -107,46 +173,103 @@ impl Ratio {
 }
 
 impl fmt::Display for Report {
-    /// A markdown section: notes, a table of throughputs, a table of ratios.
+    /// A markdown section: notes, then the tables that have rows: throughputs, other figures,
+    /// ratios, limits.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "## {}\n", self.scenario)?;
         for note in &self.notes {
             writeln!(f, "- {note}")?;
         }
-        writeln!(
-            f,
-            "\n| shape | variant | reps × events | min events/s | median events/s | max events/s |"
-        )?;
-        writeln!(f, "|---|---|---:|---:|---:|---:|")?;
-        for s in &self.series {
+        if !self.series.is_empty() {
             writeln!(
                 f,
-                "| {} | {} | {} × {} | {} | {} | {} |",
-                s.shape,
-                s.variant,
-                s.reps,
-                thousands(s.events_per_rep as f64),
-                thousands(s.min()),
-                thousands(s.median()),
-                thousands(s.max())
+                "\n| shape | variant | reps × events | min events/s | median events/s | max events/s |"
             )?;
+            writeln!(f, "|---|---|---:|---:|---:|---:|")?;
+            for s in &self.series {
+                writeln!(
+                    f,
+                    "| {} | {} | {} × {} | {} | {} | {} |",
+                    s.shape,
+                    s.variant,
+                    s.reps,
+                    thousands(s.events_per_rep as f64),
+                    thousands(s.min()),
+                    thousands(s.median()),
+                    thousands(s.max())
+                )?;
+            }
         }
-        writeln!(f, "\n| ratio of medians | value | target | verdict |")?;
-        writeln!(f, "|---|---:|---:|---|")?;
-        for r in &self.ratios {
-            let value = r
-                .value
-                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
-            let target = r.target.map_or_else(String::new, |t| format!("≥ {t:.1}"));
-            let verdict = match r.met {
-                Some(true) => "met",
-                Some(false) => "**missed**",
-                None if r.target.is_some() => "not measured",
-                None => "",
-            };
-            writeln!(f, "| {} | {value} | {target} | {verdict} |", r.label)?;
+        if !self.measures.is_empty() {
+            writeln!(f, "\n| measured | variant | figure | min | median | max |")?;
+            writeln!(f, "|---|---|---|---:|---:|---:|")?;
+            for m in &self.measures {
+                let (min, median, max) = m.stats();
+                writeln!(
+                    f,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    m.what,
+                    m.variant,
+                    m.metric,
+                    figure(min),
+                    figure(median),
+                    figure(max)
+                )?;
+            }
+        }
+        if !self.ratios.is_empty() {
+            writeln!(f, "\n| ratio of medians | value | target | verdict |")?;
+            writeln!(f, "|---|---:|---:|---|")?;
+            for r in &self.ratios {
+                let value = r
+                    .value
+                    .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
+                let target = r.target.map_or_else(String::new, |t| format!("≥ {t:.1}"));
+                let verdict = match r.met {
+                    Some(true) => "met",
+                    Some(false) => "**missed**",
+                    None if r.target.is_some() => "not measured",
+                    None => "",
+                };
+                writeln!(f, "| {} | {value} | {target} | {verdict} |", r.label)?;
+            }
+        }
+        if !self.limits.is_empty() {
+            writeln!(f, "\n| median | value | target | verdict |")?;
+            writeln!(f, "|---|---:|---:|---|")?;
+            for l in &self.limits {
+                let value = l.value.map_or_else(|| "n/a".to_owned(), figure);
+                let verdict = match l.met {
+                    Some(true) => "met",
+                    Some(false) => "**missed**",
+                    None => "not measured",
+                };
+                writeln!(
+                    f,
+                    "| {} | {value} | < {} | {verdict} |",
+                    l.label,
+                    figure(l.max)
+                )?;
+            }
         }
         Ok(())
+    }
+}
+
+/// A figure with three significant digits (at least none after the point for large values).
+fn figure(x: f64) -> String {
+    if !x.is_finite() {
+        return "n/a".to_owned();
+    }
+    let magnitude = x.abs();
+    if magnitude >= 100.0 {
+        format!("{x:.0}")
+    } else if magnitude >= 10.0 {
+        format!("{x:.1}")
+    } else if magnitude >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
     }
 }
 
@@ -211,6 +334,8 @@ mod tests {
             notes: vec!["n".to_owned()],
             series: vec![a],
             ratios: vec![met, missed, absent],
+            measures: Vec::new(),
+            limits: Vec::new(),
         };
         let text = report.to_string();
         assert!(
@@ -226,6 +351,54 @@ mod tests {
             text.contains("| a / b | n/a | ≥ 0.5 | not measured |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn measures_and_limits() {
+        let m = Measure {
+            what: "pass".to_owned(),
+            variant: "ours",
+            metric: "ms",
+            samples: vec![3.0, 1.0, 2.0],
+        };
+        assert_eq!(m.stats(), (1.0, 2.0, 3.0));
+        let met = Limit::of("pass ms", Some(&m), 2.5);
+        assert_eq!((met.value, met.met), (Some(2.0), Some(true)));
+        let missed = Limit::of("pass ms", Some(&m), 1.5);
+        assert_eq!(missed.met, Some(false));
+        let absent = Limit::of("pass ms", None, 1.0);
+        assert_eq!((absent.value, absent.met), (None, None));
+        let report = Report {
+            scenario: "x",
+            notes: Vec::new(),
+            series: Vec::new(),
+            ratios: Vec::new(),
+            measures: vec![m],
+            limits: vec![met, missed, absent],
+        };
+        let text = report.to_string();
+        assert!(!text.contains("events/s"), "{text}");
+        assert!(
+            text.contains("| pass | ours | ms | 1.00 | 2.00 | 3.00 |"),
+            "{text}"
+        );
+        assert!(text.contains("| pass ms | 2.00 | < 2.50 | met |"), "{text}");
+        assert!(
+            text.contains("| pass ms | 2.00 | < 1.50 | **missed** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| pass ms | n/a | < 1.00 | not measured |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn figures() {
+        assert_eq!(figure(139.4), "139");
+        assert_eq!(figure(33.26), "33.3");
+        assert_eq!(figure(0.0123), "0.012");
+        assert_eq!(figure(f64::NAN), "n/a");
     }
 
     #[test]

@@ -41,6 +41,11 @@ impl Server {
         })
     }
 
+    /// Connection settings for the maintenance database (not a scratch database).
+    pub(crate) fn maintenance(&self) -> &Dsn {
+        &self.maintenance
+    }
+
     /// A few markdown lines saying which server this is and how it is set up.
     pub(crate) async fn describe(&self) -> Result<String> {
         let client = self

@@ -1,9 +1,11 @@
 //! Runs each scenario on tiny sizes against the test server, so the benchmarks cannot rot.
+//! The scenarios run one at a time: each checks that the process left no scratch database.
 
 use clap::Parser as _;
 
 #[tokio::test]
 async fn produce_runs_on_tiny_sizes() -> anyhow::Result<()> {
+    let _serial = pgq_testkit::serial().await;
     let dsn = pgq_testkit::server_dsn().await?;
     let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
     let with_reference = pgq_testkit::reference_available(&maintenance).await?;
@@ -74,6 +76,103 @@ async fn produce_runs_on_tiny_sizes() -> anyhow::Result<()> {
     assert_eq!(
         written["reports"][0]["series"].as_array().map(Vec::len),
         Some(report.series.len())
+    );
+
+    let prefix = format!("pgq_bench_{}_", std::process::id());
+    let left: i64 = maintenance
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_database WHERE starts_with(datname, $1)",
+            &[&prefix],
+        )
+        .await?
+        .get(0);
+    assert_eq!(left, 0, "scratch databases were not dropped");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ticker_runs_on_tiny_sizes() -> anyhow::Result<()> {
+    let _serial = pgq_testkit::serial().await;
+    let dsn = pgq_testkit::server_dsn().await?;
+    let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
+    let with_reference = pgq_testkit::reference_available(&maintenance).await?;
+    let with_pgqd = with_reference && std::path::Path::new("/usr/bin/pgqd").is_file();
+
+    let cli = pgq_bench::Cli::parse_from([
+        "pgq-bench",
+        "ticker",
+        "--runs",
+        "1",
+        "--reps",
+        "1",
+        "--dsn",
+        &dsn,
+    ]);
+    let reports = pgq_bench::run(cli).await?;
+
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    assert_eq!(report.scenario, "ticker");
+    assert!(report.series.is_empty());
+    let find = |what: &str, variant: &str, metric: &str| {
+        report
+            .measures
+            .iter()
+            .find(|m| m.what.starts_with(what) && m.variant == variant && m.metric == metric)
+    };
+    let mut pass_variants = vec!["ours"];
+    if with_reference {
+        pass_variants.push("reference");
+    }
+    for case in ["all tick", "none ticks"] {
+        let what = format!("ticker pass, 20 queues, {case}");
+        for variant in &pass_variants {
+            for metric in ["server total ms", "server self ms", "wall ms"] {
+                let m = find(&what, variant, metric)
+                    .unwrap_or_else(|| panic!("no {what} / {variant} / {metric}"));
+                assert_eq!(m.samples.len(), 1);
+                assert!(m.samples[0] > 0.0, "{m:?}");
+            }
+            let total = find(&what, variant, "server total ms").map(|m| m.samples[0]);
+            let wall = find(&what, variant, "wall ms").map(|m| m.samples[0]);
+            assert!(
+                total <= wall,
+                "server time above wall time: {total:?} > {wall:?}"
+            );
+        }
+    }
+    let mut daemons = vec![("idle daemon, 10 queues, period 1 s", "ours (pgq-ticker)")];
+    if with_pgqd {
+        daemons.push(("idle daemon, 10 queues, period 1 s", "reference (pgqd)"));
+    }
+    daemons.push(("idle daemon, 10 queues, period 10 ms", "ours (pgq-ticker)"));
+    if with_pgqd {
+        daemons.push(("idle daemon, 10 queues, period 10 ms", "reference (pgqd)"));
+    }
+    for (what, variant) in daemons {
+        let total = find(what, variant, "process + backends % of a core")
+            .unwrap_or_else(|| panic!("no CPU for {what} / {variant}"));
+        assert!(
+            total.samples[0] >= 0.0 && total.samples[0] < 100.0,
+            "{total:?}"
+        );
+    }
+    let p50 = find("commit → tick", "ours (pgq-ticker)", "p50 ms").expect("no latency");
+    let p99 = find("commit → tick", "ours (pgq-ticker)", "p99 ms").expect("no p99");
+    assert!(
+        p50.samples[0] > 0.0 && p50.samples[0] <= p99.samples[0],
+        "{p50:?} {p99:?}"
+    );
+    assert_eq!(report.limits.len(), 2);
+    assert!(
+        report.limits.iter().all(|l| l.met.is_some()),
+        "{:?}",
+        report.limits
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains("| ticker pass, 20 queues, all tick | ours | server total ms |"),
+        "{text}"
     );
 
     let prefix = format!("pgq_bench_{}_", std::process::id());
