@@ -7,8 +7,9 @@
 //! | queue schema, producer, batches, info, backlog | `pgq-core` | always on |
 //! | ticker daemon, maintenance, backlog reports (`pgq::ticker`) | `pgq-ticker` | feature `ticker` (default) |
 //! | consumer framework: runner, cooperative and remote consumers (`pgq::consumer`) | `pgq-consumer` | feature `consumer` (default) |
+//! | parallel base backup over ordinary connections, manifest, verify (`pgq::basebackup`) | `pgq-basebackup` | feature `basebackup` (default) |
 //!
-//! Later parts (londiste, basebackup) arrive as features of this crate.
+//! Later parts (londiste) arrive as features of this crate.
 
 pub use pgq_core::*;
 
@@ -17,3 +18,6 @@ pub use pgq_ticker as ticker;
 
 #[cfg(feature = "consumer")]
 pub use pgq_consumer as consumer;
+
+#[cfg(feature = "basebackup")]
+pub use pgq_basebackup as basebackup;

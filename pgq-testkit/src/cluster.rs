@@ -103,6 +103,59 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts a cluster on an existing data directory, e.g. a restored base backup: the
+    /// directory is moved into a fresh private directory (same file system), handed to the
+    /// server's user, and started on its own port and socket with the test defaults and
+    /// `opts.settings` appended to its `postgresql.conf`. Waits until it accepts connections
+    /// (after recovery, for a backup).
+    pub async fn start_existing(
+        data_dir: &Path,
+        opts: ClusterOptions,
+    ) -> Result<Cluster, TestkitError> {
+        let tools = tools()?;
+        let base = make_base_dir(tools.as_postgres)?;
+        let mut cluster = Cluster {
+            data: base.join("data"),
+            base,
+            port: free_port()?,
+            listen_tcp: opts.listen_tcp,
+            settings: Vec::new(),
+            tools,
+        };
+        let mut stop = tools.argv("pg_ctl");
+        stop.extend(["stop", "-D"].map(OsString::from));
+        stop.push(cluster.data.clone().into_os_string());
+        stop.extend(["-m", "immediate"].map(OsString::from));
+        spawn_watchdog(Some(&cluster.base), &stop)?;
+        fs::rename(data_dir, &cluster.data).map_err(|e| {
+            io_error(
+                format!(
+                    "moving {} to {}",
+                    data_dir.display(),
+                    cluster.data.display()
+                ),
+                e,
+            )
+        })?;
+        fs::set_permissions(&cluster.data, fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_error(format!("chmod {}", cluster.data.display()), e))?;
+        if tools.as_postgres {
+            let mut chown = tokio::process::Command::new("chown");
+            chown.arg("-R").arg("postgres").arg(&cluster.data);
+            run(chown, "chown -R postgres").await?;
+        }
+        cluster.settings = cluster.base_settings(opts.ssl.is_some());
+        cluster.settings.extend(opts.settings);
+        cluster.append_conf(&cluster.settings)?;
+        cluster.start_server().await?;
+        Ok(cluster)
+    }
+
+    /// The server log's text so far.
+    pub fn server_log(&self) -> String {
+        fs::read_to_string(self.base.join("server.log")).unwrap_or_default()
+    }
+
     /// Keyword/value connection string for `dbname` as superuser `postgres` over the unix socket.
     pub fn dsn(&self, dbname: &str) -> String {
         format!(

@@ -1,0 +1,452 @@
+//! Fetching the listed files over several connections, in chunks, largest file first; each
+//! chunk's SHA-256 goes to a log, so an interrupted backup can be resumed.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::SystemTime;
+
+use futures_util::{stream, StreamExt as _, TryStreamExt as _};
+use pgq_core::Dsn;
+use sha2::{Digest as _, Sha256};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Statement};
+
+use crate::error::{DbContext as _, Error, IoContext as _, Result};
+use crate::listing::SourceEntry;
+use crate::manifest::hex;
+use crate::options::Progress;
+use crate::throttle::Throttle;
+
+/// Requests each job keeps in flight, so the server reads while the client writes.
+const IN_FLIGHT: usize = 2;
+
+/// The chunk log's file name in the copy; removed once the copy is complete.
+pub(crate) const CHUNK_LOG: &str = "pgq_basebackup.chunks";
+
+/// One `pg_read_binary_file` call.
+#[derive(Debug, Clone)]
+struct Chunk {
+    file: usize,
+    offset: u64,
+    len: u64,
+    /// SHA-256 an interrupted backup logged for this very range.
+    logged: Option<String>,
+}
+
+/// What happened to a file while it was copied.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Files that came back shorter than listed: the size to cut them to.
+    shrunk: HashMap<usize, u64>,
+    /// Files that vanished (dropped relations): removed from the copy.
+    vanished: HashSet<usize>,
+}
+
+/// How the files are fetched.
+pub(crate) struct CopyPlan<'a> {
+    pub(crate) dsn: &'a Dsn,
+    pub(crate) dest: &'a Path,
+    pub(crate) jobs: usize,
+    pub(crate) chunk_size: u64,
+    pub(crate) resume: bool,
+    pub(crate) throttle: Option<Throttle>,
+    pub(crate) progress: Arc<Progress>,
+}
+
+/// Creates the directories and files of the copy, then fills the files over `jobs`
+/// connections. Under `resume`, files the source no longer has are removed and logged
+/// chunks are confirmed with the source instead of fetched again.
+pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> Result<()> {
+    let dest = plan.dest;
+    let logged = if plan.resume {
+        remove_stale(dest, entries)?;
+        read_log(&dest.join(CHUNK_LOG))?
+    } else {
+        HashMap::new()
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = dest.join(&entry.path);
+        if entry.is_dir {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&path)
+                .io_context(|| format!("creating directory {}", path.display()))?;
+        } else {
+            files.push(entry);
+        }
+    }
+    for entry in &files {
+        let path = dest.join(&entry.path);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(!plan.resume)
+            .mode(0o600)
+            .open(&path)
+            .io_context(|| format!("creating {}", path.display()))?;
+        file.set_len(entry.size)
+            .and_then(|()| file.set_modified(entry.mtime))
+            .io_context(|| format!("sizing {}", path.display()))?;
+    }
+
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by(|&a, &b| files[b].size.cmp(&files[a].size));
+    let mut chunks = Vec::new();
+    for index in order {
+        let mut offset = 0;
+        while offset < files[index].size {
+            let len = plan.chunk_size.min(files[index].size - offset);
+            let key = (files[index].path.clone(), offset, len);
+            chunks.push(Chunk {
+                file: index,
+                offset,
+                len,
+                logged: logged.get(&key).cloned(),
+            });
+            offset += len;
+        }
+    }
+    plan.progress.set_total(files.iter().map(|e| e.size).sum());
+
+    let mut remaining: Vec<AtomicUsize> = files.iter().map(|_| AtomicUsize::new(0)).collect();
+    for chunk in &chunks {
+        *remaining[chunk.file].get_mut() += 1;
+    }
+    let log_path = dest.join(CHUNK_LOG);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .io_context(|| format!("opening {}", log_path.display()))?;
+    let (flush_tx, flush_rx) = mpsc::channel();
+    let flush_rx = Arc::new(Mutex::new(flush_rx));
+    let flushers: Vec<_> = (0..FLUSHERS)
+        .map(|_| {
+            let queue = Arc::clone(&flush_rx);
+            tokio::task::spawn_blocking(move || flusher(&queue))
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        flush: Mutex::new(flush_tx),
+        paths: files.iter().map(|e| e.path.clone()).collect(),
+        mtimes: files.iter().map(|e| e.mtime).collect(),
+        remaining,
+        dest: dest.to_path_buf(),
+        chunks,
+        next: AtomicUsize::new(0),
+        changes: Mutex::new(Changes::default()),
+        log: Mutex::new(log),
+        throttle: plan.throttle,
+        progress: plan.progress,
+    });
+    // Dropping the set (on the first error) aborts the other jobs.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..plan.jobs.max(1) {
+        let client = plan
+            .dsn
+            .connect()
+            .await
+            .map_err(|source| Error::Connect { source })?;
+        tasks.spawn(run_job(client, Arc::clone(&shared)));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    drop(tasks);
+    // The last sender goes with `shared`; the flushers then drain the queue and end.
+    let shared = Arc::into_inner(shared).ok_or_else(|| Error::Protocol {
+        what: "a copy job outlived the copy".to_owned(),
+    })?;
+    let Shared { changes, flush, .. } = shared;
+    drop(flush);
+    for flusher in flushers {
+        flusher.await??;
+    }
+
+    let changes = changes.into_inner().unwrap_or_else(|e| e.into_inner());
+    for index in &changes.vanished {
+        let path = dest.join(&files[*index].path);
+        fs::remove_file(&path).io_context(|| format!("removing {}", path.display()))?;
+    }
+    for (index, len) in changes.shrunk {
+        if changes.vanished.contains(&index) {
+            continue;
+        }
+        let path = dest.join(&files[index].path);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .io_context(|| format!("opening {}", path.display()))?;
+        file.set_len(len)
+            .and_then(|()| file.set_modified(files[index].mtime))
+            .and_then(|()| file.sync_all())
+            .io_context(|| format!("truncating {}", path.display()))?;
+    }
+    for entry in entries.iter().filter(|e| e.is_dir) {
+        let path = dest.join(&entry.path);
+        File::open(&path)
+            .and_then(|dir| dir.sync_all())
+            .io_context(|| format!("flushing directory {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes what an interrupted backup left that is not part of this one: files the source
+/// no longer lists, and the previous label, map and manifest. `pg_wal` and the chunk log stay.
+fn remove_stale(dest: &Path, entries: &[SourceEntry]) -> Result<()> {
+    let keep: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    let mut stack = vec![(dest.to_path_buf(), String::new())];
+    while let Some((abs, rel)) = stack.pop() {
+        let listing = match fs::read_dir(&abs) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).io_context(|| format!("listing {}", abs.display())),
+        };
+        for item in listing {
+            let item = item.io_context(|| format!("listing {}", abs.display()))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            let rel_path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if rel_path == "pg_wal" || rel_path == CHUNK_LOG {
+                continue;
+            }
+            let path = item.path();
+            let is_dir = path.is_dir();
+            if keep.contains(rel_path.as_str()) {
+                if is_dir {
+                    stack.push((path, rel_path));
+                }
+            } else if is_dir && !path.is_symlink() {
+                fs::remove_dir_all(&path).io_context(|| format!("removing {}", path.display()))?;
+            } else {
+                fs::remove_file(&path).io_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The chunk log of an interrupted backup: `(path, offset, len)` to SHA-256. Lines are
+/// `<sha256> <offset> <len> <path>`; a torn last line is ignored.
+fn read_log(path: &Path) -> Result<HashMap<(String, u64, u64), String>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e).io_context(|| format!("opening {}", path.display())),
+    };
+    let mut logged = HashMap::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.io_context(|| format!("reading {}", path.display()))?;
+        let mut parts = line.splitn(4, ' ');
+        let (Some(sum), Some(offset), Some(len), Some(file)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (Ok(offset), Ok(len)) = (offset.parse(), len.parse()) else {
+            continue;
+        };
+        if sum.len() == 64 {
+            logged.insert((file.to_owned(), offset, len), sum.to_owned());
+        }
+    }
+    Ok(logged)
+}
+
+/// State the jobs share.
+struct Shared {
+    paths: Vec<String>,
+    mtimes: Vec<SystemTime>,
+    /// Chunks not yet written, per file: the last one restores the time and flushes.
+    remaining: Vec<AtomicUsize>,
+    dest: PathBuf,
+    chunks: Vec<Chunk>,
+    next: AtomicUsize,
+    changes: Mutex<Changes>,
+    log: Mutex<File>,
+    throttle: Option<Throttle>,
+    progress: Arc<Progress>,
+    /// Completed files go to the flushers, so fetching never waits for the disk.
+    flush: Mutex<mpsc::Sender<Flush>>,
+}
+
+/// A completed file to flush: its handle, path, and the source's modification time.
+type Flush = (File, PathBuf, SystemTime);
+
+/// Threads flushing completed files while the jobs fetch.
+const FLUSHERS: usize = 4;
+
+/// Restores the time of and flushes every file it receives; returns the first failure.
+fn flusher(queue: &Mutex<mpsc::Receiver<Flush>>) -> Result<()> {
+    loop {
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok((file, path, mtime)) = next else {
+            return Ok(());
+        };
+        file.set_modified(mtime)
+            .and_then(|()| file.sync_all())
+            .io_context(|| format!("flushing {}", path.display()))?;
+    }
+}
+
+/// The statements a job runs.
+struct Statements {
+    read: Statement,
+    sum: Statement,
+}
+
+/// One connection taking chunks off the shared list until it is empty.
+async fn run_job(client: Client, shared: Arc<Shared>) -> Result<()> {
+    let types = [Type::TEXT, Type::INT8, Type::INT8];
+    let stmts = Statements {
+        read: client
+            .prepare_typed(
+                "SELECT pg_catalog.pg_read_binary_file($1, $2, $3, true)",
+                &types,
+            )
+            .await
+            .op("preparing pg_read_binary_file")?,
+        sum: client
+            .prepare_typed(
+                "SELECT pg_catalog.encode(pg_catalog.sha256(\
+                     pg_catalog.pg_read_binary_file($1, $2, $3, true)), 'hex')",
+                &types,
+            )
+            .await
+            .op("preparing sha256(pg_read_binary_file)")?,
+    };
+    let feed = Arc::clone(&shared);
+    let chunks = stream::iter(std::iter::from_fn(move || {
+        let index = feed.next.fetch_add(1, Ordering::Relaxed);
+        feed.chunks.get(index).cloned()
+    }));
+    chunks
+        .map(|chunk| {
+            let (client, stmts, shared) = (&client, &stmts, Arc::clone(&shared));
+            async move { copy_chunk(client, stmts, shared, chunk).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<()>()
+        .await
+}
+
+/// Confirms a logged chunk with the source, or fetches it and writes it into place.
+async fn copy_chunk(
+    client: &Client,
+    stmts: &Statements,
+    shared: Arc<Shared>,
+    chunk: Chunk,
+) -> Result<()> {
+    let path = shared.paths[chunk.file].clone();
+    let offset = i64::try_from(chunk.offset).unwrap_or(i64::MAX);
+    let len = i64::try_from(chunk.len).unwrap_or(i64::MAX);
+    if let Some(logged) = &chunk.logged {
+        let row = client
+            .query_one(&stmts.sum, &[&path, &offset, &len])
+            .await
+            .op("checksumming a file range (sha256(pg_read_binary_file))")?;
+        let source: Option<String> = row.get(0);
+        if source.as_ref() == Some(logged) {
+            let (shared, chunk, logged) = (Arc::clone(&shared), chunk.clone(), logged.clone());
+            let kept =
+                tokio::task::spawn_blocking(move || keep(&shared, &chunk, &logged)).await??;
+            if kept {
+                return Ok(());
+            }
+        }
+    }
+    if let Some(throttle) = &shared.throttle {
+        throttle.acquire(chunk.len).await;
+    }
+    let row = client
+        .query_one(&stmts.read, &[&path, &offset, &len])
+        .await
+        .op("reading a file (pg_read_binary_file)")?;
+    let data: Option<Vec<u8>> = row.get(0);
+    tokio::task::spawn_blocking(move || store(&shared, &chunk, data)).await?
+}
+
+/// Keeps a chunk already on disk when it still hashes to what the source confirmed.
+fn keep(shared: &Shared, chunk: &Chunk, sum: &str) -> Result<bool> {
+    let path = shared.dest.join(&shared.paths[chunk.file]);
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .io_context(|| format!("opening {}", path.display()))?;
+    let mut data = vec![0_u8; usize::try_from(chunk.len).unwrap_or(usize::MAX)];
+    if file.read_exact_at(&mut data, chunk.offset).is_err() || hex(&Sha256::digest(&data)) != sum {
+        return Ok(false);
+    }
+    shared.progress.add_reused(chunk.len);
+    finish_chunk(shared, chunk, &file, &path)?;
+    Ok(true)
+}
+
+/// Writes one fetched chunk into place and logs it, and notes files that shrank or vanished.
+fn store(shared: &Shared, chunk: &Chunk, data: Option<Vec<u8>>) -> Result<()> {
+    let Some(data) = data else {
+        shared.remaining[chunk.file].fetch_sub(1, Ordering::AcqRel);
+        let mut changes = shared.changes.lock().unwrap_or_else(|e| e.into_inner());
+        changes.vanished.insert(chunk.file);
+        return Ok(());
+    };
+    let got = u64::try_from(data.len()).unwrap_or(u64::MAX);
+    if got < chunk.len {
+        let mut changes = shared.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let end = chunk.offset + got;
+        let cut = changes.shrunk.entry(chunk.file).or_insert(end);
+        *cut = (*cut).min(end);
+    }
+    let path = shared.dest.join(&shared.paths[chunk.file]);
+    let file = File::options()
+        .write(true)
+        .open(&path)
+        .io_context(|| format!("opening {}", path.display()))?;
+    file.write_all_at(&data, chunk.offset)
+        .io_context(|| format!("writing {}", path.display()))?;
+    if got == chunk.len {
+        let line = format!(
+            "{} {} {} {}\n",
+            hex(&Sha256::digest(&data)),
+            chunk.offset,
+            chunk.len,
+            shared.paths[chunk.file]
+        );
+        let mut log = shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.write_all(line.as_bytes())
+            .io_context(|| format!("writing the chunk log in {}", shared.dest.display()))?;
+    }
+    shared.progress.add_done(got);
+    finish_chunk(shared, chunk, &file, &path)
+}
+
+/// Counts a chunk as done; the file's last one hands it to the flushers.
+fn finish_chunk(shared: &Shared, chunk: &Chunk, file: &File, path: &Path) -> Result<()> {
+    if shared.remaining[chunk.file].fetch_sub(1, Ordering::AcqRel) == 1 {
+        let handle = file
+            .try_clone()
+            .io_context(|| format!("opening {}", path.display()))?;
+        let sent = shared
+            .flush
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((handle, path.to_path_buf(), shared.mtimes[chunk.file]));
+        if sent.is_err() {
+            // The flushers stopped on an error, which the copy reports when it ends.
+            return Ok(());
+        }
+    }
+    Ok(())
+}

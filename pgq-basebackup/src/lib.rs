@@ -1,0 +1,41 @@
+//! A parallel PostgreSQL base backup over ordinary SQL connections.
+//!
+//! [`backup`] copies a running cluster with nothing but SQL: a temporary physical
+//! replication slot keeps the WAL, `pg_backup_start`/`pg_backup_stop` bracket the copy, one
+//! recursive query lists the files, several connections fetch them in chunks with
+//! `pg_read_binary_file`, and WAL segments are fetched while the backup runs. The copy gets a
+//! `backup_manifest` that `pg_verifybackup` accepts; it is written last, so a copy without it
+//! is incomplete. [`verify`] checks a copy against its manifest.
+//!
+//! Options ([`BackupOptions`]): parallel jobs and chunk size, fast or spread checkpoint,
+//! `standby` (permanent slot, `standby.signal`, `primary_conninfo`, `primary_slot_name`),
+//! `resume` (chunks logged by an interrupted run are kept once the source confirms their
+//! SHA-256), `compress` (zstd; [`restore`] unpacks), `max_rate`, `tablespace_mapping`.
+//! A source whose configuration lives outside its data directory (Debian) gets it fetched
+//! with `pg_read_file`, its path settings commented out, or a minimal one written.
+//!
+//! A role other than a superuser needs EXECUTE on `pg_backup_start(text, boolean)`,
+//! `pg_backup_stop(boolean)`, `pg_ls_dir(text, boolean, boolean)`,
+//! `pg_stat_file(text, boolean)` and `pg_read_binary_file(text, bigint, bigint, boolean)`,
+//! the REPLICATION attribute, and `pg_read_server_files` only when the configuration files
+//! live outside the data directory.
+
+mod backup;
+mod compress;
+mod config;
+mod copy;
+mod error;
+mod listing;
+mod lsn;
+mod manifest;
+mod options;
+mod throttle;
+mod wal;
+
+pub use backup::{backup, BackupSummary};
+pub use compress::restore;
+pub use error::{Error, Result};
+pub use lsn::Lsn;
+pub use manifest::{verify, Problem, VerifyReport, MANIFEST};
+pub use options::{BackupOptions, Checkpoint, Progress, StopHook, DEFAULT_CHUNK_SIZE};
+pub use throttle::parse_rate;

@@ -1,0 +1,119 @@
+//! Fetching WAL segments while the backup runs and after it stops.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::error::{DbContext as _, Error, IoContext as _, Result};
+use crate::lsn::{segment_name, Lsn};
+
+/// How often the source's flush position is polled while the backup runs.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Where WAL comes from and goes to.
+pub(crate) struct WalFetcher {
+    /// A connection of its own.
+    pub(crate) client: Client,
+    /// `DEST/pg_wal`.
+    pub(crate) dir: PathBuf,
+    /// `wal_segment_size` in bytes.
+    pub(crate) seg_size: u64,
+    /// The timeline the backup started on.
+    pub(crate) timeline: u32,
+    /// The backup's start position.
+    pub(crate) start: Lsn,
+    /// Bytes written, for progress.
+    pub(crate) copied: Arc<AtomicU64>,
+}
+
+impl WalFetcher {
+    /// Fetches every finished segment from the start position on, until `stop` carries the
+    /// stop position; then fetches the rest up to it, and the timeline history file.
+    pub(crate) async fn run(self, mut stop: watch::Receiver<Option<Lsn>>) -> Result<u64> {
+        let mut next = self.start.0 / self.seg_size;
+        let mut fetched = 0;
+        loop {
+            let stop_at = *stop.borrow_and_update();
+            let flush = self.flush_lsn().await?;
+            let mut last_done = flush.0 / self.seg_size;
+            if let Some(stop_lsn) = stop_at {
+                if flush >= stop_lsn {
+                    last_done = (stop_lsn.0 - 1) / self.seg_size + 1;
+                }
+            }
+            while next < last_done {
+                self.fetch_segment(&segment_name(self.timeline, next, self.seg_size))
+                    .await?;
+                next += 1;
+                fetched += 1;
+            }
+            if let Some(stop_lsn) = stop_at {
+                if next > (stop_lsn.0 - 1) / self.seg_size {
+                    break;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(POLL) => {}
+                _ = stop.changed(), if stop_at.is_none() => {}
+            }
+        }
+        if self.timeline > 1 {
+            self.fetch_segment(&format!("{:08X}.history", self.timeline))
+                .await?;
+        }
+        Ok(fetched)
+    }
+
+    async fn flush_lsn(&self) -> Result<Lsn> {
+        let row = self
+            .client
+            .query_one("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", &[])
+            .await
+            .op("reading the WAL flush position")?;
+        row.get::<_, String>(0).parse()
+    }
+
+    /// Copies `pg_wal/<name>` whole.
+    async fn fetch_segment(&self, name: &str) -> Result<()> {
+        let len = i64::try_from(self.seg_size).unwrap_or(i64::MAX);
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_catalog.pg_read_binary_file($1, 0, $2, true)",
+                &[&format!("pg_wal/{name}"), &len],
+            )
+            .await
+            .op("reading a WAL segment")?;
+        let data: Vec<u8> = row
+            .get::<_, Option<Vec<u8>>>(0)
+            .ok_or_else(|| Error::WalMissing {
+                segment: name.to_owned(),
+            })?;
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.partial"));
+        let copied = Arc::clone(&self.copied);
+        tokio::task::spawn_blocking(move || {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .io_context(|| format!("creating {}", tmp.display()))?;
+            file.write_all(&data)
+                .and_then(|()| file.sync_all())
+                .io_context(|| format!("writing {}", tmp.display()))?;
+            fs::rename(&tmp, &path).io_context(|| format!("renaming {}", tmp.display()))?;
+            copied.fetch_add(u64::try_from(data.len()).unwrap_or(0), Ordering::Relaxed);
+            Ok(())
+        })
+        .await?
+    }
+}

@@ -1,0 +1,173 @@
+//! Bad input fails early and clearly; a failed backup is never presented as complete.
+
+use pgq_basebackup::{BackupOptions, Error};
+use pgq_core::Dsn;
+
+use crate::support::{self, Scratch};
+
+#[tokio::test]
+async fn unreachable_source() -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dsn = Dsn::parse(&format!(
+        "host=127.0.0.1 port={port} user=postgres connect_timeout=5"
+    ))?;
+    let scratch = Scratch::new("copy")?;
+    let err = pgq_basebackup::backup(BackupOptions::new(dsn, scratch.path()))
+        .await
+        .expect_err("nothing listens there");
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(!scratch.path().join(pgq_basebackup::MANIFEST).exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn non_empty_destination_needs_force() -> anyhow::Result<()> {
+    let source = support::source().await?;
+    let scratch = Scratch::new("copy")?;
+    std::fs::create_dir_all(scratch.path())?;
+    std::fs::write(scratch.path().join("keep.txt"), "mine")?;
+    let err = pgq_basebackup::backup(BackupOptions::new(support::dsn(&source)?, scratch.path()))
+        .await
+        .expect_err("DEST is not empty");
+    assert!(matches!(err, Error::DestinationNotEmpty { .. }), "{err:?}");
+    assert!(err.to_string().contains("--force"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(scratch.path().join("keep.txt"))?,
+        "mine"
+    );
+
+    let mut opts = BackupOptions::new(support::dsn(&source)?, scratch.path());
+    opts.force = true;
+    pgq_basebackup::backup(opts).await?;
+    assert!(!scratch.path().join("keep.txt").exists());
+    assert!(pgq_basebackup::verify(scratch.path())?.is_ok());
+    Ok(())
+}
+
+#[tokio::test]
+async fn role_without_privileges_is_told_the_grants_that_suffice() -> anyhow::Result<()> {
+    let source = support::source().await?;
+    let dsn = support::dsn(&source)?;
+    dsn.connect()
+        .await?
+        .batch_execute("CREATE ROLE weak LOGIN")
+        .await?;
+    let scratch = Scratch::new("copy")?;
+    let err = pgq_basebackup::backup(BackupOptions::new(dsn.with_user("weak"), scratch.path()))
+        .await
+        .expect_err("weak may not back up");
+    let Error::MissingPrivileges { role, missing } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(role, "weak");
+    let text = err.to_string();
+    for needed in [
+        "GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_start(text, boolean) TO \"weak\"",
+        "pg_catalog.pg_backup_stop(boolean)",
+        "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+        "pg_catalog.pg_stat_file(text, boolean)",
+        "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+        "ALTER ROLE \"weak\" REPLICATION",
+        "pg_read_server_files",
+    ] {
+        assert!(text.contains(needed), "{needed:?} not in {text}");
+    }
+    assert_eq!(missing.len(), 7, "{missing:?}");
+
+    // Exactly the grants the message names are enough.
+    let admin = dsn.connect().await?;
+    for grant in &missing[..6] {
+        admin.batch_execute(grant).await?;
+    }
+    let summary =
+        pgq_basebackup::backup(BackupOptions::new(dsn.with_user("weak"), scratch.path())).await?;
+    assert!(summary.bytes > 1_000_000, "{summary:?}");
+    assert!(pgq_basebackup::verify(scratch.path())?.is_ok());
+    let slots: i64 = admin
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await?
+        .get(0);
+    assert_eq!(slots, 0, "the temporary slot is gone with its session");
+    Ok(())
+}
+
+/// The backup session dies before `pg_backup_stop`: an error, and no manifest, so the copy
+/// is not complete and `verify` says so. Then `resume` finishes it, keeping the chunks the
+/// source confirms.
+#[tokio::test]
+async fn interrupted_backup_is_incomplete_until_resumed() -> anyhow::Result<()> {
+    let source = support::source().await?;
+    let dsn = support::dsn(&source)?;
+    let client = dsn.connect().await?;
+    support::fill(&client).await?;
+    let killer = dsn.connect().await?;
+    let scratch = Scratch::new("copy")?;
+    let mut opts = BackupOptions::new(dsn.clone(), scratch.path());
+    opts.chunk_size = 1024 * 1024;
+    opts.before_stop = Some(Box::new(move || {
+        Box::pin(async move {
+            killer
+                .batch_execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                      WHERE slot_name LIKE 'pgq_basebackup_%'",
+                )
+                .await
+                .expect("terminating the backup session");
+        })
+    }));
+    let err = pgq_basebackup::backup(opts)
+        .await
+        .expect_err("the session is gone");
+    assert!(
+        matches!(
+            err,
+            Error::Db {
+                op: "pg_backup_stop",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(scratch.path().join("base").is_dir(), "files were copied");
+    assert!(!scratch.path().join(pgq_basebackup::MANIFEST).exists());
+    let err = pgq_basebackup::verify(scratch.path()).expect_err("incomplete");
+    assert!(err.to_string().contains("incomplete"), "{err}");
+    // Changes between the attempts: a new table, and one dropped (its files must go).
+    client
+        .batch_execute(
+            "CREATE TABLE extra AS SELECT generate_series(1, 1000) AS id;
+             UPDATE accounts SET balance = balance + 1 WHERE id <= 100;
+             DROP TABLE history;",
+        )
+        .await?;
+    let mut opts = BackupOptions::new(dsn.clone(), scratch.path());
+    opts.chunk_size = 1024 * 1024;
+    opts.resume = true;
+    let summary = pgq_basebackup::backup(opts).await?;
+    assert!(summary.reused_bytes > 5_000_000, "{summary:?}");
+    assert!(summary.reused_bytes < summary.bytes, "{summary:?}");
+    let report = pgq_basebackup::verify(scratch.path())?;
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let (code, out, err) = support::run(
+        &support::pg_verifybackup().display().to_string(),
+        &[&scratch.path().display().to_string()],
+    )
+    .await?;
+    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
+
+    let sums = support::checksums_of(&client, &["accounts", "wide", "extra"]).await?;
+    let copy = pgq_testkit::Cluster::start_existing(scratch.path(), Default::default()).await?;
+    let copy_client = Dsn::parse(&copy.dsn("postgres"))?.connect().await?;
+    assert_eq!(
+        support::checksums_of(&copy_client, &["accounts", "wide", "extra"]).await?,
+        sums
+    );
+    let history: Option<String> = copy_client
+        .query_one("SELECT to_regclass('history')::text", &[])
+        .await?
+        .get(0);
+    assert_eq!(history, None, "dropped between the attempts");
+    Ok(())
+}

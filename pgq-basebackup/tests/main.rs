@@ -1,0 +1,8 @@
+//! Integration tests of pgq-basebackup, each on a private cluster of its own (see pgq-testkit).
+
+mod backup;
+mod cli;
+mod errors;
+mod standby;
+mod support;
+mod tablespace;
