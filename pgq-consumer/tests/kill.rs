@@ -7,8 +7,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pgq_consumer::{ConsumerError, CoopRunner, RemoteRunner, Runner};
-use pgq_core::{ConsumerName, Dsn, Line};
+use pgq_consumer::{
+    async_trait, BatchHandle, Consumer, ConsumerError, CoopRunner, HandlerError, RemoteRunner,
+    Runner,
+};
+use pgq_core::tokio_postgres::{Client, Transaction};
+use pgq_core::{ConsumerName, Dsn, Event, Line};
 use pgq_testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +22,40 @@ const CHILD_MODE: &str = "PGQ_CONSUMER_KILL_CHILD";
 const CHILD_DSN: &str = "PGQ_CONSUMER_KILL_DSN";
 const CHILD_TARGET: &str = "PGQ_CONSUMER_KILL_TARGET";
 const CHILD_SUB: &str = "PGQ_CONSUMER_KILL_SUB";
+const CHILD_PAUSE_MS: &str = "PGQ_CONSUMER_KILL_PAUSE_MS";
+
+/// Applies a batch, then holds its transaction open on the server for a while, so that most
+/// kills land inside an open batch and every kill finds work left.
+struct Slow {
+    apply: Apply,
+    pause_s: f64,
+}
+
+impl Slow {
+    fn from_env() -> anyhow::Result<Arc<Slow>> {
+        let pause_ms: u32 = std::env::var(CHILD_PAUSE_MS)?.parse()?;
+        Ok(Arc::new(Slow {
+            apply: Apply::default(),
+            pause_s: f64::from(pause_ms) / 1000.0,
+        }))
+    }
+}
+
+#[async_trait]
+impl Consumer for Slow {
+    async fn process_batch(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
+        self.apply.process_batch(batch).await?;
+        batch
+            .tx()
+            .execute("SELECT pg_sleep($1)", &[&self.pause_s])
+            .await?;
+        Ok(())
+    }
+
+    async fn process_event(&self, tx: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
+        self.apply.process_event(tx, event).await
+    }
+}
 
 /// Retries while a killed predecessor's session still holds the lock.
 async fn until_free<T, F, Fut>(mut connect: F) -> anyhow::Result<T>
@@ -45,12 +83,12 @@ async fn child() -> anyhow::Result<()> {
     let dsn = Dsn::parse(&std::env::var(CHILD_DSN)?)?;
     let queue = pgq_core::QueueName::new(crate::common::QUEUE)?;
     let cancel = CancellationToken::new();
+    let consumer = Slow::from_env()?;
     match mode.as_str() {
         "local" => {
-            let runner = until_free(|| {
-                Runner::connect(&dsn, config(&queue, "killed"), Arc::new(Apply::default()))
-            })
-            .await?;
+            let runner =
+                until_free(|| Runner::connect(&dsn, config(&queue, "killed"), consumer.clone()))
+                    .await?;
             runner.run(cancel).await?;
         }
         "coop" => {
@@ -61,7 +99,7 @@ async fn child() -> anyhow::Result<()> {
                     config(&queue, "group"),
                     sub.clone(),
                     Some(Duration::from_millis(500)),
-                    Arc::new(Apply::default()),
+                    consumer.clone(),
                 )
             })
             .await?;
@@ -70,12 +108,7 @@ async fn child() -> anyhow::Result<()> {
         "remote" => {
             let target = Dsn::parse(&std::env::var(CHILD_TARGET)?)?;
             let runner = until_free(|| {
-                RemoteRunner::connect(
-                    &dsn,
-                    &target,
-                    config(&queue, "killed"),
-                    Arc::new(Apply::default()),
-                )
+                RemoteRunner::connect(&dsn, &target, config(&queue, "killed"), consumer.clone())
             })
             .await?;
             runner.run(cancel).await?;
@@ -129,23 +162,38 @@ fn spawn_child(vars: &[(&str, &str)]) -> anyhow::Result<tokio::process::Child> {
     Ok(cmd.spawn()?)
 }
 
+const KILLS: u32 = 50;
 const TXS: u32 = 300;
 const PER_TX: u32 = 20;
 const TOTAL: i64 = 6_000;
+/// How long a local or remote child holds each batch open: 300 batches take it at least 7.5 s,
+/// more than 50 kills at 30-150 ms.
+const PAUSE_MS: &str = "25";
+/// The same for each of the 4 cooperative children, killed every 20-100 ms.
+const COOP_PAUSE_MS: &str = "100";
 
-/// Events in many small batches.
-async fn fill(client: &pgq_core::tokio_postgres::Client) -> anyhow::Result<()> {
-    for _ in 0..TXS / 3 {
-        produce(client, 3, PER_TX).await?;
+/// Events in many small batches: one transaction per tick.
+async fn fill(client: &Client) -> anyhow::Result<()> {
+    for _ in 0..TXS {
+        produce(client, 1, PER_TX).await?;
         tick(client).await?;
     }
     Ok(())
 }
 
-async fn assert_once(
-    client: &pgq_core::tokio_postgres::Client,
-    seed_note: &str,
-) -> anyhow::Result<()> {
+/// Checks that the last kill still found work left, so that no kill was wasted on an idle
+/// consumer.
+async fn assert_work_left(client: &Client, seed_note: &str) -> anyhow::Result<()> {
+    let applied = count(client, "SELECT count(DISTINCT ev_id) FROM applied").await?;
+    println!("{seed_note}: {applied} of {TOTAL} events applied after {KILLS} kills");
+    assert!(
+        applied < TOTAL,
+        "{seed_note}: the kills came after the work was done"
+    );
+    Ok(())
+}
+
+async fn assert_once(client: &Client, seed_note: &str) -> anyhow::Result<()> {
     assert_eq!(
         count(client, "SELECT count(DISTINCT ev_id) FROM applied").await?,
         TOTAL,
@@ -166,12 +214,17 @@ async fn local_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
     pgq_core::register_consumer(&s.client, &s.queue, &ConsumerName::new("killed")?).await?;
     fill(&s.client).await?;
     let dsn = s.db.dsn();
-    let vars = [(CHILD_MODE, "local"), (CHILD_DSN, dsn.as_str())];
-    for _ in 0..20 {
+    let vars = [
+        (CHILD_MODE, "local"),
+        (CHILD_DSN, dsn.as_str()),
+        (CHILD_PAUSE_MS, PAUSE_MS),
+    ];
+    for _ in 0..KILLS {
         let mut child = spawn_child(&vars)?;
         tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
         child.kill().await?;
     }
+    assert_work_left(&s.client, "local").await?;
     let mut child = spawn_child(&vars)?;
     let done = wait_count(
         &s.client,
@@ -203,18 +256,20 @@ async fn coop_group_exactly_once_under_sigkill_and_takeover() -> anyhow::Result<
             (CHILD_MODE, "coop"),
             (CHILD_DSN, dsn.as_str()),
             (CHILD_SUB, sub),
+            (CHILD_PAUSE_MS, COOP_PAUSE_MS),
         ])
     };
     let mut children = subs
         .iter()
         .map(|sub| spawn(sub))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    for _ in 0..20 {
+    for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(20 + rng.below(80))).await;
         let i = usize::try_from(rng.below(4))?;
         children[i].kill().await?;
         children[i] = spawn(subs[i])?;
     }
+    assert_work_left(&s.client, "coop").await?;
     // s4 dies for good, maybe with a batch open: the others take it over after dead_interval.
     children[3].kill().await?;
     let done = wait_count(
@@ -256,12 +311,14 @@ async fn remote_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
         (CHILD_MODE, "remote"),
         (CHILD_DSN, dsn.as_str()),
         (CHILD_TARGET, target_dsn.as_str()),
+        (CHILD_PAUSE_MS, PAUSE_MS),
     ];
-    for _ in 0..20 {
+    for _ in 0..KILLS {
         let mut child = spawn_child(&vars)?;
         tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
         child.kill().await?;
     }
+    assert_work_left(&target, "remote").await?;
     let mut child = spawn_child(&vars)?;
     let done = wait_count(
         &target,

@@ -5,4 +5,5 @@ mod compat;
 mod coop;
 mod kill;
 mod local;
+mod memory;
 mod remote;
