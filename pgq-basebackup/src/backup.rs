@@ -169,7 +169,7 @@ async fn run(
         throttle: opts.max_rate.map(Throttle::new),
         progress: Arc::clone(&opts.progress),
     };
-    copy::copy_files(plan, &entries).await?;
+    let sums = copy::copy_files(plan, &entries).await?;
     tracing::info!(elapsed = ?started.elapsed(), "files copied");
     let config_written = config::complete(&control, &dest, &entries).await?;
 
@@ -221,7 +221,7 @@ async fn run(
     };
     let (level, threads) = (opts.compress, opts.jobs);
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let text = manifest::render(&manifest_dir, range)?;
+        let text = manifest::render(&manifest_dir, range, &sums)?;
         if let Some(level) = level {
             compress::pack(&manifest_dir, level, threads)?;
         }

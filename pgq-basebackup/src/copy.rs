@@ -1,7 +1,8 @@
-//! Fetching the listed files over several connections, in chunks, largest file first; each
-//! chunk's SHA-256 goes to a log, so an interrupted backup can be resumed.
+//! Fetching the listed files over several connections, in chunks, largest file first. Each
+//! file is hashed once, as its chunks arrive, for the manifest; each written chunk goes to a
+//! log, so an interrupted backup can be resumed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
@@ -18,7 +19,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::error::{DbContext as _, Error, IoContext as _, Result};
 use crate::listing::SourceEntry;
-use crate::manifest::hex;
+use crate::manifest::{hex, KnownSums};
 use crate::options::Progress;
 use crate::throttle::Throttle;
 
@@ -34,8 +35,51 @@ struct Chunk {
     file: usize,
     offset: u64,
     len: u64,
-    /// SHA-256 an interrupted backup logged for this very range.
-    logged: Option<String>,
+    /// An interrupted backup logged this very range as written.
+    logged: bool,
+}
+
+/// Bytes of early chunks a file's hash may hold; past that it gives up, and the manifest
+/// reads the file again.
+const MAX_PENDING: usize = 128 * 1024 * 1024;
+
+/// A file's SHA-256, fed in offset order; chunks that arrive early wait in `pending`.
+#[derive(Default)]
+struct FileHash {
+    hasher: Sha256,
+    /// Bytes hashed so far.
+    next: u64,
+    pending: BTreeMap<u64, Vec<u8>>,
+    /// Bytes held in `pending`.
+    pending_bytes: usize,
+    /// The file changed while it was copied: the manifest hashes it from disk.
+    broken: bool,
+}
+
+impl FileHash {
+    /// Hashes `data` found at `offset`, and whatever waited for it.
+    fn feed(&mut self, offset: u64, data: &[u8]) {
+        if self.broken {
+            return;
+        }
+        if offset != self.next {
+            self.pending_bytes += data.len();
+            if self.pending_bytes > MAX_PENDING {
+                self.broken = true;
+                self.pending = BTreeMap::new();
+            } else {
+                self.pending.insert(offset, data.to_vec());
+            }
+            return;
+        }
+        self.hasher.update(data);
+        self.next += u64::try_from(data.len()).unwrap_or(u64::MAX);
+        while let Some(data) = self.pending.remove(&self.next) {
+            self.pending_bytes -= data.len();
+            self.hasher.update(&data);
+            self.next += u64::try_from(data.len()).unwrap_or(u64::MAX);
+        }
+    }
 }
 
 /// What happened to a file while it was copied.
@@ -60,14 +104,15 @@ pub(crate) struct CopyPlan<'a> {
 
 /// Creates the directories and files of the copy, then fills the files over `jobs`
 /// connections. Under `resume`, files the source no longer has are removed and logged
-/// chunks are confirmed with the source instead of fetched again.
-pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> Result<()> {
+/// chunks are confirmed with the source instead of fetched again. Returns the size and
+/// SHA-256 of every file copied whole and unchanged, by relative path.
+pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> Result<KnownSums> {
     let dest = plan.dest;
     let logged = if plan.resume {
         remove_stale(dest, entries)?;
         read_log(&dest.join(CHUNK_LOG))?
     } else {
-        HashMap::new()
+        HashSet::new()
     };
     let mut files = Vec::new();
     for entry in entries {
@@ -82,7 +127,9 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
             files.push(entry);
         }
     }
-    for entry in &files {
+    // A fresh copy creates each file when its first chunk arrives, so fetching starts at once;
+    // only empty files (which get no chunk) are made here. A resumed one sizes every file now.
+    for entry in files.iter().filter(|e| plan.resume || e.size == 0) {
         let path = dest.join(&entry.path);
         let file = OpenOptions::new()
             .write(true)
@@ -108,7 +155,7 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
                 file: index,
                 offset,
                 len,
-                logged: logged.get(&key).cloned(),
+                logged: logged.contains(&key),
             });
             offset += len;
         }
@@ -138,6 +185,7 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
         flush: Mutex::new(flush_tx),
         paths: files.iter().map(|e| e.path.clone()).collect(),
         mtimes: files.iter().map(|e| e.mtime).collect(),
+        hashes: files.iter().map(|_| Mutex::default()).collect(),
         remaining,
         dest: dest.to_path_buf(),
         chunks,
@@ -165,16 +213,35 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
     let shared = Arc::into_inner(shared).ok_or_else(|| Error::Protocol {
         what: "a copy job outlived the copy".to_owned(),
     })?;
-    let Shared { changes, flush, .. } = shared;
+    let Shared {
+        changes,
+        flush,
+        hashes,
+        ..
+    } = shared;
     drop(flush);
     for flusher in flushers {
         flusher.await??;
     }
 
     let changes = changes.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut sums = KnownSums::new();
+    for (index, hash) in hashes.into_iter().enumerate() {
+        let hash = hash.into_inner().unwrap_or_else(|e| e.into_inner());
+        let whole = !hash.broken && hash.pending.is_empty() && hash.next == files[index].size;
+        if whole && !changes.vanished.contains(&index) && !changes.shrunk.contains_key(&index) {
+            let sum = hex(&hash.hasher.finalize());
+            sums.insert(files[index].path.clone(), (files[index].size, sum));
+        }
+    }
     for index in &changes.vanished {
         let path = dest.join(&files[*index].path);
-        fs::remove_file(&path).io_context(|| format!("removing {}", path.display()))?;
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).io_context(|| format!("removing {}", path.display()));
+            }
+            _ => {}
+        }
     }
     for (index, len) in changes.shrunk {
         if changes.vanished.contains(&index) {
@@ -196,7 +263,7 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
             .and_then(|dir| dir.sync_all())
             .io_context(|| format!("flushing directory {}", path.display()))?;
     }
-    Ok(())
+    Ok(sums)
 }
 
 /// Removes what an interrupted backup left that is not part of this one: files the source
@@ -237,29 +304,26 @@ fn remove_stale(dest: &Path, entries: &[SourceEntry]) -> Result<()> {
     Ok(())
 }
 
-/// The chunk log of an interrupted backup: `(path, offset, len)` to SHA-256. Lines are
-/// `<sha256> <offset> <len> <path>`; a torn last line is ignored.
-fn read_log(path: &Path) -> Result<HashMap<(String, u64, u64), String>> {
+/// The chunks an interrupted backup wrote, as `(path, offset, len)`. Lines are
+/// `<offset> <len> <path>`; a torn last line is ignored.
+fn read_log(path: &Path) -> Result<HashSet<(String, u64, u64)>> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
         Err(e) => return Err(e).io_context(|| format!("opening {}", path.display())),
     };
-    let mut logged = HashMap::new();
+    let mut logged = HashSet::new();
     for line in BufReader::new(file).lines() {
         let line = line.io_context(|| format!("reading {}", path.display()))?;
-        let mut parts = line.splitn(4, ' ');
-        let (Some(sum), Some(offset), Some(len), Some(file)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let mut parts = line.splitn(3, ' ');
+        let (Some(offset), Some(len), Some(file)) = (parts.next(), parts.next(), parts.next())
         else {
             continue;
         };
         let (Ok(offset), Ok(len)) = (offset.parse(), len.parse()) else {
             continue;
         };
-        if sum.len() == 64 {
-            logged.insert((file.to_owned(), offset, len), sum.to_owned());
-        }
+        logged.insert((file.to_owned(), offset, len));
     }
     Ok(logged)
 }
@@ -268,6 +332,8 @@ fn read_log(path: &Path) -> Result<HashMap<(String, u64, u64), String>> {
 struct Shared {
     paths: Vec<String>,
     mtimes: Vec<SystemTime>,
+    /// Each file's SHA-256 so far.
+    hashes: Vec<Mutex<FileHash>>,
     /// Chunks not yet written, per file: the last one restores the time and flushes.
     remaining: Vec<AtomicUsize>,
     dest: PathBuf,
@@ -351,16 +417,16 @@ async fn copy_chunk(
     let path = shared.paths[chunk.file].clone();
     let offset = i64::try_from(chunk.offset).unwrap_or(i64::MAX);
     let len = i64::try_from(chunk.len).unwrap_or(i64::MAX);
-    if let Some(logged) = &chunk.logged {
+    if chunk.logged {
         let row = client
             .query_one(&stmts.sum, &[&path, &offset, &len])
             .await
             .op("checksumming a file range (sha256(pg_read_binary_file))")?;
         let source: Option<String> = row.get(0);
-        if source.as_ref() == Some(logged) {
-            let (shared, chunk, logged) = (Arc::clone(&shared), chunk.clone(), logged.clone());
+        if let Some(source) = source {
+            let (shared, chunk) = (Arc::clone(&shared), chunk.clone());
             let kept =
-                tokio::task::spawn_blocking(move || keep(&shared, &chunk, &logged)).await??;
+                tokio::task::spawn_blocking(move || keep(&shared, &chunk, &source)).await??;
             if kept {
                 return Ok(());
             }
@@ -373,11 +439,11 @@ async fn copy_chunk(
         .query_one(&stmts.read, &[&path, &offset, &len])
         .await
         .op("reading a file (pg_read_binary_file)")?;
-    let data: Option<Vec<u8>> = row.get(0);
-    tokio::task::spawn_blocking(move || store(&shared, &chunk, data)).await?
+    // The row moves to the writer, which borrows the bytes: no copy on the way to the disk.
+    tokio::task::spawn_blocking(move || store(&shared, &chunk, row.get(0))).await?
 }
 
-/// Keeps a chunk already on disk when it still hashes to what the source confirmed.
+/// Keeps a chunk already on disk when it hashes to what the source has in that range.
 fn keep(shared: &Shared, chunk: &Chunk, sum: &str) -> Result<bool> {
     let path = shared.dest.join(&shared.paths[chunk.file]);
     let file = File::options()
@@ -390,12 +456,13 @@ fn keep(shared: &Shared, chunk: &Chunk, sum: &str) -> Result<bool> {
         return Ok(false);
     }
     shared.progress.add_reused(chunk.len);
+    lock_hash(shared, chunk.file).feed(chunk.offset, &data);
     finish_chunk(shared, chunk, &file, &path)?;
     Ok(true)
 }
 
 /// Writes one fetched chunk into place and logs it, and notes files that shrank or vanished.
-fn store(shared: &Shared, chunk: &Chunk, data: Option<Vec<u8>>) -> Result<()> {
+fn store(shared: &Shared, chunk: &Chunk, data: Option<&[u8]>) -> Result<()> {
     let Some(data) = data else {
         shared.remaining[chunk.file].fetch_sub(1, Ordering::AcqRel);
         let mut changes = shared.changes.lock().unwrap_or_else(|e| e.into_inner());
@@ -404,6 +471,7 @@ fn store(shared: &Shared, chunk: &Chunk, data: Option<Vec<u8>>) -> Result<()> {
     };
     let got = u64::try_from(data.len()).unwrap_or(u64::MAX);
     if got < chunk.len {
+        lock_hash(shared, chunk.file).broken = true;
         let mut changes = shared.changes.lock().unwrap_or_else(|e| e.into_inner());
         let end = chunk.offset + got;
         let cut = changes.shrunk.entry(chunk.file).or_insert(end);
@@ -412,24 +480,33 @@ fn store(shared: &Shared, chunk: &Chunk, data: Option<Vec<u8>>) -> Result<()> {
     let path = shared.dest.join(&shared.paths[chunk.file]);
     let file = File::options()
         .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
         .open(&path)
         .io_context(|| format!("opening {}", path.display()))?;
-    file.write_all_at(&data, chunk.offset)
+    file.write_all_at(data, chunk.offset)
         .io_context(|| format!("writing {}", path.display()))?;
     if got == chunk.len {
         let line = format!(
-            "{} {} {} {}\n",
-            hex(&Sha256::digest(&data)),
-            chunk.offset,
-            chunk.len,
-            shared.paths[chunk.file]
+            "{} {} {}\n",
+            chunk.offset, chunk.len, shared.paths[chunk.file]
         );
         let mut log = shared.log.lock().unwrap_or_else(|e| e.into_inner());
         log.write_all(line.as_bytes())
             .io_context(|| format!("writing the chunk log in {}", shared.dest.display()))?;
+        drop(log);
+        lock_hash(shared, chunk.file).feed(chunk.offset, data);
     }
     shared.progress.add_done(got);
     finish_chunk(shared, chunk, &file, &path)
+}
+
+/// A file's running hash.
+fn lock_hash(shared: &Shared, file: usize) -> std::sync::MutexGuard<'_, FileHash> {
+    shared.hashes[file]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// Counts a chunk as done; the file's last one hands it to the flushers.
@@ -449,4 +526,29 @@ fn finish_chunk(shared: &Shared, chunk: &Chunk, file: &File, path: &Path) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_chunks_arriving_out_of_order() {
+        let data: Vec<u8> = (0..10_000_u32).map(|i| (i % 251) as u8).collect();
+        let mut hash = FileHash::default();
+        for (offset, range) in [(4000, 4000..8000), (8000, 8000..10_000), (0, 0..4000)] {
+            hash.feed(offset, &data[range]);
+        }
+        assert_eq!((hash.next, hash.pending.len()), (10_000, 0));
+        assert_eq!(hex(&hash.hasher.finalize()), hex(&Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn gives_up_when_too_much_arrives_early() {
+        let mut hash = FileHash::default();
+        hash.feed(1, &vec![0; MAX_PENDING + 1]);
+        assert!(hash.broken && hash.pending.is_empty());
+        hash.feed(0, &[0]);
+        assert_eq!(hash.next, 0);
+    }
 }

@@ -1,7 +1,7 @@
 //! `backup_manifest` in the format `pg_verifybackup` reads (version 1), and checking a copy
 //! against it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
@@ -42,9 +42,13 @@ pub(crate) struct WalRange {
     pub(crate) end: Lsn,
 }
 
-/// Hashes every file of the copy and renders the manifest.
-pub(crate) fn render(dir: &Path, wal: WalRange) -> Result<String> {
-    let files = scan(dir)?;
+/// Size and SHA-256 of files hashed while they were fetched, by relative path.
+pub(crate) type KnownSums = HashMap<String, (u64, String)>;
+
+/// Renders the manifest of the copy. Files in `known` whose size on disk still matches keep
+/// the checksum computed while they were fetched; every other file is read and hashed.
+pub(crate) fn render(dir: &Path, wal: WalRange, known: &KnownSums) -> Result<String> {
+    let files = scan(dir, known)?;
     let mut text = String::from("{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [");
     for (i, (path, (entry, mtime))) in files.iter().enumerate() {
         let sep = if i == 0 { "\n" } else { ",\n" };
@@ -85,8 +89,10 @@ pub(crate) fn install(dir: &Path, text: &str) -> Result<()> {
 
 /// Every regular file under `dir` that the manifest lists, by `/`-separated relative path;
 /// a compressed `<name>.zst` counts as `<name>` with its decompressed size and checksum.
-fn scan(dir: &Path) -> Result<BTreeMap<String, (FileEntry, DateTime<Utc>)>> {
+/// Uncompressed files in `known` with the recorded size are not read again.
+fn scan(dir: &Path, known: &KnownSums) -> Result<BTreeMap<String, (FileEntry, DateTime<Utc>)>> {
     let mut todo = Vec::new();
+    let mut found = BTreeMap::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((abs, rel)) = stack.pop() {
         let entries = fs::read_dir(&abs).io_context(|| format!("listing {}", abs.display()))?;
@@ -116,13 +122,22 @@ fn scan(dir: &Path) -> Result<BTreeMap<String, (FileEntry, DateTime<Utc>)>> {
                     .modified()
                     .io_context(|| format!("stat {}", path.display()))?
                     .into();
-                todo.push((rel_path, path, compressed, mtime));
+                match known.get(&rel_path) {
+                    Some((size, checksum)) if !compressed && *size == meta.len() => {
+                        let entry = FileEntry {
+                            size: *size,
+                            checksum: checksum.clone(),
+                        };
+                        found.insert(rel_path, (entry, mtime));
+                    }
+                    _ => todo.push((rel_path, path, compressed, mtime)),
+                }
             }
         }
     }
     // Hash on two threads, largest files spread by the shared cursor.
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let found = std::sync::Mutex::new(BTreeMap::new());
+    let found = std::sync::Mutex::new(found);
     let worker = || -> Result<()> {
         loop {
             let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -298,7 +313,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             },
         );
     }
-    let found = scan(dir)?;
+    let found = scan(dir, &KnownSums::new())?;
     for (path, want) in &expected {
         report.files_checked += 1;
         match found.get(path) {

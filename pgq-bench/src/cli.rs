@@ -47,17 +47,30 @@ pub enum Scenario {
     /// The ticker: one `pgq.ticker()` pass over many queues, the idle daemon's CPU (ours vs
     /// pgqd), and commit-to-tick latency at a 10 ms period.
     Ticker,
+    /// A base backup of a pgbench-filled private cluster: MiB/s of pgq-basebackup with 1, 2 and 4
+    /// jobs vs `pg_basebackup -Fp -X stream` vs `cp -a`.
+    Basebackup,
+    /// End to end: a pre-filled backlog drained by our Runner and by 2 and 4 cooperative
+    /// sub-consumers, vs python3-pgq's Consumer and CoopConsumer and a plain SELECT.
+    E2e,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run by default.
-    pub const ALL: &'static [Scenario] = &[Scenario::Produce, Scenario::Ticker];
+    pub const ALL: &'static [Scenario] = &[
+        Scenario::Produce,
+        Scenario::Ticker,
+        Scenario::Basebackup,
+        Scenario::E2e,
+    ];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Produce => "produce",
             Scenario::Ticker => "ticker",
+            Scenario::Basebackup => "basebackup",
+            Scenario::E2e => "e2e",
         }
     }
 }

@@ -21,7 +21,9 @@
 //!
 //! Main items: [`run`], [`Cli`], [`Scenario`], [`Report`].
 
+mod basebackup;
 mod cli;
+mod e2e;
 mod produce;
 mod report;
 mod server;
@@ -88,6 +90,8 @@ async fn run_on(
         let report = match scenario {
             Scenario::Produce => produce::run(server, plan).await,
             Scenario::Ticker => ticker::run(server, plan).await,
+            Scenario::Basebackup => basebackup::run(plan).await,
+            Scenario::E2e => e2e::run(server, plan).await,
         }
         .with_context(|| format!("scenario {}", scenario.name()))?;
         println!("{report}");

@@ -186,3 +186,85 @@ async fn ticker_runs_on_tiny_sizes() -> anyhow::Result<()> {
     assert_eq!(left, 0, "scratch databases were not dropped");
     Ok(())
 }
+
+#[tokio::test]
+async fn basebackup_runs_on_a_small_cluster() -> anyhow::Result<()> {
+    let _serial = pgq_testkit::serial().await;
+    let dsn = pgq_testkit::server_dsn().await?;
+    let cli = pgq_bench::Cli::parse_from(["pgq-bench", "basebackup", "--quick", "--dsn", &dsn]);
+    let reports = pgq_bench::run(cli).await?;
+
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    assert_eq!(report.scenario, "basebackup");
+    let variants: Vec<&str> = report.measures.iter().map(|m| m.variant).collect();
+    assert_eq!(
+        variants,
+        [
+            "pg_basebackup -Fp -X stream",
+            "ours -j 1",
+            "ours -j 2",
+            "ours -j 4",
+            "cp -a + sync"
+        ]
+    );
+    for m in &report.measures {
+        assert_eq!((m.metric, m.samples.len()), ("MiB/s", 1), "{m:?}");
+        assert!(m.samples[0] > 0.0 && m.samples[0].is_finite(), "{m:?}");
+    }
+    let targeted: Vec<_> = report
+        .ratios
+        .iter()
+        .filter(|r| r.target.is_some())
+        .collect();
+    assert_eq!(targeted.len(), 2);
+    assert!(targeted.iter().all(|r| r.met.is_some()), "{targeted:?}");
+    let text = report.to_string();
+    assert!(
+        text.contains("| base backup | ours -j 1 | MiB/s |"),
+        "{text}"
+    );
+    let leftovers = std::fs::read_dir(std::env::temp_dir())?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name().to_string_lossy()
+                == format!("pgq-bench-basebackup-{}", std::process::id())
+        })
+        .count();
+    assert_eq!(leftovers, 0, "the copies were not removed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn e2e_runs_on_a_small_backlog() -> anyhow::Result<()> {
+    let _serial = pgq_testkit::serial().await;
+    let dsn = pgq_testkit::server_dsn().await?;
+    let cli =
+        pgq_bench::Cli::parse_from(["pgq-bench", "e2e", "--quick", "--runs", "1", "--dsn", &dsn]);
+    let reports = pgq_bench::run(cli).await?;
+
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    assert_eq!(report.scenario, "e2e");
+    let ours: Vec<&str> = report
+        .series
+        .iter()
+        .map(|s| s.variant)
+        .filter(|v| v.starts_with("ours") || *v == "raw SELECT")
+        .collect();
+    assert_eq!(
+        ours,
+        [
+            "ours Runner",
+            "ours CoopRunner ×2",
+            "ours CoopRunner ×4",
+            "raw SELECT"
+        ]
+    );
+    for s in &report.series {
+        let sample = s.samples[0];
+        assert_eq!(sample.events, 50_000, "{s:?}");
+        assert!(sample.events_per_sec > 0.0, "{s:?}");
+    }
+    Ok(())
+}
