@@ -53,6 +53,12 @@ pub enum Scenario {
     /// End to end: a pre-filled backlog drained by our Runner and by 2 and 4 cooperative
     /// sub-consumers, vs python3-pgq's Consumer and CoopConsumer and a plain SELECT.
     E2e,
+    /// Commit-to-processed latency: a producer at a steady rate, the `pgq-ticker` daemon at a
+    /// 10 ms period and one Runner woken by `pgq_tick` notifications.
+    Latency,
+    /// A ticker outage: events pile up unticked, then the ticker comes back and one consumer
+    /// drains them; ours vs pgqd and python3-pgq's Consumer.
+    Backlog,
 }
 
 impl Scenario {
@@ -62,6 +68,8 @@ impl Scenario {
         Scenario::Ticker,
         Scenario::Basebackup,
         Scenario::E2e,
+        Scenario::Latency,
+        Scenario::Backlog,
     ];
 
     /// The name used on the command line and in reports.
@@ -71,6 +79,8 @@ impl Scenario {
             Scenario::Ticker => "ticker",
             Scenario::Basebackup => "basebackup",
             Scenario::E2e => "e2e",
+            Scenario::Latency => "latency",
+            Scenario::Backlog => "backlog",
         }
     }
 }

@@ -21,9 +21,11 @@
 //!
 //! Main items: [`run`], [`Cli`], [`Scenario`], [`Report`].
 
+mod backlog;
 mod basebackup;
 mod cli;
 mod e2e;
+mod latency;
 mod produce;
 mod report;
 mod server;
@@ -92,6 +94,8 @@ async fn run_on(
             Scenario::Ticker => ticker::run(server, plan).await,
             Scenario::Basebackup => basebackup::run(plan).await,
             Scenario::E2e => e2e::run(server, plan).await,
+            Scenario::Latency => latency::run(server, plan).await,
+            Scenario::Backlog => backlog::run(server, plan).await,
         }
         .with_context(|| format!("scenario {}", scenario.name()))?;
         println!("{report}");

@@ -643,7 +643,7 @@ impl PassDb {
 
 /// Our daemon's binary: built (or brought up to date) with cargo when this program runs from
 /// the workspace, and found beside this program (or one directory up, for test binaries).
-async fn ticker_binary() -> Result<PathBuf> {
+pub(crate) async fn ticker_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating pgq-bench's own binary")?;
     let dir = exe
         .parent()
@@ -702,7 +702,7 @@ fn password(dsn: &Dsn) -> Option<String> {
 }
 
 /// A running daemon serving one database.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     name: &'static str,
     db: String,
@@ -719,7 +719,7 @@ struct Cpu {
 
 impl Daemon {
     /// Starts `pgq-ticker run` on `db` with this ticker period.
-    async fn ours(bin: &Path, db: &Dsn, period: &str, dir: &Path) -> Result<Daemon> {
+    pub(crate) async fn ours(bin: &Path, db: &Dsn, period: &str, dir: &Path) -> Result<Daemon> {
         let config = dir.join(format!("ticker-{period}.toml"));
         let text = format!(
             "[ticker]\ndatabases = [{}]\nticker_period = {}\n",
@@ -740,7 +740,7 @@ impl Daemon {
     }
 
     /// Starts `pgqd` on `db` with this ticker period (seconds).
-    async fn pgqd(db: &Dsn, period: &str, dir: &Path) -> Result<Daemon> {
+    pub(crate) async fn pgqd(db: &Dsn, period: &str, dir: &Path) -> Result<Daemon> {
         let config = dir.join("pgqd.ini");
         let log = dir.join("pgqd.log");
         let text = format!(
@@ -850,7 +850,7 @@ impl Daemon {
 
     /// Stops the daemon (SIGTERM, then SIGKILL after a while) and waits until its backends are
     /// gone, so that the next daemon gets the database's ticker lock at once.
-    async fn stop(mut self, watch: &Client) -> Result<()> {
+    pub(crate) async fn stop(mut self, watch: &Client) -> Result<()> {
         if let Some(pid) = self.child.id() {
             let term = Command::new("kill")
                 .arg("-TERM")
@@ -1059,7 +1059,7 @@ async fn commit_to_tick(db: &Dsn, queue: &str, samples: usize, rng: &mut Lcg) ->
 }
 
 /// The `per_cent` percentile of sorted values (nearest rank).
-fn percentile(sorted: &[f64], per_cent: usize) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], per_cent: usize) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -268,3 +268,89 @@ async fn e2e_runs_on_a_small_backlog() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn latency_runs_for_a_few_seconds() -> anyhow::Result<()> {
+    let _serial = pgq_testkit::serial().await;
+    let dsn = pgq_testkit::server_dsn().await?;
+    let cli = pgq_bench::Cli::parse_from([
+        "pgq-bench",
+        "latency",
+        "--quick",
+        "--runs",
+        "1",
+        "--dsn",
+        &dsn,
+    ]);
+    let reports = pgq_bench::run(cli).await?;
+
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    assert_eq!(report.scenario, "latency");
+    let measured: Vec<&str> = report.measures.iter().map(|m| m.what.as_str()).collect();
+    assert_eq!(
+        measured,
+        ["commit-to-processed p50", "commit-to-processed p99"]
+    );
+    for m in &report.measures {
+        assert_eq!((m.metric, m.samples.len()), ("ms", 1), "{m:?}");
+        assert!(m.samples[0] >= 0.0 && m.samples[0].is_finite(), "{m:?}");
+    }
+    assert!(report.measures[0].samples[0] <= report.measures[1].samples[0]);
+    assert_eq!(report.limits.len(), 2);
+    assert!(
+        report.limits.iter().all(|l| l.met.is_some()),
+        "{:?}",
+        report.limits
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
+    let _serial = pgq_testkit::serial().await;
+    let dsn = pgq_testkit::server_dsn().await?;
+    let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
+    let with_reference = pgq_testkit::reference_available(&maintenance).await?
+        && std::path::Path::new("/usr/bin/pgqd").is_file();
+    let cli = pgq_bench::Cli::parse_from([
+        "pgq-bench",
+        "backlog",
+        "--quick",
+        "--runs",
+        "1",
+        "--dsn",
+        &dsn,
+    ]);
+    let reports = pgq_bench::run(cli).await?;
+
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    assert_eq!(report.scenario, "backlog");
+    let variants: Vec<&str> = report.series.iter().map(|s| s.variant).collect();
+    assert_eq!(variants[0], "ours (pgq-ticker + Runner)");
+    if with_reference {
+        assert_eq!(variants.len(), 2, "{variants:?}");
+    }
+    for s in &report.series {
+        let sample = s.samples[0];
+        assert_eq!(sample.events, 20_000, "{s:?}");
+        assert!(sample.events_per_sec > 0.0, "{s:?}");
+    }
+    let batches = report
+        .measures
+        .iter()
+        .find(|m| m.what == "batches" && m.variant == "ours (pgq-ticker + Runner)")
+        .expect("our batch count");
+    assert!(batches.samples[0] >= 1.0, "{batches:?}");
+    let max = report
+        .measures
+        .iter()
+        .find(|m| m.what == "max batch size" && m.variant == "ours (pgq-ticker + Runner)")
+        .expect("our largest batch");
+    assert!(
+        max.samples[0] >= 1.0 && max.samples[0] <= 20_000.0,
+        "{max:?}"
+    );
+    Ok(())
+}
