@@ -8,7 +8,7 @@ use pgq_core::tokio_postgres::Transaction;
 use pgq_core::{Batch, BatchId, Event, EventCursor};
 
 use crate::consumer::Consumer;
-use crate::error::{ConsumerError, DbContext, Result};
+use crate::error::{handler_failed, ConsumerError, DbContext, Result};
 
 // language=SQL
 const EVENT_FAILED: &str = "SELECT pgq.event_failed($1, $2, $3)";
@@ -110,6 +110,13 @@ impl<'a, 'c> BatchHandle<'a, 'c> {
     /// consumer, on the target database for a remote one. Do not commit or roll it back.
     pub fn tx(&self) -> &'a Transaction<'c> {
         self.work_tx
+    }
+
+    /// The transaction on the queue's database that takes and finishes the batch: for reading
+    /// the queue's own tables (ticks, sequences) consistently with the batch. Do not commit or
+    /// roll it back; for a local consumer it is the same as [`tx`](BatchHandle::tx).
+    pub fn queue_tx(&self) -> &'a Transaction<'c> {
+        self.queue_tx
     }
 
     /// Events handed to the handler so far.
@@ -267,7 +274,7 @@ pub(crate) async fn process_whole(
         consumer
             .process_batch(handle)
             .await
-            .map_err(|source| ConsumerError::Handler { batch_id, source })?;
+            .map_err(|source| handler_failed(batch_id, source))?;
         if !handle.has_unread().await? {
             return Ok(handle.counts());
         }

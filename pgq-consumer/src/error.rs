@@ -1,5 +1,7 @@
 //! The error type of `pgq-consumer`.
 
+use std::time::Duration;
+
 use pgq_core::BatchId;
 
 /// What a [`Consumer`](crate::Consumer) handler returns when it fails: any error.
@@ -27,6 +29,17 @@ pub enum ConsumerError {
         /// The handler's error.
         #[source]
         source: HandlerError,
+    },
+    /// The handler returned [`Postpone`]: the batch was rolled back without counting as a
+    /// failure and is taken again after the wait.
+    #[error("batch {batch_id} postponed: {reason}")]
+    Postponed {
+        /// The batch.
+        batch_id: BatchId,
+        /// Why, from the handler.
+        reason: String,
+        /// How long to wait before taking the batch again.
+        wait: Duration,
     },
     /// The handler returned twice in a row without reading the batch's remaining events; the
     /// batch was rolled back instead of being finished with events unread.
@@ -63,6 +76,42 @@ pub enum ConsumerError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// A handler error that means "not yet": the batch cannot be processed now (a precondition
+/// outside the batch is not met) but nothing is wrong with it. The runner rolls the batch back,
+/// waits, and takes it again, without counting a failure, so a postponed batch never goes
+/// event by event nor to the failed events.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct Postpone {
+    /// Why the batch waits, for the log.
+    pub reason: String,
+    /// How long to wait before taking the batch again.
+    pub wait: Duration,
+}
+
+impl Postpone {
+    /// A postponement for `wait`, with the reason logged.
+    pub fn new(reason: impl Into<String>, wait: Duration) -> Postpone {
+        Postpone {
+            reason: reason.into(),
+            wait,
+        }
+    }
+}
+
+/// Turns a handler's error into the runner's: [`Postpone`] becomes
+/// [`ConsumerError::Postponed`], anything else [`ConsumerError::Handler`].
+pub(crate) fn handler_failed(batch_id: BatchId, source: HandlerError) -> ConsumerError {
+    match source.downcast::<Postpone>() {
+        Ok(postpone) => ConsumerError::Postponed {
+            batch_id,
+            reason: postpone.reason,
+            wait: postpone.wait,
+        },
+        Err(source) => ConsumerError::Handler { batch_id, source },
+    }
 }
 
 /// `Result` with [`ConsumerError`] as the default error.

@@ -68,7 +68,7 @@ pub use batch::{BatchHandle, EventDisposal};
 pub use config::{ConsumerConfig, ConsumerConfigBuilder};
 pub use consumer::{Consumer, Typed, TypedConsumer};
 pub use coop::{run_coop_group, CoopRunner};
-pub use error::{ConsumerError, HandlerError, Result};
+pub use error::{ConsumerError, HandlerError, Postpone, Result};
 pub use failed::{
     delete_failed_event, failed_event_count, failed_events, requeue_failed_event, FailedEvent,
 };

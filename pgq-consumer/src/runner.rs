@@ -281,6 +281,10 @@ pub(crate) async fn run_loop<S: Step + Send>(
                 pause(wait, &cancel).await;
             }
             Err(err) if is_fatal(&err) => return Err(err),
+            Err(ConsumerError::Postponed { reason, wait, .. }) => {
+                tracing::debug!(reason, ?wait, "batch postponed");
+                pause(wait, &cancel).await;
+            }
             Err(err) => {
                 let wait = backoff.next_wait();
                 tracing::warn!(error = %crate::batch::error_text(&err), ?wait, "batch failed; retrying");

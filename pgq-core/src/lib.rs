@@ -51,6 +51,7 @@
 mod backlog;
 mod backoff;
 mod batch;
+mod config_file;
 mod consumer_info;
 mod dsn;
 mod error;
@@ -66,6 +67,7 @@ pub use batch::{
     batch_events, batch_info, batch_retry, event_retry, event_retry_at, finish_batch, next_batch,
     next_batch_custom, Batch, BatchInfo, Event, EventCursor,
 };
+pub use config_file::{toml_error_position, toml_key_position};
 pub use consumer_info::{consumer_info, ConsumerInfo};
 pub use dsn::{Dsn, SslMode};
 pub use error::{Error, Result};

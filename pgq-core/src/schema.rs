@@ -49,28 +49,52 @@ DO UPDATE SET checksum = excluded.checksum, execution_time_ms = excluded.executi
 pub enum Line {
     /// The queue itself: schema `pgq`.
     Pgq,
+    /// PGQ's change-capture triggers `pgq.logutriga()`, `pgq.sqltriga()` and `pgq.jsontriga()`
+    /// in PL/pgSQL, in schema `pgq` (needs [`Line::Pgq`]).
+    ///
+    /// For the pgq-rs schema only: where the original `pgq` extension is installed, which has
+    /// its own triggers in C, [`install`] skips this line like [`Line::Pgq`] (the report says
+    /// so), and its SQL run with `psql` fails with SQLSTATE `PQR02`.
+    PgqTriggers,
     /// Cooperative consumers: schema `pgq_coop` (needs [`Line::Pgq`] or the `pgq` extension).
     PgqCoop,
     /// Batch tracking in the target database of remote consumers: schema `pgq_ext`.
     PgqExt,
+    /// The table replicator's bookkeeping (the `londiste` crate), on provider and subscriber:
+    /// schema `londiste_rs` (not `londiste`, which PGQ's maintenance probes for londiste3).
+    Londiste,
 }
 
 impl Line {
     /// Every line, in installation order.
-    pub const ALL: [Line; 3] = [Line::Pgq, Line::PgqCoop, Line::PgqExt];
+    pub const ALL: [Line; 5] = [
+        Line::Pgq,
+        Line::PgqTriggers,
+        Line::PgqCoop,
+        Line::PgqExt,
+        Line::Londiste,
+    ];
 
     /// The line's name: its folder under `migrations/` and its `line` in `pgq_rs.migrations`.
     pub fn name(self) -> &'static str {
         match self {
             Line::Pgq => "pgq",
+            Line::PgqTriggers => "pgq_triggers",
             Line::PgqCoop => "pgq_coop",
             Line::PgqExt => "pgq_ext",
+            Line::Londiste => "londiste_rs",
         }
     }
 
     /// The newest version of the line this build ships.
     pub fn latest_version(self) -> i32 {
         latest(MIGRATIONS, self)
+    }
+
+    /// Whether the original `pgq` extension, when installed, provides what the line would
+    /// install (so the line is skipped).
+    fn provided_by_extension(self) -> bool {
+        matches!(self, Line::Pgq | Line::PgqTriggers)
     }
 }
 
@@ -133,7 +157,7 @@ pub struct LineReport {
     /// Versions installed by `psql` whose checksum this run recorded.
     pub checksums_recorded: Vec<i32>,
     /// The line was skipped because the original `pgq` extension provides it
-    /// (only [`Line::Pgq`]).
+    /// ([`Line::Pgq`] and [`Line::PgqTriggers`]).
     pub provided_by_extension: bool,
 }
 
@@ -219,8 +243,10 @@ static MIGRATIONS: &[Migration] = &[
         "tick_wakeups_and_catchup"
     ),
     migration!(Pgq, "pgq/0003_failed_events.sql", 3, "failed_events"),
+    migration!(PgqTriggers, "pgq_triggers/0001_initial.sql", 1, "initial"),
     migration!(PgqCoop, "pgq_coop/0001_initial.sql", 1, "initial"),
     migration!(PgqExt, "pgq_ext/0001_initial.sql", 1, "initial"),
+    migration!(Londiste, "londiste_rs/0001_initial.sql", 1, "initial"),
 ];
 
 fn latest(migrations: &[Migration], line: Line) -> i32 {
@@ -311,16 +337,18 @@ impl State {
 /// records checksums of migrations installed with `psql`. Running it again changes nothing.
 ///
 /// A session advisory lock on `client` serializes concurrent installers; it is released before
-/// returning, also on error. [`Line::Pgq`] is skipped when the original `pgq` extension is
-/// installed (the report says so), so the other lines can be installed next to it.
+/// returning, also on error. [`Line::Pgq`] and [`Line::PgqTriggers`] are skipped when the
+/// original `pgq` extension is installed (the report says so), so the other lines can be
+/// installed next to it.
 ///
 /// # Errors
 ///
 /// Nothing is applied when one of these is found first:
 /// [`Error::SchemaTooNew`] when the database records a newer version than this build ships;
 /// [`Error::MigrationModified`] when an installed migration's checksum differs from the
-/// embedded file; [`Error::SchemaOutdated`] (for `pgq`) when [`Line::PgqCoop`] is requested
-/// without [`Line::Pgq`] being requested, installed, or provided by the extension.
+/// embedded file; [`Error::SchemaOutdated`] (for `pgq`) when [`Line::PgqCoop`] or
+/// [`Line::PgqTriggers`] is requested without [`Line::Pgq`] being requested, installed, or
+/// provided by the extension.
 /// [`Error::MigrationFailed`] when a migration's SQL fails (that migration is rolled back,
 /// earlier ones stay); [`Error::Db`] for other statements.
 pub async fn install(client: &mut Client, lines: &[Line]) -> Result<InstallReport> {
@@ -354,12 +382,12 @@ async fn install_locked(
     let lines = canonical(lines);
     let state = State::read(&*client).await?;
     for &line in &lines {
-        if line == Line::Pgq && state.extension {
+        if line.provided_by_extension() && state.extension {
             continue;
         }
         state.verify(migrations, line)?;
     }
-    if lines.contains(&Line::PgqCoop)
+    if (lines.contains(&Line::PgqCoop) || lines.contains(&Line::PgqTriggers))
         && !lines.contains(&Line::Pgq)
         && !state.extension
         && state.found(Line::Pgq).is_none()
@@ -379,7 +407,7 @@ async fn install_locked(
             found,
             applied: Vec::new(),
             checksums_recorded: Vec::new(),
-            provided_by_extension: line == Line::Pgq && state.extension,
+            provided_by_extension: line.provided_by_extension() && state.extension,
         };
         if !line_report.provided_by_extension {
             for (version, checksum) in state.versions(line) {
@@ -468,7 +496,8 @@ async fn apply(client: &mut Client, m: &Migration) -> Result<AppliedMigration> {
 }
 
 /// Checks that the database has every given line at this build's newest version, untouched
-/// ([`Line::Pgq`] is satisfied by the original `pgq` extension). Read-only.
+/// ([`Line::Pgq`] and [`Line::PgqTriggers`] are satisfied by the original `pgq` extension).
+/// Read-only.
 ///
 /// # Errors
 ///
@@ -485,7 +514,7 @@ async fn check_with(
 ) -> Result<()> {
     let state = State::read(client).await?;
     for line in canonical(lines) {
-        if line == Line::Pgq && state.extension {
+        if line.provided_by_extension() && state.extension {
             continue;
         }
         state.verify(migrations, line)?;

@@ -107,13 +107,7 @@ impl TickerConfig {
     /// As [`TickerConfig::load`], without [`ConfigError::Read`].
     pub fn from_toml(text: &str, path: &Path) -> Result<TickerConfig, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|err| {
-            let (line, column, key) = match err.span() {
-                Some(span) => {
-                    let (line, column) = line_column(text, span.start);
-                    (line, column, key_at(text, line))
-                }
-                None => (1, 1, None),
-            };
+            let (line, column, key) = pgq_core::toml_error_position(text, &err);
             ConfigError::File {
                 path: path.to_owned(),
                 line,
@@ -124,7 +118,7 @@ impl TickerConfig {
         })?;
         file.ticker.into_config().map_err(|err| match err {
             ConfigError::Invalid { key, message } => {
-                let (line, column) = locate(text, &key);
+                let (line, column) = pgq_core::toml_key_position(text, &key);
                 ConfigError::File {
                     path: path.to_owned(),
                     line,
@@ -425,74 +419,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     Duration::try_from_secs_f64(value * seconds_per_unit)
         .map_err(|_| format!("{text:?} is too long"))
-}
-
-/// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
-/// The `table.key` a line belongs to: the key assigned on it or on the nearest line above
-/// (values may span lines), inside the nearest table header above; a header line names its
-/// table.
-fn key_at(text: &str, line: usize) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let upto = line.min(lines.len());
-    let mut key = None;
-    for l in lines[..upto].iter().rev() {
-        let l = l.trim();
-        if let Some(header) = table_header(l) {
-            return Some(match key {
-                Some(k) => format!("{header}.{k}"),
-                None => header.to_owned(),
-            });
-        }
-        if key.is_none() {
-            key = assigned_key(l);
-        }
-    }
-    key.map(str::to_owned)
-}
-
-/// The 1-based line and column where `table.key` is assigned, else where its table starts,
-/// else the start of the file.
-fn locate(text: &str, dotted: &str) -> (usize, usize) {
-    let (table, key) = dotted.split_once('.').unwrap_or(("", dotted));
-    let mut current = "";
-    let mut table_line = None;
-    for (i, l) in text.lines().enumerate() {
-        let trimmed = l.trim();
-        if let Some(header) = table_header(trimmed) {
-            current = header;
-            if current == table {
-                table_line = Some(i + 1);
-            }
-            continue;
-        }
-        if current == table && assigned_key(trimmed) == Some(key) {
-            return (i + 1, l.len() - l.trim_start().len() + 1);
-        }
-    }
-    (table_line.unwrap_or(1), 1)
-}
-
-fn table_header(line: &str) -> Option<&str> {
-    let inner = line.strip_prefix('[')?;
-    let end = inner.find(']')?;
-    Some(inner[..end].trim_matches(|c| c == '[' || c == ' '))
-}
-
-fn assigned_key(line: &str) -> Option<&str> {
-    let (key, _) = line.split_once('=')?;
-    let key = key.trim().trim_matches('"');
-    (!key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-    .then_some(key)
 }
 
 #[cfg(test)]

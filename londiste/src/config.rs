@@ -1,0 +1,223 @@
+//! The replicator's configuration: a TOML file read with [`Config::load`], or built in code.
+//!
+//! ```toml
+//! [londiste]
+//! provider = "host=db1 dbname=shop user=londiste"
+//! subscriber = "host=db2 dbname=shop user=londiste"
+//! queue = "shop_replica"
+//! consumer = "db2_worker"        # default: "londiste"
+//!
+//! [worker]
+//! apply = "batch"                # or "per-event": one statement per event, for comparison
+//! memory_limit_mb = 64           # merged rows held before an early flush
+//! chunk_size = 5000              # events fetched per round trip
+//! ```
+
+use std::path::Path;
+
+use pgq_core::{ConsumerName, Dsn, QueueName};
+use serde::Deserialize;
+
+use crate::error::{LondisteError, Result};
+
+/// How the worker applies a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApplyMode {
+    /// Merge each key's events into their net effect and apply each table's rows with a few
+    /// set-based statements.
+    #[default]
+    Batch,
+    /// One statement per event, as londiste3's default handler does.
+    PerEvent,
+}
+
+/// Everything the replicator needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the tables come from (the queue's database).
+    pub provider: Dsn,
+    /// Where they are replicated to.
+    pub subscriber: Dsn,
+    /// The queue carrying the changes.
+    pub queue: QueueName,
+    /// The replay worker's consumer name.
+    pub consumer: ConsumerName,
+    /// How batches are applied.
+    pub apply: ApplyMode,
+    /// Merged row data held in memory before a batch is flushed early, in bytes.
+    pub memory_limit: usize,
+    /// Events fetched per round trip.
+    pub chunk_size: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    londiste: Section,
+    #[serde(default)]
+    worker: WorkerSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    provider: String,
+    subscriber: String,
+    queue: String,
+    consumer: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WorkerSection {
+    apply: Option<ApplyMode>,
+    memory_limit_mb: Option<u32>,
+    chunk_size: Option<u32>,
+}
+
+/// The default consumer name.
+pub const DEFAULT_CONSUMER: &str = "londiste";
+
+impl Config {
+    /// A configuration with the default worker settings.
+    pub fn new(provider: Dsn, subscriber: Dsn, queue: QueueName, consumer: ConsumerName) -> Config {
+        Config {
+            provider,
+            subscriber,
+            queue,
+            consumer,
+            apply: ApplyMode::Batch,
+            memory_limit: 64 << 20,
+            chunk_size: 5000,
+        }
+    }
+
+    /// Reads a TOML file (see the [module docs](self)).
+    ///
+    /// # Errors
+    ///
+    /// [`LondisteError::ConfigRead`], or [`LondisteError::Config`] naming the line, column and
+    /// key of malformed TOML, unknown keys and bad values (connection strings, names).
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| LondisteError::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Reads TOML text; `path` is only used in error messages.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`], without [`LondisteError::ConfigRead`].
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config> {
+        let file: File = toml::from_str(text).map_err(|err| {
+            let (line, column, key) = pgq_core::toml_error_position(text, &err);
+            LondisteError::Config {
+                path: path.to_owned(),
+                line,
+                column,
+                key: key.unwrap_or_else(|| "londiste".to_owned()),
+                message: err.message().trim().to_owned(),
+            }
+        })?;
+        let invalid = |key: &str, message: String| {
+            let (line, column) = pgq_core::toml_key_position(text, key);
+            LondisteError::Config {
+                path: path.to_owned(),
+                line,
+                column,
+                key: key.to_owned(),
+                message,
+            }
+        };
+        let s = &file.londiste;
+        let provider =
+            Dsn::parse(&s.provider).map_err(|e| invalid("londiste.provider", e.to_string()))?;
+        let subscriber =
+            Dsn::parse(&s.subscriber).map_err(|e| invalid("londiste.subscriber", e.to_string()))?;
+        let queue = QueueName::new(s.queue.clone())
+            .map_err(|e| invalid("londiste.queue", e.to_string()))?;
+        let consumer = ConsumerName::new(
+            s.consumer
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CONSUMER.to_owned()),
+        )
+        .map_err(|e| invalid("londiste.consumer", e.to_string()))?;
+        let mut config = Config::new(provider, subscriber, queue, consumer);
+        let w = &file.worker;
+        if let Some(apply) = w.apply {
+            config.apply = apply;
+        }
+        if let Some(mb) = w.memory_limit_mb {
+            if mb == 0 {
+                return Err(invalid(
+                    "worker.memory_limit_mb",
+                    "must be at least 1".to_owned(),
+                ));
+            }
+            config.memory_limit = usize::try_from(mb).unwrap_or(usize::MAX) << 20;
+        }
+        if let Some(chunk) = w.chunk_size {
+            if chunk == 0 {
+                return Err(invalid(
+                    "worker.chunk_size",
+                    "must be at least 1".to_owned(),
+                ));
+            }
+            config.chunk_size = chunk;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config> {
+        Config::from_toml(text, Path::new("londiste.toml"))
+    }
+
+    #[test]
+    fn a_full_file_loads() -> Result<()> {
+        let config = load(
+            "[londiste]\nprovider = \"host=a dbname=p user=u\"\nsubscriber = \"host=b dbname=s user=u\"\n\
+             queue = \"q\"\n\n[worker]\napply = \"per-event\"\nmemory_limit_mb = 2\nchunk_size = 10\n",
+        )?;
+        assert_eq!(config.queue.as_str(), "q");
+        assert_eq!(config.consumer.as_str(), DEFAULT_CONSUMER);
+        assert_eq!(config.apply, ApplyMode::PerEvent);
+        assert_eq!((config.memory_limit, config.chunk_size), (2 << 20, 10));
+        assert_eq!(config.subscriber.dbname(), "s");
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let err = load("[londiste]\nprovider = \"host=a user=u\"\nsubscriber = \"host=b user=u\"\nqueue = \"q\"\n[worker]\napply = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("londiste.toml:6:9: worker.apply:"), "{err}");
+        let err = load("[londiste]\nprovider = \"host=a user=u\"\nsubscriber = \"host=b user=u\"\nqueue = \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("londiste.toml:4:1: londiste.queue:"),
+            "{err}"
+        );
+        let err = load("[londiste]\nprovider = \"host=a user=u\"\nqueue = \"q\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `subscriber`"), "{err}");
+        let err = load("[londiste]\nprovider = \"host=a user=u\"\nsubscriber = \"host=b user=u\"\nqueue = \"q\"\nspeed = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("londiste.toml:5:1: londiste.speed:"),
+            "{err}"
+        );
+    }
+}

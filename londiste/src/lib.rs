@@ -1,0 +1,50 @@
+//! Table replication through a PGQ queue, in the londiste tradition.
+//!
+//! Changes to the provider's tables are captured by `pgq.logutriga` (the pgq-rs capture
+//! triggers, or the original extension's) into a queue; the replay [`Worker`] applies each
+//! batch to the subscriber in one transaction together with its batch tracking (`pgq_ext`), so
+//! every batch is applied exactly once, across restarts and crashes.
+//!
+//! - [`init`] installs the schema on both sides, creates the queue and registers the worker.
+//! - [`add_tables`] puts the capture trigger on tables and copies them consistently: the copy
+//!   reads one exported snapshot (from one or several connections), records it, and the worker
+//!   skips the events the copy already holds; a table goes `in-copy` → `catching-up` → `ok`.
+//! - The [`Worker`] merges each key's events in a batch into their net effect and applies each
+//!   table's rows with a few set-based statements ([`ApplyMode::Batch`]), strictly: the changed
+//!   row counts must match, else the batch fails naming the keys.
+//! - [`compare`] reads both sides at one tick while the provider is being written to.
+//!
+//! ```no_run
+//! use std::path::Path;
+//!
+//! # async fn f() -> Result<(), londiste::LondisteError> {
+//! let config = londiste::Config::load(Path::new("londiste.toml"))?;
+//! londiste::init(&config).await?;
+//! let options = londiste::AddTableOptions { parallel_copy: 2, ..Default::default() };
+//! londiste::add_tables(&config, &["public.accounts".to_owned()], &options).await?;
+//! let worker = londiste::Worker::connect(&config).await?;
+//! worker.run(pgq_consumer::CancellationToken::new()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Main items: [`Config`], [`init`], [`add_tables`], [`Worker`], [`compare`], [`status`].
+
+mod admin;
+mod apply;
+mod compare;
+mod config;
+mod copy;
+mod decode;
+mod error;
+mod meta;
+mod worker;
+
+pub use admin::{
+    add_sequences, add_tables, init, remove_table, resync, status, tables, AddTableOptions,
+    AddedTable, Status, TableStatus,
+};
+pub use compare::{compare, Comparison};
+pub use config::{ApplyMode, Config, DEFAULT_CONSUMER};
+pub use error::{LondisteError, Result};
+pub use worker::Worker;

@@ -1,0 +1,286 @@
+//! The `londiste` command: set up table replication and run the replay worker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use londiste::{AddTableOptions, Config};
+use pgq_consumer::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Table replication through a PGQ queue.
+#[derive(Debug, Parser)]
+#[command(name = "londiste", version)]
+struct Cli {
+    /// The config file (TOML: provider, subscriber, queue, consumer).
+    #[arg(short, long, default_value = "londiste.toml")]
+    config: PathBuf,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `londiste=debug`.
+    #[arg(long, default_value = "info", env = "LONDISTE_LOG")]
+    log: String,
+
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the schema on both sides, create the queue, register the worker.
+    Init,
+    /// Replicate tables: capture trigger, consistent initial copy, then catch up.
+    AddTable {
+        /// Provider tables (`schema.table`; quote mixed case as SQL does).
+        #[arg(required = true)]
+        tables: Vec<String>,
+        /// Create the subscriber table when missing.
+        #[arg(long)]
+        create: bool,
+        /// The subscriber already has the rows: no copy.
+        #[arg(long)]
+        skip_copy: bool,
+        /// Copy only rows matching this SQL condition.
+        #[arg(long, value_name = "SQL")]
+        copy_condition: Option<String>,
+        /// The subscriber table's name (one table only).
+        #[arg(long, value_name = "NAME")]
+        dest_table: Option<String>,
+        /// Connections copying key ranges in parallel.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        parallel_copy: u32,
+        /// Record primary-key changes so the worker follows them (pgq-rs triggers only).
+        #[arg(long)]
+        follow_key_changes: bool,
+        /// Seconds to wait for `ok` while a worker runs.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Stop replicating a table (the subscriber table stays).
+    RemoveTable {
+        /// Provider tables.
+        #[arg(required = true)]
+        tables: Vec<String>,
+    },
+    /// Replicate sequence values (copied forward with every batch).
+    AddSeq {
+        /// Sequences, existing on both sides.
+        #[arg(required = true)]
+        sequences: Vec<String>,
+    },
+    /// The replicated tables and their states.
+    Tables,
+    /// Lag, pending events, the last batch, the tables.
+    Status,
+    /// Run the replay worker until SIGTERM or SIGINT.
+    Worker,
+    /// Compare tables on both sides at one tick (all `ok` tables by default).
+    Compare {
+        /// One provider table.
+        table: Option<String>,
+    },
+    /// Copy a table again and catch up.
+    Resync {
+        /// The provider table.
+        table: String,
+        /// Connections copying key ranges in parallel.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        parallel_copy: u32,
+        /// Seconds to wait for `ok` while a worker runs.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", text(value));
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Init => {
+            londiste::init(&config).await?;
+            println!(
+                "initialized: queue {} on the provider, worker {} registered",
+                config.queue, config.consumer
+            );
+        }
+        Command::AddTable {
+            tables,
+            create,
+            skip_copy,
+            copy_condition,
+            dest_table,
+            parallel_copy,
+            follow_key_changes,
+            wait,
+        } => {
+            if dest_table.is_some() && tables.len() > 1 {
+                anyhow::bail!("--dest-table names one subscriber table: give one provider table");
+            }
+            let options = AddTableOptions {
+                create,
+                skip_copy,
+                copy_condition,
+                dest_table,
+                parallel_copy,
+                follow_key_changes,
+                wait: Duration::from_secs(wait),
+            };
+            let added = londiste::add_tables(&config, &tables, &options).await?;
+            print(cli.json, &added, |added| {
+                added
+                    .iter()
+                    .map(|a| {
+                        let hint = if a.state == "ok" {
+                            ""
+                        } else {
+                            " (the worker makes it ok: run `londiste worker`)"
+                        };
+                        format!(
+                            "{}: {} rows copied in {:.2} s, {}{hint}\n",
+                            a.table, a.rows, a.copy_seconds, a.state
+                        )
+                    })
+                    .collect()
+            })?;
+        }
+        Command::RemoveTable { tables } => {
+            for table in &tables {
+                londiste::remove_table(&config, table).await?;
+                println!("{table}: removed");
+            }
+        }
+        Command::AddSeq { sequences } => {
+            londiste::add_sequences(&config, &sequences).await?;
+            println!("{} sequence(s) added", sequences.len());
+        }
+        Command::Tables => {
+            let tables = londiste::tables(&config).await?;
+            print(cli.json, &tables, |tables| {
+                let mut out = format!(
+                    "{:<40} {:<12} {:>10}  {}\n",
+                    "table", "state", "copy rows", "dest"
+                );
+                for t in tables {
+                    out.push_str(&format!(
+                        "{:<40} {:<12} {:>10}  {}\n",
+                        t.table,
+                        t.state,
+                        t.copy_rows
+                            .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+                        t.dest_table
+                    ));
+                }
+                out
+            })?;
+        }
+        Command::Status => {
+            let status = londiste::status(&config).await?;
+            print(cli.json, &status, |s| {
+                let ok = s.tables.iter().filter(|t| t.state == "ok").count();
+                format!(
+                    "queue {} worker {} ({})\nlag: {}\npending events: {}\nlast tick: {}, last batch at {}\ntables: {} ok of {}\n",
+                    s.queue,
+                    s.consumer,
+                    if s.worker_running { "running" } else { "not running" },
+                    s.lag_seconds.map_or_else(|| "-".to_owned(), |l| format!("{l:.1} s")),
+                    s.pending_events.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                    s.last_tick.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                    s.last_batch_at.as_deref().unwrap_or("-"),
+                    ok,
+                    s.tables.len()
+                )
+            })?;
+        }
+        Command::Worker => {
+            let cancel = CancellationToken::new();
+            let signals = cancel.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("stopping after the batch in hand");
+                signals.cancel();
+            });
+            let worker = londiste::Worker::connect(&config).await?;
+            worker.run(cancel).await?;
+        }
+        Command::Compare { table } => {
+            let comparisons = londiste::compare(&config, table.as_deref()).await?;
+            let all_equal = comparisons.iter().all(londiste::Comparison::equal);
+            print(cli.json, &comparisons, |cs| {
+                cs.iter()
+                    .map(|c| {
+                        format!(
+                            "{}: at tick {}: provider {} rows, subscriber {} rows: {}\n",
+                            c.table,
+                            c.tick,
+                            c.provider_rows,
+                            c.subscriber_rows,
+                            if c.equal() { "equal" } else { "DIFFERENT" }
+                        )
+                    })
+                    .collect()
+            })?;
+            if !all_equal {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Resync {
+            table,
+            parallel_copy,
+            wait,
+        } => {
+            let done =
+                londiste::resync(&config, &table, parallel_copy, Duration::from_secs(wait)).await?;
+            println!("{}: {} rows copied, {}", done.table, done.rows, done.state);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

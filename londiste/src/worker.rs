@@ -1,0 +1,504 @@
+//! The replay worker: a remote consumer (`pgq-consumer`) that applies each batch on the
+//! subscriber in one transaction together with its batch tracking (`pgq_ext`), so every batch
+//! is applied exactly once across the two databases.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pgq_consumer::{
+    BatchHandle, BatchReport, CancellationToken, Consumer, ConsumerConfig, HandlerError, Postpone,
+    RemoteRunner,
+};
+use pgq_core::{BatchId, Event};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
+
+use crate::apply::{apply_one, truncate, Key, TableBatch};
+use crate::config::{ApplyMode, Config};
+use crate::decode::{parse_ev_type, parse_urlencoded, Op, Snapshot};
+use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
+use crate::meta::{require_table, TableInfo};
+
+// language=SQL
+const REPLICA_ROLE: &str = "SET LOCAL session_replication_role = replica";
+
+// language=SQL
+const POSITION: &str = "\
+SELECT pause_requested, pause_at_tick FROM londiste_rs.worker_position
+ WHERE queue_name = $1 AND consumer_name = $2 FOR UPDATE";
+
+// language=SQL
+const ADD_POSITION: &str = "\
+INSERT INTO londiste_rs.worker_position (queue_name, consumer_name) VALUES ($1, $2)
+ON CONFLICT DO NOTHING";
+
+// language=SQL
+const SET_POSITION: &str = "\
+UPDATE londiste_rs.worker_position SET last_tick = $3, last_batch_at = now()
+ WHERE queue_name = $1 AND consumer_name = $2";
+
+// language=SQL
+const STATES: &str = "\
+SELECT table_name, dest_table, state, copy_snapshot::text
+  FROM londiste_rs.subscriber_table WHERE queue_name = $1";
+
+// language=SQL
+const TICK_SNAPSHOT: &str = "\
+SELECT t.tick_snapshot::text
+  FROM pgq.tick t JOIN pgq.queue q ON q.queue_id = t.tick_queue
+ WHERE q.queue_name = $1 AND t.tick_id = $2";
+
+// language=SQL
+const SET_OK: &str = "\
+UPDATE londiste_rs.subscriber_table SET state = 'ok', state_changed = now()
+ WHERE queue_name = $1 AND table_name = $2 AND state = 'catching-up'";
+
+// language=SQL
+const SEQS: &str =
+    "SELECT seq_name, dest_seq FROM londiste_rs.subscriber_seq WHERE queue_name = $1";
+
+// language=SQL
+const PROVIDER_SEQ: &str = "SELECT pg_catalog.pg_sequence_last_value($1::text::regclass)";
+
+// language=SQL
+const SYNC_SEQ: &str = "\
+SELECT pg_catalog.setval($1::text::regclass, $2)
+ WHERE coalesce(pg_catalog.pg_sequence_last_value($1::text::regclass), 0) < $2";
+
+// language=SQL
+const SEQ_SEEN: &str = "\
+UPDATE londiste_rs.subscriber_seq SET last_value = $3 WHERE queue_name = $1 AND seq_name = $2";
+
+/// How long a batch waits while a table it touches is being copied, or while `compare` holds
+/// the worker.
+const HOLD: Duration = Duration::from_millis(100);
+
+/// A subscribed table, as the subscriber records it.
+struct Subscribed {
+    dest: String,
+    state: String,
+    copy_snapshot: Option<Snapshot>,
+}
+
+/// The consumer that applies batches.
+struct Replayer {
+    config: Config,
+    tables: Mutex<HashMap<String, Arc<TableInfo>>>,
+    /// A batch that hit a unique violation on non-key columns: applied event by event.
+    per_event_batch: Mutex<Option<BatchId>>,
+}
+
+impl Replayer {
+    async fn dest(&self, tx: &Transaction<'_>, name: &str) -> Result<Arc<TableInfo>> {
+        let cached = self
+            .tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        if let Some(info) = cached {
+            return Ok(info);
+        }
+        let info = Arc::new(require_table(tx, SUBSCRIBER, name).await?);
+        info.require_pkey()?;
+        self.tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), Arc::clone(&info));
+        Ok(info)
+    }
+
+    fn forget_tables(&self) {
+        self.tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    async fn replay(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
+        let tx = batch.tx();
+        let queue = self.config.queue.as_str();
+        let consumer = self.config.consumer.as_str();
+        tx.batch_execute(REPLICA_ROLE).await.map_err(|err| {
+            if err.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+                LondisteError::ReplicaRole(err)
+            } else {
+                LondisteError::Db {
+                    side: SUBSCRIBER,
+                    op: "setting session_replication_role".to_owned(),
+                    source: err,
+                }
+            }
+        })?;
+        let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+            [(&queue, Type::TEXT), (&consumer, Type::TEXT)];
+        tx.query_typed(ADD_POSITION, &names)
+            .await
+            .on(SUBSCRIBER, "recording the worker")?;
+        let position = tx
+            .query_typed_one(POSITION, &names)
+            .await
+            .on(SUBSCRIBER, "reading the worker position")?;
+        let pause_requested: bool = position.get(0);
+        let pause_at: Option<i64> = position.get(1);
+        if pause_requested && pause_at.map_or(true, |at| batch.batch().prev_tick.0 >= at) {
+            return Err(Box::new(Postpone::new("held by londiste compare", HOLD)));
+        }
+        let subscribed = self.subscribed(tx).await?;
+        let per_event = self.config.apply == ApplyMode::PerEvent
+            || *self
+                .per_event_batch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                == Some(batch.id());
+        let mut pending: HashMap<String, TableBatch> = HashMap::new();
+        let mut held = 0usize;
+        while let Some(events) = batch.next_chunk().await? {
+            for event in &events {
+                let Some(table) = event.extra1.as_deref() else {
+                    continue;
+                };
+                let Some(sub) = subscribed.get(table) else {
+                    continue;
+                };
+                match sub.state.as_str() {
+                    "in-copy" => {
+                        return Err(Box::new(Postpone::new(
+                            format!("table {table} is being copied"),
+                            HOLD,
+                        )))
+                    }
+                    "catching-up"
+                        if sub
+                            .copy_snapshot
+                            .as_ref()
+                            .is_some_and(|s| s.sees(event.txid)) =>
+                    {
+                        continue
+                    }
+                    _ => {}
+                }
+                let dest = self.dest(tx, &sub.dest).await?;
+                let applied = self
+                    .event(tx, &mut pending, table, &dest, event, per_event)
+                    .await;
+                match applied {
+                    Ok(bytes) => held += bytes,
+                    Err(err) => return Err(self.failed(err, batch.id())),
+                }
+                if held > self.config.memory_limit {
+                    if let Err(err) = flush_all(tx, &mut pending).await {
+                        return Err(self.failed(err, batch.id()));
+                    }
+                    held = 0;
+                }
+            }
+        }
+        if let Err(err) = flush_all(tx, &mut pending).await {
+            return Err(self.failed(err, batch.id()));
+        }
+        self.sync_sequences(batch).await?;
+        self.finish_catch_up(batch, &subscribed).await?;
+        let cur_tick = batch.batch().cur_tick.0;
+        tx.query_typed(
+            SET_POSITION,
+            &[
+                (&queue, Type::TEXT),
+                (&consumer, Type::TEXT),
+                (&cur_tick, Type::INT8),
+            ],
+        )
+        .await
+        .on(SUBSCRIBER, "recording the worker position")?;
+        Ok(())
+    }
+
+    /// Turns an apply error into the handler's: a unique violation (never on the key, which
+    /// the statements guard) makes the batch come again, applied event by event.
+    fn failed(&self, err: LondisteError, batch_id: BatchId) -> HandlerError {
+        self.forget_tables();
+        if let LondisteError::Db { source, .. } = &err {
+            if source.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                let mut slot = self
+                    .per_event_batch
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if *slot != Some(batch_id) {
+                    *slot = Some(batch_id);
+                    tracing::warn!(%batch_id, error = %source, "unique violation in a set-based apply: applying this batch event by event");
+                    return Box::new(Postpone::new(
+                        "unique violation: again event by event",
+                        Duration::ZERO,
+                    ));
+                }
+            }
+        }
+        Box::new(err)
+    }
+
+    async fn subscribed(&self, tx: &Transaction<'_>) -> Result<HashMap<String, Subscribed>> {
+        let queue = self.config.queue.as_str();
+        let rows = tx
+            .query_typed(STATES, &[(&queue, Type::TEXT)])
+            .await
+            .on(SUBSCRIBER, "reading table states")?;
+        let mut tables = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let table: String = row.get(0);
+            let copy_snapshot = row
+                .get::<_, Option<String>>(3)
+                .map(|s| Snapshot::parse(&s))
+                .transpose()
+                .map_err(|problem| LondisteError::TableState {
+                    table: table.clone(),
+                    problem,
+                })?;
+            tables.insert(
+                table,
+                Subscribed {
+                    dest: row.get(1),
+                    state: row.get(2),
+                    copy_snapshot,
+                },
+            );
+        }
+        Ok(tables)
+    }
+
+    /// Applies or merges one event; returns the bytes it added to the merge.
+    async fn event(
+        &self,
+        tx: &Transaction<'_>,
+        pending: &mut HashMap<String, TableBatch>,
+        table: &str,
+        dest: &Arc<TableInfo>,
+        event: &Event,
+        per_event: bool,
+    ) -> Result<usize> {
+        let ev_type = event.ev_type.as_deref().unwrap_or("");
+        let bad = |problem: String| LondisteError::BadEvent {
+            event_id: event.id.0,
+            ev_type: ev_type.to_owned(),
+            table: table.to_owned(),
+            problem,
+        };
+        let (op, _) = parse_ev_type(ev_type).map_err(bad)?;
+        if op == Op::Truncate {
+            if let Some(mut merged) = pending.remove(table) {
+                merged.flush(tx).await?;
+            }
+            truncate(tx, dest).await?;
+            return Ok(0);
+        }
+        let row = parse_urlencoded(event.ev_data.as_deref().unwrap_or("")).map_err(bad)?;
+        let stale = pending
+            .get(table)
+            .is_some_and(|m| m.columns() != row.columns.as_slice());
+        if stale {
+            if let Some(mut merged) = pending.remove(table) {
+                merged.flush(tx).await?;
+            }
+        }
+        if !pending.contains_key(table) {
+            let merged = TableBatch::new(Arc::clone(dest), &row.columns).map_err(bad)?;
+            pending.insert(table.to_owned(), merged);
+        }
+        let Some(merged) = pending.get_mut(table) else {
+            return Ok(0);
+        };
+        let old_key = match (op, event.extra3.as_deref()) {
+            (Op::Update, Some(old)) => Some(old_key(dest, old).map_err(bad)?),
+            _ => None,
+        };
+        if per_event {
+            apply_one(tx, merged, op, &row.values, old_key.as_ref()).await?;
+            return Ok(0);
+        }
+        let before = merged.bytes();
+        merged.merge(op, row.values, old_key).map_err(bad)?;
+        Ok(merged.bytes().saturating_sub(before))
+    }
+
+    /// Copies the provider's sequence values forward (never backward).
+    async fn sync_sequences(&self, batch: &BatchHandle<'_, '_>) -> Result<()> {
+        let queue = self.config.queue.as_str();
+        let seqs = batch
+            .tx()
+            .query_typed(SEQS, &[(&queue, Type::TEXT)])
+            .await
+            .on(SUBSCRIBER, "reading sequences")?;
+        for seq in seqs {
+            let name: String = seq.get(0);
+            let dest: String = seq.get(1);
+            let value: Option<i64> = batch
+                .queue_tx()
+                .query_typed_one(PROVIDER_SEQ, &[(&name, Type::TEXT)])
+                .await
+                .on(PROVIDER, format!("reading sequence {name}"))?
+                .get(0);
+            let Some(value) = value else { continue };
+            batch
+                .tx()
+                .query_typed(SYNC_SEQ, &[(&dest, Type::TEXT), (&value, Type::INT8)])
+                .await
+                .on(SUBSCRIBER, format!("setting sequence {dest}"))?;
+            batch
+                .tx()
+                .query_typed(
+                    SEQ_SEEN,
+                    &[
+                        (&queue, Type::TEXT),
+                        (&name, Type::TEXT),
+                        (&value, Type::INT8),
+                    ],
+                )
+                .await
+                .on(SUBSCRIBER, "recording a sequence value")?;
+        }
+        Ok(())
+    }
+
+    /// A catching-up table is `ok` once the batch's end tick sees every transaction its copy
+    /// saw: later batches hold no event the copy already has. (Transactions running through
+    /// both snapshots, on any database of the server, do not hold it back.)
+    async fn finish_catch_up(
+        &self,
+        batch: &BatchHandle<'_, '_>,
+        subscribed: &HashMap<String, Subscribed>,
+    ) -> Result<()> {
+        let catching_up: Vec<(&String, &Snapshot)> = subscribed
+            .iter()
+            .filter(|(_, s)| s.state == "catching-up")
+            .filter_map(|(t, s)| s.copy_snapshot.as_ref().map(|snap| (t, snap)))
+            .collect();
+        if catching_up.is_empty() {
+            return Ok(());
+        }
+        let queue = self.config.queue.as_str();
+        let cur_tick = batch.batch().cur_tick.0;
+        let tick: Option<String> = batch
+            .queue_tx()
+            .query_typed_opt(
+                TICK_SNAPSHOT,
+                &[(&queue, Type::TEXT), (&cur_tick, Type::INT8)],
+            )
+            .await
+            .on(PROVIDER, "reading the batch's end tick")?
+            .and_then(|r| r.get(0));
+        let Some(tick) = tick else { return Ok(()) };
+        let tick = Snapshot::parse(&tick).map_err(|problem| LondisteError::TableState {
+            table: format!("(tick {cur_tick})"),
+            problem,
+        })?;
+        for (table, snapshot) in catching_up {
+            if tick.covers(snapshot) {
+                batch
+                    .tx()
+                    .query_typed(SET_OK, &[(&queue, Type::TEXT), (table, Type::TEXT)])
+                    .await
+                    .on(SUBSCRIBER, "marking a table ok")?;
+                tracing::info!(table = %table, "caught up: ok");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The primary key before an update that changed it, from `ev_extra3` (the trigger's
+/// `keychange` argument), in the subscriber's key order.
+fn old_key(dest: &TableInfo, data: &str) -> Result<Key, String> {
+    let row = parse_urlencoded(data)?;
+    dest.pkey
+        .iter()
+        .map(|k| {
+            row.get(k)
+                .cloned()
+                .ok_or_else(|| format!("ev_extra3 {data:?} has no key column {k}"))
+        })
+        .collect()
+}
+
+async fn flush_all(tx: &Transaction<'_>, pending: &mut HashMap<String, TableBatch>) -> Result<()> {
+    for merged in pending.values_mut() {
+        if !merged.is_empty() {
+            merged.flush(tx).await?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Consumer for Replayer {
+    async fn process_batch(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
+        self.replay(batch).await
+    }
+
+    async fn process_event(&self, _: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
+        Err(format!(
+            "event {}: londiste applies whole batches, never single events",
+            event.id.0
+        )
+        .into())
+    }
+}
+
+/// The replay worker for one [`Config`].
+#[derive(Debug)]
+pub struct Worker {
+    runner: RemoteRunner,
+}
+
+impl Worker {
+    /// Connects to the provider (the consumer's dedicated connection and lock) and to the
+    /// subscriber.
+    ///
+    /// # Errors
+    ///
+    /// [`LondisteError::Consumer`]: unknown queue, a second worker with the same consumer
+    /// name (`ConsumerBusy`), connection failures.
+    pub async fn connect(config: &Config) -> Result<Worker> {
+        let consumer_config =
+            ConsumerConfig::builder(config.queue.clone(), config.consumer.clone())
+                .chunk_size(config.chunk_size)
+                .batch_failures_before_per_event(u32::MAX)
+                .poll_interval(Duration::from_secs(1))
+                .build();
+        let replayer = Replayer {
+            config: config.clone(),
+            tables: Mutex::new(HashMap::new()),
+            per_event_batch: Mutex::new(None),
+        };
+        let runner = RemoteRunner::connect(
+            &config.provider,
+            &config.subscriber,
+            consumer_config,
+            Arc::new(replayer),
+        )
+        .await?;
+        Ok(Worker { runner })
+    }
+
+    /// Applies the next batch; `Ok(None)` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`LondisteError::Consumer`] when the batch failed (rolled back, nothing applied), was
+    /// postponed (a table it touches is being copied, `compare` holds the worker), or a
+    /// connection failed.
+    pub async fn process_next_batch(&mut self) -> Result<Option<BatchReport>> {
+        Ok(self.runner.process_next_batch().await?)
+    }
+
+    /// Runs until `cancel` fires: waits for ticks, applies batches, retries failures with
+    /// backoff, reconnects after lost connections; stops between batches.
+    ///
+    /// # Errors
+    ///
+    /// Only errors no retry can fix (unknown queue or consumer).
+    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        Ok(self.runner.run(cancel).await?)
+    }
+}

@@ -1,0 +1,103 @@
+//! A provider and a subscriber database per test, with the replicator initialized.
+
+use std::time::{Duration, Instant};
+
+use londiste::{Config, LondisteError, Worker};
+use pgq_core::{ConsumerName, Dsn, QueueName};
+use pgq_testkit::TestDb;
+use tokio_postgres::Client;
+
+pub(crate) struct Pair {
+    pub(crate) config: Config,
+    pub(crate) provider: Client,
+    pub(crate) subscriber: Client,
+    _dbs: (TestDb, TestDb),
+}
+
+impl Pair {
+    pub(crate) async fn new() -> anyhow::Result<Pair> {
+        let provider_db = TestDb::new().await?;
+        let subscriber_db = TestDb::new().await?;
+        let config = Config::new(
+            Dsn::parse(&provider_db.dsn())?,
+            Dsn::parse(&subscriber_db.dsn())?,
+            QueueName::new("replica")?,
+            ConsumerName::new("worker")?,
+        );
+        londiste::init(&config).await?;
+        let provider = provider_db.client().await?;
+        let subscriber = subscriber_db.client().await?;
+        Ok(Pair {
+            config,
+            provider,
+            subscriber,
+            _dbs: (provider_db, subscriber_db),
+        })
+    }
+
+    /// Runs the same SQL on both sides (table definitions).
+    pub(crate) async fn both(&self, sql: &str) -> anyhow::Result<()> {
+        self.provider.batch_execute(sql).await?;
+        self.subscriber.batch_execute(sql).await?;
+        Ok(())
+    }
+
+    /// Makes a tick now.
+    pub(crate) async fn tick(&self) -> anyhow::Result<()> {
+        pgq_core::force_tick(&self.provider, &self.config.queue).await?;
+        pgq_core::ticker(&self.provider, &self.config.queue).await?;
+        Ok(())
+    }
+
+    /// Ticks, then applies batches until none is left.
+    pub(crate) async fn drain(&self, worker: &mut Worker) -> anyhow::Result<usize> {
+        self.tick().await?;
+        let mut batches = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            anyhow::ensure!(Instant::now() < deadline, "drain did not finish");
+            match worker.process_next_batch().await {
+                Ok(Some(_)) => batches += 1,
+                Ok(None) => return Ok(batches),
+                Err(LondisteError::Consumer(pgq_consumer::ConsumerError::Postponed { .. })) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Ordered md5 of a table's rows on one side.
+    pub(crate) async fn md5(
+        client: &Client,
+        table: &str,
+        key: &str,
+    ) -> anyhow::Result<(i64, String)> {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY {key})), '') FROM {table} t"
+                ),
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Asserts both sides hold the same rows.
+    pub(crate) async fn assert_same(&self, table: &str, key: &str) -> anyhow::Result<i64> {
+        let provider = Pair::md5(&self.provider, table, key).await?;
+        let subscriber = Pair::md5(&self.subscriber, table, key).await?;
+        assert_eq!(provider, subscriber, "{table} differs");
+        Ok(provider.0)
+    }
+
+    pub(crate) async fn state(&self, table: &str) -> anyhow::Result<String> {
+        let tables = londiste::tables(&self.config).await?;
+        Ok(tables
+            .into_iter()
+            .find(|t| t.table == table)
+            .map(|t| t.state)
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,204 @@
+//! Replication while the provider is being written to: a 100,000-row pgbench-like table
+//! added with a parallel copy under 4 writers, with the worker running (and killed).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use londiste::{AddTableOptions, Worker};
+use pgq_consumer::CancellationToken;
+
+use crate::common::Pair;
+
+const ROWS: i32 = 100_000;
+
+async fn accounts(pair: &Pair) -> anyhow::Result<()> {
+    pair.provider
+        .batch_execute(&format!(
+            "CREATE TABLE accounts (aid int PRIMARY KEY, bid int NOT NULL, abalance int NOT NULL,
+                                    filler char(84));
+             INSERT INTO accounts SELECT g, (g - 1) / 100000 + 1, 0, '' FROM generate_series(1, {ROWS}) g;
+             ANALYZE accounts;"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// A writer: short transactions of random inserts, updates and deletes until `stop`.
+fn writer(
+    dsn: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<anyhow::Result<u64>> {
+    tokio::spawn(async move {
+        let client = pgq_core::Dsn::parse(&dsn)?.connect().await?;
+        let mut state = seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut txs = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let aid = i32::try_from(next() % 120_000).unwrap_or(0) + 1;
+            let sql = match next() % 4 {
+                0 => format!("INSERT INTO accounts VALUES ({aid}, 1, 1, 'w') ON CONFLICT DO NOTHING"),
+                1 => format!("DELETE FROM accounts WHERE aid = {aid}"),
+                _ => format!(
+                    "BEGIN; UPDATE accounts SET abalance = abalance + 1 WHERE aid = {aid};
+                     UPDATE accounts SET abalance = abalance - 1, filler = 'u' WHERE aid = {}; COMMIT;",
+                    aid % 1000 + 1
+                ),
+            };
+            client.batch_execute(&sql).await?;
+            txs += 1;
+        }
+        Ok(txs)
+    })
+}
+
+/// Ticks every 50 ms until `stop`.
+fn ticker(pair: &Pair, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let dsn = pair.config.provider.clone();
+    tokio::spawn(async move {
+        let client = dsn.connect().await?;
+        while !stop.load(Ordering::Relaxed) {
+            client.batch_execute("SELECT pgq.ticker()").await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    })
+}
+
+async fn catch_up(pair: &Pair) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        pair.tick().await?;
+        let status = londiste::status(&pair.config).await?;
+        let last: Option<i64> = pair
+            .provider
+            .query_one("SELECT max(tick_id) FROM pgq.tick", &[])
+            .await?
+            .get(0);
+        if status.last_tick.is_some()
+            && status.last_tick == last
+            && status.tables.iter().all(|t| t.state == "ok")
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the worker did not catch up: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_parallel_copy_under_four_writers_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    accounts(&pair).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let dsn = pair.config.provider.to_string();
+    let writers: Vec<_> = (0..4)
+        .map(|i| writer(dsn.clone(), 0x9e37_79b9 + i, Arc::clone(&stop)))
+        .collect();
+    let ticks = ticker(&pair, Arc::clone(&stop));
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn(Worker::connect(&pair.config).await?.run(cancel.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let options = AddTableOptions {
+        create: true,
+        parallel_copy: 2,
+        wait: Duration::from_secs(30),
+        ..AddTableOptions::default()
+    };
+    let added = londiste::add_tables(&pair.config, &["accounts".to_owned()], &options).await?;
+    assert!(added[0].rows >= 90_000, "{added:?}");
+    assert_eq!(added[0].state, "ok", "{added:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut txs = 0;
+    for w in writers {
+        txs += w.await??;
+    }
+    assert!(txs > 100, "the writers wrote only {txs} transactions");
+    ticks.await??;
+    catch_up(&pair).await?;
+    let compared = londiste::compare(&pair.config, None).await?;
+    assert!(
+        compared.iter().all(londiste::Comparison::equal),
+        "{compared:?}"
+    );
+    cancel.cancel();
+    worker.await??;
+    pair.assert_same("accounts", "aid").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_worker_killed_at_random_moments_applies_everything_once() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    accounts(&pair).await?;
+    londiste::add_tables(
+        &pair.config,
+        &["accounts".to_owned()],
+        &AddTableOptions {
+            create: true,
+            ..AddTableOptions::default()
+        },
+    )
+    .await?;
+    let config_file =
+        std::env::temp_dir().join(format!("londiste-kill-{}.toml", std::process::id()));
+    std::fs::write(
+        &config_file,
+        format!(
+            "[londiste]\nprovider = \"{}\"\nsubscriber = \"{}\"\nqueue = \"{}\"\nconsumer = \"{}\"\n\n[worker]\nchunk_size = 500\n",
+            pair.config.provider, pair.config.subscriber, pair.config.queue, pair.config.consumer
+        ),
+    )?;
+    let seed = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos(),
+    ) | 1;
+    println!("kill seed: {seed}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let dsn = pair.config.provider.to_string();
+    let writers: Vec<_> = (0..4)
+        .map(|i| writer(dsn.clone(), seed + i, Arc::clone(&stop)))
+        .collect();
+    let ticks = ticker(&pair, Arc::clone(&stop));
+    let mut rng = seed;
+    for _ in 0..8 {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_londiste"))
+            .args([
+                "--config",
+                config_file.to_str().unwrap_or_default(),
+                "--log",
+                "warn",
+                "worker",
+            ])
+            .kill_on_drop(true)
+            .spawn()?;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(150 + rng % 600)).await;
+        child.start_kill()?;
+        child.wait().await?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await??;
+    }
+    ticks.await??;
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    drop(worker);
+    std::fs::remove_file(&config_file)?;
+    pair.assert_same("accounts", "aid").await?;
+    Ok(())
+}

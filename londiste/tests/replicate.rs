@@ -1,0 +1,155 @@
+//! Replication end to end: copy, catch up, merge semantics, compare.
+
+use londiste::{AddTableOptions, Worker};
+
+use crate::common::Pair;
+
+#[tokio::test]
+async fn a_table_is_copied_and_its_changes_replayed_merged() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.provider
+        .batch_execute(
+            "CREATE TABLE acc (id int PRIMARY KEY, bal int NOT NULL, note text);
+             INSERT INTO acc SELECT g, g * 10, 'n' || g FROM generate_series(1, 1000) g;",
+        )
+        .await?;
+    let options = AddTableOptions {
+        create: true,
+        ..AddTableOptions::default()
+    };
+    let added = londiste::add_tables(&pair.config, &["acc".to_owned()], &options).await?;
+    assert_eq!(
+        (added[0].table.as_str(), added[0].rows),
+        ("public.acc", 1000)
+    );
+    assert_eq!(added[0].state, "catching-up");
+    pair.assert_same("acc", "id").await?;
+
+    // One batch holding every merge case.
+    pair.provider
+        .batch_execute(
+            "INSERT INTO acc VALUES (2001, 1, 'new');           -- insert then updates: one insert
+             UPDATE acc SET bal = 2 WHERE id = 2001;
+             UPDATE acc SET note = 'x' WHERE id = 2001;
+             UPDATE acc SET bal = bal + 1 WHERE id = 5;        -- updates: one update
+             UPDATE acc SET bal = bal + 1 WHERE id = 5;
+             INSERT INTO acc VALUES (2002, 1, 'gone');         -- insert then delete: nothing
+             DELETE FROM acc WHERE id = 2002;
+             DELETE FROM acc WHERE id = 7;                     -- delete then insert: update
+             INSERT INTO acc VALUES (7, 777, 'back');
+             UPDATE acc SET note = NULL WHERE id = 8;          -- update then delete: delete
+             DELETE FROM acc WHERE id = 8;
+             DELETE FROM acc WHERE id BETWEEN 100 AND 199;",
+        )
+        .await?;
+    let mut worker = Worker::connect(&pair.config).await?;
+    assert!(pair.drain(&mut worker).await? >= 1);
+    assert_eq!(pair.assert_same("acc", "id").await?, 1000 - 100 - 1 + 1);
+    assert_eq!(pair.state("public.acc").await?, "ok");
+
+    // No worker runs: compare applies the batches up to its tick itself.
+    drop(worker);
+    pair.provider
+        .batch_execute("UPDATE acc SET bal = 0 WHERE id = 1")
+        .await?;
+    let compared = londiste::compare(&pair.config, Some("acc")).await?;
+    assert!(compared[0].equal(), "{compared:?}");
+    assert_eq!(compared[0].provider_rows, 900);
+    let bal: i32 = pair
+        .subscriber
+        .query_one("SELECT bal FROM acc WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(bal, 0);
+    let mut worker = Worker::connect(&pair.config).await?;
+
+    // TRUNCATE replicates too.
+    pair.provider
+        .batch_execute("TRUNCATE acc; INSERT INTO acc VALUES (1, 1, 'one');")
+        .await?;
+    pair.drain(&mut worker).await?;
+    assert_eq!(pair.assert_same("acc", "id").await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn per_event_apply_gives_the_same_result() -> anyhow::Result<()> {
+    let mut pair = Pair::new().await?;
+    pair.config.apply = londiste::ApplyMode::PerEvent;
+    pair.both("CREATE TABLE t (a int, b text, c int, PRIMARY KEY (b, a));")
+        .await?;
+    pair.provider
+        .batch_execute(
+            "INSERT INTO t SELECT g % 7, 'k' || (g / 7), g FROM generate_series(1, 500) g;",
+        )
+        .await?;
+    londiste::add_tables(&pair.config, &["t".to_owned()], &AddTableOptions::default()).await?;
+    pair.provider
+        .batch_execute(
+            "UPDATE t SET c = c * 2 WHERE a = 3; DELETE FROM t WHERE a = 4;
+             INSERT INTO t VALUES (100, 'z', 1); UPDATE t SET c = 5 WHERE a = 100;",
+        )
+        .await?;
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    pair.assert_same("t", "a, b").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_unique_violation_on_other_columns_falls_back_to_per_event() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both("CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE);")
+        .await?;
+    pair.provider
+        .batch_execute("INSERT INTO u VALUES (1, 'a'), (2, 'b');")
+        .await?;
+    londiste::add_tables(&pair.config, &["u".to_owned()], &AddTableOptions::default()).await?;
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    // Swapping two unique values: a set-based UPDATE of the net rows conflicts midway.
+    pair.provider
+        .batch_execute(
+            "UPDATE u SET email = 'tmp' WHERE id = 1;
+             UPDATE u SET email = 'a' WHERE id = 2;
+             UPDATE u SET email = 'b' WHERE id = 1;",
+        )
+        .await?;
+    pair.drain(&mut worker).await?;
+    pair.assert_same("u", "id").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_row_fails_the_batch_naming_the_key() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both("CREATE TABLE m (id int PRIMARY KEY, v int);")
+        .await?;
+    pair.provider
+        .batch_execute("INSERT INTO m SELECT g, g FROM generate_series(1, 10) g;")
+        .await?;
+    londiste::add_tables(&pair.config, &["m".to_owned()], &AddTableOptions::default()).await?;
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    pair.subscriber
+        .batch_execute("DELETE FROM m WHERE id = 4")
+        .await?;
+    pair.provider
+        .batch_execute("UPDATE m SET v = 0 WHERE id IN (3, 4)")
+        .await?;
+    pair.tick().await?;
+    let err = worker.process_next_batch().await.unwrap_err();
+    let text = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        text.contains("public.m: update expected 2 rows, changed 1; keys: (4) (not found)"),
+        "{text}"
+    );
+    // Nothing of the batch was applied.
+    let v: i32 = pair
+        .subscriber
+        .query_one("SELECT v FROM m WHERE id = 3", &[])
+        .await?
+        .get(0);
+    assert_eq!(v, 3);
+    Ok(())
+}

@@ -1,0 +1,529 @@
+-- pgq-rs: the `pgq_triggers` line, version 1.
+--
+-- PGQ's change-capture triggers pgq.logutriga(), pgq.sqltriga() and pgq.jsontriga() in PL/pgSQL,
+-- for the pgq-rs schema (the original pgq extension has its own, in C: this file refuses to run
+-- next to it). AFTER row triggers capture INSERT/UPDATE/DELETE, AFTER TRUNCATE statement triggers
+-- capture TRUNCATE (ev_type 'R'). Arguments, events and error messages are those of PGQ 3.5:
+--
+--   first argument  the queue
+--   SKIP            BEFORE triggers only: drop the row change after queueing it
+--   ignore=a,b      leave these columns out (an update changing only them queues nothing)
+--   pkey=a,b        the key columns, instead of the primary key
+--   backup          ev_extra2 = the old row of an UPDATE (urlencoded, or JSON for jsontriga)
+--   when=EXPR       queue only when EXPR, over the row's columns, is true
+--   ev_type=EXPR .. ev_extra4=EXPR  the field's value, an expression over the row's columns
+--   deny            refuse every change to the table
+--   columns _pgq_ev_type, _pgq_ev_data, _pgq_ev_extra1 .. _pgq_ev_extra4: the field's value,
+--                   and the column is left out of the data
+--
+-- Extension (pgq-rs only):
+--   keychange       an UPDATE of the key is queued instead of refused: the normal 'U' event
+--                   (new row), with the old key in ev_extra3 (urlencoded like ev_data, or a JSON
+--                   object for jsontriga); sqltriga's WHERE part names the old key instead.
+--
+-- Like the C originals these functions run as the invoker: whoever changes the table needs
+-- EXECUTE on pgq.insert_event (role pgq_writer), and the expressions of when= and ev_*= run with
+-- the invoker's rights, never the owner's. Their search_path is pinned to pg_catalog, so those
+-- expressions must schema-qualify anything else they call.
+--
+-- Errors keep PGQ's messages and SQLSTATE XX000 (the C code raises them with elog), so that
+-- callers matching on either keep working. Installation raises:
+--   PQR01  this version or a newer one of the line is already installed
+--   PQR02  the original pgq extension is installed (it has its own triggers)
+--   PQS01  the pgq-rs pgq schema is missing
+
+CREATE SCHEMA IF NOT EXISTS pgq_rs;
+CREATE TABLE IF NOT EXISTS pgq_rs.migrations (
+    line text NOT NULL, version integer NOT NULL, description text NOT NULL,
+    installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL DEFAULT true,
+    checksum bytea, execution_time_ms bigint, PRIMARY KEY (line, version));
+
+DO $guard$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pgq_rs.migrations WHERE line = 'pgq_triggers' AND version >= 1) THEN
+        RAISE EXCEPTION 'pgq-rs: % version % or newer is already installed', 'pgq_triggers', 1
+            USING ERRCODE = 'PQR01';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgq') THEN
+        RAISE EXCEPTION 'pgq-rs: pgq_triggers is for the pgq-rs schema; the pgq extension '
+                        'installed here has its own triggers (pgq.logutriga, pgq.sqltriga, '
+                        'pgq.jsontriga)'
+            USING ERRCODE = 'PQR02';
+    END IF;
+    IF pg_catalog.to_regprocedure('pgq.insert_event(text,text,text,text,text,text,text)') IS NULL
+    THEN
+        RAISE EXCEPTION 'pgq-rs: pgq_triggers needs the pgq line installed first'
+            USING ERRCODE = 'PQS01';
+    END IF;
+END
+$guard$;
+
+-- The helpers below run only inside the trigger functions, whose search_path is pinned; a SET
+-- clause of their own would cost on every row.
+
+-- The fields of a composite value's text form (record_out): one element per field, NULL for an
+-- empty unquoted field. Quoted fields double '"' and '\'; unquoted ones contain neither, nor ','.
+CREATE FUNCTION pgq._row_fields(r text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+BEGIN
+    RETURN (
+        SELECT array_agg(CASE WHEN m[1] IS NOT NULL
+                              THEN replace(replace(m[1], '""', '"'), '\\', '\')
+                              WHEN m[2] <> '' THEN m[2] END ORDER BY n)
+          FROM regexp_matches(substr(r, 2, length(r) - 2) || ',',
+                              '(?:"((?:[^"]|"")*)"|([^,"]*)),', 'g') WITH ORDINALITY AS f(m, n));
+END
+$$;
+
+-- The text output of every column of a row of a table (kinds as pgq._capture computes them),
+-- with no per-column dynamic SQL. From row_to_json, cheaper than parsing the row's text form,
+-- which is the way for rows with a value whose JSON form is not its text output: a column of
+-- kind 'x', an array or a composite. Booleans, dates and timestamps, which to_json writes in a
+-- form of its own, are converted back.
+CREATE FUNCTION pgq._row_values(r record, kinds "char"[]) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    vals text[];
+    nested boolean;
+BEGIN
+    IF 'x' = ANY (kinds) THEN
+        RETURN pgq._row_fields(r::text);
+    END IF;
+    SELECT array_agg(CASE k WHEN 'b' THEN CASE v::text WHEN 'true' THEN 't' WHEN 'false' THEN 'f' END
+                            WHEN 'd' THEN (v #>> '{}')::date::text
+                            WHEN 't' THEN (v #>> '{}')::timestamp::text
+                            WHEN 'z' THEN (v #>> '{}')::timestamptz::text
+                            ELSE v #>> '{}' END ORDER BY n),
+           bool_or(json_typeof(v) IN ('object', 'array'))
+      INTO vals, nested
+      FROM ROWS FROM (json_each(row_to_json(r)), unnest(kinds)) WITH ORDINALITY AS j(c, v, k, n);
+    IF nested THEN
+        RETURN pgq._row_fields(r::text);
+    END IF;
+    RETURN vals;
+END
+$$;
+
+-- PGQ's urlencoding: letters, digits, '-', '.', '_' as they are, ' ' as '+', every other byte
+-- as %xx (lower case).
+CREATE FUNCTION pgq._urlencode_all(s text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+BEGIN
+    RETURN (
+        SELECT string_agg(CASE WHEN c ~ '^[A-Za-z0-9._-]$' THEN c
+                               WHEN c = ' ' THEN '+'
+                               ELSE regexp_replace(encode(convert_to(c, getdatabaseencoding()),
+                                                          'hex'), '(..)', '%\1', 'g') END,
+                          '' ORDER BY n)
+          FROM string_to_table(s, NULL) WITH ORDINALITY AS t(c, n));
+END
+$$;
+
+-- The same, inlined into its callers: most names and values need no encoding, and printable
+-- ASCII (timestamps, ordinary text) needs no more than a few replace() ('%' first).
+CREATE FUNCTION pgq._urlencode(s text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN s ~ '^[A-Za-z0-9._-]*$' THEN s
+            WHEN s ~ '^[ -~]*$' THEN
+                replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
+                replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
+                replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(s
+                , '%', '%25'), '+', '%2b'), ' ', '+'), '!', '%21'), '"', '%22')
+                , '#', '%23'), '$', '%24'), '&', '%26'), '''', '%27'), '(', '%28')
+                , ')', '%29'), '*', '%2a'), ',', '%2c'), '/', '%2f'), ':', '%3a')
+                , ';', '%3b'), '<', '%3c'), '=', '%3d'), '>', '%3e'), '?', '%3f')
+                , '@', '%40'), '[', '%5b'), '\', '%5c'), ']', '%5d'), '^', '%5e')
+                , '`', '%60'), '{', '%7b'), '|', '%7c'), '}', '%7d'), '~', '%7e')
+            ELSE pgq._urlencode_all(s) END
+$$;
+
+-- A column value (its text output) as jsontriga writes it: integers and booleans as JSON
+-- scalars, dates and timestamps as to_json writes them, everything else as a JSON string.
+-- kind: 'i' integer, 'b' boolean, 'd' date, 't' timestamp, 'z' timestamptz, 's' other.
+CREATE FUNCTION pgq._json_value(kind "char", v text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN v IS NULL THEN 'null'
+            WHEN kind = 'i' THEN v
+            WHEN kind = 'b' THEN CASE WHEN v = 't' THEN 'true' ELSE 'false' END
+            WHEN kind = 'd' THEN pg_catalog.to_json(v::pg_catalog.date)::text
+            WHEN kind = 't' THEN pg_catalog.to_json(v::pg_catalog.timestamp)::text
+            WHEN kind = 'z' THEN pg_catalog.to_json(v::pg_catalog.timestamptz)::text
+            ELSE pg_catalog.to_json(v)::text END
+$$;
+
+-- Columns as "name=value&..." (a NULL value as the bare name). Loops over arrays are cheaper
+-- than a query over unnest() for rows of ordinary width.
+CREATE FUNCTION pgq._urlenc_row(cols text[], vals text[]) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    res text := '';
+    sep text := '';
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(cols), 0) LOOP
+        IF vals[i] IS NULL THEN
+            res := res || sep || pgq._urlencode(cols[i]);
+        ELSE
+            res := res || sep || pgq._urlencode(cols[i]) || '=' || pgq._urlencode(vals[i]);
+        END IF;
+        sep := '&';
+    END LOOP;
+    RETURN res;
+END
+$$;
+
+-- Columns as a JSON object, in column order.
+CREATE FUNCTION pgq._json_row(cols text[], kinds "char"[], vals text[]) RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    res text := '{';
+    sep text := '';
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(cols), 0) LOOP
+        res := res || sep || to_json(cols[i])::text || ':' || pgq._json_value(kinds[i], vals[i]);
+        sep := ',';
+    END LOOP;
+    RETURN res || '}';
+END
+$$;
+
+-- The work of the three triggers; fmt is 'urlenc', 'sql' or 'json'. Returns whether the row
+-- change is to be skipped (SKIP in a BEFORE trigger).
+CREATE FUNCTION pgq._capture(
+    fmt text, op text, level text, fired text, relid oid, rel_schema text, rel_name text,
+    args text[], new_row record, old_row record)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    magic constant text[] := ARRAY['_pgq_ev_type', '_pgq_ev_data', '_pgq_ev_extra1',
+                                   '_pgq_ev_extra2', '_pgq_ev_extra3', '_pgq_ev_extra4'];
+    tbl constant text := rel_schema || '.' || rel_name;
+    queue text;
+    arg text;
+    i integer;
+    skip boolean := false;
+    backup boolean := false;
+    deny boolean := false;
+    pkey_given boolean := false;
+    keychange boolean := false;
+    ignored text[] := '{}';
+    pkey text[];
+    attnums int2[];
+    keys int2[];
+    when_expr text;
+    field_names text[] := '{}';
+    field_exprs text[] := '{}';
+    cols text[];
+    kinds "char"[];
+    nv text[];
+    ov text[];
+    rv text[];
+    row_rec record;
+    new_json json;
+    old_json json;
+    data_cols text[];
+    data_kinds "char"[];
+    data_new text[];
+    data_old text[];
+    key_changed boolean := false;
+    ok boolean;
+    part text;
+    ev text[];
+BEGIN
+    IF level <> 'ROW' AND op <> 'TRUNCATE' THEN
+        RAISE EXCEPTION 'pgq Ins/Upd/Del trigger must be fired FOR EACH ROW'
+            USING ERRCODE = 'XX000';
+    END IF;
+    IF coalesce(cardinality(args), 0) = 0 THEN
+        RAISE EXCEPTION 'pgq trigger must have destination queue as argument'
+            USING ERRCODE = 'XX000';
+    END IF;
+    queue := args[array_lower(args, 1)];
+    FOR i IN array_lower(args, 1) + 1 .. array_upper(args, 1) LOOP
+        arg := args[i];
+        IF arg = 'SKIP' THEN
+            skip := true;
+        ELSIF arg = 'backup' THEN
+            backup := true;
+        ELSIF arg = 'deny' THEN
+            deny := true;
+        ELSIF arg = 'keychange' THEN
+            keychange := true;
+        ELSIF starts_with(arg, 'ignore=') THEN
+            ignored := string_to_array(substr(arg, 8), ',');
+        ELSIF starts_with(arg, 'pkey=') THEN
+            pkey := string_to_array(substr(arg, 6), ',');
+            pkey_given := true;
+        ELSIF starts_with(arg, 'when=') THEN
+            when_expr := substr(arg, 6);
+        ELSIF arg ~ '^ev_(type|data|extra[1-4])=' THEN
+            field_names := field_names || split_part(arg, '=', 1);
+            field_exprs := field_exprs || substr(arg, strpos(arg, '=') + 1);
+        ELSE
+            RAISE EXCEPTION 'bad param to pgq trigger' USING ERRCODE = 'XX000';
+        END IF;
+    END LOOP;
+
+    -- One cheap catalog query per row: a session-level cache would not see DDL.
+    SELECT array_agg(a.attname::text ORDER BY a.attnum),
+           array_agg(CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                          THEN 'i'
+                          WHEN a.atttypid = 'bool'::regtype THEN 'b'
+                          WHEN a.atttypid = 'date'::regtype THEN 'd'
+                          WHEN a.atttypid = 'timestamp'::regtype THEN 't'
+                          WHEN a.atttypid = 'timestamptz'::regtype THEN 'z'
+                          WHEN a.atttypid >= 16384
+                               OR a.atttypid IN ('json'::regtype, 'jsonb'::regtype) THEN 'x'
+                          ELSE 's' END::"char" ORDER BY a.attnum),
+           array_agg(a.attnum ORDER BY a.attnum),
+           (SELECT (x.indkey::int2[])[0:x.indnkeyatts - 1] -- a slice is 1-based
+              FROM pg_index x
+             WHERE x.indrelid = relid AND x.indisprimary)
+      INTO cols, kinds, attnums, keys
+      FROM pg_attribute a
+     WHERE a.attrelid = relid AND a.attnum > 0 AND NOT a.attisdropped;
+    IF pkey IS NULL THEN
+        pkey := '{}';
+        FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+            pkey := pkey || cols[array_position(attnums, keys[i])];
+        END LOOP;
+    END IF;
+
+    IF level = 'ROW' AND op IN ('UPDATE', 'DELETE') AND cardinality(pkey) = 0 THEN
+        RAISE EXCEPTION 'Update/Delete on table without pkey' USING ERRCODE = 'XX000';
+    END IF;
+    IF skip AND fired = 'AFTER' THEN
+        RAISE EXCEPTION 'SKIP does not work in AFTER trigger.' USING ERRCODE = 'XX000';
+    END IF;
+    IF deny THEN
+        RAISE EXCEPTION 'Table ''%'' to queue ''%'': change not allowed (%)', tbl, queue, op
+            USING ERRCODE = 'XX000';
+    END IF;
+
+    IF op = 'TRUNCATE' THEN
+        IF cardinality(ignored) > 0 THEN
+            RAISE EXCEPTION 'Column ignore does not make sense for truncate trigger'
+                USING ERRCODE = 'XX000';
+        END IF;
+        IF backup THEN
+            RAISE EXCEPTION 'Backup does not make sense for truncate trigger'
+                USING ERRCODE = 'XX000';
+        END IF;
+        IF pkey_given THEN
+            RAISE EXCEPTION 'Custom pkey_list does not make sense for truncate trigger'
+                USING ERRCODE = 'XX000';
+        END IF;
+        IF when_expr IS NOT NULL OR cardinality(field_names) > 0 THEN
+            RAISE EXCEPTION 'Custom expressions do not make sense for truncater trigger'
+                USING ERRCODE = 'XX000';
+        END IF;
+        IF fmt = 'json' THEN
+            PERFORM pgq.insert_event(queue,
+                '{"op":"TRUNCATE","table":[' || to_json(rel_schema)::text || ','
+                    || to_json(rel_name)::text || '],"pkey":['
+                    || (SELECT coalesce(string_agg(to_json(p)::text, ',' ORDER BY n), '')
+                          FROM unnest(pkey) WITH ORDINALITY AS u(p, n)) || ']}',
+                '{}', tbl, NULL, NULL, NULL);
+        ELSE
+            PERFORM pgq.insert_event(queue, 'R', '', tbl, NULL, NULL, NULL);
+        END IF;
+        RETURN skip;
+    END IF;
+
+    IF op <> 'DELETE' THEN
+        nv := pgq._row_values(new_row, kinds);
+        row_rec := new_row;
+        rv := nv;
+    END IF;
+    IF op = 'DELETE' THEN
+        ov := pgq._row_values(old_row, kinds);
+        row_rec := old_row;
+        rv := ov;
+    END IF;
+
+    IF op = 'UPDATE' THEN
+        -- The old row is parsed only when more than its key is needed.
+        new_json := row_to_json(new_row);
+        old_json := row_to_json(old_row);
+        FOREACH arg IN ARRAY pkey LOOP
+            key_changed := key_changed OR (new_json ->> arg) IS DISTINCT FROM (old_json ->> arg);
+        END LOOP;
+        IF key_changed AND NOT keychange THEN
+            RAISE EXCEPTION 'primary key update not allowed' USING ERRCODE = 'XX000';
+        END IF;
+        IF key_changed OR backup OR fmt = 'sql' OR cardinality(ignored) > 0 THEN
+            ov := pgq._row_values(old_row, kinds);
+        END IF;
+        -- A change of ignored columns only is no change; no change at all is one.
+        IF cardinality(ignored) > 0 AND nv IS DISTINCT FROM ov THEN
+            SELECT coalesce(bool_or(NOT c = ANY (ignored) AND NOT c = ANY (magic)
+                                    AND n IS DISTINCT FROM o), false)
+                   OR NOT coalesce(bool_or(c = ANY (ignored) AND n IS DISTINCT FROM o), false)
+              INTO ok
+              FROM unnest(cols, nv, ov) AS u(c, n, o);
+            IF NOT ok THEN
+                RETURN skip;
+            END IF;
+        END IF;
+    END IF;
+
+    IF when_expr IS NOT NULL THEN
+        EXECUTE 'SELECT (' || when_expr || ')::boolean FROM (SELECT ($1).*) AS _pgq_row'
+           INTO ok USING row_rec;
+        IF ok IS NULL THEN
+            RAISE EXCEPTION 'when= should not be NULL' USING ERRCODE = 'XX000';
+        END IF;
+        IF NOT ok THEN
+            RETURN skip;
+        END IF;
+    END IF;
+
+    IF cardinality(ignored) = 0 AND NOT cols && magic THEN
+        data_cols := cols;
+        data_kinds := kinds;
+        data_new := rv;
+        data_old := ov;
+    ELSE
+        SELECT array_agg(c ORDER BY n), array_agg(k ORDER BY n), array_agg(v ORDER BY n),
+               array_agg(o ORDER BY n)
+          INTO data_cols, data_kinds, data_new, data_old
+          FROM unnest(cols, kinds, rv, ov) WITH ORDINALITY AS u(c, k, v, o, n)
+         WHERE NOT c = ANY (ignored) AND NOT c = ANY (magic);
+    END IF;
+
+    -- ev: type, data, extra1 .. extra4
+    ev := ARRAY[NULL, NULL, tbl, NULL, NULL, NULL];
+    IF fmt = 'urlenc' THEN
+        ev[1] := left(op, 1) || ':' || array_to_string(pkey, ',');
+        ev[2] := pgq._urlenc_row(data_cols, data_new);
+        IF op = 'UPDATE' AND backup THEN
+            ev[4] := pgq._urlenc_row(data_cols, data_old);
+        END IF;
+        IF key_changed THEN
+            ev[5] := (SELECT pgq._urlenc_row(array_agg(c ORDER BY n), array_agg(o ORDER BY n))
+                        FROM unnest(pkey) WITH ORDINALITY AS p(c, n)
+                        JOIN unnest(cols, ov) AS u(uc, o) ON uc = c);
+        END IF;
+    ELSIF fmt = 'json' THEN
+        ev[1] := '{"op":' || to_json(op)::text || ',"table":[' || to_json(rel_schema)::text
+                 || ',' || to_json(rel_name)::text || '],"pkey":['
+                 || (SELECT coalesce(string_agg(to_json(p)::text, ',' ORDER BY n), '')
+                       FROM unnest(pkey) WITH ORDINALITY AS u(p, n)) || ']}';
+        ev[2] := pgq._json_row(data_cols, data_kinds, data_new);
+        IF op = 'UPDATE' AND backup THEN
+            ev[4] := pgq._json_row(data_cols, data_kinds, data_old);
+        END IF;
+        IF key_changed THEN
+            ev[5] := (SELECT pgq._json_row(array_agg(c ORDER BY n), array_agg(k ORDER BY n),
+                                           array_agg(o ORDER BY n))
+                        FROM unnest(pkey) WITH ORDINALITY AS p(c, n)
+                        JOIN unnest(cols, kinds, ov) AS u(uc, k, o) ON uc = c);
+        END IF;
+    ELSE
+        ev[1] := left(op, 1);
+        IF op = 'INSERT' THEN
+            arg := '';
+            part := '';
+            FOR i IN 1 .. coalesce(cardinality(data_cols), 0) LOOP
+                arg := arg || CASE WHEN i > 1 THEN ',' ELSE '' END || quote_ident(data_cols[i]);
+                part := part || CASE WHEN i > 1 THEN ',' ELSE '' END
+                        || coalesce(quote_literal(data_new[i]), 'null');
+            END LOOP;
+            ev[2] := '(' || arg || ') values (' || part || ')';
+        ELSE
+            -- The WHERE part names the key as it was (the same as the new key, but with
+            -- keychange), and is empty when no key column exists; an update that changes
+            -- nothing sets the first key column. A NULL key value is an error.
+            SELECT coalesce(string_agg(quote_ident(c) || '=' || quote_literal(o), ' and '
+                                       ORDER BY n), ''),
+                   coalesce(bool_or(o IS NULL), false)
+              INTO arg, ok
+              FROM unnest(cols, ov) WITH ORDINALITY AS u(c, o, n)
+             WHERE c = ANY (pkey);
+            IF op = 'UPDATE' THEN
+                SELECT coalesce(
+                           string_agg(quote_ident(c) || '=' || coalesce(quote_literal(v), 'NULL'),
+                                      ',' ORDER BY n) FILTER (WHERE v IS DISTINCT FROM o),
+                           (array_agg(quote_ident(c) || '=' || quote_literal(v)
+                                      ORDER BY n) FILTER (WHERE c = ANY (pkey)))[1])
+                  INTO part
+                  FROM unnest(data_cols, data_new, data_old) WITH ORDINALITY AS u(c, v, o, n);
+            END IF;
+            IF ok OR part IS NULL AND op = 'UPDATE' THEN
+                RAISE EXCEPTION 'logtriga: Unexpected NULL key value' USING ERRCODE = 'XX000';
+            END IF;
+            IF op = 'DELETE' THEN
+                ev[2] := arg;
+            ELSE
+                ev[2] := part || ' where ' || arg;
+            END IF;
+        END IF;
+        IF op = 'UPDATE' AND backup THEN
+            ev[4] := pgq._urlenc_row(data_cols, data_old);
+        END IF;
+    END IF;
+
+    IF cols && magic THEN
+        FOR i IN 1 .. 6 LOOP
+            IF magic[i] = ANY (cols) THEN
+                ev[i] := rv[array_position(cols, magic[i])];
+            END IF;
+        END LOOP;
+    END IF;
+    FOR i IN 1 .. coalesce(cardinality(field_names), 0) LOOP
+        EXECUTE 'SELECT (' || field_exprs[i] || ')::text FROM (SELECT ($1).*) AS _pgq_row'
+           INTO arg USING row_rec;
+        ev[array_position(magic, '_pgq_' || field_names[i])] := arg;
+    END LOOP;
+
+    PERFORM pgq.insert_event(queue, ev[1], ev[2], ev[3], ev[4], ev[5], ev[6]);
+    RETURN skip;
+END
+$$;
+
+CREATE FUNCTION pgq.logutriga() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pgq._capture('urlenc', TG_OP, TG_LEVEL, TG_WHEN, TG_RELID, TG_TABLE_SCHEMA,
+                    TG_TABLE_NAME, TG_ARGV, NEW, OLD) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION pgq.sqltriga() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pgq._capture('sql', TG_OP, TG_LEVEL, TG_WHEN, TG_RELID, TG_TABLE_SCHEMA,
+                    TG_TABLE_NAME, TG_ARGV, NEW, OLD) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION pgq.jsontriga() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pgq._capture('json', TG_OP, TG_LEVEL, TG_WHEN, TG_RELID, TG_TABLE_SCHEMA,
+                    TG_TABLE_NAME, TG_ARGV, NEW, OLD) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- As in PGQ: creating a trigger needs EXECUTE on its function; firing one does not.
+REVOKE ALL ON FUNCTION pgq.logutriga(), pgq.sqltriga(), pgq.jsontriga() FROM public;
+GRANT EXECUTE ON FUNCTION pgq.logutriga(), pgq.sqltriga(), pgq.jsontriga() TO pgq_writer;
+
+INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('pgq_triggers', 1, 'initial');
