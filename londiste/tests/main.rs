@@ -1,5 +1,7 @@
 //! The replicator against real PostgreSQL: a provider and a subscriber database per test.
 
+mod bad_input;
 mod common;
 mod live;
 mod replicate;
+mod types;

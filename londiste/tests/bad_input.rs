@@ -1,0 +1,133 @@
+//! Bad input gets a clear error and changes nothing.
+
+use std::time::Duration;
+
+use londiste::{AddTableOptions, Worker};
+use pgq_consumer::CancellationToken;
+
+use crate::common::Pair;
+
+#[tokio::test]
+async fn a_table_without_primary_key_is_refused() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both("CREATE TABLE nokey (a int, b text);").await?;
+    let err = londiste::add_tables(
+        &pair.config,
+        &["nokey".to_owned()],
+        &AddTableOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "table public.nokey has no primary key: londiste needs one to apply updates and deletes"
+    );
+    let triggers: i64 = pair
+        .provider
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'nokey'::regclass",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(triggers, 0);
+    let err = londiste::add_tables(
+        &pair.config,
+        &["missing".to_owned()],
+        &AddTableOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.to_string(), "provider: table missing does not exist");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_subscriber_table_with_other_columns_is_refused_naming_the_column() -> anyhow::Result<()>
+{
+    let pair = Pair::new().await?;
+    pair.provider
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, amount numeric, \"Note\" text);")
+        .await?;
+    pair.subscriber
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, amount numeric, note text);")
+        .await?;
+    let err = londiste::add_tables(&pair.config, &["t".to_owned()], &AddTableOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "subscriber table public.t does not match provider table public.t: column \"Note\" (text) is missing on the subscriber"
+    );
+    assert!(londiste::tables(&pair.config).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_worker_survives_the_provider_going_away() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both("CREATE TABLE t (id int PRIMARY KEY, v int);")
+        .await?;
+    londiste::add_tables(&pair.config, &["t".to_owned()], &AddTableOptions::default()).await?;
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn(Worker::connect(&pair.config).await?.run(cancel.clone()));
+    pair.provider
+        .batch_execute("INSERT INTO t VALUES (1, 1)")
+        .await?;
+    pair.tick().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Cut every other connection to the provider, the worker's included.
+    pair.provider
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await?;
+    pair.provider
+        .batch_execute("INSERT INTO t VALUES (2, 2)")
+        .await?;
+    pair.tick().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = pair
+            .subscriber
+            .query_one("SELECT count(*) FROM t", &[])
+            .await?
+            .get(0);
+        if n == 2 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the worker did not come back"
+        );
+        pair.tick().await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!worker.is_finished(), "the worker stopped");
+    cancel.cancel();
+    worker.await??;
+    pair.assert_same("t", "id").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_config_names_file_line_and_key() -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("londiste-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        "[londiste]\nprovider = \"host=a user=u\"\nsubscriber = \"host=b user=u\"\nqueue = \"q\"\n\n[worker]\nchunk_size = -1\n",
+    )?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_londiste"))
+        .args(["--config", file.to_str().unwrap_or_default(), "status"])
+        .output()
+        .await?;
+    std::fs::remove_file(&file)?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:7:14: worker.chunk_size:", file.display())),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Types, names and key changes survive the trip.
+
+use londiste::{AddTableOptions, Worker};
+
+use crate::common::Pair;
+
+#[tokio::test]
+async fn types_quoted_names_other_schemas_and_key_changes() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both(
+        r#"CREATE SCHEMA "Other Schema";
+           CREATE TABLE "Other Schema"."MiXed" (
+               "Id" bigint PRIMARY KEY, "Text" text, b bytea, j json, jb jsonb, arr int[],
+               tarr text[], n numeric(20,6), ts timestamptz, flag bool, "we""ird" text);"#,
+    )
+    .await?;
+    pair.provider
+        .batch_execute(
+            r#"INSERT INTO "Other Schema"."MiXed" VALUES
+                 (1, E'quote '' and "dq"\nnew line & = % +', '\x00ff10', '{"a": [1, "x"]}', '{"b": null}',
+                  '{1,NULL,3}', '{"a,b","c\"d",NULL}', 12345.678901, '2026-01-02 03:04:05.123456+00', true, 'w'),
+                 (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);"#,
+        )
+        .await?;
+    let options = AddTableOptions {
+        follow_key_changes: true,
+        ..AddTableOptions::default()
+    };
+    londiste::add_tables(
+        &pair.config,
+        &[r#""Other Schema"."MiXed""#.to_owned()],
+        &options,
+    )
+    .await?;
+    let table = r#""Other Schema"."MiXed""#;
+    pair.assert_same(table, r#""Id""#).await?;
+    pair.provider
+        .batch_execute(
+            r#"INSERT INTO "Other Schema"."MiXed" VALUES
+                 (3, E'tab\there', '\xdeadbeef', '[]', '{"k": "v\u00e9"}', '{}', '{}', -0.5, 'infinity', false, '');
+               UPDATE "Other Schema"."MiXed" SET "Text" = 'changed', n = NULL WHERE "Id" = 2;
+               UPDATE "Other Schema"."MiXed" SET "Id" = 10 WHERE "Id" = 1;
+               UPDATE "Other Schema"."MiXed" SET "Id" = 1 WHERE "Id" = 3;"#,
+        )
+        .await?;
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    assert_eq!(pair.assert_same(table, r#""Id""#).await?, 3);
+    // A key change in a batch of its own, applied event by event as well.
+    pair.provider
+        .batch_execute(r#"UPDATE "Other Schema"."MiXed" SET "Id" = "Id" + 100"#)
+        .await?;
+    pair.drain(&mut worker).await?;
+    assert_eq!(pair.assert_same(table, r#""Id""#).await?, 3);
+    Ok(())
+}
