@@ -2,6 +2,7 @@
 //! snapshot, read by one or several connections (each importing the exported snapshot and
 //! copying a range of primary keys), streamed with COPY into the subscriber.
 
+use bytes::BytesMut;
 use futures_util::{pin_mut, SinkExt as _, TryStreamExt as _};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgq_core::{quote_ident, Dsn};
@@ -305,18 +306,39 @@ async fn stream(
         .await
         .on(SUBSCRIBER, format!("COPY into {}", job.dest.event_name))?;
     pin_mut!(out, sink);
+    // COPY OUT yields one message per row: gather them so each send carries many rows.
+    let mut buffer = BytesMut::with_capacity(COPY_BUFFER);
     while let Some(chunk) = out
         .try_next()
         .await
         .on(PROVIDER, format!("COPY out of {}", job.provider.event_name))?
     {
-        let lines = chunk.iter().filter(|&&b| b == b'\n').count();
-        progress.inc(u64::try_from(lines).unwrap_or(0));
-        sink.send(chunk)
-            .await
-            .on(SUBSCRIBER, format!("COPY into {}", job.dest.event_name))?;
+        buffer.extend_from_slice(&chunk);
+        if buffer.len() >= COPY_BUFFER {
+            send(&mut sink, &mut buffer, job, progress).await?;
+        }
+    }
+    if !buffer.is_empty() {
+        send(&mut sink, &mut buffer, job, progress).await?;
     }
     sink.finish()
+        .await
+        .on(SUBSCRIBER, format!("COPY into {}", job.dest.event_name))
+}
+
+/// Bytes of COPY data sent to the subscriber at once.
+const COPY_BUFFER: usize = 256 * 1024;
+
+async fn send(
+    sink: &mut std::pin::Pin<&mut tokio_postgres::CopyInSink<bytes::Bytes>>,
+    buffer: &mut BytesMut,
+    job: &CopyJob<'_>,
+    progress: &ProgressBar,
+) -> Result<()> {
+    let data = buffer.split().freeze();
+    let lines = data.iter().filter(|&&b| b == b'\n').count();
+    progress.inc(u64::try_from(lines).unwrap_or(0));
+    sink.send(data)
         .await
         .on(SUBSCRIBER, format!("COPY into {}", job.dest.event_name))
 }
