@@ -25,6 +25,12 @@ use crate::meta::{require_table, TableInfo};
 // language=SQL
 const REPLICA_ROLE: &str = "SET LOCAL session_replication_role = replica";
 
+// Batches know their array sizes, so the planner would hash-join a batch against a full scan
+// of the table (a 10,000,000-row table for 2,000 events); index lookups per merged row keep a
+// batch's cost proportional to the batch.
+// language=SQL
+const KEY_LOOKUPS: &str = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
 // language=SQL
 const POSITION: &str = "\
 SELECT pause_requested, pause_at_tick FROM londiste_rs.worker_position
@@ -133,6 +139,9 @@ impl Replayer {
                 }
             }
         })?;
+        tx.batch_execute(KEY_LOOKUPS)
+            .await
+            .on(SUBSCRIBER, "planner settings")?;
         let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
             [(&queue, Type::TEXT), (&consumer, Type::TEXT)];
         tx.query_typed(ADD_POSITION, &names)

@@ -89,7 +89,8 @@ BEGIN
     IF 'x' = ANY (kinds) THEN
         RETURN pgq._row_fields(r::text);
     END IF;
-    SELECT array_agg(CASE k WHEN 'b' THEN CASE v::text WHEN 'true' THEN 't' WHEN 'false' THEN 'f' END
+    SELECT array_agg(CASE k WHEN 'b' THEN CASE v::text WHEN 'true' THEN 't'
+                                                   WHEN 'false' THEN 'f' END
                             WHEN 'd' THEN (v #>> '{}')::date::text
                             WHEN 't' THEN (v #>> '{}')::timestamp::text
                             WHEN 'z' THEN (v #>> '{}')::timestamptz::text
@@ -213,7 +214,8 @@ DECLARE
     field_names text[] := '{}';
     field_exprs text[] := '{}';
     cols text[];
-    kinds "char"[];
+    kinds "char"[] := '{}';
+    types oid[];
     nv text[];
     ov text[];
     rv text[];
@@ -263,25 +265,29 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- One cheap catalog query per row: a session-level cache would not see DDL.
-    SELECT array_agg(a.attname::text ORDER BY a.attnum),
-           array_agg(CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
-                          THEN 'i'
-                          WHEN a.atttypid = 'bool'::regtype THEN 'b'
-                          WHEN a.atttypid = 'date'::regtype THEN 'd'
-                          WHEN a.atttypid = 'timestamp'::regtype THEN 't'
-                          WHEN a.atttypid = 'timestamptz'::regtype THEN 'z'
-                          WHEN a.atttypid >= 16384
-                               OR a.atttypid IN ('json'::regtype, 'jsonb'::regtype) THEN 'x'
-                          ELSE 's' END::"char" ORDER BY a.attnum),
-           array_agg(a.attnum ORDER BY a.attnum),
-           (SELECT (x.indkey::int2[])[0:x.indnkeyatts - 1] -- a slice is 1-based
-              FROM pg_index x
-             WHERE x.indrelid = relid AND x.indisprimary)
-      INTO cols, kinds, attnums, keys
+    -- Cheap catalog queries on every row: a session-level cache would miss DDL. Two plain
+    -- queries and a loop cost less than one query doing it all.
+    SELECT array_agg(a.attname::text ORDER BY a.attnum), array_agg(a.atttypid ORDER BY a.attnum),
+           array_agg(a.attnum ORDER BY a.attnum)
+      INTO cols, types, attnums
       FROM pg_attribute a
      WHERE a.attrelid = relid AND a.attnum > 0 AND NOT a.attisdropped;
+    FOR i IN 1 .. cardinality(types) LOOP
+        kinds[i] := CASE WHEN types[i] IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                         THEN 'i'
+                         WHEN types[i] = 'bool'::regtype THEN 'b'
+                         WHEN types[i] = 'date'::regtype THEN 'd'
+                         WHEN types[i] = 'timestamp'::regtype THEN 't'
+                         WHEN types[i] = 'timestamptz'::regtype THEN 'z'
+                         WHEN types[i] >= 16384
+                              OR types[i] IN ('json'::regtype, 'jsonb'::regtype) THEN 'x'
+                         ELSE 's' END;
+    END LOOP;
     IF pkey IS NULL THEN
+        SELECT (x.indkey::int2[])[0:x.indnkeyatts - 1] -- a slice is 1-based
+          INTO keys
+          FROM pg_index x
+         WHERE x.indrelid = relid AND x.indisprimary;
         pkey := '{}';
         FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
             pkey := pkey || cols[array_position(attnums, keys[i])];

@@ -37,6 +37,16 @@ pub struct Cli {
     /// Also write every run's raw figures to this file as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+
+    /// Also write `DIR/BENCHMARKS.md`, the raw runs as `DIR/benchmarks/runs.json` and SVG
+    /// charts `DIR/benchmarks/*.svg` linked from it.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// How long `held-xmin` runs each variant with the xmin horizon held [default: 300, 60
+    /// with --quick].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(3..))]
+    pub hold: Option<u64>,
 }
 
 /// A benchmark scenario.
@@ -59,6 +69,13 @@ pub enum Scenario {
     /// A ticker outage: events pile up unticked, then the ticker comes back and one consumer
     /// drains them; ours vs pgqd and python3-pgq's Consumer.
     Backlog,
+    /// A session holds the xmin horizon while a 100,000-event backlog is drained and topped
+    /// up: drain rate at minute 1 and minute 5, and dead tuples in the queue's tables, ours vs
+    /// the original extension.
+    HeldXmin,
+    /// Table replication: add-table to ok for a 100,000-row table and the replay of 200,000
+    /// single-row updates, our batch-update and per-event apply vs python3-londiste.
+    Londiste,
 }
 
 impl Scenario {
@@ -70,6 +87,8 @@ impl Scenario {
         Scenario::E2e,
         Scenario::Latency,
         Scenario::Backlog,
+        Scenario::HeldXmin,
+        Scenario::Londiste,
     ];
 
     /// The name used on the command line and in reports.
@@ -81,6 +100,8 @@ impl Scenario {
             Scenario::E2e => "e2e",
             Scenario::Latency => "latency",
             Scenario::Backlog => "backlog",
+            Scenario::HeldXmin => "held-xmin",
+            Scenario::Londiste => "londiste",
         }
     }
 }
@@ -98,6 +119,8 @@ pub(crate) struct Plan {
     pub(crate) block: Duration,
     /// How long each variant warms up (at least one repetition).
     pub(crate) warmup: Duration,
+    /// How long `held-xmin` runs each variant.
+    pub(crate) hold: Duration,
 }
 
 impl Plan {
@@ -114,6 +137,7 @@ impl Plan {
             reps: cli.reps,
             block,
             warmup,
+            hold: Duration::from_secs(cli.hold.unwrap_or(if cli.quick { 60 } else { 300 })),
         }
     }
 }

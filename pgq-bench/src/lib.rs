@@ -25,7 +25,10 @@ mod backlog;
 mod basebackup;
 mod cli;
 mod e2e;
+mod held_xmin;
 mod latency;
+mod londiste;
+mod out;
 mod produce;
 mod report;
 mod server;
@@ -41,7 +44,8 @@ use cli::Plan;
 use server::Server;
 
 /// Runs the scenarios `cli` asks for (all when none), printing a markdown report of each to
-/// stdout, and writes every report as JSON to `cli.json` when given.
+/// stdout; writes every report as JSON to `cli.json` when given, and `BENCHMARKS.md`, the JSON
+/// and SVG charts under `cli.out` when given.
 ///
 /// The server is `--dsn`, else `PGQ_DSN`, `DATABASE_URL` or libpq's `PG*` variables, else a
 /// private throwaway cluster. Scratch databases are dropped at the end, also after a failure.
@@ -49,7 +53,7 @@ use server::Server;
 /// # Errors
 ///
 /// A bad connection string, a server that cannot be reached or started, any failing statement,
-/// a block whose row count is wrong, or a JSON file that cannot be written.
+/// a block whose row count is wrong, or a file that cannot be written.
 pub async fn run(cli: Cli) -> Result<Vec<Report>> {
     let plan = Plan::new(&cli);
     let scenarios = if cli.scenarios.is_empty() {
@@ -66,16 +70,57 @@ pub async fn run(cli: Cli) -> Result<Vec<Report>> {
     let dropped = server.drop_scratch().await;
     let (description, reports) = result?;
     dropped?;
+    let json = serde_json::json!({
+        "server": description,
+        "runs": plan.runs,
+        "reports": reports,
+    });
     if let Some(path) = &cli.json {
-        let json = serde_json::json!({
-            "server": description,
-            "runs": plan.runs,
-            "reports": reports,
-        });
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(dir) = &cli.out {
+        let doc = out::Document {
+            invocation: command(&cli, &cli.scenarios, true),
+            commands: reports
+                .iter()
+                .filter_map(|r| scenarios.iter().find(|s| s.name() == r.scenario))
+                .map(|&s| command(&cli, &[s], false))
+                .collect(),
+            machine: out::machine(),
+            server: &description,
+            json: &json,
+            reports: &reports,
+        };
+        out::write(dir, &doc)?;
+        println!("Wrote {}", dir.join("BENCHMARKS.md").display());
+    }
     Ok(reports)
+}
+
+/// The `cargo run` command line running `scenarios` (all when empty) with `cli`'s settings,
+/// without the server (which may hold a password) and the output files unless `with_out`.
+fn command(cli: &Cli, scenarios: &[Scenario], with_out: bool) -> String {
+    let mut words = vec!["cargo run --release -p pgq-bench --".to_owned()];
+    words.extend(scenarios.iter().map(|s| s.name().to_owned()));
+    if cli.quick {
+        words.push("--quick".to_owned());
+    }
+    for (flag, value) in [
+        ("--runs", cli.runs.map(u64::from)),
+        ("--reps", cli.reps.map(u64::from)),
+        ("--hold", cli.hold),
+    ] {
+        if let Some(value) = value {
+            words.push(format!("{flag} {value}"));
+        }
+    }
+    if with_out {
+        if let Some(dir) = &cli.out {
+            words.push(format!("--out {}", dir.display()));
+        }
+    }
+    words.join(" ")
 }
 
 /// Describes the server, then runs and prints each scenario.
@@ -96,6 +141,8 @@ async fn run_on(
             Scenario::E2e => e2e::run(server, plan).await,
             Scenario::Latency => latency::run(server, plan).await,
             Scenario::Backlog => backlog::run(server, plan).await,
+            Scenario::HeldXmin => held_xmin::run(server, plan).await,
+            Scenario::Londiste => londiste::run(server, plan).await,
         }
         .with_context(|| format!("scenario {}", scenario.name()))?;
         println!("{report}");

@@ -246,7 +246,7 @@ impl fmt::Display for Report {
                 };
                 writeln!(
                     f,
-                    "| {} | {value} | < {} | {verdict} |",
+                    "| {} | {value} | ≤ {} | {verdict} |",
                     l.label,
                     figure(l.max)
                 )?;
@@ -257,7 +257,7 @@ impl fmt::Display for Report {
 }
 
 /// A figure with three significant digits (at least none after the point for large values).
-fn figure(x: f64) -> String {
+pub(crate) fn figure(x: f64) -> String {
     if !x.is_finite() {
         return "n/a".to_owned();
     }
@@ -382,13 +382,13 @@ mod tests {
             text.contains("| pass | ours | ms | 1.00 | 2.00 | 3.00 |"),
             "{text}"
         );
-        assert!(text.contains("| pass ms | 2.00 | < 2.50 | met |"), "{text}");
+        assert!(text.contains("| pass ms | 2.00 | ≤ 2.50 | met |"), "{text}");
         assert!(
-            text.contains("| pass ms | 2.00 | < 1.50 | **missed** |"),
+            text.contains("| pass ms | 2.00 | ≤ 1.50 | **missed** |"),
             "{text}"
         );
         assert!(
-            text.contains("| pass ms | n/a | < 1.00 | not measured |"),
+            text.contains("| pass ms | n/a | ≤ 1.00 | not measured |"),
             "{text}"
         );
     }

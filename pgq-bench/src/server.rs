@@ -6,6 +6,14 @@ use anyhow::{Context as _, Result};
 use pgq_core::{quote_ident, Dsn};
 use pgq_testkit::{Cluster, ClusterOptions};
 
+/// The settings the benchmark's figures depend on most, as `name = value, ...`.
+// language=SQL
+const SETTINGS: &str =
+    "SELECT string_agg(name || ' = ' || current_setting(name), ', ' ORDER BY name) \
+     FROM pg_catalog.pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', \
+     'wal_level', 'max_wal_size', 'checkpoint_timeout', 'autovacuum', 'work_mem', \
+     'max_connections', 'jit')";
+
 /// A server to benchmark on: the one named by a DSN, or a private throwaway cluster.
 pub(crate) struct Server {
     /// Connection settings for the maintenance database, where scratch databases are created.
@@ -57,7 +65,12 @@ impl Server {
             .query_one("SELECT current_setting('server_version')", &[])
             .await?
             .get(0);
-        Ok(match &self.cluster {
+        let settings: String = client
+            .query_one(SETTINGS, &[])
+            .await
+            .context("reading the server's settings")?
+            .get(0);
+        let place = match &self.cluster {
             Some(cluster) => format!(
                 "PostgreSQL {version} in a private throwaway cluster (removed when pgq-bench \
                  exits), over TCP on 127.0.0.1:{}.\nCluster settings: {}.",
@@ -69,7 +82,8 @@ impl Server {
                  the end.",
                 self.maintenance
             ),
-        })
+        };
+        Ok(format!("{place}\nSettings that matter here: {settings}."))
     }
 
     /// Creates an empty database `pgq_bench_<pid>_<role>` (dropping a leftover of that name

@@ -354,3 +354,129 @@ async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn held_xmin_runs_for_a_few_seconds() -> anyhow::Result<()> {
+    let _serial = pgq_testkit::serial().await;
+    let dsn = pgq_testkit::server_dsn().await?;
+    let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
+    let with_reference = pgq_testkit::reference_available(&maintenance).await?
+        && std::path::Path::new("/usr/bin/pgqd").is_file();
+    let cli = pgq_bench::Cli::parse_from([
+        "pgq-bench",
+        "held-xmin",
+        "--quick",
+        "--hold",
+        "3",
+        "--dsn",
+        &dsn,
+    ]);
+    let reports = pgq_bench::run(cli).await?;
+
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    assert_eq!(report.scenario, "held-xmin");
+    let ours = "ours (pgq-ticker + Runner)";
+    let reference = "reference (pgqd + Rust batch loop)";
+    let mut variants = vec![ours];
+    if with_reference {
+        variants.push(reference);
+    }
+    let measured: Vec<(&str, &str)> = report.series.iter().map(|s| (s.variant, s.shape)).collect();
+    let expected: Vec<(&str, &str)> = variants
+        .iter()
+        .flat_map(|&v| [(v, "drain, early window"), (v, "drain, late window")])
+        .collect();
+    assert_eq!(measured, expected);
+    for s in &report.series {
+        assert_eq!((s.events_per_rep, s.samples.len()), (20_000, 1), "{s:?}");
+        let sample = s.samples[0];
+        assert_eq!(sample.seconds, 0.5, "{s:?}");
+        assert!(sample.events > 0 && sample.events_per_sec > 0.0, "{s:?}");
+    }
+    let value = |what: &str, variant: &str| {
+        report
+            .measures
+            .iter()
+            .find(|m| m.what == what && m.variant == variant)
+            .unwrap_or_else(|| panic!("no {what} for {variant}"))
+            .samples[0]
+    };
+    for &variant in &variants {
+        let batches = value("batches taken", variant);
+        assert!(batches >= 1.0, "{variant}: {batches} batches");
+        // Every batch updates the consumer's subscription row, and the held snapshot keeps
+        // each old version.
+        let subscription = value("dead tuples at end, pgq.subscription", variant);
+        assert!(
+            subscription >= batches,
+            "{variant}: {subscription} dead subscription tuples after {batches} batches"
+        );
+        let (start, end) = (
+            value("dead tuples, meta tables, start", variant),
+            value("dead tuples, meta tables, end", variant),
+        );
+        assert!(end >= start && end >= subscription, "{start} {end}");
+        assert!(value("ticks at the end", variant) >= 1.0);
+        let left = value("backlog at the late window's end", variant);
+        assert!(
+            (0.0..=20_000.0).contains(&left),
+            "{variant}: backlog {left}"
+        );
+    }
+    assert_eq!(value("dead tuples, event tables, end", ours), 0.0);
+    assert_eq!(report.ratios.len(), 3);
+    assert_eq!(report.ratios[0].target, Some(0.9));
+    assert!(report.ratios[0].met.is_some(), "{:?}", report.ratios[0]);
+    assert_eq!(report.ratios[2].value.is_some(), with_reference);
+    assert_eq!(report.limits.len(), 2);
+    assert!(
+        report.limits.iter().all(|l| l.met.is_some()),
+        "{:?}",
+        report.limits
+    );
+    assert_eq!(report.limits[1].met, Some(true), "{:?}", report.limits[1]);
+
+    let prefix = format!("pgq_bench_{}_", std::process::id());
+    let left: i64 = maintenance
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_database WHERE starts_with(datname, $1)",
+            &[&prefix],
+        )
+        .await?
+        .get(0);
+    assert_eq!(left, 0, "scratch databases were not dropped");
+    Ok(())
+}
+
+#[tokio::test]
+async fn londiste_runs_on_small_sizes() -> anyhow::Result<()> {
+    let _serial = pgq_testkit::serial().await;
+    let dsn = pgq_testkit::server_dsn().await?;
+    let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
+    let with_reference = pgq_testkit::reference_available(&maintenance).await?
+        && std::path::Path::new("/usr/bin/pgqd").is_file();
+    let cli = pgq_bench::Cli::parse_from(["pgq-bench", "londiste", "--quick", "--dsn", &dsn]);
+    let reports = pgq_bench::run(cli).await?;
+
+    let report = &reports[0];
+    assert_eq!(report.scenario, "londiste");
+    let variants: Vec<&str> = report.series.iter().map(|s| s.variant).collect();
+    let mut expected = vec!["ours batch-update apply", "ours per-event apply"];
+    if with_reference {
+        expected.extend(["londiste3 default handler", "londiste3 bulk handler"]);
+    }
+    assert_eq!(variants, expected);
+    for s in &report.series {
+        assert_eq!((s.events_per_rep, s.samples.len()), (20_000, 1), "{s:?}");
+        assert!(s.samples[0].events_per_sec > 0.0, "{s:?}");
+    }
+    assert_eq!(report.ratios[1].target, Some(3.0));
+    assert!(report.ratios[1].met.is_some(), "{:?}", report.ratios);
+    assert_eq!(report.ratios[0].value.is_some(), with_reference);
+    let add_table = &report.measures[0];
+    assert_eq!(add_table.variant, "ours");
+    assert!(add_table.samples[0] > 0.0 && add_table.samples[0] < 60.0);
+    assert!(report.limits[0].met.is_some());
+    Ok(())
+}

@@ -22,6 +22,7 @@ mod python;
 mod retry;
 mod rotation;
 mod ticker;
+mod triggers;
 
 use std::error::Error as StdError;
 use std::fmt::Write as _;
