@@ -243,6 +243,12 @@ static MIGRATIONS: &[Migration] = &[
         "tick_wakeups_and_catchup"
     ),
     migration!(Pgq, "pgq/0003_failed_events.sql", 3, "failed_events"),
+    migration!(
+        Pgq,
+        "pgq/0004_catchup_bounded_scan.sql",
+        4,
+        "catchup_bounded_scan"
+    ),
     migration!(PgqTriggers, "pgq_triggers/0001_initial.sql", 1, "initial"),
     migration!(PgqCoop, "pgq_coop/0001_initial.sql", 1, "initial"),
     migration!(PgqExt, "pgq_ext/0001_initial.sql", 1, "initial"),

@@ -15,7 +15,8 @@ async fn installs_every_line_once() -> anyhow::Result<()> {
             ..
         })
     ));
-    let report = pgq_core::install(&mut client, &[Line::PgqExt, Line::PgqCoop, Line::Pgq]).await?;
+    let reversed: Vec<Line> = Line::ALL.iter().rev().copied().collect();
+    let report = pgq_core::install(&mut client, &reversed).await?;
     let lines: Vec<(Line, Option<i32>, usize)> = report
         .lines
         .iter()
@@ -69,8 +70,17 @@ async fn coop_and_ext_next_to_the_extension() -> anyhow::Result<()> {
     }
     client.batch_execute("CREATE EXTENSION pgq").await?;
     let report = pgq_core::install(&mut client, &Line::ALL).await?;
-    assert!(report.lines[0].provided_by_extension);
-    assert!(report.lines[1..].iter().all(|l| !l.applied.is_empty()));
+    let skipped: Vec<Line> = report
+        .lines
+        .iter()
+        .filter(|l| l.provided_by_extension)
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(skipped, [Line::Pgq, Line::PgqTriggers]);
+    assert!(report
+        .lines
+        .iter()
+        .all(|l| l.provided_by_extension == l.applied.is_empty()));
     pgq_core::check(&client, &Line::ALL).await?;
     assert_eq!(pgq_core::flavor(&client).await?, Flavor::Extension);
     Ok(())

@@ -167,6 +167,8 @@ pub(crate) struct SkipTo {
 pub(crate) enum LineArg {
     /// The queue itself (schema `pgq`).
     Pgq,
+    /// PGQ's capture triggers `pgq.logutriga`, `pgq.sqltriga`, `pgq.jsontriga` in PL/pgSQL.
+    PgqTriggers,
     /// Cooperative consumers (schema `pgq_coop`).
     PgqCoop,
     /// Batch tracking for remote consumers (schema `pgq_ext`).

@@ -109,6 +109,7 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
                 .into_iter()
                 .map(|l| match l {
                     LineArg::Pgq => Line::Pgq,
+                    LineArg::PgqTriggers => Line::PgqTriggers,
                     LineArg::PgqCoop => Line::PgqCoop,
                     LineArg::PgqExt => Line::PgqExt,
                 })

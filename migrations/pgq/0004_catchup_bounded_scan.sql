@@ -1,0 +1,107 @@
+-- pgq-rs: the `pgq` line, version 4: catch-up ticks without rereading what a held xmin pins.
+--
+-- Version 2's pgq.catchup_ticker(text) scanned the event table from the last tick's xmin. A
+-- session idle in a transaction pins that xmin, so every ticker pass reread every event since
+-- the session began (measured: 505,000 rows read to find 5,000 new ones, growing each pass).
+-- The scan now covers the last tick's xmax on, plus the transactions it listed as running that
+-- have finished since: the same set of transactions, found through the ev_txid index.
+--
+-- SQLSTATEs raised by this file:
+--   PQR01  this or a newer version of the line is already installed.
+--   PQQ01  catchup_ticker: no such queue.
+
+DO $guard$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pgq_rs.migrations WHERE line = 'pgq' AND version >= 4) THEN
+        RAISE EXCEPTION 'pgq-rs: % version % or newer is already installed', 'pgq', 4
+            USING ERRCODE = 'PQR01';
+    END IF;
+END
+$guard$;
+
+CREATE OR REPLACE FUNCTION pgq.catchup_ticker(i_queue_name text) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q record;
+    last_tick record;
+    cur_snap txid_snapshot := txid_current_snapshot();
+    event_seq bigint;
+    cut bigint;
+    prev_excluded bigint[];
+    excluded bigint[];
+    in_progress bigint[];
+    finished_xip bigint[];
+    xip bigint[];
+    cut_time timestamptz;
+    written integer := 0;
+BEGIN
+    SELECT queue_id, queue_data_pfx, queue_event_seq, queue_tick_seq, queue_ticker_max_count,
+           queue_external_ticker OR queue_ticker_paused AS not_here
+      INTO q FROM pgq.queue WHERE queue_name = i_queue_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no such queue: %', i_queue_name USING ERRCODE = 'PQQ01';
+    END IF;
+    IF q.not_here OR q.queue_ticker_max_count < 1 THEN
+        RETURN 0;
+    END IF;
+    SELECT tick_id, tick_snapshot, tick_event_seq INTO last_tick
+      FROM pgq.tick WHERE tick_queue = q.queue_id
+     ORDER BY tick_queue DESC, tick_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    event_seq := pgq._event_seq_value(q.queue_event_seq);
+    IF event_seq - last_tick.tick_event_seq <= 2 * q.queue_ticker_max_count THEN
+        RETURN 0;
+    END IF;
+
+    -- the waiting transactions finished by now: each one's event id range and time
+    CREATE TEMP TABLE IF NOT EXISTS pgq_catchup_tx (
+        txid bigint PRIMARY KEY, first_id bigint, last_id bigint, ev_time timestamptz
+    ) ON COMMIT DROP;
+    TRUNCATE pgq_catchup_tx;
+    -- Waiting are the transactions from the last tick's xmax on, and those it listed as running
+    -- that have finished since. Still-running ones (a session idle in a transaction for hours)
+    -- are left out of the scan, so it never rereads everything since the oldest of them.
+    SELECT coalesce(array_agg(x), '{}') INTO finished_xip
+      FROM txid_snapshot_xip(last_tick.tick_snapshot) x
+     WHERE txid_visible_in_snapshot(x, cur_snap);
+    EXECUTE 'INSERT INTO pgq_catchup_tx '
+        || 'SELECT ev_txid, min(ev_id), max(ev_id), max(ev_time) FROM '
+        || pgq.quote_fqname(q.queue_data_pfx)
+        || ' WHERE ((ev_txid >= txid_snapshot_xmax($1) AND ev_txid < txid_snapshot_xmax($2))'
+        || '        OR ev_txid = ANY ($3))'
+        || ' AND NOT txid_visible_in_snapshot(ev_txid, $1)'
+        || ' AND txid_visible_in_snapshot(ev_txid, $2) AND ev_owner IS NULL'
+        || ' GROUP BY ev_txid'
+      USING last_tick.tick_snapshot, cur_snap, finished_xip;
+    SELECT coalesce(array_agg(x ORDER BY x), '{}') INTO in_progress
+      FROM txid_snapshot_xip(cur_snap) x;
+    -- before the first cut, every waiting transaction is still excluded
+    SELECT coalesce(array_agg(txid ORDER BY txid), '{}') INTO prev_excluded FROM pgq_catchup_tx;
+
+    cut := last_tick.tick_event_seq + q.queue_ticker_max_count;
+    WHILE cut < event_seq - q.queue_ticker_max_count LOOP
+        SELECT coalesce(array_agg(txid ORDER BY txid), '{}') INTO excluded
+          FROM pgq_catchup_tx WHERE last_id > cut;
+        -- a cut that makes nothing new visible would only add an empty batch
+        IF excluded <> prev_excluded THEN
+            SELECT max(ev_time) INTO cut_time FROM pgq_catchup_tx WHERE first_id <= cut;
+            SELECT coalesce(array_agg(DISTINCT x ORDER BY x), '{}') INTO xip
+              FROM unnest(in_progress || excluded) x;
+            INSERT INTO pgq.tick (tick_queue, tick_id, tick_time, tick_snapshot, tick_event_seq)
+            VALUES (q.queue_id, nextval(q.queue_tick_seq), coalesce(cut_time, now()),
+                    (coalesce(xip[1], txid_snapshot_xmax(cur_snap)) || ':'
+                     || txid_snapshot_xmax(cur_snap) || ':'
+                     || array_to_string(xip, ','))::txid_snapshot,
+                    cut);
+            written := written + 1;
+            prev_excluded := excluded;
+        END IF;
+        cut := cut + q.queue_ticker_max_count;
+    END LOOP;
+    RETURN written;
+END
+$$;
+
+INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('pgq', 4, 'catchup_bounded_scan');
