@@ -1,5 +1,6 @@
 //! The replicator against real PostgreSQL: a provider and a subscriber database per test.
 
+mod admin;
 mod bad_input;
 mod common;
 mod live;

@@ -17,11 +17,13 @@ async fn connect(db: &TestDb) -> anyhow::Result<Client> {
 }
 
 /// Every batch of consumer `c`, in order: each batch's events as (ev_id, ev_extra1 = the
-/// producer transaction's tag). Ticks first the way the daemon does on our schema.
+/// producer transaction's tag). The outage lasted an hour (catch-up ticks are for a newest tick
+/// older than ticker_max_lag); then ticks the way the daemon does on our schema.
 async fn drain(client: &Client) -> anyhow::Result<Vec<Vec<(i64, String)>>> {
     client
         .batch_execute(
-            "SELECT pgq.catchup_ticker(); SELECT pgq.force_tick('outage'); SELECT pgq.ticker();",
+            "UPDATE pgq.tick SET tick_time = tick_time - interval '1 hour';
+             SELECT pgq.catchup_ticker(); SELECT pgq.force_tick('outage'); SELECT pgq.ticker();",
         )
         .await?;
     let mut batches = Vec::new();

@@ -64,7 +64,8 @@ pub struct Backlog {
     pub catchup: bool,
     /// About how many batches the consumer will take to catch up: the pending ticks, plus
     /// the events since the newest tick in batches of `ticker_max_count` when catch-up ticks
-    /// will cut them (more than twice `ticker_max_count` waiting), else in one batch.
+    /// will cut them (more than twice `ticker_max_count` waiting behind a newest tick older than
+    /// `ticker_max_lag`: an outage), else in one batch.
     pub batches: i64,
 }
 
