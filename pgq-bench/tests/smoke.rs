@@ -455,7 +455,11 @@ async fn londiste_runs_on_small_sizes() -> anyhow::Result<()> {
     let dsn = pgq_testkit::server_dsn().await?;
     let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
     let with_reference = pgq_testkit::reference_available(&maintenance).await?
-        && std::path::Path::new("/usr/bin/pgqd").is_file();
+        && std::path::Path::new("/usr/bin/pgqd").is_file()
+        && std::process::Command::new("/usr/bin/python3")
+            .args(["-c", "import londiste"])
+            .status()
+            .is_ok_and(|s| s.success());
     let cli = pgq_bench::Cli::parse_from(["pgq-bench", "londiste", "--quick", "--dsn", &dsn]);
     let reports = pgq_bench::run(cli).await?;
 
