@@ -32,7 +32,20 @@ pub enum ApplyMode {
     PerEvent,
 }
 
-/// Everything the replicator needs.
+/// Everything the replicator needs. As a TOML file:
+///
+/// ```toml
+/// [londiste]
+/// provider = "host=db1 dbname=shop user=londiste"
+/// subscriber = "host=db2 dbname=shop user=londiste"
+/// queue = "shop_replica"
+/// consumer = "db2_worker"        # default: "londiste"
+///
+/// [worker]
+/// apply = "batch"                # or "per-event": one statement per event, for comparison
+/// memory_limit_mb = 64           # merged rows held before an early flush
+/// chunk_size = 5000              # events fetched per round trip
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the tables come from (the queue's database).
@@ -93,7 +106,7 @@ impl Config {
         }
     }
 
-    /// Reads a TOML file (see the [module docs](self)).
+    /// Reads a TOML file (its shape is shown on [`Config`]).
     ///
     /// # Errors
     ///
