@@ -255,7 +255,7 @@ fn percentile_bars(report: &Report) -> Vec<Bar> {
 fn side(variant: &str) -> usize {
     if variant.starts_with("ours") {
         0
-    } else if ["reference", "python3-pgq", "pgqd", "pg_basebackup"]
+    } else if ["reference", "python3-pgq", "pgqd", "pg_basebackup", "londiste3"]
         .iter()
         .any(|r| variant.contains(r))
     {
