@@ -255,9 +255,15 @@ fn percentile_bars(report: &Report) -> Vec<Bar> {
 fn side(variant: &str) -> usize {
     if variant.starts_with("ours") {
         0
-    } else if ["reference", "python3-pgq", "pgqd", "pg_basebackup", "londiste3"]
-        .iter()
-        .any(|r| variant.contains(r))
+    } else if [
+        "reference",
+        "python3-pgq",
+        "pgqd",
+        "pg_basebackup",
+        "londiste3",
+    ]
+    .iter()
+    .any(|r| variant.contains(r))
     {
         1
     } else {
