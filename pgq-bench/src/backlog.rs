@@ -23,6 +23,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::Command;
 
 use crate::cli::Plan;
+use crate::reference::{connstr, extension_available, python_can_import, PYTHON};
 use crate::report::{median_of_sorted, Measure, Ratio, Report, Sample, Series};
 use crate::server::Server;
 use crate::ticker::{ticker_binary, Daemon};
@@ -42,8 +43,6 @@ const PERIOD_OURS: &str = "100ms";
 const PERIOD_PGQD: &str = "0.1";
 /// How long a drain may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
-/// The interpreter python3-pgq is installed for.
-const PYTHON: &str = "/usr/bin/python3";
 
 const SHAPE: &str = "drain after outage";
 const OURS: &str = "ours (pgq-ticker + Runner)";
@@ -56,9 +55,6 @@ const PRODUCE: &str = "SELECT count(pgq.insert_event($1, 't', lpad(g::text, $2::
 const CREATE_QUEUE: &str = "SELECT pgq.create_queue($1)";
 // language=SQL
 const REGISTER: &str = "SELECT pgq.register_consumer($1, $2)";
-// language=SQL
-const REFERENCE_AVAILABLE: &str =
-    "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'pgq')";
 
 /// Which side drains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,9 +124,9 @@ async fn run_in(server: &Server, plan: Plan, events: u64, work_dir: &Path) -> Re
              pgq_lazy_fetch, polling every 5 ms); peak RSS is the worker's VmHWM."
         ),
     ];
-    let reference = reference_available(server).await?
+    let reference = extension_available(server).await?
         && Path::new("/usr/bin/pgqd").is_file()
-        && python_available().await;
+        && python_can_import("pgq").await;
     if !reference {
         let note = "REFERENCE MISSING: the pgq extension, /usr/bin/pgqd or python3-pgq under \
                     /usr/bin/python3 is not available; the reference is skipped.";
@@ -455,32 +451,4 @@ async fn drain_reference(
         busy_seconds: None,
         peak_rss_kb: done.peak_rss_kb,
     })
-}
-
-/// Whether the server has the original pgq extension.
-async fn reference_available(server: &Server) -> Result<bool> {
-    let client = server.maintenance().connect().await?;
-    Ok(client.query_one(REFERENCE_AVAILABLE, &[]).await?.get(0))
-}
-
-/// Whether `/usr/bin/python3` can import python3-pgq.
-async fn python_available() -> bool {
-    Command::new(PYTHON)
-        .args(["-c", "import pgq"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success())
-}
-
-/// `dsn` as a libpq keyword/value string without its password (given to the child in
-/// `PGPASSWORD` instead).
-fn connstr(dsn: &Dsn) -> String {
-    dsn.to_string()
-        .split(' ')
-        .filter(|kv| !kv.starts_with("password="))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio_postgres::Client;
 
 use crate::cli::Plan;
+use crate::reference::{connstr, python_can_import, PYTHON};
 use crate::report::{Measure, Ratio, Report, Sample, Series};
 use crate::server::Server;
 
@@ -35,8 +36,6 @@ const QUEUE: &str = "bench";
 const DATA_BYTES: u64 = 100;
 /// Rows per round trip of the raw read.
 const RAW_FETCH: i32 = 10_000;
-/// The interpreter python3-pgq is installed for.
-const PYTHON: &str = "/usr/bin/python3";
 
 const SHAPE: &str = "drain backlog";
 const OURS: &str = "ours Runner";
@@ -178,7 +177,7 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
              through a portal {RAW_FETCH} rows per round trip, decoding every column."
         ),
     ];
-    let python = python_available().await;
+    let python = python_can_import("pgq").await;
     if !python {
         let note = "REFERENCE MISSING: /usr/bin/python3 cannot import pgq (install \
                     python3-pgq); the python3-pgq variants are skipped.";
@@ -605,18 +604,6 @@ impl PythonWorker {
     }
 }
 
-/// Whether `/usr/bin/python3` can import python3-pgq.
-async fn python_available() -> bool {
-    tokio::process::Command::new(PYTHON)
-        .args(["-c", "import pgq"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success())
-}
-
 /// A directory for the Python workers' skytools configs and logs, removed at the end.
 struct Scratch {
     dir: PathBuf,
@@ -651,14 +638,4 @@ impl Scratch {
             tracing::warn!(dir = %self.dir.display(), %err, "could not remove the scratch directory");
         }
     }
-}
-
-/// `dsn` as a libpq keyword/value string without its password (given to the child in
-/// `PGPASSWORD` instead).
-fn connstr(dsn: &Dsn) -> String {
-    dsn.to_string()
-        .split(' ')
-        .filter(|kv| !kv.starts_with("password="))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -30,6 +30,7 @@ mod latency;
 mod londiste;
 mod out;
 mod produce;
+mod reference;
 mod report;
 mod server;
 mod ticker;

@@ -23,11 +23,10 @@ use serde::Deserialize;
 use tokio::process::Command;
 
 use crate::cli::Plan;
+use crate::reference::{connstr, python_can_import, PYTHON};
 use crate::report::{Limit, Measure, Ratio, Report, Sample, Series};
 use crate::server::Server;
 
-/// The interpreter python3-londiste is installed for.
-const PYTHON: &str = "/usr/bin/python3";
 /// Updates per provider transaction.
 const TXN_SIZE: u64 = 100;
 /// Distinct rows per transaction are spread with this stride (as `londiste_ref.py` does).
@@ -371,24 +370,7 @@ async fn run_reference(
     serde_json::from_slice(&out.stdout).context("reading londiste_ref.py's JSON")
 }
 
-/// `dsn` as a libpq keyword/value string without its password.
-fn connstr(dsn: &Dsn) -> String {
-    dsn.to_string()
-        .split(' ')
-        .filter(|kv| !kv.starts_with("password="))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Whether python3-londiste, pgqd and the extensions are installed.
 async fn reference_available() -> bool {
-    Path::new("/usr/bin/pgqd").is_file()
-        && Command::new(PYTHON)
-            .args(["-c", "import londiste, pgq"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .is_ok_and(|s| s.success())
+    Path::new("/usr/bin/pgqd").is_file() && python_can_import("londiste, pgq").await
 }

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 use crate::cli::Plan;
+use crate::reference::extension_available;
 use crate::report::{median_of_sorted, Limit, Measure, Ratio, Report};
 use crate::server::Server;
 
@@ -69,9 +70,6 @@ const PGQD: &str = "/usr/bin/pgqd";
 /// Our daemon's binary name.
 const TICKER_BIN: &str = "pgq-ticker";
 
-// language=SQL
-const REFERENCE_AVAILABLE: &str =
-    "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'pgq')";
 // language=SQL
 const CREATE_REFERENCE: &str = "CREATE EXTENSION pgq";
 // language=SQL
@@ -209,7 +207,7 @@ async fn run_in(server: &Server, plan: Plan, sizes: Sizes, work_dir: &Path) -> R
     ];
 
     let ticker_bin = ticker_binary().await?;
-    let reference = reference_available(server).await?;
+    let reference = extension_available(server).await?;
     if !reference {
         let note = "REFERENCE MISSING: the original pgq extension is not available on this \
                     server (install postgresql-15-pgq3); its variants are skipped.";
@@ -459,12 +457,6 @@ impl Case {
 /// The name of the `i`th queue.
 fn queue_name(i: usize) -> String {
     format!("q{i:04}")
-}
-
-/// `true` when the server offers the original `pgq` extension.
-async fn reference_available(server: &Server) -> Result<bool> {
-    let client = server.maintenance().connect().await?;
-    Ok(client.query_one(REFERENCE_AVAILABLE, &[]).await?.get(0))
 }
 
 /// A scratch database of `side` with `queues` queues; returns its connection settings.
