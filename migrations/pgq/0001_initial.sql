@@ -17,17 +17,65 @@
 --   PQT02  tick not found
 --   PQA01  invalid argument (NULL where a value is required, unknown setting)
 
+-- Bookkeeping. Everything below runs with search_path pinned to pg_catalog, so names the
+-- database owner may have planted elsewhere are never picked up; and the bookkeeping schema must
+-- be one nobody else controls: a pgq-rs schema owned by another non-superuser role, or a trigger
+-- or rule on a table in pgq_rs, would run that role's code with the installer's rights.
+SET LOCAL search_path = pg_catalog, pg_temp;
+DO $trust$
+DECLARE
+    problem text;
+BEGIN
+    IF current_setting('search_path') <> 'pg_catalog, pg_temp' THEN
+        RAISE EXCEPTION 'pgq-rs: this file must run in one transaction'
+            USING ERRCODE = 'PQR03', HINT = 'Run it with psql -1 (or between BEGIN and COMMIT).';
+    END IF;
+    SELECT format('%s belongs to role %s', o.what, o.owner::regrole) INTO problem
+      FROM (SELECT 'schema ' || n.nspname AS what, n.nspowner AS owner
+              FROM pg_namespace n
+             WHERE n.nspname IN ('pgq_rs', 'pgq', 'pgq_coop', 'pgq_ext', 'londiste_rs')
+            UNION ALL
+            SELECT 'table pgq_rs.' || c.relname, c.relowner
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'pgq_rs') o
+      JOIN pg_roles r ON r.oid = o.owner
+     WHERE r.rolname <> current_user AND NOT r.rolsuper
+     LIMIT 1;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'pgq-rs: refusing to install: % (neither you nor a superuser)', problem
+            USING ERRCODE = 'PQR03',
+                  HINT = 'Run the installer as the role that owns the installation.';
+    END IF;
+    SELECT format('%s %s on table pgq_rs.%s', o.kind, o.name, c.relname) INTO problem
+      FROM (SELECT 'trigger' AS kind, t.tgname AS name, t.tgrelid AS rel
+              FROM pg_trigger t WHERE NOT t.tgisinternal
+            UNION ALL
+            SELECT 'rule', w.rulename, w.ev_class FROM pg_rewrite w WHERE w.rulename <> '_RETURN') o
+      JOIN pg_class c ON c.oid = o.rel
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = 'pgq_rs'
+     LIMIT 1;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'pgq-rs: refusing to install: there is a %', problem
+            USING ERRCODE = 'PQR03',
+                  HINT = 'pgq-rs makes no triggers or rules there: find out who did.';
+    END IF;
+END
+$trust$;
 CREATE SCHEMA IF NOT EXISTS pgq_rs;
 CREATE TABLE IF NOT EXISTS pgq_rs.migrations (
-    line              text        NOT NULL,
-    version           integer     NOT NULL,
-    description       text        NOT NULL,
-    installed_on      timestamptz NOT NULL DEFAULT now(),
-    success           boolean     NOT NULL DEFAULT true,
-    checksum          bytea,
-    execution_time_ms bigint,
-    PRIMARY KEY (line, version)
-);
+    line text NOT NULL, version integer NOT NULL, description text NOT NULL,
+    installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL DEFAULT true,
+    checksum bytea, execution_time_ms bigint, PRIMARY KEY (line, version));
+-- The installation's own id: remote consumers key their batch tracking with it (a standby or a
+-- copy of this database shares system_identifier, but a seeded copy makes itself a new id).
+CREATE TABLE IF NOT EXISTS pgq_rs.installation (
+    singleton  boolean     NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
+    id         uuid        NOT NULL DEFAULT gen_random_uuid(),
+    created_on timestamptz NOT NULL DEFAULT now());
+INSERT INTO pgq_rs.installation DEFAULT VALUES ON CONFLICT DO NOTHING;
+GRANT USAGE ON SCHEMA pgq_rs TO public;
+GRANT SELECT ON TABLE pgq_rs.migrations, pgq_rs.installation TO public;
 
 DO $guard$
 BEGIN
@@ -38,15 +86,45 @@ BEGIN
 END
 $guard$;
 
--- Roles of PGQ's grant model: readers consume, writers produce, admins administer.
+-- Roles of PGQ's grant model: readers consume, writers produce, admins administer. Roles are
+-- cluster-wide: another database's installation or the original extension may have made them,
+-- and then they are used as they are (a concurrent creation is tolerated) unless somebody else
+-- could take them over: a role that can log in or has any attribute, or that a role other than
+-- a superuser or the installer may grant to others (ADMIN OPTION, which PostgreSQL 16 gives
+-- whoever creates a role with CREATEROLE), is refused, since the rights granted to it below
+-- would be theirs.
 DO $roles$
 DECLARE
     r record;
+    holder text;
 BEGIN
     FOR r IN SELECT * FROM (VALUES ('pgq_reader', ''), ('pgq_writer', ''),
                                    ('pgq_admin', ' IN ROLE pgq_reader, pgq_writer')) v(name, extra)
     LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r.name) THEN
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r.name
+                      AND (rolcanlogin OR rolsuper OR rolcreaterole OR rolcreatedb
+                           OR rolreplication OR rolbypassrls)) THEN
+            RAISE EXCEPTION 'pgq-rs: refusing to use the existing role %: it can log in or has '
+                            'attributes a group role of pgq-rs never has', r.name
+                USING ERRCODE = 'PQR04',
+                      HINT = 'Find out who made it; ALTER ROLE ... NOLOGIN NOSUPERUSER '
+                             'NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS, or drop it.';
+        END IF;
+        SELECT h.rolname INTO holder
+          FROM pg_auth_members m
+          JOIN pg_roles g ON g.oid = m.roleid
+          JOIN pg_roles h ON h.oid = m.member
+         WHERE g.rolname = r.name AND m.admin_option AND NOT h.rolsuper
+           AND h.rolname <> current_user
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'pgq-rs: refusing to use the existing role %: role % may grant it '
+                            'to anybody (ADMIN OPTION)', r.name, holder
+                USING ERRCODE = 'PQR04',
+                      HINT = format('REVOKE ADMIN OPTION FOR %I FROM %I, if that is not meant.',
+                                    r.name, holder);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r.name) THEN
             BEGIN
                 EXECUTE 'CREATE ROLE ' || r.name || r.extra;
             EXCEPTION WHEN duplicate_object OR unique_violation THEN

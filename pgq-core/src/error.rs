@@ -84,6 +84,17 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The installer refused the database and changed nothing: a pgq-rs schema or bookkeeping
+    /// table belongs to a role that is neither the installing role nor a superuser (a superuser
+    /// upgrading a non-superuser's installation is one case), or there is a trigger or rule on
+    /// the bookkeeping; either would run another role's code with the installer's rights.
+    #[error("{problem} (hint: {hint})")]
+    UntrustedInstallation {
+        /// What was found, as the server said it.
+        problem: String,
+        /// What to do about it.
+        hint: String,
+    },
     /// The schema is missing or older than this build needs.
     #[error("schema line {line} is at version {found:?}, this build needs {expected}")]
     SchemaOutdated {

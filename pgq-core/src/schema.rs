@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::{DbContext, Error, Result};
 
@@ -24,10 +24,22 @@ const LOCK: &str = "SELECT pg_catalog.pg_advisory_lock($1)";
 // language=SQL
 const UNLOCK: &str = "SELECT pg_catalog.pg_advisory_unlock($1)";
 
+// Function calls instead of operators: this runs on the caller's connection, whose search_path
+// a database owner may have pointed at their own `=` ahead of pg_catalog's.
 // language=SQL
 const PROBE: &str = "\
-SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgq'),
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension
+                WHERE pg_catalog.nameeq(extname, 'pgq')),
        pg_catalog.to_regclass('pgq_rs.migrations') IS NOT NULL";
+
+// Every statement the installer runs in a transaction of its own starts with this.
+// language=SQL
+const PIN_SEARCH_PATH: &str = "SET LOCAL search_path = pg_catalog, pg_temp";
+
+/// The prelude every migration file starts with (a test checks they do): it refuses a
+/// bookkeeping schema somebody else controls (SQLSTATE `PQR03`), then makes the bookkeeping and
+/// the installation id. The installer runs it before it reads anything.
+const PRELUDE: &str = include_str!("../../migrations/prelude.sql");
 
 // language=SQL
 const RECORDED: &str = "SELECT line, version, checksum FROM pgq_rs.migrations";
@@ -213,46 +225,107 @@ struct Migration {
     /// Path under `migrations/`.
     file: &'static str,
     sql: &'static str,
+    /// SHA-256 (hex) of earlier texts of this file that installations may have recorded: files
+    /// get a new prelude in place when the bookkeeping must be checked before it is touched,
+    /// and nothing else of them changes.
+    earlier: &'static [&'static str],
 }
 
 impl Migration {
     fn checksum(&self) -> Vec<u8> {
         Sha256::digest(self.sql.as_bytes()).to_vec()
     }
+
+    /// Whether `recorded` is this file's checksum, or one of its earlier texts'.
+    fn accepts(&self, recorded: &[u8]) -> bool {
+        self.checksum() == recorded || self.earlier.iter().any(|hex| hex_eq(hex, recorded))
+    }
+}
+
+/// Whether `hex` (lower-case) spells `bytes`.
+fn hex_eq(hex: &str, bytes: &[u8]) -> bool {
+    hex.len() == bytes.len() * 2
+        && bytes
+            .iter()
+            .zip(hex.as_bytes().chunks(2))
+            .all(|(b, pair)| format!("{b:02x}").as_bytes() == pair)
 }
 
 macro_rules! migration {
     ($line:ident, $file:literal, $version:literal, $description:literal) => {
+        migration!($line, $file, $version, $description, [])
+    };
+    ($line:ident, $file:literal, $version:literal, $description:literal, [$($earlier:literal),*]) => {
         Migration {
             line: Line::$line,
             version: $version,
             description: $description,
             file: $file,
             sql: include_str!(concat!("../../migrations/", $file)),
+            earlier: &[$($earlier),*],
         }
     };
 }
 
 /// Every migration this build ships, per line in version order.
 static MIGRATIONS: &[Migration] = &[
-    migration!(Pgq, "pgq/0001_initial.sql", 1, "initial"),
+    migration!(
+        Pgq,
+        "pgq/0001_initial.sql",
+        1,
+        "initial",
+        ["200e0e37a2a941ecb3b847962917d35c15845527deb33cb6eb4e3ba438587a4a"]
+    ),
     migration!(
         Pgq,
         "pgq/0002_tick_wakeups_and_catchup.sql",
         2,
-        "tick_wakeups_and_catchup"
+        "tick_wakeups_and_catchup",
+        ["315e74753368a79c0eb5fdfa87363a2f16f2f41108b7344f1caddcdb6367ac87"]
     ),
-    migration!(Pgq, "pgq/0003_failed_events.sql", 3, "failed_events"),
+    migration!(
+        Pgq,
+        "pgq/0003_failed_events.sql",
+        3,
+        "failed_events",
+        ["6eb4ec3fd1605665a95f67ab48adb187064b8ba428419c0c3d3cfd0088fe2b73"]
+    ),
     migration!(
         Pgq,
         "pgq/0004_catchup_bounded_scan.sql",
         4,
-        "catchup_bounded_scan"
+        "catchup_bounded_scan",
+        ["bae7723692c5c3acd60ad51765ce4e3140b7b8c404ef972d14b91d8184d699d6"]
     ),
-    migration!(PgqTriggers, "pgq_triggers/0001_initial.sql", 1, "initial"),
-    migration!(PgqCoop, "pgq_coop/0001_initial.sql", 1, "initial"),
-    migration!(PgqExt, "pgq_ext/0001_initial.sql", 1, "initial"),
-    migration!(Londiste, "londiste_rs/0001_initial.sql", 1, "initial"),
+    migration!(Pgq, "pgq/0005_trust.sql", 5, "trust"),
+    migration!(
+        PgqTriggers,
+        "pgq_triggers/0001_initial.sql",
+        1,
+        "initial",
+        ["122283c16d1242fc3cb88417f1d8a15dabefc74ff544e66f315bd7a05d2f1d30"]
+    ),
+    migration!(
+        PgqCoop,
+        "pgq_coop/0001_initial.sql",
+        1,
+        "initial",
+        ["736905a69d08d3aaef366abdb35bccfb9299a6ca8378416221093965707b50bf"]
+    ),
+    migration!(
+        PgqExt,
+        "pgq_ext/0001_initial.sql",
+        1,
+        "initial",
+        ["4b053f24f092c97f89df75c8b2aebe74096cf7460ff9900746123c30e66ba4ab"]
+    ),
+    migration!(
+        Londiste,
+        "londiste_rs/0001_initial.sql",
+        1,
+        "initial",
+        ["79ccb2371be8ef090d6fa2867e3aae6d250909517d37d7d3f66a3d1e13c36169"]
+    ),
 ];
 
 fn latest(migrations: &[Migration], line: Line) -> i32 {
@@ -326,7 +399,7 @@ impl State {
                 .iter()
                 .find(|m| m.line == line && m.version == version);
             if let (Some(m), Some(checksum)) = (embedded, checksum) {
-                if m.checksum() != checksum {
+                if !m.accepts(checksum) {
                     return Err(Error::MigrationModified {
                         line: line.name(),
                         version,
@@ -386,7 +459,13 @@ async fn install_locked(
     migrations: &[Migration],
 ) -> Result<InstallReport> {
     let lines = canonical(lines);
-    let state = State::read(&*client).await?;
+    // The prelude's bookkeeping commits only when the request can be carried out.
+    let tx = client
+        .transaction()
+        .await
+        .op("checking and making the bookkeeping")?;
+    run_prelude(&tx).await?;
+    let state = State::read(&tx).await?;
     for &line in &lines {
         if line.provided_by_extension() && state.extension {
             continue;
@@ -404,6 +483,9 @@ async fn install_locked(
             expected: latest(migrations, Line::Pgq),
         });
     }
+    tx.commit()
+        .await
+        .op("checking and making the bookkeeping")?;
 
     let mut report = InstallReport { lines: Vec::new() };
     for line in lines {
@@ -421,7 +503,7 @@ async fn install_locked(
                     .iter()
                     .find(|m| m.line == line && m.version == version);
                 if let (Some(m), None) = (embedded, checksum) {
-                    fill_checksum(&*client, m).await?;
+                    fill_checksum(client, m).await?;
                     tracing::info!(
                         line = line.name(),
                         version,
@@ -443,19 +525,38 @@ async fn install_locked(
     Ok(report)
 }
 
-async fn fill_checksum(client: &Client, m: &Migration) -> Result<()> {
-    client
-        .execute_typed(
-            FILL_CHECKSUM,
-            &[
-                (&m.line.name(), Type::TEXT),
-                (&m.version, Type::INT4),
-                (&m.checksum(), Type::BYTEA),
-            ],
-        )
+/// Runs [`PRELUDE`] in `tx`: checks that nobody else controls the bookkeeping, then makes it
+/// (and the installation id) when missing.
+async fn run_prelude(tx: &Transaction<'_>) -> Result<()> {
+    tx.batch_execute(PRELUDE)
         .await
-        .op("recording a migration checksum")?;
-    Ok(())
+        .map_err(|source| match source.as_db_error() {
+            Some(db) if db.code().code() == "PQR03" => Error::UntrustedInstallation {
+                problem: db.message().to_owned(),
+                hint: db.hint().unwrap_or_default().to_owned(),
+            },
+            _ => Error::Db {
+                op: "checking and making the bookkeeping",
+                source,
+            },
+        })
+}
+
+async fn fill_checksum(client: &mut Client, m: &Migration) -> Result<()> {
+    const OP: &str = "recording a migration checksum";
+    let tx = client.transaction().await.op(OP)?;
+    tx.batch_execute(PIN_SEARCH_PATH).await.op(OP)?;
+    tx.execute_typed(
+        FILL_CHECKSUM,
+        &[
+            (&m.line.name(), Type::TEXT),
+            (&m.version, Type::INT4),
+            (&m.checksum(), Type::BYTEA),
+        ],
+    )
+    .await
+    .op(OP)?;
+    tx.commit().await.op(OP)
 }
 
 /// Runs one migration and records it, in one transaction.
@@ -465,6 +566,9 @@ async fn apply(client: &mut Client, m: &Migration) -> Result<AppliedMigration> {
         .await
         .op("starting a migration transaction")?;
     let started = Instant::now();
+    tx.batch_execute(PIN_SEARCH_PATH)
+        .await
+        .op("pinning search_path for a migration")?;
     tx.batch_execute(m.sql)
         .await
         .map_err(|source| Error::MigrationFailed {
@@ -586,16 +690,11 @@ mod tests {
 
     use super::*;
 
-    /// A migration following the conventions (bookkeeping table, guard, self-record) around
-    /// `body`.
+    /// A migration following the conventions (prelude, guard, self-record) around `body`.
     fn fake(line: Line, version: i32, body: &str) -> Migration {
         let name = line.name();
         let sql = format!(
-            "CREATE SCHEMA IF NOT EXISTS pgq_rs;
-CREATE TABLE IF NOT EXISTS pgq_rs.migrations (
-    line text NOT NULL, version integer NOT NULL, description text NOT NULL,
-    installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL DEFAULT true,
-    checksum bytea, execution_time_ms bigint, PRIMARY KEY (line, version));
+            "{PRELUDE}
 DO $guard$ BEGIN
     IF EXISTS (SELECT 1 FROM pgq_rs.migrations WHERE line = '{name}' AND version >= {version}) THEN
         RAISE EXCEPTION 'already installed' USING ERRCODE = 'PQR01';
@@ -611,6 +710,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
             description: "fake",
             file: "fake.sql",
             sql: Box::leak(sql.into_boxed_str()),
+            earlier: &[],
         }
     }
 
@@ -679,6 +779,24 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
                 format!("{}/{:04}_{}.sql", m.line.name(), m.version, m.description)
             );
         }
+    }
+
+    #[test]
+    fn every_migration_starts_with_the_prelude() {
+        for m in MIGRATIONS {
+            let before = m.sql.find(PRELUDE).map(|at| &m.sql[..at]);
+            assert!(
+                before
+                    .is_some_and(|head| head.lines().all(|l| l.is_empty() || l.starts_with("--"))),
+                "{} must have the prelude (migrations/prelude.sql) after its header comment",
+                m.file
+            );
+            for hex in m.earlier {
+                assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+                assert!(!hex_eq(hex, &m.checksum()), "{}: its own checksum", m.file);
+            }
+        }
+        assert!(hex_eq("00ff10", &[0, 255, 16]) && !hex_eq("00ff", &[0, 255, 16]));
     }
 
     #[test]
