@@ -476,6 +476,9 @@ DECLARE
     disabled boolean;
     per_tx_limit integer;
 BEGIN
+    IF i_queue_name IS NULL THEN
+        RAISE EXCEPTION 'Queue name must not be NULL' USING ERRCODE = 'PQA01';
+    END IF;
     SELECT q.queue_id, q.queue_data_pfx, q.queue_event_seq, q.queue_cur_table,
            q.queue_disable_insert, q.queue_per_tx_limit
       INTO queue_id, data_pfx, event_seq, cur_table, disabled, per_tx_limit
@@ -664,7 +667,9 @@ BEGIN
                 last_tick.xmin, last_tick.xmax, txid_current()
                 USING DETAIL = format('queue %L', i_queue_name);
         END IF;
-        new_events := event_seq - last_tick.tick_event_seq;
+        -- PGQ reads a never-used sequence as 1, so its rule sees no new event after the first
+        -- insert; positions from 1 up keep every decision PGQ's.
+        new_events := greatest(event_seq, 1) - greatest(last_tick.tick_event_seq, 1);
         IF new_events > 0 THEN
             IF new_events < q.queue_ticker_max_count AND last_tick.lag < q.queue_ticker_max_lag THEN
                 RETURN NULL;

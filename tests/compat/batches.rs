@@ -18,7 +18,8 @@ async fn custom(
     let row = ctx
         .conn(0)
         .query_one(
-            "SELECT batch_id, prev_tick_id, cur_tick_id, prev_tick_event_seq, cur_tick_event_seq,
+            "SELECT batch_id, prev_tick_id, cur_tick_id, greatest(prev_tick_event_seq, 1),
+                    greatest(cur_tick_event_seq, 1),
                     prev_tick_time IS NULL AS no_prev_time, cur_tick_time IS NULL AS no_cur_time
                FROM pgq.next_batch_custom($1, 'c', $2::text::interval, $3, $4::text::interval)",
             &[&QUEUE, &min_lag, &min_count, &min_interval],
@@ -91,7 +92,7 @@ async fn merging(mut ctx: Ctx) -> Result<Ctx> {
     .await?;
     ctx.rec(
         "ticks",
-        "SELECT tick_id, tick_event_seq, (tick_time - timestamptz '2020-01-01 00:00:00+00')::text AS at
+        "SELECT tick_id, greatest(tick_event_seq, 1), (tick_time - timestamptz '2020-01-01 00:00:00+00')::text AS at
            FROM pgq.tick ORDER BY tick_id",
         &[],
     )

@@ -118,7 +118,7 @@ async fn bad_calls(mut ctx: Ctx) -> Result<Ctx> {
         (
             "insert_event(NULL, ..)",
             "SELECT pgq.insert_event(NULL, 't', 'd')",
-            "PQQ01",
+            "PQA01",
         ),
         ("ticker(NULL)", "SELECT pgq.ticker(NULL::text)", "PQQ01"),
         (
@@ -141,14 +141,17 @@ async fn bad_calls(mut ctx: Ctx) -> Result<Ctx> {
             "SELECT pgq.set_queue_config('q', NULL, '1')",
             "PQA01",
         ),
-        (
-            "set_queue_config(q, max_lag, NULL)",
-            "SELECT pgq.set_queue_config('q', 'ticker_max_lag', NULL)",
-            "23502",
-        ),
     ] {
         ctx.fails(label, sql, &[], state).await?;
     }
+    // PGQ's text here is an accident of its code ("query string argument of EXECUTE is null").
+    ctx.fails_any_message(
+        "set_queue_config(q, max_lag, NULL)",
+        "SELECT pgq.set_queue_config('q', 'ticker_max_lag', NULL)",
+        &[],
+        "23502",
+    )
+    .await?;
     for (label, sql) in [
         (
             "unregister_consumer(NULL, c)",

@@ -5,13 +5,22 @@ use anyhow::Result;
 
 use super::{compare, Ctx, QUEUE};
 
-const CONSUMER_INFO: &str = "SELECT queue_name, consumer_name, lag IS NULL AS no_lag,
-        last_seen IS NULL AS not_seen, last_tick, current_batch, next_tick, pending_events";
+// Positions from 1 up (see the harness's notes): pending_events is the newest tick's position
+// minus the last tick's, and from a queue's first tick (0 in ours, 1 in PGQ) ours counts one
+// event more, the right count.
+const CONSUMER_INFO: &str = "SELECT i.queue_name, i.consumer_name, i.lag IS NULL AS no_lag,
+        i.last_seen IS NULL AS not_seen, i.last_tick, i.current_batch, i.next_tick,
+        greatest(t.tick_event_seq + i.pending_events, 1) - greatest(t.tick_event_seq, 1)
+            AS pending_events";
+
+/// Joins `i`, a `get_consumer_info` row, to its last tick `t`.
+const LAST_TICK: &str = "LEFT JOIN pgq.queue q ON q.queue_name = i.queue_name
+        LEFT JOIN pgq.tick t ON t.tick_queue = q.queue_id AND t.tick_id = i.last_tick";
 
 async fn consumer_info(ctx: &mut Ctx, label: &str) -> Result<()> {
     ctx.rec(
         &format!("consumer info {label}"),
-        &format!("{CONSUMER_INFO} FROM pgq.get_consumer_info()"),
+        &format!("{CONSUMER_INFO} FROM pgq.get_consumer_info() i {LAST_TICK} ORDER BY 1, 2"),
         &[],
     )
     .await?;
@@ -63,7 +72,7 @@ async fn info(mut ctx: Ctx) -> Result<Ctx> {
         "batch info",
         "SELECT queue_name, consumer_name, batch_start IS NULL AS no_start,
                 batch_end IS NULL AS no_end, prev_tick_id, tick_id, lag IS NULL AS no_lag,
-                seq_start, seq_end
+                greatest(seq_start, 1) AS seq_start, seq_end
            FROM pgq.get_batch_info($1)",
         &[&batch],
     )
@@ -75,19 +84,19 @@ async fn info(mut ctx: Ctx) -> Result<Ctx> {
     consumer_info(&mut ctx, "with c1 caught up").await?;
     ctx.rec(
         "consumer info of q",
-        &format!("{CONSUMER_INFO} FROM pgq.get_consumer_info($1)"),
+        &format!("{CONSUMER_INFO} FROM pgq.get_consumer_info($1) i {LAST_TICK} ORDER BY 1, 2"),
         &[&QUEUE],
     )
     .await?;
     ctx.rec(
         "consumer info of q/c2",
-        &format!("{CONSUMER_INFO} FROM pgq.get_consumer_info($1, 'c2')"),
+        &format!("{CONSUMER_INFO} FROM pgq.get_consumer_info($1, 'c2') i {LAST_TICK}"),
         &[&QUEUE],
     )
     .await?;
     ctx.rec(
         "consumer info of an unknown queue",
-        &format!("{CONSUMER_INFO} FROM pgq.get_consumer_info('nope')"),
+        &format!("{CONSUMER_INFO} FROM pgq.get_consumer_info('nope') i {LAST_TICK}"),
         &[],
     )
     .await?;

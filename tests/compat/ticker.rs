@@ -166,7 +166,8 @@ async fn tick_rule(mut ctx: Ctx) -> Result<Ctx> {
     .await?;
     ctx.rec(
         "ticks",
-        "SELECT tick_queue, tick_id, tick_event_seq FROM pgq.tick ORDER BY 1, 2",
+        "SELECT tick_queue, tick_id, greatest(tick_event_seq, 1) AS tick_event_seq
+           FROM pgq.tick ORDER BY 1, 2",
         &[],
     )
     .await?;
