@@ -26,6 +26,7 @@
 //! | Variable | Effect |
 //! |----------|--------|
 //! | `PGQ_TEST_DSN` | Use this server (superuser; its database is the maintenance database) |
+//! | `PGQ_TEST_PG_BIN` | Start every private cluster from this bin directory (`initdb`, `pg_ctl`, `postgres`) instead of the machine's, e.g. another major version; an error together with `PGQ_TEST_DSN`, and never replaced by a container |
 //! | `PGQ_REQUIRE_REFERENCE=1` | [`reference_available`] fails instead of skipping |
 //!
 //! # Cleanup
@@ -41,7 +42,7 @@ mod db;
 mod dsn;
 mod server;
 
-pub use cluster::{Cluster, ClusterOptions, SslFiles};
+pub use cluster::{bin_dir, Cluster, ClusterOptions, SslFiles};
 pub use db::TestDb;
 pub use server::server_dsn;
 
@@ -59,6 +60,15 @@ pub enum TestkitError {
     NoServer {
         /// Why each way failed.
         tried: String,
+    },
+    /// `PGQ_TEST_DSN` and `PGQ_TEST_PG_BIN` both name a server to test on.
+    #[error(
+        "PGQ_TEST_DSN and PGQ_TEST_PG_BIN are both set: tests would run on the PGQ_TEST_DSN \
+         server, not on a cluster of the binaries in {bin_dir}; unset one of them"
+    )]
+    ServerConflict {
+        /// The value of `PGQ_TEST_PG_BIN`.
+        bin_dir: String,
     },
     /// The server binaries were not found.
     #[error("PostgreSQL server binaries: {0}")]
