@@ -40,7 +40,7 @@ pub struct ClusterOptions {
     pub listen_tcp: bool,
 }
 
-/// A private throwaway PostgreSQL cluster.
+/// A private throwaway PostgreSQL cluster, from the binaries in [`bin_dir`].
 ///
 /// It lives in its own directory under `/tmp` (or the temporary directory when not root), with
 /// trust authentication, superuser `postgres`, locale C, UTF8, `TimeZone=UTC`, `fsync=off`, and a
