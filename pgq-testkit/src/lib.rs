@@ -53,9 +53,9 @@ pub enum TestkitError {
     #[error(
         "no PostgreSQL server for tests. Provide one of: \
          PGQ_TEST_DSN (e.g. PGQ_TEST_DSN=\"host=127.0.0.1 port=5432 user=postgres dbname=postgres\", \
-         a superuser); the PostgreSQL server binaries (initdb, pg_ctl, found via pg_config or \
-         /usr/lib/postgresql/*/bin) for a private throwaway cluster; or a running Docker engine \
-         for a testcontainers PostgreSQL. Tried: {tried}"
+         a superuser); the PostgreSQL server binaries (initdb, pg_ctl, found via PGQ_TEST_PG_BIN, \
+         pg_config or /usr/lib/postgresql/*/bin) for a private throwaway cluster; or a running \
+         Docker engine for a testcontainers PostgreSQL. Tried: {tried}"
     )]
     NoServer {
         /// Why each way failed.
