@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgq_core::{quote_ident, Flavor, Line};
+use pgq_core::{quote_ident, quote_literal, Flavor, Line};
 use serde::Serialize;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
@@ -280,8 +280,7 @@ async fn add_trigger(
     follow_key_changes: bool,
 ) -> Result<()> {
     let queue = config.queue.as_str();
-    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let mut args = literal(queue);
+    let mut args = quote_literal(queue);
     if follow_key_changes {
         if pgq_core::flavor(provider).await? != Flavor::Ours {
             return Err(LondisteError::TableState {
@@ -305,8 +304,8 @@ async fn add_trigger(
              VALUES ({q}, {name}, {oid});
          COMMIT;",
         t = source.quoted,
-        q = literal(queue),
-        name = literal(&source.event_name),
+        q = quote_literal(queue),
+        name = quote_literal(&source.event_name),
         oid = source.oid,
     );
     if let Err(err) = provider.batch_execute(&sql).await {
@@ -450,12 +449,12 @@ pub async fn remove_table(config: &Config, table: &str) -> Result<()> {
         "BEGIN;
          DROP TRIGGER IF EXISTS {} ON {t};
          DROP TRIGGER IF EXISTS {} ON {t};
-         DELETE FROM londiste_rs.provider_table WHERE queue_name = '{}' AND table_name = '{}';
+         DELETE FROM londiste_rs.provider_table WHERE queue_name = {} AND table_name = {};
          COMMIT;",
         quote_ident(&format!("_londiste_rs_{queue}")),
         quote_ident(&format!("_londiste_rs_{queue}_truncate")),
-        queue.replace('\'', "''"),
-        event_name.replace('\'', "''"),
+        quote_literal(queue),
+        quote_literal(event_name),
         t = source.quoted,
     );
     provider.batch_execute(&sql).await.on(

@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 use futures_util::{pin_mut, SinkExt as _, TryStreamExt as _};
 use indicatif::{ProgressBar, ProgressStyle};
-use pgq_core::{quote_ident, Dsn};
+use pgq_core::{quote_ident, quote_literal, Dsn};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Transaction};
 
@@ -221,15 +221,6 @@ fn literal_tuple(info: &TableInfo, values: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A string literal; standard_conforming_strings is on in every supported PostgreSQL.
-fn quote_literal(value: &str) -> String {
-    if value.contains('\\') {
-        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", value.replace('\'', "''"))
-    }
 }
 
 /// A range of primary keys, `[low, high)`; `None` is unbounded.

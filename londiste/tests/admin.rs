@@ -1,6 +1,9 @@
 //! resync, sequences, remove-table, status, and early flushes under a small memory limit.
 
-use londiste::{AddTableOptions, Worker};
+use londiste::{AddTableOptions, Config, Worker};
+use pgq_core::{ConsumerName, Dsn, QueueName};
+use pgq_testkit::TestDb;
+use tokio_postgres::Row;
 
 use crate::common::Pair;
 
@@ -92,5 +95,102 @@ async fn a_tiny_memory_limit_flushes_early_with_the_same_result() -> anyhow::Res
     let mut worker = Worker::connect(&pair.config).await?;
     pair.drain(&mut worker).await?;
     assert_eq!(pair.assert_same("f", "id").await?, 200);
+    Ok(())
+}
+
+/// A queue name and key values with backslashes and quotes reach the provider's trigger
+/// arguments, bookkeeping and parallel copy ranges intact on a provider whose sessions default
+/// to `standard_conforming_strings = off`, where literals quoted for `on` read back otherwise
+/// (this name would end its literal early and run the rest as SQL).
+#[tokio::test]
+async fn backslashes_and_quotes_under_nonstandard_strings() -> anyhow::Result<()> {
+    let provider_db = TestDb::new().await?;
+    let subscriber_db = TestDb::new().await?;
+    let admin = provider_db.client().await?;
+    let version: i32 = admin
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int",
+            &[],
+        )
+        .await?
+        .get(0);
+    if version >= 190_000 {
+        // PostgreSQL 19 has no other setting than `on`.
+        return Ok(());
+    }
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET standard_conforming_strings = off",
+            pgq_core::quote_ident(provider_db.name())
+        ))
+        .await?;
+    let queue = r"q\'; DROP TABLE t; --";
+    let config = Config::new(
+        Dsn::parse(&provider_db.dsn())?,
+        Dsn::parse(&subscriber_db.dsn())?,
+        QueueName::new(queue)?,
+        ConsumerName::new("worker")?,
+    );
+    londiste::init(&config).await?;
+    let provider = provider_db.client().await?;
+    let subscriber = subscriber_db.client().await?;
+    for client in [&provider, &subscriber] {
+        client
+            .batch_execute("CREATE TABLE t (k text PRIMARY KEY, v int)")
+            .await?;
+    }
+    provider
+        .batch_execute(r"INSERT INTO t SELECT E'k\\' || g || '''', g FROM generate_series(1, 40) g")
+        .await?;
+
+    let options = AddTableOptions {
+        parallel_copy: 3,
+        ..AddTableOptions::default()
+    };
+    londiste::add_tables(&config, &["t".to_owned()], &options).await?;
+    let read = "SELECT k, v FROM t ORDER BY k";
+    let rows = |rows: Vec<Row>| -> Vec<(String, i32)> {
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let on_provider = rows(provider.query(read, &[]).await?);
+    assert_eq!(on_provider.len(), 40);
+    assert_eq!(on_provider[0], (r"k\1'".to_owned(), 1));
+    assert_eq!(rows(subscriber.query(read, &[]).await?), on_provider);
+
+    let registered: Vec<(String, String)> = provider
+        .query(
+            "SELECT queue_name, table_name FROM londiste_rs.provider_table",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(registered, [(queue.to_owned(), "public.t".to_owned())]);
+    let trigger_args: Vec<Vec<u8>> = provider
+        .query(
+            "SELECT tgargs FROM pg_catalog.pg_trigger
+              WHERE tgrelid = 't'::regclass AND NOT tgisinternal ORDER BY tgname",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // tgargs: each argument followed by a NUL.
+    let expected = format!("{queue}\0").into_bytes();
+    assert_eq!(trigger_args, [expected.clone(), expected]);
+
+    londiste::remove_table(&config, "t").await?;
+    let left: i64 = provider
+        .query_one(
+            "SELECT (SELECT count(*) FROM londiste_rs.provider_table)
+                  + (SELECT count(*) FROM pg_catalog.pg_trigger
+                      WHERE tgrelid = 't'::regclass AND NOT tgisinternal)",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(left, 0, "remove-table found the row and the triggers");
     Ok(())
 }

@@ -49,7 +49,7 @@ WITH RECURSIVE tree(path, isdir, size, mtime) AS (
            LATERAL pg_catalog.pg_stat_file(t.path || '/' || e.name, true) AS s
      WHERE t.isdir
        AND t.path <> ALL ($1::text[])
-       AND e.name NOT LIKE 'pgsql\\_tmp%'
+       AND NOT pg_catalog.starts_with(e.name, 'pgsql_tmp')
 )
 SELECT path, isdir, size, mtime FROM tree WHERE isdir IS NOT NULL";
 

@@ -33,6 +33,31 @@ pub fn quote_ident(name: &str) -> String {
     quoted
 }
 
+/// Quotes a string as an SQL literal that reads back as `value` whatever the session's
+/// `standard_conforming_strings`: quotes are doubled, and a value with a backslash becomes an
+/// escape string (`E'…'`) with its backslashes doubled, as PostgreSQL's own `quote_literal` does.
+/// For the places a value cannot be a bind parameter (utility statements, trigger arguments).
+///
+/// ```
+/// assert_eq!(pgq_core::quote_literal("it's"), "'it''s'");
+/// assert_eq!(pgq_core::quote_literal(r"C:\tmp"), r"E'C:\\tmp'");
+/// ```
+pub fn quote_literal(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 3);
+    if value.contains('\\') {
+        quoted.push('E');
+    }
+    quoted.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            quoted.push(c);
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
+}
+
 /// Checks a name against the rules in the module docs.
 fn validate(kind: &'static str, name: String) -> Result<String> {
     let reason = if name.is_empty() {
@@ -161,6 +186,15 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident(""), "\"\"");
         assert_eq!(quote_ident("ünï;code"), "\"ünï;code\"");
+    }
+
+    #[test]
+    fn quote_literal_doubles_quotes_and_escapes_backslashes() {
+        assert_eq!(quote_literal("plain"), "'plain'");
+        assert_eq!(quote_literal(""), "''");
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+        assert_eq!(quote_literal(r"a\b"), r"E'a\\b'");
+        assert_eq!(quote_literal(r"\'"), r"E'\\'''");
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub use config_file::{toml_error_position, toml_key_position};
 pub use consumer_info::{consumer_info, ConsumerInfo};
 pub use dsn::{Dsn, SslMode};
 pub use error::{Error, Result};
-pub use ident::{quote_ident, ConsumerName, QueueName};
+pub use ident::{quote_ident, quote_literal, ConsumerName, QueueName};
 pub use ids::{BatchId, EventId, TickId};
 pub use producer::{insert_event, insert_event_ext, insert_events, NewEvent};
 pub use queue::{

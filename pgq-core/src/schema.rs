@@ -565,6 +565,11 @@ async fn apply(client: &mut Client, m: &Migration) -> Result<AppliedMigration> {
         .transaction()
         .await
         .op("starting a migration transaction")?;
+    // The files are written for standard strings (PostgreSQL 19 knows no other), and a database
+    // may default its sessions to `off`; SET LOCAL ends with the transaction.
+    tx.batch_execute("SET LOCAL standard_conforming_strings = on")
+        .await
+        .op("pinning standard_conforming_strings for a migration")?;
     let started = Instant::now();
     tx.batch_execute(PIN_SEARCH_PATH)
         .await
@@ -913,7 +918,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
         install_with(&mut client, &[Line::Pgq], &list[..1]).await?;
         client
             .execute(
-                "UPDATE pgq_rs.migrations SET checksum = '\\x00'::bytea WHERE version = 1",
+                "UPDATE pgq_rs.migrations SET checksum = pg_catalog.decode('00', 'hex') WHERE version = 1",
                 &[],
             )
             .await?;

@@ -8,6 +8,7 @@ mod info;
 mod installer;
 mod producing;
 mod queues;
+mod quoting;
 mod roles;
 mod setup;
 mod sql_scripts;

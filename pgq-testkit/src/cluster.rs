@@ -1,4 +1,5 @@
-//! Private throwaway clusters made with the machine's `initdb` and `pg_ctl`.
+//! Private throwaway clusters made with the machine's `initdb` and `pg_ctl`, or those in
+//! `PGQ_TEST_PG_BIN`.
 
 use std::ffi::OsString;
 use std::fs;
@@ -12,6 +13,9 @@ use std::sync::OnceLock;
 
 use crate::dsn::quote_value;
 use crate::TestkitError;
+
+/// The environment variable naming the PostgreSQL bin directory private clusters start from.
+pub(crate) const PG_BIN_VAR: &str = "PGQ_TEST_PG_BIN";
 
 /// How many times a TCP cluster is restarted on a fresh port when its port was taken meanwhile.
 const PORT_ATTEMPTS: u32 = 5;
@@ -36,7 +40,7 @@ pub struct ClusterOptions {
     pub listen_tcp: bool,
 }
 
-/// A private throwaway PostgreSQL cluster.
+/// A private throwaway PostgreSQL cluster, from the binaries in [`bin_dir`].
 ///
 /// It lives in its own directory under `/tmp` (or the temporary directory when not root), with
 /// trust authentication, superuser `postgres`, locale C, UTF8, `TimeZone=UTC`, `fsync=off`, and a
@@ -365,18 +369,80 @@ impl Tools {
     }
 }
 
-/// The binaries, found once per process.
+/// The binaries, found once per process: those in `PGQ_TEST_PG_BIN` when set, else the machine's.
 fn tools() -> Result<&'static Tools, TestkitError> {
     static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
     TOOLS
         .get_or_init(|| {
+            let as_postgres = is_root();
+            let bindir = match pg_bin_var() {
+                Some(dir) => checked_bindir(Path::new(&dir), as_postgres)?,
+                None => find_bindir()?,
+            };
             Ok(Tools {
-                bindir: find_bindir()?,
-                as_postgres: is_root(),
+                bindir,
+                as_postgres,
             })
         })
         .as_ref()
         .map_err(|reason| TestkitError::NoBinaries(reason.clone()))
+}
+
+/// The bin directory private clusters are started from: `PGQ_TEST_PG_BIN` when set, else the
+/// machine's (`pg_config --bindir`, the highest `/usr/lib/postgresql/<version>/bin`, `PATH`).
+///
+/// # Errors
+///
+/// [`TestkitError::NoBinaries`] when none is found, or when the one in `PGQ_TEST_PG_BIN` lacks
+/// a program or cannot be run by the server's user.
+pub fn bin_dir() -> Result<&'static Path, TestkitError> {
+    tools().map(|tools| tools.bindir.as_path())
+}
+
+/// `PGQ_TEST_PG_BIN`, unless unset or empty.
+pub(crate) fn pg_bin_var() -> Option<OsString> {
+    std::env::var_os(PG_BIN_VAR).filter(|dir| !dir.is_empty())
+}
+
+/// Checks a bin directory given by hand: it holds `initdb`, `pg_ctl` and `postgres`, and the
+/// user the server runs as can run them (their libraries included), which a directory under a
+/// 0700 home such as `/root` forbids.
+fn checked_bindir(dir: &Path, as_postgres: bool) -> Result<PathBuf, String> {
+    let named = || format!("{PG_BIN_VAR}={}", dir.display());
+    // The cluster's commands run in its own directory: a relative path would not resolve there.
+    let bindir = fs::canonicalize(dir).map_err(|e| format!("{}: {e}", named()))?;
+    for program in ["initdb", "pg_ctl", "postgres"] {
+        if !bindir.join(program).is_file() {
+            return Err(format!(
+                "{}: no `{program}` there; it must name a PostgreSQL bin directory holding \
+                 initdb, pg_ctl and postgres",
+                named()
+            ));
+        }
+    }
+    let tools = Tools {
+        bindir,
+        as_postgres,
+    };
+    let user = if as_postgres { " as user postgres" } else { "" };
+    let output = tools
+        .std_command("postgres")
+        .arg("--version")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: running `postgres --version`{user}: {e}", named()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{}: `postgres --version` failed{user} ({}): {}; the server's user must be able to \
+             read and run the binaries and their libraries (keep them out of 0700 directories \
+             such as /root)",
+            named(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(tools.bindir)
 }
 
 /// `pg_config --bindir`, else the highest `/usr/lib/postgresql/<version>/bin`, else `PATH`.
@@ -547,5 +613,86 @@ if [ -n "$dir" ]; then rm -rf "$dir"; fi"#;
             status: status.to_string(),
             output: String::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under `/tmp` for this test, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str, mode: u32) -> Scratch {
+            let dir = PathBuf::from(format!("/tmp/pgqt-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir(&dir).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_bin_dir_given_by_hand_is_checked() {
+        let machine = find_bindir().expect("the machine's PostgreSQL binaries");
+        let as_postgres = is_root();
+        assert_eq!(
+            checked_bindir(&machine, as_postgres).unwrap(),
+            fs::canonicalize(&machine).unwrap()
+        );
+
+        let missing = checked_bindir(Path::new("/nonexistent/pg/bin"), as_postgres).unwrap_err();
+        assert!(
+            missing.starts_with("PGQ_TEST_PG_BIN=/nonexistent/pg/bin: No such file"),
+            "{missing}"
+        );
+
+        let empty = Scratch::new("empty-bin", 0o755);
+        let refused = checked_bindir(&empty.0, as_postgres).unwrap_err();
+        assert_eq!(
+            refused,
+            format!(
+                "PGQ_TEST_PG_BIN={}: no `initdb` there; it must name a PostgreSQL bin directory \
+                 holding initdb, pg_ctl and postgres",
+                empty.0.display()
+            )
+        );
+    }
+
+    /// As root the server runs as `postgres`, which cannot enter a 0700 directory of root's:
+    /// binaries there are refused up front, before `initdb` fails on them.
+    #[test]
+    fn a_bin_dir_the_server_user_cannot_reach_is_refused() {
+        let machine = find_bindir().expect("the machine's PostgreSQL binaries");
+        let private = Scratch::new("private-bin", 0o700);
+        for program in ["initdb", "pg_ctl", "postgres"] {
+            std::os::unix::fs::symlink(machine.join(program), private.0.join(program)).unwrap();
+        }
+        let checked = checked_bindir(&private.0, is_root());
+        if !is_root() {
+            // Without root the server runs as this user, who owns the directory.
+            assert_eq!(checked.unwrap(), private.0);
+            return;
+        }
+        let refused = checked.unwrap_err();
+        let expected_start = format!(
+            "PGQ_TEST_PG_BIN={}: `postgres --version` failed as user postgres (exit status: ",
+            private.0.display()
+        );
+        assert!(refused.starts_with(&expected_start), "{refused}");
+        assert!(
+            refused.ends_with(
+                "the server's user must be able to read and run the binaries and their \
+                 libraries (keep them out of 0700 directories such as /root)"
+            ),
+            "{refused}"
+        );
     }
 }

@@ -26,6 +26,7 @@
 //! | Variable | Effect |
 //! |----------|--------|
 //! | `PGQ_TEST_DSN` | Use this server (superuser; its database is the maintenance database) |
+//! | `PGQ_TEST_PG_BIN` | Start every private cluster from this bin directory (`initdb`, `pg_ctl`, `postgres`) instead of the machine's, e.g. another major version; an error together with `PGQ_TEST_DSN`, and never replaced by a container |
 //! | `PGQ_REQUIRE_REFERENCE=1` | [`reference_available`] fails instead of skipping |
 //!
 //! # Cleanup
@@ -41,7 +42,7 @@ mod db;
 mod dsn;
 mod server;
 
-pub use cluster::{Cluster, ClusterOptions, SslFiles};
+pub use cluster::{bin_dir, Cluster, ClusterOptions, SslFiles};
 pub use db::TestDb;
 pub use server::server_dsn;
 
@@ -52,13 +53,22 @@ pub enum TestkitError {
     #[error(
         "no PostgreSQL server for tests. Provide one of: \
          PGQ_TEST_DSN (e.g. PGQ_TEST_DSN=\"host=127.0.0.1 port=5432 user=postgres dbname=postgres\", \
-         a superuser); the PostgreSQL server binaries (initdb, pg_ctl, found via pg_config or \
-         /usr/lib/postgresql/*/bin) for a private throwaway cluster; or a running Docker engine \
-         for a testcontainers PostgreSQL. Tried: {tried}"
+         a superuser); the PostgreSQL server binaries (initdb, pg_ctl, found via PGQ_TEST_PG_BIN, \
+         pg_config or /usr/lib/postgresql/*/bin) for a private throwaway cluster; or a running \
+         Docker engine for a testcontainers PostgreSQL. Tried: {tried}"
     )]
     NoServer {
         /// Why each way failed.
         tried: String,
+    },
+    /// `PGQ_TEST_DSN` and `PGQ_TEST_PG_BIN` both name a server to test on.
+    #[error(
+        "PGQ_TEST_DSN and PGQ_TEST_PG_BIN are both set: tests would run on the PGQ_TEST_DSN \
+         server, not on a cluster of the binaries in {bin_dir}; unset one of them"
+    )]
+    ServerConflict {
+        /// The value of `PGQ_TEST_PG_BIN`.
+        bin_dir: String,
     },
     /// The server binaries were not found.
     #[error("PostgreSQL server binaries: {0}")]

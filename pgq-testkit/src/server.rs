@@ -1,7 +1,7 @@
 //! Finding the one server a test process puts its databases on.
 
 use std::any::Any;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::time::Duration;
 
 use testcontainers::core::{IntoContainerPort as _, WaitFor};
@@ -10,7 +10,7 @@ use testcontainers::{GenericImage, ImageExt as _};
 use tokio::sync::OnceCell;
 use tokio_postgres::Config;
 
-use crate::cluster::{spawn_watchdog, Cluster, ClusterOptions};
+use crate::cluster::{pg_bin_var, spawn_watchdog, Cluster, ClusterOptions};
 use crate::dsn::{connect, render};
 use crate::TestkitError;
 
@@ -41,6 +41,9 @@ pub(crate) async fn maintenance() -> Result<&'static Config, TestkitError> {
 /// it names none, and user `postgres` when it names none); else a private cluster for this test
 /// process, started once and stopped when the process exits; else a testcontainers PostgreSQL when
 /// a Docker engine answers; else [`TestkitError::NoServer`].
+///
+/// With `PGQ_TEST_PG_BIN` set, it is a private cluster of those binaries or an error: never a
+/// container, and [`TestkitError::ServerConflict`] when `PGQ_TEST_DSN` is set too.
 pub async fn server_dsn() -> Result<String, TestkitError> {
     let config = maintenance().await?;
     Ok(render(
@@ -50,11 +53,21 @@ pub async fn server_dsn() -> Result<String, TestkitError> {
     ))
 }
 
+/// `PGQ_TEST_DSN` when it is set and `PGQ_TEST_PG_BIN` is not; an error when both are, since
+/// tests would otherwise run on the DSN's server while the caller asked for those binaries.
+fn test_dsn(dsn: Option<String>, pg_bin: Option<&OsStr>) -> Result<Option<String>, TestkitError> {
+    let dsn = dsn.filter(|v| !v.trim().is_empty());
+    match (dsn, pg_bin) {
+        (Some(_), Some(bin_dir)) => Err(TestkitError::ServerConflict {
+            bin_dir: bin_dir.to_string_lossy().into_owned(),
+        }),
+        (dsn, _) => Ok(dsn),
+    }
+}
+
 async fn find() -> Result<Server, TestkitError> {
-    if let Some(dsn) = std::env::var(TEST_DSN_VAR)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-    {
+    let pg_bin = pg_bin_var();
+    if let Some(dsn) = test_dsn(std::env::var(TEST_DSN_VAR).ok(), pg_bin.as_deref())? {
         let mut maintenance: Config = dsn
             .parse()
             .map_err(|source| TestkitError::BadDsn { source })?;
@@ -81,6 +94,8 @@ async fn find() -> Result<Server, TestkitError> {
                 _keep_alive: Some(Box::new(cluster)),
             });
         }
+        // Another server would test another version than the one asked for.
+        Err(e) if pg_bin.is_some() => return Err(e),
         Err(e) => e.to_string(),
     };
     match start_container().await {
@@ -148,4 +163,33 @@ async fn start_container() -> Result<Server, String> {
         maintenance,
         _keep_alive: Some(Box::new(container)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_dsn_is_used_unless_a_bin_dir_is_asked_for() {
+        let dsn = "host=/tmp port=5432".to_owned();
+        assert_eq!(
+            test_dsn(Some(dsn.clone()), None).unwrap(),
+            Some(dsn.clone())
+        );
+        assert_eq!(test_dsn(Some("  ".to_owned()), None).unwrap(), None);
+        assert_eq!(
+            test_dsn(None, Some(OsStr::new("/pg/17/bin"))).unwrap(),
+            None
+        );
+        assert_eq!(
+            test_dsn(Some(" ".to_owned()), Some(OsStr::new("/pg/17/bin"))).unwrap(),
+            None
+        );
+        let refused = test_dsn(Some(dsn), Some(OsStr::new("/pg/17/bin"))).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "PGQ_TEST_DSN and PGQ_TEST_PG_BIN are both set: tests would run on the PGQ_TEST_DSN \
+             server, not on a cluster of the binaries in /pg/17/bin; unset one of them"
+        );
+    }
 }

@@ -127,6 +127,53 @@ async fn server_dsn_is_stable() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The major version `postgres --version` in the testkit's bin directory prints.
+fn bin_dir_major() -> anyhow::Result<u32> {
+    let postgres = pgq_testkit::bin_dir()?.join("postgres");
+    let output = std::process::Command::new(&postgres)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}", postgres.display()))?;
+    let text = String::from_utf8(output.stdout)?;
+    // "postgres (PostgreSQL) 17.6" or "postgres (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)"
+    let version = text
+        .split_whitespace()
+        .nth(2)
+        .with_context(|| format!("unexpected `postgres --version`: {text}"))?;
+    let major = version.split('.').next().unwrap_or_default();
+    major
+        .parse()
+        .with_context(|| format!("unexpected `postgres --version`: {text}"))
+}
+
+async fn server_major(client: &Client) -> anyhow::Result<u32> {
+    let num: u32 = show(client, "server_version_num").await?.parse()?;
+    Ok(num / 10_000)
+}
+
+/// Clusters run the binaries of `PGQ_TEST_PG_BIN` when it is set (CI sets it to 16, 17, 18),
+/// the machine's otherwise; so does the shared server, unless `PGQ_TEST_DSN` names another.
+#[tokio::test]
+async fn clusters_run_the_binaries_of_the_bin_dir() -> anyhow::Result<()> {
+    let expected = bin_dir_major()?;
+    if let Some(dir) = std::env::var_os("PGQ_TEST_PG_BIN").filter(|d| !d.is_empty()) {
+        assert_eq!(
+            pgq_testkit::bin_dir()?,
+            std::fs::canonicalize(dir)?,
+            "PGQ_TEST_PG_BIN is the bin directory"
+        );
+    }
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let client = connect(&cluster.dsn("postgres")).await?;
+    assert_eq!(server_major(&client).await?, expected);
+    if std::env::var("PGQ_TEST_DSN").is_ok_and(|v| !v.trim().is_empty()) {
+        return Ok(());
+    }
+    let shared = connect(&pgq_testkit::server_dsn().await?).await?;
+    assert_eq!(server_major(&shared).await?, expected);
+    Ok(())
+}
+
 #[tokio::test]
 async fn cluster_listens_on_tcp_with_settings() -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterOptions {

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{ensure, Context as _, Result};
-use pgq_core::{InstallReport, Line};
+use pgq_core::{quote_literal, InstallReport, Line};
 use pgq_testkit::TestDb;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
@@ -200,19 +200,14 @@ const ARGUMENTS: &[Option<&[&str]>] = &[
 
 const KINDS: [&str; 3] = ["logutriga", "sqltriga", "jsontriga"];
 
-/// `s` as an SQL string literal (standard_conforming_strings is on).
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// `CREATE TRIGGER` statements for `kind` with `args` on every table: a row trigger and a
 /// TRUNCATE trigger each.
 fn triggers(kind: &str, args: Option<&[&str]>) -> String {
     let mut call = String::new();
     if let Some(args) = args {
-        call.push_str(&literal(QUEUE));
+        call.push_str(&quote_literal(QUEUE));
         for arg in args {
-            let _ = write!(call, ", {}", literal(arg));
+            let _ = write!(call, ", {}", quote_literal(arg));
         }
     }
     let mut sql = String::new();
