@@ -24,11 +24,13 @@ mod backup;
 mod compress;
 mod config;
 mod copy;
+mod dest;
 mod error;
 mod listing;
 mod lsn;
 mod manifest;
 mod options;
+mod standby;
 mod throttle;
 mod wal;
 
