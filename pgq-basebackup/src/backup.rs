@@ -161,6 +161,15 @@ async fn run(
         .mode(0o700)
         .create(wal_dir.join("archive_status"))
         .io_context(|| format!("creating {}", wal_dir.display()))?;
+    // The chunk log marks the copy as this crate's from its first write on, so a later
+    // --force or --resume knows it even when this run stops early.
+    let log = dest.join(CHUNK_LOG);
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log)
+        .io_context(|| format!("creating {}", log.display()))?;
     let (stop_tx, stop_rx) = watch::channel(None);
     let fetcher = WalFetcher {
         client: opts
@@ -387,8 +396,7 @@ fn in_place_tablespaces(dest: &Path) -> Result<usize> {
 }
 
 /// Creates `dest` (mode 0700), or empties it under `force`, or keeps it under `resume`;
-/// refuses a non-empty one otherwise. Then marks it as this crate's with the chunk log, so a
-/// later `--force` or `--resume` knows it even if this run stops early.
+/// refuses a non-empty one otherwise.
 fn prepare_dest(dest: &Path, force: bool, resume: bool) -> Result<()> {
     match fs::read_dir(dest) {
         Ok(mut entries) => {
@@ -423,15 +431,7 @@ fn prepare_dest(dest: &Path, force: bool, resume: bool) -> Result<()> {
         Err(e) => return Err(e).io_context(|| format!("opening {}", dest.display())),
     }
     fs::set_permissions(dest, fs::Permissions::from_mode(0o700))
-        .io_context(|| format!("chmod {}", dest.display()))?;
-    let log = dest.join(CHUNK_LOG);
-    fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log)
-        .map(drop)
-        .io_context(|| format!("creating {}", log.display()))
+        .io_context(|| format!("chmod {}", dest.display()))
 }
 
 /// Refuses servers before 15, and roles that lack a privilege, naming all of them.

@@ -181,3 +181,25 @@ pub(crate) fn pg_verifybackup() -> PathBuf {
     .find(|p| p.is_file())
     .unwrap_or_else(|| PathBuf::from("pg_verifybackup"))
 }
+
+/// Files under `dir` (links not followed) whose bytes contain `needle`.
+pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file()
+                && std::fs::read(entry.path())?
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            {
+                found.push(entry.path());
+            }
+        }
+    }
+    Ok(found)
+}
