@@ -53,13 +53,14 @@ pub struct BackupSummary {
     pub elapsed: Duration,
 }
 
-/// Functions a role must be able to execute, as `GRANT` names them.
+/// Functions a role must be able to execute, as `GRANT` names them (`text` qualified too: it
+/// is looked up through the `search_path`, `boolean` and `bigint` are keywords).
 const FUNCTIONS: &[&str] = &[
-    "pg_catalog.pg_backup_start(text, boolean)",
+    "pg_catalog.pg_backup_start(pg_catalog.text, boolean)",
     "pg_catalog.pg_backup_stop(boolean)",
-    "pg_catalog.pg_ls_dir(text, boolean, boolean)",
-    "pg_catalog.pg_stat_file(text, boolean)",
-    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+    "pg_catalog.pg_ls_dir(pg_catalog.text, boolean, boolean)",
+    "pg_catalog.pg_stat_file(pg_catalog.text, boolean)",
+    "pg_catalog.pg_read_binary_file(pg_catalog.text, bigint, bigint, boolean)",
 ];
 
 /// Takes a base backup of `opts.dsn` into `opts.dest`.

@@ -158,11 +158,11 @@ async fn role_without_privileges_is_told_the_grants_that_suffice() -> anyhow::Re
     assert_eq!(role, "weak");
     let text = err.to_string();
     for needed in [
-        "GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_start(text, boolean) TO \"weak\"",
+        "GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_start(pg_catalog.text, boolean) TO \"weak\"",
         "pg_catalog.pg_backup_stop(boolean)",
-        "pg_catalog.pg_ls_dir(text, boolean, boolean)",
-        "pg_catalog.pg_stat_file(text, boolean)",
-        "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+        "pg_catalog.pg_ls_dir(pg_catalog.text, boolean, boolean)",
+        "pg_catalog.pg_stat_file(pg_catalog.text, boolean)",
+        "pg_catalog.pg_read_binary_file(pg_catalog.text, bigint, bigint, boolean)",
         "ALTER ROLE \"weak\" REPLICATION",
         "pg_read_server_files",
     ] {

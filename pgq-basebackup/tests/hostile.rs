@@ -185,3 +185,140 @@ async fn hostile_file_names_are_refused() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Legal but awkward names (spaces, both quotes, a backslash, non-ASCII, a leading dash, a
+/// line break) are copied byte for byte, and the copy verifies, with `pg_verifybackup` too. A
+/// name that is not UTF-8 cannot be read back through the server's text-typed file functions:
+/// it is refused by name, before anything is written for the listed files.
+#[tokio::test]
+async fn awkward_names_are_copied_and_non_utf8_is_refused_by_name() -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+
+    let source = support::source().await?;
+    let awkward = [
+        ("my dir/it's \"quoted\" \\ é.txt", "one"),
+        ("-rf", "two"),
+        ("my dir/line\nbreak", "three"),
+    ];
+    std::fs::create_dir(source.data_dir().join("my dir"))?;
+    for (name, text) in awkward {
+        std::fs::write(source.data_dir().join(name), text)?;
+    }
+    let scratch = Scratch::new("copy")?;
+    pgq_basebackup::backup(BackupOptions::new(support::dsn(&source)?, scratch.path())).await?;
+    for (name, text) in awkward {
+        assert_eq!(std::fs::read_to_string(scratch.path().join(name))?, text);
+    }
+    let report = pgq_basebackup::verify(scratch.path())?;
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let (code, out, err) = support::run(
+        &support::pg_verifybackup().display().to_string(),
+        &[&scratch.path().display().to_string()],
+    )
+    .await?;
+    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
+
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.conf");
+    std::fs::write(source.data_dir().join("my dir").join(latin1), "four")?;
+    let other = Scratch::new("other")?;
+    let err = pgq_basebackup::backup(BackupOptions::new(support::dsn(&source)?, other.path()))
+        .await
+        .expect_err("a name that is not UTF-8");
+    assert!(matches!(err, Error::UnsafeName { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with(
+            "refused file name \"my dir/caf\\xe9.conf\" from the source: not UTF-8: the server \
+             reads files by names given as text"
+        ),
+        "{err}"
+    );
+    assert!(!other.path().join("my dir").exists());
+    assert!(!other.path().join("PG_VERSION").exists());
+    Ok(())
+}
+
+/// A database owner who puts a schema of theirs before `pg_catalog` (`ALTER DATABASE ... SET
+/// search_path`), with look-alike operators, functions and a `text` type that note each call,
+/// gets none of them run by a backup that connects to that database as a superuser: every
+/// statement the backup sends names `pg_catalog`'s objects.
+#[tokio::test]
+async fn owner_objects_on_the_search_path_never_run() -> anyhow::Result<()> {
+    let source = support::source().await?;
+    let admin = support::dsn(&source)?;
+    let client = admin.connect().await?;
+    client.batch_execute("CREATE ROLE owner LOGIN").await?;
+    client.batch_execute("CREATE DATABASE app OWNER owner").await?;
+    let owner = admin.with_dbname("app").with_user("owner");
+    owner
+        .connect()
+        .await?
+        .batch_execute(
+            "CREATE SCHEMA evil;
+             CREATE TABLE evil.calls (what text, by_role text DEFAULT current_user,
+                                      query text DEFAULT current_query());
+             CREATE FUNCTION evil.note(what pg_catalog.text) RETURNS boolean LANGUAGE sql
+               AS $$ INSERT INTO evil.calls (what) VALUES (what) RETURNING true $$;
+             CREATE FUNCTION evil.name_eq(name, name) RETURNS boolean LANGUAGE sql
+               AS $$ SELECT evil.note('=(name)') AND pg_catalog.nameeq($1, $2) $$;
+             CREATE OPERATOR evil.= (LEFTARG = name, RIGHTARG = name, FUNCTION = evil.name_eq);
+             CREATE FUNCTION evil.text_eq(pg_catalog.text, pg_catalog.text) RETURNS boolean
+               LANGUAGE sql AS $$ SELECT evil.note('=(text)') AND pg_catalog.texteq($1, $2) $$;
+             CREATE OPERATOR evil.= (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text,
+                                     FUNCTION = evil.text_eq);
+             CREATE FUNCTION evil.text_ne(pg_catalog.text, pg_catalog.text) RETURNS boolean
+               LANGUAGE sql AS $$ SELECT evil.note('<>') AND pg_catalog.textne($1, $2) $$;
+             CREATE OPERATOR evil.<> (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text,
+                                      FUNCTION = evil.text_ne);
+             CREATE FUNCTION evil.cat(pg_catalog.text, pg_catalog.text) RETURNS pg_catalog.text
+               LANGUAGE sql AS $$ SELECT CASE WHEN evil.note('||')
+                                              THEN pg_catalog.textcat($1, $2) END $$;
+             CREATE OPERATOR evil.|| (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text,
+                                      FUNCTION = evil.cat);
+             CREATE FUNCTION evil.like(pg_catalog.text, pg_catalog.text) RETURNS boolean
+               LANGUAGE sql AS $$ SELECT evil.note('~~') AND pg_catalog.textlike($1, $2) $$;
+             CREATE OPERATOR evil.~~ (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text,
+                                      FUNCTION = evil.like);
+             CREATE FUNCTION evil.unnest(pg_catalog.text[]) RETURNS SETOF pg_catalog.text
+               LANGUAGE sql AS $$ SELECT evil.note('unnest'); SELECT pg_catalog.unnest($1) $$;
+             CREATE DOMAIN evil.text AS pg_catalog.text CHECK (evil.note('text'));
+             ALTER DATABASE app SET search_path = evil, pg_catalog;",
+        )
+        .await?;
+    // Each call noted in the owner's table, as (what, by whom, in which statement); emptied.
+    let calls = || async {
+        let client = owner.connect().await?;
+        let rows = client
+            .query("SELECT what, by_role, query FROM evil.calls", &[])
+            .await?;
+        client.batch_execute("TRUNCATE evil.calls").await?;
+        let calls: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        anyhow::Ok(calls)
+    };
+    // The trap works: a superuser's unqualified cast in that database runs the owner's code.
+    admin
+        .with_dbname("app")
+        .connect()
+        .await?
+        .batch_execute("SELECT 'x'::text")
+        .await?;
+    assert_eq!(
+        calls().await?,
+        [(
+            "text".to_owned(),
+            "postgres".to_owned(),
+            "SELECT 'x'::text".to_owned()
+        )]
+    );
+
+    let scratch = Scratch::new("copy")?;
+    let mut opts = BackupOptions::new(admin.with_dbname("app"), scratch.path());
+    opts.standby = true;
+    opts.jobs = 2;
+    pgq_basebackup::backup(opts).await?;
+    assert_eq!(calls().await?, []);
+    assert!(pgq_basebackup::verify(scratch.path())?.is_ok());
+    Ok(())
+}
