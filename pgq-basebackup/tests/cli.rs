@@ -171,10 +171,18 @@ async fn restore_never_follows_links() -> anyhow::Result<()> {
     let mut opts = pgq_basebackup::BackupOptions::new(support::dsn(&source)?, packed.path());
     opts.compress = Some(3);
     pgq_basebackup::backup(opts).await?;
-    let outside = packed.path().parent().expect("scratch parent").join("outside");
+    let outside = packed
+        .path()
+        .parent()
+        .expect("scratch parent")
+        .join("outside");
     std::fs::create_dir(&outside)?;
     std::fs::write(outside.join("secret"), "top secret")?;
-    let target = packed.path().parent().expect("scratch parent").join("target");
+    let target = packed
+        .path()
+        .parent()
+        .expect("scratch parent")
+        .join("target");
 
     let version = packed.path().join("PG_VERSION.zst");
     std::fs::remove_file(&version)?;
@@ -205,7 +213,10 @@ async fn restore_never_follows_links() -> anyhow::Result<()> {
             .expect("the error names a link");
         std::fs::remove_file(links.remove(named))?;
     }
-    assert_eq!(std::fs::read_to_string(outside.join("secret"))?, "top secret");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("secret"))?,
+        "top secret"
+    );
     assert_eq!(std::fs::read_dir(&outside)?.count(), 1);
     Ok(())
 }

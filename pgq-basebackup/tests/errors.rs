@@ -37,7 +37,10 @@ async fn force_empties_only_data_directories_and_copies() -> anyhow::Result<()> 
     std::fs::write(home.join("docs/notes.txt"), "mine too")?;
     let untouched = || -> anyhow::Result<()> {
         assert_eq!(std::fs::read_to_string(home.join(".bashrc"))?, "mine");
-        assert_eq!(std::fs::read_to_string(home.join("docs/notes.txt"))?, "mine too");
+        assert_eq!(
+            std::fs::read_to_string(home.join("docs/notes.txt"))?,
+            "mine too"
+        );
         assert_eq!(std::fs::read_dir(home)?.count(), 2);
         Ok(())
     };
@@ -73,10 +76,16 @@ async fn force_empties_only_data_directories_and_copies() -> anyhow::Result<()> 
         .await
         .expect_err("a server runs there");
     assert!(
-        err.to_string().contains("holds postmaster.pid, so a server may be running"),
+        err.to_string()
+            .contains("holds postmaster.pid, so a server may be running"),
         "{err}"
     );
-    let alive: i32 = dsn.connect().await?.query_one("SELECT 1", &[]).await?.get(0);
+    let alive: i32 = dsn
+        .connect()
+        .await?
+        .query_one("SELECT 1", &[])
+        .await?
+        .get(0);
     assert_eq!(alive, 1);
 
     let copy = home.parent().expect("scratch parent").join("copy");
@@ -114,7 +123,11 @@ async fn resume_refuses_links_in_the_copy() -> anyhow::Result<()> {
     let dsn = support::dsn(&source)?;
     let scratch = Scratch::new("copy")?;
     pgq_basebackup::backup(BackupOptions::new(dsn.clone(), scratch.path())).await?;
-    let outside = scratch.path().parent().expect("scratch parent").join("outside");
+    let outside = scratch
+        .path()
+        .parent()
+        .expect("scratch parent")
+        .join("outside");
     std::fs::create_dir(&outside)?;
     std::fs::write(outside.join("precious"), "mine")?;
     let base = scratch.path().join("base");

@@ -247,7 +247,9 @@ async fn owner_objects_on_the_search_path_never_run() -> anyhow::Result<()> {
     let admin = support::dsn(&source)?;
     let client = admin.connect().await?;
     client.batch_execute("CREATE ROLE owner LOGIN").await?;
-    client.batch_execute("CREATE DATABASE app OWNER owner").await?;
+    client
+        .batch_execute("CREATE DATABASE app OWNER owner")
+        .await?;
     let owner = admin.with_dbname("app").with_user("owner");
     owner
         .connect()

@@ -165,7 +165,9 @@ async fn standby_keeps_tls_settings_and_writes_no_password() -> anyhow::Result<(
             .collect(),
     })
     .await?;
-    let admin = pgq_core::Dsn::parse(&source.dsn("postgres"))?.connect().await?;
+    let admin = pgq_core::Dsn::parse(&source.dsn("postgres"))?
+        .connect()
+        .await?;
     admin
         .batch_execute(&format!(
             "CREATE ROLE \"o'neil \\ rep\" LOGIN SUPERUSER PASSWORD '{SECRET}';
@@ -183,7 +185,9 @@ async fn standby_keeps_tls_settings_and_writes_no_password() -> anyhow::Result<(
     )?;
     // A restart, not a reload: a reload takes effect at some later moment.
     source.restart().await?;
-    let admin = pgq_core::Dsn::parse(&source.dsn("postgres"))?.connect().await?;
+    let admin = pgq_core::Dsn::parse(&source.dsn("postgres"))?
+        .connect()
+        .await?;
 
     let scratch = Scratch::new("standby")?;
     let files = scratch.path().parent().expect("scratch parent");
@@ -236,7 +240,11 @@ async fn standby_keeps_tls_settings_and_writes_no_password() -> anyhow::Result<(
         ("channel_binding", "prefer".to_owned()),
         ("passfile", passfile.display().to_string()),
     ] {
-        assert_eq!(written.setting(key), Some(value.as_str()), "{key} in {conninfo}");
+        assert_eq!(
+            written.setting(key),
+            Some(value.as_str()),
+            "{key} in {conninfo}"
+        );
     }
     assert!(!conninfo.contains("password="), "{conninfo}");
 
