@@ -150,7 +150,7 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
             .create(true)
             .truncate(!plan.resume)
             .mode(0o600)
-            .open(&path)
+            .open(path)
             .io_context(|| format!("creating {}", path.display()))?;
         file.set_len(entry.size)
             .and_then(|()| file.set_modified(entry.mtime))
@@ -251,7 +251,7 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
     }
     for index in &changes.vanished {
         let path = &locals[*index];
-        match fs::remove_file(&path) {
+        match fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).io_context(|| format!("removing {}", path.display()));
             }
