@@ -1,4 +1,5 @@
-//! `standby`: the copy streams from the source through its permanent slot.
+//! `standby`: the copy streams from the source through its permanent slot, with the
+//! connection settings it was taken with and no password.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ use rcgen::{
 };
 
 use crate::support::{self, Scratch};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgq-basebackup");
 
 #[tokio::test]
 async fn copy_streams_from_the_source() -> anyhow::Result<()> {
@@ -135,10 +138,7 @@ async fn write_for_server(path: &std::path::Path, text: &str, mode: u32) -> anyh
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    let (code, out, err) =
-        support::run("chown", &["postgres", &path.display().to_string()]).await?;
-    anyhow::ensure!(code == 0, "chown: {out}{err}");
-    Ok(())
+    support::chown_postgres(path).await
 }
 
 /// A `verify-full` source with a root certificate, a client certificate and key, channel
@@ -310,5 +310,3 @@ async fn standby_keeps_tls_settings_and_writes_no_password() -> anyhow::Result<(
     );
     Ok(())
 }
-
-const BIN: &str = env!("CARGO_BIN_EXE_pgq-basebackup");

@@ -203,3 +203,10 @@ pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<
     }
     Ok(found)
 }
+
+/// Hands `path` (and what it holds) to the server's user, as the tests run as root.
+pub(crate) async fn chown_postgres(path: &Path) -> anyhow::Result<()> {
+    let (code, out, err) = run("chown", &["-R", "postgres", &path.display().to_string()]).await?;
+    anyhow::ensure!(code == 0, "chown: {out}{err}");
+    Ok(())
+}
