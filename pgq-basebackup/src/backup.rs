@@ -72,11 +72,12 @@ const FUNCTIONS: &[&str] = &[
 ///
 /// # Errors
 ///
-/// Before connecting: [`Error::DestinationNotEmpty`]; [`Error::NotACopy`] when `force` or
-/// `resume` is asked for a directory that is neither a data directory nor an earlier copy
-/// (nothing is deleted); [`Error::InvalidOptions`]. Then [`Error::Connect`] when the source is
-/// unreachable; [`Error::UnsafeName`] or [`Error::UnsafeEntry`] when the source lists a name
-/// that could put a file outside the copy (nothing is written for the listed files); [`Error::MissingPrivileges`] naming every missing grant; [`Error::Db`],
+/// Before connecting: [`Error::InvalidOptions`]; [`Error::DestinationNotEmpty`];
+/// [`Error::NotACopy`] when `force` or `resume` is asked for a directory that is neither a
+/// data directory nor an earlier copy (nothing is deleted). Then [`Error::Connect`] when the
+/// source is unreachable; [`Error::MissingPrivileges`] naming every missing grant;
+/// [`Error::UnsafeName`] or [`Error::UnsafeEntry`] when the source lists a name that could put
+/// a file outside the copy (nothing is written for the listed files); [`Error::Db`],
 /// [`Error::Io`] or [`Error::WalMissing`] while copying. The source aborts the backup
 /// by itself when its session ends; the copy is then left without a manifest, and a
 /// permanent slot is dropped again.

@@ -218,5 +218,33 @@ async fn restore_never_follows_links() -> anyhow::Result<()> {
         "top secret"
     );
     assert_eq!(std::fs::read_dir(&outside)?.count(), 1);
+
+    // Compression never meets the links a tablespace mapping makes: the two are refused together.
+    let dsn = source.tcp_dsn("postgres").expect("TCP");
+    let copy = target.display().to_string();
+    let (code, out, err) = support::run(
+        BIN,
+        &[
+            "backup",
+            "-d",
+            &dsn,
+            "-D",
+            &copy,
+            "-Z",
+            "zstd",
+            "-T",
+            "/srv/a=/srv/b",
+        ],
+    )
+    .await?;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(
+            "invalid options: a compressed copy keeps its tablespaces inside it; drop \
+             --tablespace-mapping or --compress"
+        ),
+        "{err}"
+    );
+    assert!(!target.exists());
     Ok(())
 }
