@@ -1,8 +1,9 @@
 //! Taking a base backup: slot, `pg_backup_start`, listing, parallel copy, WAL, stop,
 //! manifest.
 
+use std::collections::HashSet;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,13 +13,14 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::copy::{CopyPlan, CHUNK_LOG};
+use crate::dest::{self, Dest};
 use crate::error::{DbContext as _, Error, IoContext as _, Result};
 use crate::lsn::Lsn;
 use crate::manifest::{self, WalRange};
 use crate::options::{BackupOptions, Checkpoint};
 use crate::throttle::Throttle;
 use crate::wal::WalFetcher;
-use crate::{compress, config, copy, listing};
+use crate::{compress, config, copy, listing, standby};
 
 /// What a finished backup did.
 #[derive(Debug, Clone)]
@@ -43,17 +45,22 @@ pub struct BackupSummary {
     pub config_written: Vec<&'static str>,
     /// The permanent slot a standby copy streams through.
     pub slot: Option<String>,
+    /// A standby copy whose connection string gave a password: `primary_conninfo` leaves it
+    /// out (no secret is written into the copy), so the standby needs it from a password file
+    /// of the user its server runs as.
+    pub password_left_out: bool,
     /// Wall-clock time of the whole backup.
     pub elapsed: Duration,
 }
 
-/// Functions a role must be able to execute, as `GRANT` names them.
+/// Functions a role must be able to execute, as `GRANT` names them (`text` qualified too: it
+/// is looked up through the `search_path`, `boolean` and `bigint` are keywords).
 const FUNCTIONS: &[&str] = &[
-    "pg_catalog.pg_backup_start(text, boolean)",
+    "pg_catalog.pg_backup_start(pg_catalog.text, boolean)",
     "pg_catalog.pg_backup_stop(boolean)",
-    "pg_catalog.pg_ls_dir(text, boolean, boolean)",
-    "pg_catalog.pg_stat_file(text, boolean)",
-    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+    "pg_catalog.pg_ls_dir(pg_catalog.text, boolean, boolean)",
+    "pg_catalog.pg_stat_file(pg_catalog.text, boolean)",
+    "pg_catalog.pg_read_binary_file(pg_catalog.text, bigint, bigint, boolean)",
 ];
 
 /// Takes a base backup of `opts.dsn` into `opts.dest`.
@@ -65,8 +72,12 @@ const FUNCTIONS: &[&str] = &[
 ///
 /// # Errors
 ///
-/// [`Error::DestinationNotEmpty`] before connecting; [`Error::Connect`] when the source is
-/// unreachable; [`Error::MissingPrivileges`] naming every missing grant; [`Error::Db`],
+/// Before connecting: [`Error::InvalidOptions`]; [`Error::DestinationNotEmpty`];
+/// [`Error::NotACopy`] when `force` or `resume` is asked for a directory that is neither a
+/// data directory nor an earlier copy (nothing is deleted). Then [`Error::Connect`] when the
+/// source is unreachable; [`Error::MissingPrivileges`] naming every missing grant;
+/// [`Error::UnsafeName`] or [`Error::UnsafeEntry`] when the source lists a name that could put
+/// a file outside the copy (nothing is written for the listed files); [`Error::Db`],
 /// [`Error::Io`] or [`Error::WalMissing`] while copying. The source aborts the backup
 /// by itself when its session ends; the copy is then left without a manifest, and a
 /// permanent slot is dropped again.
@@ -76,6 +87,25 @@ pub async fn backup(opts: BackupOptions) -> Result<BackupSummary> {
         return Err(Error::InvalidOptions {
             reason: "resume works on uncompressed copies only".to_owned(),
         });
+    }
+    if opts.compress.is_some() && !opts.tablespace_mapping.is_empty() {
+        return Err(Error::InvalidOptions {
+            reason: "a compressed copy keeps its tablespaces inside it; drop \
+                     --tablespace-mapping or --compress"
+                .to_owned(),
+        });
+    }
+    if opts.force || opts.resume {
+        // Everything either may delete is checked before anything is.
+        let action = if opts.force {
+            "empty (--force)"
+        } else {
+            "resume in (--resume)"
+        };
+        dest::check_reusable(&opts.dest, action)?;
+        for (_, new) in &opts.tablespace_mapping {
+            dest::check_tablespace_reusable(new, action)?;
+        }
     }
     prepare_dest(&opts.dest, opts.force, opts.resume)?;
     let control = opts
@@ -116,7 +146,7 @@ async fn run(
     let fast = opts.checkpoint == Checkpoint::Fast;
     let row = control
         .query_one(
-            "SELECT l::text, pg_catalog.pg_walfile_name(l) \
+            "SELECT l::pg_catalog.text, pg_catalog.pg_walfile_name(l) \
                FROM pg_catalog.pg_backup_start($1, $2) AS l",
             &[&opts.label, &fast],
         )
@@ -133,6 +163,15 @@ async fn run(
         .mode(0o700)
         .create(wal_dir.join("archive_status"))
         .io_context(|| format!("creating {}", wal_dir.display()))?;
+    // The chunk log marks the copy as this crate's from its first write on, so a later
+    // --force or --resume knows it even when this run stops early.
+    let log = dest.join(CHUNK_LOG);
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log)
+        .io_context(|| format!("creating {}", log.display()))?;
     let (stop_tx, stop_rx) = watch::channel(None);
     let fetcher = WalFetcher {
         client: opts
@@ -150,7 +189,7 @@ async fn run(
     let mut wal_task = tokio::task::JoinSet::new();
     wal_task.spawn(fetcher.run(stop_rx));
 
-    map_tablespaces(
+    let links = map_tablespaces(
         &control,
         &dest,
         &opts.tablespace_mapping,
@@ -160,9 +199,10 @@ async fn run(
     .await?;
     let entries = listing::list(&control).await?;
     tracing::info!(entries = entries.len(), elapsed = ?started.elapsed(), "listed");
+    let target = Dest::new(dest.clone(), links);
     let plan = CopyPlan {
         dsn: &opts.dsn,
-        dest: &dest,
+        dest: &target,
         jobs: opts.jobs,
         chunk_size: opts.chunk_size.max(1),
         resume: opts.resume,
@@ -178,7 +218,8 @@ async fn run(
     }
     let row = control
         .query_one(
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(false)",
+            "SELECT lsn::pg_catalog.text, labelfile, spcmapfile \
+               FROM pg_catalog.pg_backup_stop(false)",
             &[],
         )
         .await
@@ -197,19 +238,21 @@ async fn run(
     drop(control);
     tracing::info!(wal_segments, elapsed = ?started.elapsed(), "WAL fetched");
 
-    write_private(&dest.join("backup_label"), &labelfile)?;
+    config::write_private(&dest.join("backup_label"), &labelfile)?;
     if let Some(map) = spcmapfile.filter(|m| !m.is_empty()) {
         // As in pg_basebackup's plain format, the map is not kept: the copy already has its
         // `pg_tblspc` entries, and recovery would replace them with links to the source's
         // locations.
         tracing::info!(map = map.trim_end(), "tablespaces copied");
     }
-    if opts.standby {
-        write_standby(&dest, &opts.dsn, slot)?;
-    }
+    let password_left_out = if opts.standby {
+        standby::write(&dest, &opts.dsn, slot)?
+    } else {
+        false
+    };
     let in_place = in_place_tablespaces(&dest)?;
     if in_place > 0 {
-        append_auto_conf(&dest, "allow_in_place_tablespaces = on\n")?;
+        config::append_auto_conf(&dest, "allow_in_place_tablespaces = on\n")?;
     }
     let log = dest.join(CHUNK_LOG);
     fs::remove_file(&log).io_context(|| format!("removing {}", log.display()))?;
@@ -239,27 +282,29 @@ async fn run(
         wal_segments,
         config_written,
         slot: opts.standby.then(|| slot.to_owned()),
+        password_left_out,
         elapsed: started.elapsed(),
     })
 }
 
 /// Links `pg_tblspc/<oid>` to the new directory of each mapped tablespace (created, emptied
-/// under `force`, kept under `resume`); fails on a mapping that names no tablespace of the source, or a
-/// new directory that is not empty.
+/// under `force`, kept under `resume`), and returns the links' relative paths; fails on a
+/// mapping that names no tablespace of the source, or a new directory that is not empty.
 async fn map_tablespaces(
     control: &Client,
     dest: &Path,
     mapping: &[(PathBuf, PathBuf)],
     force: bool,
     resume: bool,
-) -> Result<()> {
+) -> Result<HashSet<String>> {
+    let mut made = HashSet::new();
     if mapping.is_empty() {
-        return Ok(());
+        return Ok(made);
     }
+    // The OID is read as a number, so the link's name is made here, not taken from the source.
     let rows = control
         .query(
-            "SELECT oid::text, pg_catalog.pg_tablespace_location(oid) FROM pg_catalog.pg_tablespace \
-              WHERE spcname NOT IN ('pg_default', 'pg_global')",
+            "SELECT oid, pg_catalog.pg_tablespace_location(oid) FROM pg_catalog.pg_tablespace",
             &[],
         )
         .await
@@ -271,10 +316,10 @@ async fn map_tablespaces(
         .create(&links)
         .io_context(|| format!("creating {}", links.display()))?;
     for (old, new) in mapping {
-        let Some(row) = rows
-            .iter()
-            .find(|row| Path::new(row.get::<_, &str>(1)) == old.as_path())
-        else {
+        let Some(row) = rows.iter().find(|row| {
+            let location: &str = row.get(1);
+            !location.is_empty() && Path::new(location) == old.as_path()
+        }) else {
             return Err(Error::InvalidOptions {
                 reason: format!(
                     "--tablespace-mapping {}: no tablespace of the source is there",
@@ -282,7 +327,8 @@ async fn map_tablespaces(
                 ),
             });
         };
-        let oid: String = row.get(0);
+        let oid: u32 = row.get(0);
+        let rel = format!("pg_tblspc/{oid}");
         if !resume && fs::read_dir(new).is_ok_and(|mut listing| listing.next().is_some()) {
             if !force {
                 return Err(Error::DestinationNotEmpty { path: new.clone() });
@@ -294,7 +340,8 @@ async fn map_tablespaces(
             .mode(0o700)
             .create(new)
             .io_context(|| format!("creating {}", new.display()))?;
-        let link = links.join(&oid);
+        let link = dest.join(&rel);
+        made.insert(rel);
         if fs::read_link(&link).is_ok_and(|target| target == *new) {
             continue;
         }
@@ -304,7 +351,7 @@ async fn map_tablespaces(
         std::os::unix::fs::symlink(new, &link)
             .io_context(|| format!("linking {} to {}", link.display(), new.display()))?;
     }
-    Ok(())
+    Ok(made)
 }
 
 /// Drops a permanent slot of a failed backup, so it does not hold WAL forever.
@@ -313,7 +360,8 @@ async fn drop_slot(dsn: &pgq_core::Dsn, slot: &str) {
         Ok(client) => client
             .execute(
                 "SELECT pg_catalog.pg_drop_replication_slot(slot_name) \
-                   FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                   FROM pg_catalog.pg_replication_slots \
+                  WHERE slot_name OPERATOR(pg_catalog.=) $1",
                 &[&slot],
             )
             .await
@@ -324,32 +372,6 @@ async fn drop_slot(dsn: &pgq_core::Dsn, slot: &str) {
     if let Err(err) = dropped {
         tracing::warn!(slot, %err, "could not drop the replication slot of the failed backup; drop it by hand");
     }
-}
-
-/// `standby.signal`, and `primary_conninfo` and `primary_slot_name` appended to
-/// `postgresql.auto.conf`, so the copy streams from the source through the slot.
-fn write_standby(dest: &Path, dsn: &pgq_core::Dsn, slot: &str) -> Result<()> {
-    write_private(&dest.join("standby.signal"), "")?;
-    let conninfo = conninfo(dsn.config());
-    append_auto_conf(
-        dest,
-        &format!(
-            "primary_conninfo = '{}'\nprimary_slot_name = '{}'\n",
-            conf_quote(&conninfo),
-            conf_quote(slot)
-        ),
-    )
-}
-
-/// Appends settings to the copy's `postgresql.auto.conf`.
-fn append_auto_conf(dest: &Path, lines: &str) -> Result<()> {
-    let path = dest.join("postgresql.auto.conf");
-    let mut text = fs::read_to_string(&path).unwrap_or_default();
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(lines);
-    write_private(&path, &text)
 }
 
 /// How many tablespaces the copy holds as directories inside `pg_tblspc` (those not mapped
@@ -373,49 +395,6 @@ fn in_place_tablespaces(dest: &Path) -> Result<usize> {
         }
     }
     Ok(count)
-}
-
-/// A libpq connection string for the settings (as `primary_conninfo` wants it).
-fn conninfo(config: &tokio_postgres::Config) -> String {
-    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    let mut parts = Vec::new();
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|host| match host {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-        })
-        .collect();
-    if !hosts.is_empty() {
-        parts.push(format!("host={}", quote(&hosts.join(","))));
-    }
-    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
-    if !ports.is_empty() {
-        parts.push(format!("port={}", ports.join(",")));
-    }
-    if let Some(user) = config.get_user() {
-        parts.push(format!("user={}", quote(user)));
-    }
-    if let Some(password) = config.get_password() {
-        parts.push(format!(
-            "password={}",
-            quote(&String::from_utf8_lossy(password))
-        ));
-    }
-    let sslmode = match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => "disable",
-        tokio_postgres::config::SslMode::Require => "require",
-        _ => "prefer",
-    };
-    parts.push(format!("sslmode={sslmode}"));
-    parts.push("application_name=pgq_basebackup_standby".to_owned());
-    parts.join(" ")
-}
-
-/// A value inside single quotes of `postgresql.conf`.
-fn conf_quote(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('\'', "''")
 }
 
 /// Creates `dest` (mode 0700), or empties it under `force`, or keeps it under `resume`;
@@ -461,12 +440,15 @@ fn prepare_dest(dest: &Path, force: bool, resume: bool) -> Result<()> {
 async fn check_server(client: &Client) -> Result<()> {
     let row = client
         .query_one(
-            "SELECT pg_catalog.current_setting('server_version_num')::int, current_user::text",
+            "SELECT pg_catalog.current_setting('server_version_num'), current_user",
             &[],
         )
         .await
         .op("reading the server version")?;
-    let version: i32 = row.get(0);
+    let version: &str = row.get(0);
+    let version: i32 = version.parse().map_err(|_| Error::Protocol {
+        what: format!("server_version_num {version:?}"),
+    })?;
     let role: String = row.get(1);
     if version < 150_000 {
         return Err(Error::UnsupportedServer { version });
@@ -474,10 +456,10 @@ async fn check_server(client: &Client) -> Result<()> {
     let functions: Vec<&str> = FUNCTIONS.to_vec();
     let row = client
         .query_one(
-            "SELECT ARRAY(SELECT f FROM unnest($1::text[]) AS f \
+            "SELECT ARRAY(SELECT f FROM pg_catalog.unnest($1::pg_catalog.text[]) AS f \
                            WHERE NOT pg_catalog.has_function_privilege(f, 'EXECUTE')), \
                     (SELECT rolsuper OR rolreplication FROM pg_catalog.pg_roles \
-                      WHERE rolname = current_user)",
+                      WHERE rolname OPERATOR(pg_catalog.=) current_user)",
             &[&functions],
         )
         .await
@@ -507,7 +489,7 @@ async fn check_server(client: &Client) -> Result<()> {
 async fn wal_segment_size(client: &Client) -> Result<u64> {
     let row = client
         .query_one(
-            "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size'",
+            "SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size'))",
             &[],
         )
         .await
@@ -529,10 +511,4 @@ fn timeline_of(walfile: &str) -> Result<u32> {
         .ok_or_else(|| Error::Protocol {
             what: format!("WAL file name {walfile:?}"),
         })
-}
-
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    fs::write(path, text).io_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .io_context(|| format!("chmod {}", path.display()))
 }

@@ -57,13 +57,28 @@ pub(crate) async fn complete(
             Some(text) => text,
             None => fallback.to_owned(),
         };
-        let path = dest.join(name);
-        fs::write(&path, text).io_context(|| format!("writing {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .io_context(|| format!("chmod {}", path.display()))?;
+        write_private(&dest.join(name), &text)?;
         written.push(name);
     }
     Ok(written)
+}
+
+/// Appends settings to the copy's `postgresql.auto.conf`.
+pub(crate) fn append_auto_conf(dest: &Path, lines: &str) -> Result<()> {
+    let path = dest.join("postgresql.auto.conf");
+    let mut text = fs::read_to_string(&path).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(lines);
+    write_private(&path, &text)
+}
+
+/// Writes a file of the copy, readable by its owner only.
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).io_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .io_context(|| format!("chmod {}", path.display()))
 }
 
 /// The file a setting names, when the role may read both.

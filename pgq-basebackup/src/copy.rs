@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
+use crate::dest::Dest;
 use crate::error::{DbContext as _, Error, IoContext as _, Result};
 use crate::listing::SourceEntry;
 use crate::manifest::{hex, KnownSums};
@@ -94,7 +95,7 @@ struct Changes {
 /// How the files are fetched.
 pub(crate) struct CopyPlan<'a> {
     pub(crate) dsn: &'a Dsn,
-    pub(crate) dest: &'a Path,
+    pub(crate) dest: &'a Dest,
     pub(crate) jobs: usize,
     pub(crate) chunk_size: u64,
     pub(crate) resume: bool,
@@ -106,37 +107,50 @@ pub(crate) struct CopyPlan<'a> {
 /// connections. Under `resume`, files the source no longer has are removed and logged
 /// chunks are confirmed with the source instead of fetched again. Returns the size and
 /// SHA-256 of every file copied whole and unchanged, by relative path.
+///
+/// # Errors
+///
+/// [`Error::UnsafeEntry`] before anything is written when an entry's path goes through a
+/// symbolic link (see [`Dest::place`]); [`Error::Db`], [`Error::Io`] while copying.
 pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> Result<KnownSums> {
     let dest = plan.dest;
+    let placed = entries
+        .iter()
+        .map(|entry| dest.place(&entry.path, entry.is_dir))
+        .collect::<Result<Vec<_>>>()?;
     let logged = if plan.resume {
         remove_stale(dest, entries)?;
-        read_log(&dest.join(CHUNK_LOG))?
+        read_log(&dest.root().join(CHUNK_LOG))?
     } else {
         HashSet::new()
     };
     let mut files = Vec::new();
-    for entry in entries {
-        let path = dest.join(&entry.path);
+    let mut locals = Vec::new();
+    for (entry, path) in entries.iter().zip(&placed) {
         if entry.is_dir {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(&path)
+                .create(path)
                 .io_context(|| format!("creating directory {}", path.display()))?;
         } else {
             files.push(entry);
+            locals.push(path.clone());
         }
     }
     // A fresh copy creates each file when its first chunk arrives, so fetching starts at once;
     // only empty files (which get no chunk) are made here. A resumed one sizes every file now.
-    for entry in files.iter().filter(|e| plan.resume || e.size == 0) {
-        let path = dest.join(&entry.path);
+    for (entry, path) in files
+        .iter()
+        .zip(&locals)
+        .filter(|(e, _)| plan.resume || e.size == 0)
+    {
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(!plan.resume)
             .mode(0o600)
-            .open(&path)
+            .open(path)
             .io_context(|| format!("creating {}", path.display()))?;
         file.set_len(entry.size)
             .and_then(|()| file.set_modified(entry.mtime))
@@ -166,7 +180,7 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
     for chunk in &chunks {
         *remaining[chunk.file].get_mut() += 1;
     }
-    let log_path = dest.join(CHUNK_LOG);
+    let log_path = dest.root().join(CHUNK_LOG);
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -184,10 +198,11 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
     let shared = Arc::new(Shared {
         flush: Mutex::new(flush_tx),
         paths: files.iter().map(|e| e.path.clone()).collect(),
+        locals: locals.clone(),
         mtimes: files.iter().map(|e| e.mtime).collect(),
         hashes: files.iter().map(|_| Mutex::default()).collect(),
         remaining,
-        dest: dest.to_path_buf(),
+        dest: dest.root().to_path_buf(),
         chunks,
         next: AtomicUsize::new(0),
         changes: Mutex::new(Changes::default()),
@@ -235,8 +250,8 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
         }
     }
     for index in &changes.vanished {
-        let path = dest.join(&files[*index].path);
-        match fs::remove_file(&path) {
+        let path = &locals[*index];
+        match fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).io_context(|| format!("removing {}", path.display()));
             }
@@ -247,19 +262,18 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
         if changes.vanished.contains(&index) {
             continue;
         }
-        let path = dest.join(&files[index].path);
+        let path = &locals[index];
         let file = OpenOptions::new()
             .write(true)
-            .open(&path)
+            .open(path)
             .io_context(|| format!("opening {}", path.display()))?;
         file.set_len(len)
             .and_then(|()| file.set_modified(files[index].mtime))
             .and_then(|()| file.sync_all())
             .io_context(|| format!("truncating {}", path.display()))?;
     }
-    for entry in entries.iter().filter(|e| e.is_dir) {
-        let path = dest.join(&entry.path);
-        File::open(&path)
+    for (_, path) in entries.iter().zip(&placed).filter(|(e, _)| e.is_dir) {
+        File::open(path)
             .and_then(|dir| dir.sync_all())
             .io_context(|| format!("flushing directory {}", path.display()))?;
     }
@@ -268,9 +282,10 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
 
 /// Removes what an interrupted backup left that is not part of this one: files the source
 /// no longer lists, and the previous label, map and manifest. `pg_wal` and the chunk log stay.
-fn remove_stale(dest: &Path, entries: &[SourceEntry]) -> Result<()> {
+/// Symbolic links are removed, never followed, except this backup's tablespace links.
+fn remove_stale(dest: &Dest, entries: &[SourceEntry]) -> Result<()> {
     let keep: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-    let mut stack = vec![(dest.to_path_buf(), String::new())];
+    let mut stack = vec![(dest.root().to_path_buf(), String::new())];
     while let Some((abs, rel)) = stack.pop() {
         let listing = match fs::read_dir(&abs) {
             Ok(listing) => listing,
@@ -289,12 +304,14 @@ fn remove_stale(dest: &Path, entries: &[SourceEntry]) -> Result<()> {
                 continue;
             }
             let path = item.path();
-            let is_dir = path.is_dir();
+            let kind = item
+                .file_type()
+                .io_context(|| format!("examining {}", path.display()))?;
             if keep.contains(rel_path.as_str()) {
-                if is_dir {
+                if kind.is_dir() || (kind.is_symlink() && dest.is_own_link(&rel_path)) {
                     stack.push((path, rel_path));
                 }
-            } else if is_dir && !path.is_symlink() {
+            } else if kind.is_dir() {
                 fs::remove_dir_all(&path).io_context(|| format!("removing {}", path.display()))?;
             } else {
                 fs::remove_file(&path).io_context(|| format!("removing {}", path.display()))?;
@@ -330,7 +347,10 @@ fn read_log(path: &Path) -> Result<HashSet<(String, u64, u64)>> {
 
 /// State the jobs share.
 struct Shared {
+    /// Names on the source.
     paths: Vec<String>,
+    /// Where each goes in the copy.
+    locals: Vec<PathBuf>,
     mtimes: Vec<SystemTime>,
     /// Each file's SHA-256 so far.
     hashes: Vec<Mutex<FileHash>>,
@@ -445,11 +465,11 @@ async fn copy_chunk(
 
 /// Keeps a chunk already on disk when it hashes to what the source has in that range.
 fn keep(shared: &Shared, chunk: &Chunk, sum: &str) -> Result<bool> {
-    let path = shared.dest.join(&shared.paths[chunk.file]);
+    let path = &shared.locals[chunk.file];
     let file = File::options()
         .read(true)
         .write(true)
-        .open(&path)
+        .open(path)
         .io_context(|| format!("opening {}", path.display()))?;
     let mut data = vec![0_u8; usize::try_from(chunk.len).unwrap_or(usize::MAX)];
     if file.read_exact_at(&mut data, chunk.offset).is_err() || hex(&Sha256::digest(&data)) != sum {
@@ -457,7 +477,7 @@ fn keep(shared: &Shared, chunk: &Chunk, sum: &str) -> Result<bool> {
     }
     shared.progress.add_reused(chunk.len);
     lock_hash(shared, chunk.file).feed(chunk.offset, &data);
-    finish_chunk(shared, chunk, &file, &path)?;
+    finish_chunk(shared, chunk, &file, path)?;
     Ok(true)
 }
 
@@ -477,13 +497,13 @@ fn store(shared: &Shared, chunk: &Chunk, data: Option<&[u8]>) -> Result<()> {
         let cut = changes.shrunk.entry(chunk.file).or_insert(end);
         *cut = (*cut).min(end);
     }
-    let path = shared.dest.join(&shared.paths[chunk.file]);
+    let path = &shared.locals[chunk.file];
     let file = File::options()
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .io_context(|| format!("opening {}", path.display()))?;
     file.write_all_at(data, chunk.offset)
         .io_context(|| format!("writing {}", path.display()))?;
@@ -499,7 +519,7 @@ fn store(shared: &Shared, chunk: &Chunk, data: Option<&[u8]>) -> Result<()> {
         lock_hash(shared, chunk.file).feed(chunk.offset, data);
     }
     shared.progress.add_done(got);
-    finish_chunk(shared, chunk, &file, &path)
+    finish_chunk(shared, chunk, &file, path)
 }
 
 /// A file's running hash.

@@ -51,6 +51,35 @@ pub enum Error {
         /// The destination directory.
         path: PathBuf,
     },
+    /// `--force` or `--resume` on a directory that is neither a data directory nor a copy made
+    /// by this crate (or a mapped tablespace's directory that holds other things).
+    #[error("refusing to {action} {}: {reason}; nothing was deleted", path.display())]
+    NotACopy {
+        /// The directory.
+        path: PathBuf,
+        /// What was asked: `empty (--force)` or `resume in (--resume)`.
+        action: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A file name from the source that could put a file outside the copy; the backup stops
+    /// before anything is written for the files it lists.
+    #[error("refused file name \"{path}\" from the source: {reason}")]
+    UnsafeName {
+        /// The name as sent, with bytes other than printable ASCII escaped (`\xe9`).
+        path: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A local entry the backup, its compression or `restore` will not follow or write
+    /// through (a symbolic link, a device, ...).
+    #[error("refused {}: {reason}", path.display())]
+    UnsafeEntry {
+        /// The entry.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// The source returned something this crate does not understand.
     #[error("unexpected answer from the source: {what}")]
     Protocol {

@@ -19,16 +19,24 @@
 //! `pg_stat_file(text, boolean)` and `pg_read_binary_file(text, bigint, bigint, boolean)`,
 //! the REPLICATION attribute, and `pg_read_server_files` only when the configuration files
 //! live outside the data directory.
+//!
+//! The source is not trusted with the client's files: a file name that could point outside
+//! the copy is refused ([`Error::UnsafeName`]), nothing is written through a symbolic link
+//! the backup did not make, compression and [`restore`] never follow links
+//! ([`Error::UnsafeEntry`]), `force` and `resume` act only on a data directory or an earlier
+//! copy ([`Error::NotACopy`]), and `primary_conninfo` never holds a password.
 
 mod backup;
 mod compress;
 mod config;
 mod copy;
+mod dest;
 mod error;
 mod listing;
 mod lsn;
 mod manifest;
 mod options;
+mod standby;
 mod throttle;
 mod wal;
 

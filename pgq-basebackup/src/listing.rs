@@ -5,6 +5,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
+use crate::dest::check_name;
 use crate::error::{DbContext as _, Result};
 
 /// Directories whose contents a base backup leaves out (the directory itself is kept), as
@@ -36,27 +37,29 @@ const EXCLUDED_FILES: &[&str] = &[
 ];
 
 /// Every directory and file under the data directory (tablespaces included, through
-/// `pg_tblspc`), with the missing_ok forms: files vanish while a backup runs.
+/// `pg_tblspc`), with the missing_ok forms: files vanish while a backup runs. Names come back
+/// as their bytes (`textsend`), so each is checked as sent. Functions, operators and types are
+/// all `pg_catalog`'s whatever the session's `search_path`.
 const LIST_SQL: &str = "
 WITH RECURSIVE tree(path, isdir, size, mtime) AS (
     SELECT e.name, s.isdir, s.size, s.modification
       FROM pg_catalog.pg_ls_dir('.', true, false) AS e(name),
            LATERAL pg_catalog.pg_stat_file(e.name, true) AS s
   UNION ALL
-    SELECT t.path || '/' || e.name, s.isdir, s.size, s.modification
+    SELECT pg_catalog.concat(t.path, '/', e.name), s.isdir, s.size, s.modification
       FROM tree AS t,
            LATERAL pg_catalog.pg_ls_dir(t.path, true, false) AS e(name),
-           LATERAL pg_catalog.pg_stat_file(t.path || '/' || e.name, true) AS s
+           LATERAL pg_catalog.pg_stat_file(pg_catalog.concat(t.path, '/', e.name), true) AS s
      WHERE t.isdir
-       AND t.path <> ALL ($1::text[])
+       AND pg_catalog.array_position($1::pg_catalog.text[], t.path) IS NULL
        AND NOT pg_catalog.starts_with(e.name, 'pgsql_tmp')
 )
-SELECT path, isdir, size, mtime FROM tree WHERE isdir IS NOT NULL";
+SELECT pg_catalog.textsend(path), isdir, size, mtime FROM tree WHERE isdir IS NOT NULL";
 
 /// One entry of the source's data directory.
 #[derive(Debug, Clone)]
 pub(crate) struct SourceEntry {
-    /// Relative to the data directory, `/`-separated.
+    /// Relative to the data directory, `/`-separated; checked by [`check_name`].
     pub(crate) path: String,
     /// A directory (symbolic links are followed).
     pub(crate) is_dir: bool,
@@ -67,6 +70,11 @@ pub(crate) struct SourceEntry {
 }
 
 /// Lists what the backup copies, minus what a base backup leaves out.
+///
+/// # Errors
+///
+/// [`crate::Error::UnsafeName`] for the first name that could point outside the copy
+/// (see [`check_name`]); [`crate::Error::Db`].
 pub(crate) async fn list(client: &Client) -> Result<Vec<SourceEntry>> {
     let empty: Vec<&str> = EMPTY_DIRS.to_vec();
     let rows = client
@@ -75,7 +83,7 @@ pub(crate) async fn list(client: &Client) -> Result<Vec<SourceEntry>> {
         .op("listing the data directory")?;
     let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
-        let path: String = row.get(0);
+        let path = check_name(row.get(0))?;
         let size: i64 = row.get(2);
         let mtime: DateTime<Utc> = row.get(3);
         let entry = SourceEntry {

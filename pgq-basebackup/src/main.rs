@@ -25,7 +25,7 @@ enum Command {
     /// Copy a running cluster into DEST.
     Backup {
         /// Connection string of the source (any database).
-        #[arg(short = 'd', long = "dbname", env = "PGQ_DSN")]
+        #[arg(short = 'd', long = "dbname", env = "PGQ_DSN", hide_env_values = true)]
         dsn: String,
         /// Destination directory (created when missing; must be empty unless --force).
         #[arg(short = 'D', long = "pgdata")]
@@ -36,7 +36,9 @@ enum Command {
         /// Starting checkpoint: fast (immediate) or spread.
         #[arg(short = 'c', long, value_enum, default_value_t = CheckpointArg::Fast)]
         checkpoint: CheckpointArg,
-        /// Empty a non-empty DEST first.
+        /// Empty a non-empty DEST first; only a PostgreSQL data directory that no server runs
+        /// on, or an earlier copy made by this tool, is emptied (likewise a mapped
+        /// tablespace's NEW directory, which may hold only PG_* directories).
         #[arg(long)]
         force: bool,
         /// Label recorded in backup_label.
@@ -52,7 +54,8 @@ enum Command {
         /// Limit for file data, in kB/s or with a suffix k or M (e.g. 20M).
         #[arg(short = 'r', long, value_parser = pgq_basebackup::parse_rate)]
         max_rate: Option<u64>,
-        /// Continue an interrupted backup in DEST, keeping chunks the source confirms.
+        /// Continue an interrupted backup in DEST, keeping chunks the source confirms (DEST
+        /// must be an earlier copy made by this tool, or a data directory).
         #[arg(long, conflicts_with = "force")]
         resume: bool,
         /// Bytes per pg_read_binary_file call, in kB or with a suffix k or M.
@@ -195,6 +198,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(slot) = &summary.slot {
                 println!("  standby: streams from the source through slot {slot}");
+            }
+            if summary.password_left_out {
+                eprintln!(
+                    "warning: the connection string's password is not written into the copy; \
+                     primary_conninfo has none, so give the standby's server user a password \
+                     file entry for the source (or take the backup with passfile= or \
+                     PGPASSFILE instead of a password, and primary_conninfo names that file)"
+                );
             }
             for name in &summary.config_written {
                 println!(

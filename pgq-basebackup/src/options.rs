@@ -35,7 +35,9 @@ pub struct BackupOptions {
     pub jobs: usize,
     /// How the starting checkpoint is taken.
     pub checkpoint: Checkpoint,
-    /// Empty a non-empty destination first instead of refusing it.
+    /// Empty a non-empty destination first instead of refusing it; only a data directory no
+    /// server runs on, or an earlier copy made by this crate, is emptied (and a mapped
+    /// tablespace's new directory only when it holds nothing but `PG_*` directories).
     pub force: bool,
     /// Bytes per `pg_read_binary_file` call.
     pub chunk_size: u64,
@@ -44,7 +46,10 @@ pub struct BackupOptions {
     /// Runs just before `pg_backup_stop` (tests stop their write load here).
     pub before_stop: Option<StopHook>,
     /// Make the copy a streaming standby of the source: a permanent slot, `standby.signal`,
-    /// `primary_conninfo` and `primary_slot_name`.
+    /// `primary_conninfo` and `primary_slot_name`. `primary_conninfo` keeps the DSN's
+    /// connection and TLS settings as given and holds no password: one from a password file
+    /// becomes `passfile=`, one given in the DSN is left out
+    /// ([`crate::BackupSummary::password_left_out`]).
     pub standby: bool,
     /// The replication slot's name (default `pgq_basebackup_<pid>`).
     pub slot: Option<String>,
@@ -52,8 +57,10 @@ pub struct BackupOptions {
     pub max_rate: Option<u64>,
     /// Continue an interrupted backup in `dest`: chunks already there are kept when the
     /// source confirms their SHA-256, the rest is fetched again under a new backup start.
+    /// `dest` must be an earlier copy made by this crate (or a data directory).
     pub resume: bool,
-    /// Store every file zstd-compressed at this level (`restore` unpacks the copy).
+    /// Store every file zstd-compressed at this level (`restore` unpacks the copy); not with
+    /// `tablespace_mapping`.
     pub compress: Option<i32>,
     /// Tablespaces to put elsewhere: `(old location on the source, new directory)`; the copy
     /// gets a `pg_tblspc/<oid>` symbolic link to the new directory. Tablespaces not mapped

@@ -74,7 +74,10 @@ impl WalFetcher {
     async fn flush_lsn(&self) -> Result<Lsn> {
         let row = self
             .client
-            .query_one("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", &[])
+            .query_one(
+                "SELECT pg_catalog.pg_current_wal_flush_lsn()::pg_catalog.text",
+                &[],
+            )
             .await
             .op("reading the WAL flush position")?;
         row.get::<_, String>(0).parse()

@@ -132,3 +132,119 @@ async fn compress_then_restore_round_trips() -> anyhow::Result<()> {
     assert_eq!(support::checksums(&copy_client).await?, sums);
     Ok(())
 }
+
+/// `--help` shows that `PGQ_DSN` is read, never its value (it may hold a password).
+#[tokio::test]
+async fn help_never_shows_the_dsn() -> anyhow::Result<()> {
+    for args in [
+        &["--help"][..],
+        &["backup", "--help"],
+        &["backup", "-h"],
+        &["help", "backup"],
+    ] {
+        let out = tokio::process::Command::new(BIN)
+            .args(args)
+            .env("PGQ_DSN", "host=db1 user=app password=secret")
+            .output()
+            .await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(!text.contains("secret"), "{args:?}: {text}");
+        if args[0] != "--help" {
+            assert!(text.contains("[env: PGQ_DSN]"), "{args:?}: {text}");
+        }
+    }
+    Ok(())
+}
+
+/// `restore` of a compressed copy in which files were swapped for links (to a file and to a
+/// directory outside it): refused by name before anything is written, the target is not even
+/// made, and nothing the links point to is read into it.
+#[tokio::test]
+async fn restore_never_follows_links() -> anyhow::Result<()> {
+    let source = support::source().await?;
+    let packed = Scratch::new("packed")?;
+    let mut opts = pgq_basebackup::BackupOptions::new(support::dsn(&source)?, packed.path());
+    opts.compress = Some(3);
+    pgq_basebackup::backup(opts).await?;
+    let outside = packed
+        .path()
+        .parent()
+        .expect("scratch parent")
+        .join("outside");
+    std::fs::create_dir(&outside)?;
+    std::fs::write(outside.join("secret"), "top secret")?;
+    let target = packed
+        .path()
+        .parent()
+        .expect("scratch parent")
+        .join("target");
+
+    let version = packed.path().join("PG_VERSION.zst");
+    std::fs::remove_file(&version)?;
+    std::os::unix::fs::symlink(outside.join("secret"), &version)?;
+    let dir_link = packed.path().join("base/evil");
+    std::os::unix::fs::symlink(&outside, &dir_link)?;
+    let mut links = vec![version, dir_link];
+    while !links.is_empty() {
+        let (code, out, err) = support::run(
+            BIN,
+            &[
+                "restore",
+                &packed.path().display().to_string(),
+                &target.display().to_string(),
+            ],
+        )
+        .await?;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.contains("a symbolic link (packing and restoring never follow one)"),
+            "{err}"
+        );
+        assert!(!target.exists(), "nothing is written: {err}");
+        // The walk names whichever link it meets first; take that one away and meet the other.
+        let named = links
+            .iter()
+            .position(|link| err.contains(&format!("refused {}:", link.display())))
+            .expect("the error names a link");
+        std::fs::remove_file(links.remove(named))?;
+    }
+    assert_eq!(
+        std::fs::read_to_string(outside.join("secret"))?,
+        "top secret"
+    );
+    assert_eq!(std::fs::read_dir(&outside)?.count(), 1);
+
+    // Compression never meets the links a tablespace mapping makes: the two are refused together.
+    let dsn = source.tcp_dsn("postgres").expect("TCP");
+    let copy = target.display().to_string();
+    let (code, out, err) = support::run(
+        BIN,
+        &[
+            "backup",
+            "-d",
+            &dsn,
+            "-D",
+            &copy,
+            "-Z",
+            "zstd",
+            "-T",
+            "/srv/a=/srv/b",
+        ],
+    )
+    .await?;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(
+            "invalid options: a compressed copy keeps its tablespaces inside it; drop \
+             --tablespace-mapping or --compress"
+        ),
+        "{err}"
+    );
+    assert!(!target.exists());
+    Ok(())
+}

@@ -22,27 +22,134 @@ async fn unreachable_source() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--force` empties only a data directory no server runs on, or an earlier copy: a
+/// home-like directory, the running source's own data directory, and a mapped tablespace's
+/// directory holding other files are refused with the reason and keep every file (so does
+/// `--resume`, which deletes what the source does not list); an earlier copy is taken again.
 #[tokio::test]
-async fn non_empty_destination_needs_force() -> anyhow::Result<()> {
+async fn force_empties_only_data_directories_and_copies() -> anyhow::Result<()> {
     let source = support::source().await?;
-    let scratch = Scratch::new("copy")?;
-    std::fs::create_dir_all(scratch.path())?;
-    std::fs::write(scratch.path().join("keep.txt"), "mine")?;
-    let err = pgq_basebackup::backup(BackupOptions::new(support::dsn(&source)?, scratch.path()))
+    let dsn = support::dsn(&source)?;
+    let scratch = Scratch::new("home")?;
+    let home = scratch.path();
+    std::fs::create_dir_all(home.join("docs"))?;
+    std::fs::write(home.join(".bashrc"), "mine")?;
+    std::fs::write(home.join("docs/notes.txt"), "mine too")?;
+    let untouched = || -> anyhow::Result<()> {
+        assert_eq!(std::fs::read_to_string(home.join(".bashrc"))?, "mine");
+        assert_eq!(
+            std::fs::read_to_string(home.join("docs/notes.txt"))?,
+            "mine too"
+        );
+        assert_eq!(std::fs::read_dir(home)?.count(), 2);
+        Ok(())
+    };
+    let err = pgq_basebackup::backup(BackupOptions::new(dsn.clone(), home))
         .await
         .expect_err("DEST is not empty");
     assert!(matches!(err, Error::DestinationNotEmpty { .. }), "{err:?}");
     assert!(err.to_string().contains("--force"), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(scratch.path().join("keep.txt"))?,
-        "mine"
-    );
 
-    let mut opts = BackupOptions::new(support::dsn(&source)?, scratch.path());
+    for (force, action) in [(true, "empty (--force)"), (false, "resume in (--resume)")] {
+        let mut opts = BackupOptions::new(dsn.clone(), home);
+        opts.force = force;
+        opts.resume = !force;
+        let err = pgq_basebackup::backup(opts)
+            .await
+            .expect_err("not a data directory");
+        assert!(matches!(err, Error::NotACopy { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "refusing to {action} {}: it is neither a PostgreSQL data directory (no \
+                 PG_VERSION) nor a copy made by pgq-basebackup (no backup_manifest or \
+                 pgq_basebackup.chunks); nothing was deleted",
+                home.display()
+            )
+        );
+        untouched()?;
+    }
+
+    let mut opts = BackupOptions::new(dsn.clone(), source.data_dir());
+    opts.force = true;
+    let err = pgq_basebackup::backup(opts)
+        .await
+        .expect_err("a server runs there");
+    assert!(
+        err.to_string()
+            .contains("holds postmaster.pid, so a server may be running"),
+        "{err}"
+    );
+    let alive: i32 = dsn
+        .connect()
+        .await?
+        .query_one("SELECT 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(alive, 1);
+
+    let copy = home.parent().expect("scratch parent").join("copy");
+    let mut opts = BackupOptions::new(dsn.clone(), &copy);
+    opts.force = true;
+    opts.tablespace_mapping = vec![("/srv/ts".into(), home.to_path_buf())];
+    let err = pgq_basebackup::backup(opts)
+        .await
+        .expect_err("not a tablespace directory");
+    let text = err.to_string();
+    assert!(
+        text.contains("a tablespace directory holds only PG_<version> directories"),
+        "{text}"
+    );
+    assert!(!copy.exists(), "refused before anything is made");
+    untouched()?;
+
+    pgq_basebackup::backup(BackupOptions::new(dsn.clone(), &copy)).await?;
+    std::fs::write(copy.join("stray"), "left over")?;
+    let mut opts = BackupOptions::new(dsn.clone(), &copy);
     opts.force = true;
     pgq_basebackup::backup(opts).await?;
-    assert!(!scratch.path().join("keep.txt").exists());
-    assert!(pgq_basebackup::verify(scratch.path())?.is_ok());
+    assert!(!copy.join("stray").exists());
+    assert!(pgq_basebackup::verify(&copy)?.is_ok());
+    Ok(())
+}
+
+/// `--resume` never deletes or writes through a link in the copy: a `base` turned into a link
+/// to another directory (by an earlier run, or by anyone who could write into DEST) is
+/// refused by name, and the directory it points to keeps its files. Before, the stale-file
+/// sweep followed it and deleted them.
+#[tokio::test]
+async fn resume_refuses_links_in_the_copy() -> anyhow::Result<()> {
+    let source = support::source().await?;
+    let dsn = support::dsn(&source)?;
+    let scratch = Scratch::new("copy")?;
+    pgq_basebackup::backup(BackupOptions::new(dsn.clone(), scratch.path())).await?;
+    let outside = scratch
+        .path()
+        .parent()
+        .expect("scratch parent")
+        .join("outside");
+    std::fs::create_dir(&outside)?;
+    std::fs::write(outside.join("precious"), "mine")?;
+    let base = scratch.path().join("base");
+    std::fs::remove_dir_all(&base)?;
+    std::os::unix::fs::symlink(&outside, &base)?;
+
+    let mut opts = BackupOptions::new(dsn, scratch.path());
+    opts.resume = true;
+    let err = pgq_basebackup::backup(opts)
+        .await
+        .expect_err("a link in the copy");
+    let Error::UnsafeEntry { path, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(path, &base);
+    assert!(
+        err.to_string()
+            .contains("a symbolic link this backup did not make for --tablespace-mapping"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(outside.join("precious"))?, "mine");
+    assert_eq!(std::fs::read_dir(&outside)?.count(), 1);
     Ok(())
 }
 
@@ -64,11 +171,11 @@ async fn role_without_privileges_is_told_the_grants_that_suffice() -> anyhow::Re
     assert_eq!(role, "weak");
     let text = err.to_string();
     for needed in [
-        "GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_start(text, boolean) TO \"weak\"",
+        "GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_start(pg_catalog.text, boolean) TO \"weak\"",
         "pg_catalog.pg_backup_stop(boolean)",
-        "pg_catalog.pg_ls_dir(text, boolean, boolean)",
-        "pg_catalog.pg_stat_file(text, boolean)",
-        "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+        "pg_catalog.pg_ls_dir(pg_catalog.text, boolean, boolean)",
+        "pg_catalog.pg_stat_file(pg_catalog.text, boolean)",
+        "pg_catalog.pg_read_binary_file(pg_catalog.text, bigint, bigint, boolean)",
         "ALTER ROLE \"weak\" REPLICATION",
         "pg_read_server_files",
     ] {

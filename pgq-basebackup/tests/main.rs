@@ -3,6 +3,7 @@
 mod backup;
 mod cli;
 mod errors;
+mod hostile;
 mod standby;
 mod support;
 mod tablespace;

@@ -181,3 +181,32 @@ pub(crate) fn pg_verifybackup() -> PathBuf {
     .find(|p| p.is_file())
     .unwrap_or_else(|| PathBuf::from("pg_verifybackup"))
 }
+
+/// Files under `dir` (links not followed) whose bytes contain `needle`.
+pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file()
+                && std::fs::read(entry.path())?
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            {
+                found.push(entry.path());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Hands `path` (and what it holds) to the server's user, as the tests run as root.
+pub(crate) async fn chown_postgres(path: &Path) -> anyhow::Result<()> {
+    let (code, out, err) = run("chown", &["-R", "postgres", &path.display().to_string()]).await?;
+    anyhow::ensure!(code == 0, "chown: {out}{err}");
+    Ok(())
+}

@@ -1,19 +1,10 @@
 //! Tablespaces: a mapped one goes to its new directory behind a `pg_tblspc` link, the
 //! other stays inside the copy; both start.
 
-use std::path::Path;
-
 use pgq_basebackup::BackupOptions;
 use pgq_testkit::{Cluster, ClusterOptions};
 
 use crate::support::{self, Scratch};
-
-async fn chown_postgres(path: &Path) -> anyhow::Result<()> {
-    let (code, out, err) =
-        support::run("chown", &["-R", "postgres", &path.display().to_string()]).await?;
-    anyhow::ensure!(code == 0, "chown: {out}{err}");
-    Ok(())
-}
 
 #[tokio::test]
 async fn mapped_and_inplace_tablespaces() -> anyhow::Result<()> {
@@ -29,7 +20,7 @@ async fn mapped_and_inplace_tablespaces() -> anyhow::Result<()> {
     let (ts1, ts2, moved) = (root.join("ts1"), root.join("ts2"), root.join("ts1_copy"));
     for dir in [&ts1, &ts2] {
         std::fs::create_dir(dir)?;
-        chown_postgres(dir).await?;
+        support::chown_postgres(dir).await?;
     }
     for (name, dir) in [("ts1", &ts1), ("ts2", &ts2)] {
         client
@@ -89,7 +80,7 @@ async fn mapped_and_inplace_tablespaces() -> anyhow::Result<()> {
         "{err}"
     );
 
-    chown_postgres(&moved).await?;
+    support::chown_postgres(&moved).await?;
     let copy = Cluster::start_existing(scratch.path(), ClusterOptions::default()).await?;
     let copy_client = pgq_core::Dsn::parse(&copy.dsn("postgres"))?
         .connect()

@@ -376,6 +376,27 @@ impl Dsn {
             .map_err(|err| invalid(format!("cannot build a connection pool: {err}")))
     }
 
+    /// The effective value of a libpq keyword: from the string, else the environment, else
+    /// libpq's default (`host`, `port`, `user`, `dbname`, `sslmode`). `None` for a keyword that
+    /// is not set or not known, and always for `password` (see [`Dsn::password_source`]).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        let i = KEYWORDS.iter().position(|(k, _)| *k == key)?;
+        if key == "password" {
+            return None;
+        }
+        self.params.values[i].as_deref()
+    }
+
+    /// Where the password comes from, when there is one: given (in the string or
+    /// `PGPASSWORD`), or read from a password file.
+    pub fn password_source(&self) -> Option<PasswordSource> {
+        if self.params.get("password").is_some() {
+            return Some(PasswordSource::Given);
+        }
+        self.config.get_password()?;
+        self.passfile().map(PasswordSource::File)
+    }
+
     /// The tokio-postgres settings, password included. `sslmode` there is only `disable`,
     /// `prefer` or `require`; certificate checks happen in the TLS connector that
     /// [`Dsn::connect`] and [`Dsn::pool`] build.
@@ -441,12 +462,7 @@ impl Dsn {
         if self.params.get("password").is_some() {
             return config;
         }
-        let Some(path) = self
-            .params
-            .get("passfile")
-            .map(PathBuf::from)
-            .or_else(|| home_file(".pgpass"))
-        else {
+        let Some(path) = self.passfile() else {
             return config;
         };
         let host = self
@@ -466,6 +482,25 @@ impl Dsn {
         }
         config
     }
+}
+
+impl Dsn {
+    /// The password file: `passfile`, else `~/.pgpass`.
+    fn passfile(&self) -> Option<PathBuf> {
+        self.params
+            .get("passfile")
+            .map(PathBuf::from)
+            .or_else(|| home_file(".pgpass"))
+    }
+}
+
+/// Where a [`Dsn`]'s password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// Given in the connection string or in `PGPASSWORD`.
+    Given,
+    /// Read from this password file (`passfile`, `PGPASSFILE` or `~/.pgpass`).
+    File(PathBuf),
 }
 
 impl fmt::Display for Dsn {
@@ -1650,6 +1685,39 @@ mod tests {
         assert_eq!(password(&Dsn::parse("host=db1").unwrap()), Some("viafile"));
         let dsn = Dsn::parse(&format!("host=db1 passfile='{}'", pgpass.display())).unwrap();
         assert_eq!(password(&dsn), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn settings_and_password_source() {
+        let env = TestEnv::new(&[("PGSSLROOTCERT", "/env/root.crt")]);
+        let file = env.home.join("pw");
+        write_private(&file, "db1:*:*:alice:fromfile\n", 0o600);
+        let dsn = Dsn::parse(&format!(
+            "host=db1 user=alice sslmode=verify-full sslkey='/k ey' passfile='{}'",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(dsn.setting("sslmode"), Some("verify-full"));
+        assert_eq!(dsn.setting("sslkey"), Some("/k ey"));
+        assert_eq!(dsn.setting("sslrootcert"), Some("/env/root.crt"));
+        assert_eq!(dsn.setting("port"), Some("5432"));
+        assert_eq!(dsn.setting("sslcert"), None);
+        assert_eq!(dsn.setting("colour"), None);
+        assert_eq!(dsn.setting("password"), None);
+        assert_eq!(
+            dsn.password_source(),
+            Some(PasswordSource::File(file.clone()))
+        );
+        assert_eq!(dsn.with_user("nobody").password_source(), None);
+        let given = Dsn::parse("host=db1 password=hunter2").unwrap();
+        assert_eq!(given.password_source(), Some(PasswordSource::Given));
+        assert_eq!(given.setting("password"), None);
+        std::env::set_var("PGPASSWORD", "fromenv");
+        assert_eq!(
+            Dsn::parse("host=db1").unwrap().password_source(),
+            Some(PasswordSource::Given)
+        );
     }
 
     #[test]
