@@ -305,6 +305,7 @@ static MIGRATIONS: &[Migration] = &[
         "initial",
         ["122283c16d1242fc3cb88417f1d8a15dabefc74ff544e66f315bd7a05d2f1d30"]
     ),
+    migration!(PgqTriggers, "pgq_triggers/0002_trust.sql", 2, "trust"),
     migration!(
         PgqCoop,
         "pgq_coop/0001_initial.sql",
@@ -312,6 +313,7 @@ static MIGRATIONS: &[Migration] = &[
         "initial",
         ["736905a69d08d3aaef366abdb35bccfb9299a6ca8378416221093965707b50bf"]
     ),
+    migration!(PgqCoop, "pgq_coop/0002_trust.sql", 2, "trust"),
     migration!(
         PgqExt,
         "pgq_ext/0001_initial.sql",
