@@ -112,10 +112,10 @@ pub async fn drop_queue(client: &impl GenericClient, queue: &QueueName, force: b
 
 /// One queue setting, with the value to give it.
 ///
-/// The first six go through `pgq.set_queue_config` under PGQ's parameter names
-/// (`ticker_max_count`, `ticker_max_lag`, ...). PGQ 3.5's function refuses the last two, so they
-/// update `pgq.queue` directly (`queue_disable_insert`, `queue_per_tx_limit`), which needs the
-/// `pgq_admin` role like `set_queue_config` does.
+/// All go through `pgq.set_queue_config` under PGQ's parameter names (`ticker_max_count`,
+/// `ticker_max_lag`, ...), which needs the `pgq_admin` role. The original extension's function
+/// refuses the last two, so there they update `pgq.queue` directly (`queue_disable_insert`,
+/// `queue_per_tx_limit`), which its `pgq_admin` may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QueueSetting {
@@ -150,22 +150,27 @@ pub async fn set_queue_config(
     let name = queue.as_str();
     let changed = match setting {
         QueueSetting::TickerMaxCount(n) => {
-            set_config(client, name, "ticker_max_count", n.to_string()).await?
+            set_config(client, name, "ticker_max_count", Some(n.to_string())).await?
         }
         QueueSetting::TickerMaxLag(d) => {
-            set_config(client, name, "ticker_max_lag", interval_text(d)).await?
+            set_config(client, name, "ticker_max_lag", Some(interval_text(d))).await?
         }
         QueueSetting::TickerIdlePeriod(d) => {
-            set_config(client, name, "ticker_idle_period", interval_text(d)).await?
+            set_config(client, name, "ticker_idle_period", Some(interval_text(d))).await?
         }
         QueueSetting::TickerPaused(b) => {
-            set_config(client, name, "ticker_paused", b.to_string()).await?
+            set_config(client, name, "ticker_paused", Some(b.to_string())).await?
         }
         QueueSetting::RotationPeriod(d) => {
-            set_config(client, name, "rotation_period", interval_text(d)).await?
+            set_config(client, name, "rotation_period", Some(interval_text(d))).await?
         }
         QueueSetting::ExternalTicker(b) => {
-            set_config(client, name, "external_ticker", b.to_string()).await?
+            set_config(client, name, "external_ticker", Some(b.to_string())).await?
+        }
+        // Ours takes these through set_queue_config (pgq_admin may not write pgq.queue); the
+        // extension's set_queue_config refuses them, and its pgq_admin writes the row.
+        QueueSetting::DisableInsert(disabled) if ours(client).await? => {
+            set_config(client, name, "disable_insert", Some(disabled.to_string())).await?
         }
         QueueSetting::DisableInsert(disabled) => client
             .execute_typed(
@@ -174,6 +179,9 @@ pub async fn set_queue_config(
             )
             .await
             .op("set_queue_config")?,
+        QueueSetting::PerTxLimit(limit) if ours(client).await? => {
+            set_config(client, name, "per_tx_limit", limit.map(|n| n.to_string())).await?
+        }
         QueueSetting::PerTxLimit(limit) => client
             .execute_typed(
                 SET_PER_TX_LIMIT,
@@ -188,12 +196,17 @@ pub async fn set_queue_config(
     Ok(())
 }
 
+/// Whether the database has the pgq-rs schema (not the original extension).
+async fn ours(client: &impl GenericClient) -> Result<bool> {
+    Ok(crate::schema::flavor(client).await? == crate::schema::Flavor::Ours)
+}
+
 /// `pgq.set_queue_config` with PGQ's parameter name; returns 0 when the queue does not exist.
 async fn set_config(
     client: &impl GenericClient,
     queue: &str,
     param: &str,
-    value: String,
+    value: Option<String>,
 ) -> Result<u64> {
     client
         .execute_typed(
