@@ -23,8 +23,7 @@ use crate::consumer::Consumer;
 use crate::error::{ConsumerError, DbContext, Result};
 use crate::metrics::ConsumerMetrics;
 use crate::runner::{
-    batch_span, is_batch_failure, policy, process, record_done, run_loop, BatchReport, Failures,
-    Step,
+    batch_span, policy, process, record_done, run_loop, settle_failure, BatchReport, Failures, Step,
 };
 use crate::session::Session;
 
@@ -214,11 +213,8 @@ impl CoopRunner {
             let counts = match process(consumer, &tx, &tx, &batch, policy, per_event).await {
                 Ok(counts) => counts,
                 Err(err) => {
-                    let _ = tx.rollback().await;
-                    if is_batch_failure(&err) {
-                        failures.record(&batch);
-                    }
-                    return Err(err);
+                    let rolled_back = tx.rollback().await.is_ok();
+                    return Err(settle_failure(err, rolled_back, failures, &batch));
                 }
             };
             let finished = match tx
@@ -303,7 +299,7 @@ impl Step for CoopRunner {
 
     fn abandon(&mut self) {
         if let Some(session) = self.session.take() {
-            session.abandon();
+            session.abandon(&self.dsn);
         }
     }
 

@@ -102,12 +102,38 @@ impl Failures {
     }
 }
 
-/// Whether an error counts as a failure of the batch (it comes again; after N, per event).
-pub(crate) fn is_batch_failure(err: &ConsumerError) -> bool {
-    matches!(
+/// Settles a batch whose processing failed with `err`, once its transactions were rolled back
+/// (`rolled_back`: every rollback reached the server). A rollback that could not reach the
+/// server means the handler failed because (or while) a connection was lost: the batch is not
+/// counted as failed and the error says so ([`ConsumerError::ConnectionLost`]), so the runner
+/// reconnects instead of pushing the batch towards per-event mode. Other handler failures count
+/// (the batch comes again; after N, event by event).
+pub(crate) fn settle_failure(
+    err: ConsumerError,
+    rolled_back: bool,
+    failures: &mut Failures,
+    batch: &Batch,
+) -> ConsumerError {
+    if err.is_connection_lost() {
+        return err;
+    }
+    if !rolled_back {
+        let source = match err {
+            ConsumerError::Handler { source, .. } => source,
+            other => Box::new(other),
+        };
+        return ConsumerError::ConnectionLost {
+            batch_id: batch.id,
+            source,
+        };
+    }
+    if matches!(
         err,
         ConsumerError::Handler { .. } | ConsumerError::UnreadEvents { .. }
-    )
+    ) {
+        failures.record(batch);
+    }
+    err
 }
 
 /// The span of one batch, with the fixed field names.
@@ -402,6 +428,8 @@ impl Runner {
     /// # Errors
     ///
     /// [`ConsumerError::Handler`] or [`ConsumerError::UnreadEvents`] (rolled back);
+    /// [`ConsumerError::ConnectionLost`] when the connection was lost while the handler ran
+    /// (not counted as a failure of the batch; reconnect and take it again);
     /// [`ConsumerError::FinishFailed`] when another session finished the batch first (rolled
     /// back); [`ConsumerError::Core`] for an unknown queue or consumer and database errors.
     pub async fn process_next_batch(&mut self) -> Result<Option<BatchReport>> {
@@ -434,11 +462,8 @@ impl Runner {
             let counts = match result {
                 Ok(counts) => counts,
                 Err(err) => {
-                    let _ = tx.rollback().await;
-                    if is_batch_failure(&err) {
-                        failures.record(&batch);
-                    }
-                    return Err(err);
+                    let rolled_back = tx.rollback().await.is_ok();
+                    return Err(settle_failure(err, rolled_back, failures, &batch));
                 }
             };
             match pgq_core::finish_batch(&tx, batch.id).await {
@@ -494,7 +519,7 @@ impl Step for Runner {
 
     fn abandon(&mut self) {
         if let Some(session) = self.session.take() {
-            session.abandon();
+            session.abandon(&self.dsn);
         }
     }
 

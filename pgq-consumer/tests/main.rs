@@ -5,5 +5,7 @@ mod compat;
 mod coop;
 mod kill;
 mod local;
+mod lost;
 mod memory;
 mod remote;
+mod tls;
