@@ -34,15 +34,16 @@ const REGISTER: &str = "SELECT pgq_coop.register_subconsumer($1, $2, $3)";
 const NEXT_BATCH: &str = "\
 SELECT batch_id, cur_tick_id, prev_tick_id, cur_tick_time, prev_tick_time, cur_tick_event_seq,
        prev_tick_event_seq
-  FROM pgq_coop.next_batch_custom_info($1, $2, $3, NULL, NULL, NULL, make_interval(secs => $4))";
+  FROM pgq_coop.next_batch_custom_info($1, $2, $3, NULL, NULL, NULL,
+                                      pg_catalog.make_interval(secs => $4))";
 
 // language=SQL
 const LOCK_OWN: &str = "\
 SELECT 1
   FROM pgq.subscription s
-  JOIN pgq.consumer c ON c.co_id = s.sub_consumer
-  JOIN pgq.queue q ON q.queue_id = s.sub_queue
- WHERE q.queue_name = $1 AND c.co_name = $2 AND s.sub_batch = $3
+  JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
+  JOIN pgq.queue q ON q.queue_id OPERATOR(pg_catalog.=) s.sub_queue
+ WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2 AND s.sub_batch OPERATOR(pg_catalog.=) $3
    FOR UPDATE OF s";
 
 // language=SQL

@@ -19,13 +19,15 @@ use crate::metrics::ConsumerMetrics;
 use crate::session::Session;
 use pgq_core::Backoff;
 
+// The runner's session keeps the user's search_path (handlers run their own SQL in it), so every
+// statement the runners send qualifies its functions, types and operators.
 // language=SQL
 const IS_REGISTERED: &str = "\
 SELECT EXISTS (SELECT 1
                  FROM pgq.queue q
-                 JOIN pgq.subscription s ON s.sub_queue = q.queue_id
-                 JOIN pgq.consumer c ON c.co_id = s.sub_consumer
-                WHERE q.queue_name = $1 AND c.co_name = $2)";
+                 JOIN pgq.subscription s ON s.sub_queue OPERATOR(pg_catalog.=) q.queue_id
+                 JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
+                WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)";
 
 /// What one batch step did.
 #[derive(Debug, Clone, PartialEq, Eq)]

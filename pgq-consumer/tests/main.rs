@@ -8,4 +8,5 @@ mod local;
 mod lost;
 mod memory;
 mod remote;
+mod search_path;
 mod tls;
