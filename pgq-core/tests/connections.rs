@@ -372,26 +372,37 @@ async fn keepalives_are_on_by_default_on_a_real_connection() -> Result<()> {
         .query_one("SELECT pg_catalog.inet_client_port()", &[])
         .await?
         .get(0);
-    let out = tokio::process::Command::new("ss")
-        .args([
-            "-tno",
-            "state",
-            "established",
-            &format!("( sport = :{port} )"),
-        ])
-        .output()
-        .await
-        .context("running ss (iproute2)")?;
-    let shown = String::from_utf8_lossy(&out.stdout);
-    let timer = shown
-        .split("timer:(")
+    // Right after a statement, the timer may still be the retransmission timer for bytes the
+    // server has not acknowledged yet (delayed ACKs): look until the keepalive timer shows.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let timer = loop {
+        let out = tokio::process::Command::new("ss")
+            .args([
+                "-tno",
+                "state",
+                "established",
+                &format!("( sport = :{port} )"),
+            ])
+            .output()
+            .await
+            .context("running ss (iproute2)")?;
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        let timer = shown
+            .split("timer:(")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .map(str::to_owned);
+        match timer {
+            Some(timer) if timer.starts_with("keepalive,") => break timer,
+            _ if Instant::now() > deadline => {
+                anyhow::bail!("no keepalive timer on the connection from port {port}: {shown}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let secs: u64 = timer
+        .split(',')
         .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .with_context(|| format!("no timer on the connection from port {port}: {shown}"))?;
-    let fields: Vec<&str> = timer.split(',').collect();
-    assert_eq!(fields.first(), Some(&"keepalive"), "{shown}");
-    let secs: u64 = fields
-        .get(1)
         .and_then(|s| s.strip_suffix("sec"))
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("timer {timer}"))?;

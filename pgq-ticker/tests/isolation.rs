@@ -11,7 +11,9 @@ use pgq_testkit::TestDb;
 use pgq_ticker::DatabaseTicker;
 use tokio::time::Instant;
 
-use crate::setup::{consumer, dsn, ours, queue_with, take_batch, tick_count};
+use crate::setup::{
+    consumer, dsn, extension, listen_ticks, ours, queue_with, take_batch, tick_count,
+};
 
 /// The log lines the ticker writes while the guard lives (on this thread).
 #[derive(Clone, Default)]
@@ -86,6 +88,43 @@ async fn break_queue(client: &Client, b: &QueueName) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Three passes with `b` broken: `a` and `c` tick at every pass, `b` fails at every pass and
+/// is logged once.
+async fn passes_with_a_broken_queue(
+    client: &mut Client,
+    ticker: &mut DatabaseTicker,
+    log: &Log,
+    [a, b, c]: [&QueueName; 3],
+) -> anyhow::Result<()> {
+    for pass in 1..=3 {
+        let before = [tick_count(client, a).await?, tick_count(client, c).await?];
+        for q in [a, b, c] {
+            pgq_core::insert_event(&*client, q, "t", &format!("pass {pass}")).await?;
+        }
+        let report = ticker.tick_once().await?;
+        assert_eq!((report.queues, report.failed), (2, 1), "pass {pass}");
+        assert_eq!(
+            [tick_count(client, a).await?, tick_count(client, c).await?],
+            [before[0] + 1, before[1] + 1],
+            "pass {pass}: a and c ticked"
+        );
+        for q in [a, c] {
+            let events = take_batch(client, q, &consumer("w"))
+                .await?
+                .expect("a batch");
+            assert_eq!(events.len(), 1, "pass {pass}, queue {q}");
+        }
+    }
+    assert_eq!(tick_count(client, b).await?, 2, "b never ticked");
+    assert_eq!(
+        log.count("cannot tick the queue"),
+        1,
+        "logged once for three failing passes: {}",
+        log.text()
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_broken_queue_fails_alone_and_is_logged_once() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
@@ -97,38 +136,7 @@ async fn a_broken_queue_fails_alone_and_is_logged_once() -> anyhow::Result<()> {
     break_queue(&client, &b).await?;
     let log = Log::default();
     let _capture = log.capture();
-
-    for pass in 1..=3 {
-        let before = [
-            tick_count(&client, &a).await?,
-            tick_count(&client, &c).await?,
-        ];
-        for q in [&a, &b, &c] {
-            pgq_core::insert_event(&client, q, "t", &format!("pass {pass}")).await?;
-        }
-        let report = ticker.tick_once().await?;
-        assert_eq!((report.queues, report.failed), (2, 1), "pass {pass}");
-        assert_eq!(
-            [
-                tick_count(&client, &a).await?,
-                tick_count(&client, &c).await?
-            ],
-            [before[0] + 1, before[1] + 1],
-            "pass {pass}: a and c ticked"
-        );
-        for q in [&a, &c] {
-            let events = take_batch(&mut client, q, &consumer("w"))
-                .await?
-                .expect("a batch");
-            assert_eq!(events.len(), 1, "pass {pass}, queue {q}");
-        }
-    }
-    assert_eq!(tick_count(&client, &b).await?, 2, "b never ticked");
-    assert_eq!(
-        log.count("cannot tick the queue"),
-        1,
-        "logged once for three failing passes"
-    );
+    passes_with_a_broken_queue(&mut client, &mut ticker, &log, [&a, &b, &c]).await?;
 
     // Rotation: a and c switch tables, b's rotation fails (its next table is gone) alone.
     let backdate = "UPDATE pgq.queue SET queue_switch_time = now() - interval '1 day'";
@@ -178,5 +186,31 @@ async fn a_broken_queue_fails_alone_and_is_logged_once() -> anyhow::Result<()> {
     assert_eq!(report.failed, 0);
     assert_eq!(tick_count(&client, &b).await?, 3, "b ticks again");
     assert_eq!(log.count("queue ticks again"), 1);
+    Ok(())
+}
+
+/// The same on the original extension, whose ticks the ticker announces itself.
+#[tokio::test]
+async fn a_broken_queue_fails_alone_on_the_extension() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let Some(mut client) = extension(&db).await? else {
+        return Ok(());
+    };
+    let a = queue_with(&client, "a", &["w"]).await?;
+    let b = queue_with(&client, "b", &[]).await?;
+    let c = queue_with(&client, "c", &["w"]).await?;
+    let (_listener, mut announced) = listen_ticks(&db.dsn()).await?;
+    let mut ticker = DatabaseTicker::connect(&dsn(&db.dsn())?).await?;
+    break_queue(&client, &b).await?;
+    let log = Log::default();
+    let _capture = log.capture();
+    passes_with_a_broken_queue(&mut client, &mut ticker, &log, [&a, &b, &c]).await?;
+    let mut payloads = Vec::new();
+    while payloads.len() < 6 {
+        let payload = tokio::time::timeout(Duration::from_secs(5), announced.recv()).await?;
+        payloads.extend(payload);
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["a", "a", "a", "c", "c", "c"], "ticks announced");
     Ok(())
 }
