@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgq_core::{quote_ident, Dsn, Flavor};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -216,13 +217,13 @@ impl DatabaseTicker {
     ///
     /// # Errors
     ///
-    /// [`TickerError::Db`] when the connection is lost or the queues cannot be listed; a
-    /// failing queue is counted in [`TickReport::failed`] instead.
+    /// [`TickerError::Db`] when the connection is lost, the pass is cancelled or the queues
+    /// cannot be listed; a failing queue is counted in [`TickReport::failed`] instead.
     pub async fn tick_once(&mut self) -> Result<TickReport> {
         let report = if self.failing.is_empty() {
             match self.pass_whole().await {
                 Ok(report) => report,
-                Err(err) if err.is_connection_lost() => return Err(err),
+                Err(err) if ends_the_pass(&err) => return Err(err),
                 Err(err) => {
                     tracing::debug!(db = %self.db, error = %crate::error::Chain(&err), "ticker pass failed; ticking queue by queue");
                     self.pass_by_queue().await?
@@ -313,7 +314,7 @@ impl DatabaseTicker {
                         tracing::info!(db = %self.db, queue, "queue ticks again");
                     }
                 }
-                Err(err) if err.is_connection_lost() => return Err(err),
+                Err(err) if ends_the_pass(&err) => return Err(err),
                 Err(err) => {
                     report.failed += 1;
                     let text = crate::error::Chain(&err).to_string();
@@ -563,6 +564,13 @@ impl DatabaseTicker {
         tracing::warn!(db = %self.db, operation = func, repeats = MAX_REPEATS, "maintenance function still asks to be called again; leaving it for the next round");
         Ok(())
     }
+}
+
+/// Whether a failed pass (or a queue's part of it) is no matter of one queue: the connection
+/// is gone, or the statement was cancelled (the daemon's stop, `statement_timeout`), and the
+/// pass ends here rather than going on queue by queue.
+fn ends_the_pass(err: &TickerError) -> bool {
+    err.is_connection_lost() || err.sql_state() == Some(&SqlState::QUERY_CANCELED)
 }
 
 /// Cancels a ticker connection's running statement through a connection of its own.
