@@ -106,6 +106,33 @@ async fn kill_inside(
     Ok(())
 }
 
+/// Runs the runner (`run` with the stop's token) through the kill of the backend the handler
+/// reports, from `killer`'s session, until `applied` holds the 10 events; then stops it.
+async fn run_through_the_kill<F>(
+    run: impl FnOnce(CancellationToken) -> F,
+    killer: &Client,
+    applied: &Client,
+    pid: oneshot::Receiver<i32>,
+    killed: oneshot::Sender<()>,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = pgq_consumer::Result<()>> + Send + 'static,
+{
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(cancel.clone()));
+    kill_inside(killer, pid, killed).await?;
+    wait_count(
+        applied,
+        "SELECT count(*) FROM applied",
+        10,
+        Duration::from_secs(10),
+    )
+    .await?;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await???;
+    Ok(())
+}
+
 /// What every scenario must show on the database that holds `applied` and on the queue's.
 async fn assert_once_without_failure(
     queue_db: &Client,
@@ -158,18 +185,7 @@ async fn local_runner_reconnects_when_its_backend_is_killed_inside_a_batch() -> 
     let metrics = runner.metrics();
     produce(&s.client, 2, 5).await?;
     tick(&s.client).await?;
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(runner.run(cancel.clone()));
-    kill_inside(&s.client, pid, killed).await?;
-    wait_count(
-        &s.client,
-        "SELECT count(*) FROM applied",
-        10,
-        Duration::from_secs(10),
-    )
-    .await?;
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await???;
+    run_through_the_kill(|stop| runner.run(stop), &s.client, &s.client, pid, killed).await?;
     assert_once_without_failure(&s.client, &s.client, "c", &handler).await?;
     let snapshot = metrics.snapshot();
     assert_eq!(
@@ -193,18 +209,7 @@ async fn coop_runner_reconnects_when_its_backend_is_killed_inside_a_batch() -> a
     .await?;
     produce(&s.client, 2, 5).await?;
     tick(&s.client).await?;
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(runner.run(cancel.clone()));
-    kill_inside(&s.client, pid, killed).await?;
-    wait_count(
-        &s.client,
-        "SELECT count(*) FROM applied",
-        10,
-        Duration::from_secs(10),
-    )
-    .await?;
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await???;
+    run_through_the_kill(|stop| runner.run(stop), &s.client, &s.client, pid, killed).await?;
     assert_once_without_failure(&s.client, &s.client, "group", &handler).await?;
     Ok(())
 }
@@ -229,22 +234,11 @@ async fn remote_runner_reconnects_when_either_backend_is_killed_inside_a_batch(
         .await?;
         produce(&s.client, 2, 5).await?;
         tick(&s.client).await?;
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(runner.run(cancel.clone()));
         let killer = match side {
             Side::Work => &target,
             Side::Queue => &s.client,
         };
-        kill_inside(killer, pid, killed).await?;
-        wait_count(
-            &target,
-            "SELECT count(*) FROM applied",
-            10,
-            Duration::from_secs(10),
-        )
-        .await?;
-        cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task).await???;
+        run_through_the_kill(|stop| runner.run(stop), killer, &target, pid, killed).await?;
         assert_once_without_failure(&s.client, &target, "remote", &handler).await?;
     }
     Ok(())

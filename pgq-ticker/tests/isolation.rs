@@ -12,7 +12,7 @@ use pgq_ticker::DatabaseTicker;
 use tokio::time::Instant;
 
 use crate::setup::{
-    consumer, dsn, extension, listen_ticks, ours, queue_with, take_batch, tick_count,
+    consumer, cur_table, dsn, extension, listen_ticks, ours, queue_with, take_batch, tick_count,
 };
 
 /// The log lines the ticker writes while the guard lives (on this thread).
@@ -52,16 +52,6 @@ impl Write for Log {
 
 async fn text(client: &Client, sql: &str, queue: &QueueName) -> anyhow::Result<String> {
     Ok(client.query_one(sql, &[&queue.as_str()]).await?.get(0))
-}
-
-async fn cur_table(client: &Client, queue: &QueueName) -> anyhow::Result<i32> {
-    Ok(client
-        .query_one(
-            "SELECT queue_cur_table FROM pgq.queue WHERE queue_name = $1",
-            &[&queue.as_str()],
-        )
-        .await?
-        .get(0))
 }
 
 /// Breaks `b` for real, as a superuser could by mistake: its tick sequence (every tick fails)
