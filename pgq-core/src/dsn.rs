@@ -85,14 +85,16 @@ const REDACTED: &str = "********";
 /// or not; a live server, however busy with a long statement, answers the probes from its
 /// kernel, so long statements are never cut. 2 minutes outlasts a routine failover of a
 /// network path (seconds) and is the order of Go's and the JDBC pools' defaults. Unix sockets
-/// are not affected.
-const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(60);
-/// See [`DEFAULT_KEEPALIVES_IDLE`]: 60 s idle + 6 probes 10 s apart = 2 minutes.
-const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
-/// See [`DEFAULT_KEEPALIVES_IDLE`].
-const DEFAULT_KEEPALIVES_COUNT: u32 = 6;
-/// See [`DEFAULT_KEEPALIVES_IDLE`]: the same 2 minutes for data sent and never acknowledged.
-const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(120);
+/// are not affected. This one: seconds idle before the first probe.
+const DEFAULT_KEEPALIVES_IDLE: u64 = 60;
+/// Seconds between probes (see [`DEFAULT_KEEPALIVES_IDLE`]): 60 s + 6 probes 10 s apart = 2
+/// minutes.
+const DEFAULT_KEEPALIVES_INTERVAL: u64 = 10;
+/// Unanswered probes before the connection is dropped (see [`DEFAULT_KEEPALIVES_IDLE`]).
+const DEFAULT_KEEPALIVES_COUNT: u64 = 6;
+/// Milliseconds sent data may stay unacknowledged: the same 2 minutes (see
+/// [`DEFAULT_KEEPALIVES_IDLE`]).
+const DEFAULT_TCP_USER_TIMEOUT: u64 = 120_000;
 
 /// What daemon sessions append to the startup `options`: a `search_path` that a database's or
 /// role's default cannot replace and `RESET ALL` keeps (a startup option is the session's reset
@@ -737,49 +739,29 @@ fn build(params: &Params) -> Result<(Config, TlsPolicy)> {
 /// TCP keepalives and `tcp_user_timeout`: the user's values, else the defaults (see
 /// [`DEFAULT_KEEPALIVES_IDLE`]); `0` leaves a setting to the operating system, as in libpq.
 fn set_keepalives(config: &mut Config, params: &Params) -> Result<()> {
-    let setting = |key: &str| -> Result<Option<u64>> {
-        params
+    let setting = |key: &str, default: u64| -> Result<Option<u64>> {
+        let value = params
             .get(key)
             .map(|value| parse_int::<u64>(key, value))
-            .transpose()
+            .transpose()?;
+        Ok(Some(value.unwrap_or(default)).filter(|n| *n > 0))
     };
     if let Some(on) = params.get("keepalives") {
         config.keepalives(parse_int::<i64>("keepalives", on)? != 0);
     }
-    match setting("keepalives_idle")? {
-        // tokio-postgres always sets the idle time; 2 hours is the operating system's default.
-        Some(0) => config.keepalives_idle(Duration::from_secs(7200)),
-        Some(secs) => config.keepalives_idle(Duration::from_secs(secs)),
-        None => config.keepalives_idle(DEFAULT_KEEPALIVES_IDLE),
-    };
-    match setting("keepalives_interval")? {
-        Some(0) => {}
-        Some(secs) => {
-            config.keepalives_interval(Duration::from_secs(secs));
-        }
-        None => {
-            config.keepalives_interval(DEFAULT_KEEPALIVES_INTERVAL);
-        }
+    // tokio-postgres always sets the idle time: 2 hours is the operating system's default.
+    let idle = setting("keepalives_idle", DEFAULT_KEEPALIVES_IDLE)?.unwrap_or(7200);
+    config.keepalives_idle(Duration::from_secs(idle));
+    if let Some(secs) = setting("keepalives_interval", DEFAULT_KEEPALIVES_INTERVAL)? {
+        config.keepalives_interval(Duration::from_secs(secs));
     }
-    match setting("keepalives_count")? {
-        Some(0) => {}
-        Some(count) => {
-            let count = u32::try_from(count)
-                .map_err(|_| invalid(format!("invalid keepalives_count value \"{count}\"")))?;
-            config.keepalives_retries(count);
-        }
-        None => {
-            config.keepalives_retries(DEFAULT_KEEPALIVES_COUNT);
-        }
+    if let Some(count) = setting("keepalives_count", DEFAULT_KEEPALIVES_COUNT)? {
+        let count = u32::try_from(count)
+            .map_err(|_| invalid(format!("invalid keepalives_count value \"{count}\"")))?;
+        config.keepalives_retries(count);
     }
-    match setting("tcp_user_timeout")? {
-        Some(0) => {}
-        Some(millis) => {
-            config.tcp_user_timeout(Duration::from_millis(millis));
-        }
-        None => {
-            config.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
-        }
+    if let Some(millis) = setting("tcp_user_timeout", DEFAULT_TCP_USER_TIMEOUT)? {
+        config.tcp_user_timeout(Duration::from_millis(millis));
     }
     Ok(())
 }
