@@ -462,7 +462,9 @@ pub struct Worker {
 
 impl Worker {
     /// Connects to the provider (the consumer's dedicated connection and lock) and to the
-    /// subscriber.
+    /// subscriber. Both sessions pin `search_path = pg_catalog, pg_temp`
+    /// ([`pgq_core::Dsn::with_pinned_search_path`]): what either database's owner sets as the
+    /// default path never reaches the worker, which names every table it writes in full.
     ///
     /// # Errors
     ///
@@ -481,8 +483,8 @@ impl Worker {
             per_event_batch: Mutex::new(None),
         };
         let runner = RemoteRunner::connect(
-            &config.provider,
-            &config.subscriber,
+            &config.provider.with_pinned_search_path(),
+            &config.subscriber.with_pinned_search_path(),
             consumer_config,
             Arc::new(replayer),
         )

@@ -11,7 +11,7 @@ pub(crate) struct Pair {
     pub(crate) config: Config,
     pub(crate) provider: Client,
     pub(crate) subscriber: Client,
-    _dbs: (TestDb, TestDb),
+    pub(crate) dbs: (TestDb, TestDb),
 }
 
 impl Pair {
@@ -31,7 +31,7 @@ impl Pair {
             config,
             provider,
             subscriber,
-            _dbs: (provider_db, subscriber_db),
+            dbs: (provider_db, subscriber_db),
         })
     }
 

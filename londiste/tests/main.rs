@@ -5,4 +5,5 @@ mod bad_input;
 mod common;
 mod live;
 mod replicate;
+mod search_path;
 mod types;

@@ -110,6 +110,7 @@ pub async fn backup(opts: BackupOptions) -> Result<BackupSummary> {
     prepare_dest(&opts.dest, opts.force, opts.resume)?;
     let control = opts
         .dsn
+        .with_pinned_search_path()
         .connect()
         .await
         .map_err(|source| Error::Connect { source })?;
@@ -176,6 +177,7 @@ async fn run(
     let fetcher = WalFetcher {
         client: opts
             .dsn
+            .with_pinned_search_path()
             .connect()
             .await
             .map_err(|source| Error::Connect { source })?,
@@ -356,7 +358,7 @@ async fn map_tablespaces(
 
 /// Drops a permanent slot of a failed backup, so it does not hold WAL forever.
 async fn drop_slot(dsn: &pgq_core::Dsn, slot: &str) {
-    let dropped = match dsn.connect().await {
+    let dropped = match dsn.with_pinned_search_path().connect().await {
         Ok(client) => client
             .execute(
                 "SELECT pg_catalog.pg_drop_replication_slot(slot_name) \

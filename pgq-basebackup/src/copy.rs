@@ -215,6 +215,7 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
     for _ in 0..plan.jobs.max(1) {
         let client = plan
             .dsn
+            .with_pinned_search_path()
             .connect()
             .await
             .map_err(|source| Error::Connect { source })?;

@@ -328,7 +328,8 @@ pub(crate) async fn has_failed_queue(
 ) -> Result<bool> {
     // language=SQL
     const PROBE: &str =
-        "SELECT pg_catalog.to_regprocedure('pgq.event_failed(bigint,bigint,text)') IS NOT NULL";
+        "SELECT pg_catalog.to_regprocedure('pgq.event_failed(bigint,bigint,pg_catalog.text)') \
+         IS NOT NULL";
     let row = client
         .query_typed_one(PROBE, &[])
         .await

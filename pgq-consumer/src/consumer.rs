@@ -25,6 +25,10 @@ use crate::error::HandlerError;
 /// events, the runner calls it again with the rest, and refuses to finish (rolls back) when a
 /// call reads nothing.
 ///
+/// A connection lost while the handler runs (a server restart, a terminated backend, a dead
+/// peer) is not a failure of the batch, whatever the handler returns then: the batch rolls
+/// back, the runner reconnects and the batch comes again, counting towards nothing.
+///
 /// After [`ConsumerConfig::batch_failures_before_per_event`](crate::ConsumerConfig) failures
 /// of one batch, the runner processes that batch event by event with
 /// [`process_event`](Consumer::process_event), each in a savepoint: an event that fails is

@@ -23,8 +23,7 @@ use crate::consumer::Consumer;
 use crate::error::{ConsumerError, DbContext, Result};
 use crate::metrics::ConsumerMetrics;
 use crate::runner::{
-    batch_span, is_batch_failure, policy, process, record_done, run_loop, BatchReport, Failures,
-    Step,
+    batch_span, policy, process, record_done, run_loop, settle_failure, BatchReport, Failures, Step,
 };
 use crate::session::Session;
 
@@ -35,15 +34,16 @@ const REGISTER: &str = "SELECT pgq_coop.register_subconsumer($1, $2, $3)";
 const NEXT_BATCH: &str = "\
 SELECT batch_id, cur_tick_id, prev_tick_id, cur_tick_time, prev_tick_time, cur_tick_event_seq,
        prev_tick_event_seq
-  FROM pgq_coop.next_batch_custom_info($1, $2, $3, NULL, NULL, NULL, make_interval(secs => $4))";
+  FROM pgq_coop.next_batch_custom_info($1, $2, $3, NULL, NULL, NULL,
+                                      pg_catalog.make_interval(secs => $4))";
 
 // language=SQL
 const LOCK_OWN: &str = "\
 SELECT 1
   FROM pgq.subscription s
-  JOIN pgq.consumer c ON c.co_id = s.sub_consumer
-  JOIN pgq.queue q ON q.queue_id = s.sub_queue
- WHERE q.queue_name = $1 AND c.co_name = $2 AND s.sub_batch = $3
+  JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
+  JOIN pgq.queue q ON q.queue_id OPERATOR(pg_catalog.=) s.sub_queue
+ WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2 AND s.sub_batch OPERATOR(pg_catalog.=) $3
    FOR UPDATE OF s";
 
 // language=SQL
@@ -214,11 +214,8 @@ impl CoopRunner {
             let counts = match process(consumer, &tx, &tx, &batch, policy, per_event).await {
                 Ok(counts) => counts,
                 Err(err) => {
-                    let _ = tx.rollback().await;
-                    if is_batch_failure(&err) {
-                        failures.record(&batch);
-                    }
-                    return Err(err);
+                    let rolled_back = tx.rollback().await.is_ok();
+                    return Err(settle_failure(err, rolled_back, failures, &batch));
                 }
             };
             let finished = match tx
@@ -303,7 +300,7 @@ impl Step for CoopRunner {
 
     fn abandon(&mut self) {
         if let Some(session) = self.session.take() {
-            session.abandon();
+            session.abandon(&self.dsn);
         }
     }
 

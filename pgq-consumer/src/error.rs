@@ -61,6 +61,17 @@ pub enum ConsumerError {
         /// The batch.
         batch_id: BatchId,
     },
+    /// The connection to a database was lost while the batch was in hand (the handler's error
+    /// is the source): the batch was not finished and counts as no failure; the runner
+    /// reconnects and takes it again.
+    #[error("connection lost during batch {batch_id}; it is taken again after a reconnect")]
+    ConnectionLost {
+        /// The batch.
+        batch_id: BatchId,
+        /// What the handler (or the runner) saw.
+        #[source]
+        source: HandlerError,
+    },
     /// The hard-stop timeout expired during shutdown; the batch in hand was rolled back.
     #[error("shutdown timeout expired; the batch in hand was rolled back")]
     HardStopped,
@@ -122,6 +133,7 @@ impl ConsumerError {
     /// runner reconnects.
     pub fn is_connection_lost(&self) -> bool {
         match self {
+            ConsumerError::ConnectionLost { .. } => true,
             ConsumerError::Core(err) => err.is_connection_lost(),
             ConsumerError::Db { source, .. } => {
                 source.is_closed()

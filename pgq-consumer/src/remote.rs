@@ -18,10 +18,10 @@ use crate::consumer::Consumer;
 use crate::error::{ConsumerError, DbContext, Result};
 use crate::metrics::ConsumerMetrics;
 use crate::runner::{
-    batch_span, is_batch_failure, policy, process, record_done, register, run_loop, BatchReport,
+    batch_span, policy, process, record_done, register, run_loop, settle_failure, BatchReport,
     Failures, Step,
 };
-use crate::session::Session;
+use crate::session::{cancel_in_background, Session};
 
 // language=SQL
 const IS_DONE: &str = "SELECT pgq_ext.is_batch_done($1, $2)";
@@ -155,12 +155,10 @@ impl RemoteRunner {
             let counts = match process(consumer, &qtx, &ttx, &batch, policy, per_event).await {
                 Ok(counts) => counts,
                 Err(err) => {
-                    let _ = ttx.rollback().await;
-                    let _ = qtx.rollback().await;
-                    if is_batch_failure(&err) {
-                        failures.record(&batch);
-                    }
-                    return Err(err);
+                    let target_ok = ttx.rollback().await.is_ok();
+                    let queue_ok = qtx.rollback().await.is_ok();
+                    let rolled_back = target_ok && queue_ok;
+                    return Err(settle_failure(err, rolled_back, failures, &batch));
                 }
             };
             ttx.query_typed_one(SET_DONE, &[(&name, Type::TEXT), (&batch.id.0, Type::INT8)])
@@ -216,13 +214,10 @@ impl Step for RemoteRunner {
 
     fn abandon(&mut self) {
         if let Some(session) = self.session.take() {
-            session.abandon();
+            session.abandon(&self.dsn);
         }
         if let Some(target) = self.target.take() {
-            let token = target.cancel_token();
-            tokio::spawn(async move {
-                let _ = token.cancel_query(pgq_core::tokio_postgres::NoTls).await;
-            });
+            cancel_in_background(&self.target_dsn, &target);
         }
     }
 

@@ -19,13 +19,15 @@ use crate::metrics::ConsumerMetrics;
 use crate::session::Session;
 use pgq_core::Backoff;
 
+// The runner's session keeps the user's search_path (handlers run their own SQL in it), so every
+// statement the runners send qualifies its functions, types and operators.
 // language=SQL
 const IS_REGISTERED: &str = "\
 SELECT EXISTS (SELECT 1
                  FROM pgq.queue q
-                 JOIN pgq.subscription s ON s.sub_queue = q.queue_id
-                 JOIN pgq.consumer c ON c.co_id = s.sub_consumer
-                WHERE q.queue_name = $1 AND c.co_name = $2)";
+                 JOIN pgq.subscription s ON s.sub_queue OPERATOR(pg_catalog.=) q.queue_id
+                 JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
+                WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)";
 
 /// What one batch step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,12 +104,38 @@ impl Failures {
     }
 }
 
-/// Whether an error counts as a failure of the batch (it comes again; after N, per event).
-pub(crate) fn is_batch_failure(err: &ConsumerError) -> bool {
-    matches!(
+/// Settles a batch whose processing failed with `err`, once its transactions were rolled back
+/// (`rolled_back`: every rollback reached the server). A rollback that could not reach the
+/// server means the handler failed because (or while) a connection was lost: the batch is not
+/// counted as failed and the error says so ([`ConsumerError::ConnectionLost`]), so the runner
+/// reconnects instead of pushing the batch towards per-event mode. Other handler failures count
+/// (the batch comes again; after N, event by event).
+pub(crate) fn settle_failure(
+    err: ConsumerError,
+    rolled_back: bool,
+    failures: &mut Failures,
+    batch: &Batch,
+) -> ConsumerError {
+    if err.is_connection_lost() {
+        return err;
+    }
+    if !rolled_back {
+        let source = match err {
+            ConsumerError::Handler { source, .. } => source,
+            other => Box::new(other),
+        };
+        return ConsumerError::ConnectionLost {
+            batch_id: batch.id,
+            source,
+        };
+    }
+    if matches!(
         err,
         ConsumerError::Handler { .. } | ConsumerError::UnreadEvents { .. }
-    )
+    ) {
+        failures.record(batch);
+    }
+    err
 }
 
 /// The span of one batch, with the fixed field names.
@@ -402,6 +430,8 @@ impl Runner {
     /// # Errors
     ///
     /// [`ConsumerError::Handler`] or [`ConsumerError::UnreadEvents`] (rolled back);
+    /// [`ConsumerError::ConnectionLost`] when the connection was lost while the handler ran
+    /// (not counted as a failure of the batch; reconnect and take it again);
     /// [`ConsumerError::FinishFailed`] when another session finished the batch first (rolled
     /// back); [`ConsumerError::Core`] for an unknown queue or consumer and database errors.
     pub async fn process_next_batch(&mut self) -> Result<Option<BatchReport>> {
@@ -434,11 +464,8 @@ impl Runner {
             let counts = match result {
                 Ok(counts) => counts,
                 Err(err) => {
-                    let _ = tx.rollback().await;
-                    if is_batch_failure(&err) {
-                        failures.record(&batch);
-                    }
-                    return Err(err);
+                    let rolled_back = tx.rollback().await.is_ok();
+                    return Err(settle_failure(err, rolled_back, failures, &batch));
                 }
             };
             match pgq_core::finish_batch(&tx, batch.id).await {
@@ -494,7 +521,7 @@ impl Step for Runner {
 
     fn abandon(&mut self) {
         if let Some(session) = self.session.take() {
-            session.abandon();
+            session.abandon(&self.dsn);
         }
     }
 

@@ -56,16 +56,11 @@ impl Session {
         })
     }
 
-    /// Gives the connection up in the middle of a batch: asks the server to cancel the statement
-    /// in flight (best effort, over an unencrypted cancel connection) and closes the
-    /// connection, which rolls the batch's transaction back.
-    pub(crate) fn abandon(self) {
-        let token = self.client.cancel_token();
-        tokio::spawn(async move {
-            if let Err(err) = token.cancel_query(pgq_core::tokio_postgres::NoTls).await {
-                tracing::debug!(%err, "cancel request failed");
-            }
-        });
+    /// Gives the connection (made with `dsn`) up in the middle of a batch: asks the server to
+    /// cancel the statement in flight and closes the connection, which rolls the batch's
+    /// transaction back.
+    pub(crate) fn abandon(self, dsn: &Dsn) {
+        cancel_in_background(dsn, &self.client);
     }
 
     /// Waits until a tick of `queue` is announced, `timeout` passes, or `cancel` fires. A
@@ -97,4 +92,17 @@ impl Session {
             }
         }
     }
+}
+
+/// Asks the server to cancel `client`'s running statement (best effort, in the background),
+/// over a cancel connection with `dsn`'s TLS settings: a statement stuck on the server would
+/// otherwise run on after its connection is dropped, holding the batch's locks.
+pub(crate) fn cancel_in_background(dsn: &Dsn, client: &Client) {
+    let token = client.cancel_token();
+    let dsn = dsn.clone();
+    tokio::spawn(async move {
+        if let Err(err) = dsn.cancel_query(&token).await {
+            tracing::warn!(error = %crate::batch::error_text(&err), "cancel request failed");
+        }
+    });
 }

@@ -375,7 +375,7 @@ async fn run_reconnects_after_its_connection_is_killed() -> anyhow::Result<()> {
 }
 
 /// Never finishes a batch: stuck in a statement on the server.
-struct Stuck;
+pub(crate) struct Stuck;
 
 #[async_trait]
 impl Consumer for Stuck {

@@ -5,5 +5,8 @@ mod compat;
 mod coop;
 mod kill;
 mod local;
+mod lost;
 mod memory;
 mod remote;
+mod search_path;
+mod tls;

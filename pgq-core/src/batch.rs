@@ -6,6 +6,10 @@
 //! exactly once. As with the rest of the crate, PGQ functions are called only for rows that
 //! exist (a registered consumer, an active batch), so an unknown queue, consumer or batch comes
 //! back as its own error variant, inside a transaction too.
+//!
+//! These statements run in consumers' sessions, which keep the user's `search_path` (handlers
+//! run their own SQL there): every function, type and operator in them is schema-qualified, so
+//! nothing resolves to an object of a schema someone put first in that path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,9 +28,9 @@ const NEXT_BATCH: &str = "\
 WITH sub AS MATERIALIZED (
     SELECT q.queue_name, c.co_name
       FROM pgq.queue q
-      JOIN pgq.subscription s ON s.sub_queue = q.queue_id
-      JOIN pgq.consumer c ON c.co_id = s.sub_consumer
-     WHERE q.queue_name = $1 AND c.co_name = $2)
+      JOIN pgq.subscription s ON s.sub_queue OPERATOR(pg_catalog.=) q.queue_id
+      JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
+     WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)
 SELECT f.batch_id, f.cur_tick_id, f.prev_tick_id, f.cur_tick_time, f.prev_tick_time,
        f.cur_tick_event_seq, f.prev_tick_event_seq
   FROM sub CROSS JOIN LATERAL pgq.next_batch_info(sub.queue_name, sub.co_name) f";
@@ -36,26 +40,27 @@ const NEXT_BATCH_CUSTOM: &str = "\
 WITH sub AS MATERIALIZED (
     SELECT q.queue_name, c.co_name
       FROM pgq.queue q
-      JOIN pgq.subscription s ON s.sub_queue = q.queue_id
-      JOIN pgq.consumer c ON c.co_id = s.sub_consumer
-     WHERE q.queue_name = $1 AND c.co_name = $2)
+      JOIN pgq.subscription s ON s.sub_queue OPERATOR(pg_catalog.=) q.queue_id
+      JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
+     WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)
 SELECT f.batch_id, f.cur_tick_id, f.prev_tick_id, f.cur_tick_time, f.prev_tick_time,
        f.cur_tick_event_seq, f.prev_tick_event_seq
   FROM sub CROSS JOIN LATERAL pgq.next_batch_custom(sub.queue_name, sub.co_name,
-           make_interval(secs => $3), $4, make_interval(secs => $5)) f";
+           pg_catalog.make_interval(secs => $3), $4, pg_catalog.make_interval(secs => $5)) f";
 
 // language=SQL
 const BATCH_INFO: &str = "\
 SELECT queue_name, consumer_name, batch_start, batch_end, prev_tick_id, tick_id,
-       (extract(epoch FROM lag) * 1000000)::int8 AS lag, seq_start, seq_end
+       (extract(epoch FROM lag) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8 AS lag,
+       seq_start, seq_end
   FROM pgq.get_batch_info($1)";
 
 // language=SQL
 const OPEN_CURSOR: &str = "\
 SELECT s.sub_batch, e.ev_id, e.ev_time, e.ev_txid, e.ev_retry, e.ev_type, e.ev_data,
        e.ev_extra1, e.ev_extra2, e.ev_extra3, e.ev_extra4
-  FROM (SELECT $1::int8) AS x(batch_id)
-  LEFT JOIN pgq.subscription s ON s.sub_batch = x.batch_id
+  FROM (SELECT $1::pg_catalog.int8) AS x(batch_id)
+  LEFT JOIN pgq.subscription s ON s.sub_batch OPERATOR(pg_catalog.=) x.batch_id
   LEFT JOIN LATERAL (SELECT * FROM pgq.get_batch_cursor(s.sub_batch, $2, $3)
                       WHERE s.sub_batch IS NOT NULL) e ON true
  ORDER BY e.ev_id";
@@ -64,27 +69,29 @@ SELECT s.sub_batch, e.ev_id, e.ev_time, e.ev_txid, e.ev_retry, e.ev_type, e.ev_d
 const BATCH_EVENTS: &str = "\
 SELECT s.sub_batch, e.ev_id, e.ev_time, e.ev_txid, e.ev_retry, e.ev_type, e.ev_data,
        e.ev_extra1, e.ev_extra2, e.ev_extra3, e.ev_extra4
-  FROM (SELECT $1::int8) AS x(batch_id)
-  LEFT JOIN pgq.subscription s ON s.sub_batch = x.batch_id
+  FROM (SELECT $1::pg_catalog.int8) AS x(batch_id)
+  LEFT JOIN pgq.subscription s ON s.sub_batch OPERATOR(pg_catalog.=) x.batch_id
   LEFT JOIN LATERAL (SELECT * FROM pgq.get_batch_events(s.sub_batch)
                       WHERE s.sub_batch IS NOT NULL) e ON true
  ORDER BY e.ev_id";
 
 // language=SQL
 const EVENT_RETRY_AFTER: &str = "\
-SELECT pgq.event_retry(s.sub_batch, $2, current_timestamp + make_interval(secs => $3))
+SELECT pgq.event_retry(s.sub_batch, $2,
+                       current_timestamp OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3))
   FROM pgq.subscription s
- WHERE s.sub_batch = $1";
+ WHERE s.sub_batch OPERATOR(pg_catalog.=) $1";
 
 // language=SQL
 const EVENT_RETRY_AT: &str = "\
-SELECT pgq.event_retry(s.sub_batch, $2, $3::timestamptz)
+SELECT pgq.event_retry(s.sub_batch, $2, $3::pg_catalog.timestamptz)
   FROM pgq.subscription s
- WHERE s.sub_batch = $1";
+ WHERE s.sub_batch OPERATOR(pg_catalog.=) $1";
 
 // language=SQL
 const BATCH_RETRY: &str = "\
-SELECT pgq.batch_retry(s.sub_batch, $2) FROM pgq.subscription s WHERE s.sub_batch = $1";
+SELECT pgq.batch_retry(s.sub_batch, $2) FROM pgq.subscription s
+ WHERE s.sub_batch OPERATOR(pg_catalog.=) $1";
 
 // language=SQL
 const FINISH_BATCH: &str = "SELECT pgq.finish_batch($1)";

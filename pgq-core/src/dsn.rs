@@ -78,6 +78,29 @@ const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 /// Shown instead of a password.
 const REDACTED: &str = "********";
 
+/// Keepalive and user-timeout defaults, where libpq leaves them to the operating system (on
+/// Linux: the first probe after 2 hours idle, and about 15 minutes of retransmissions before
+/// unacknowledged data gives up). With these, a peer that vanished without a FIN or RST (a
+/// crashed host, a dropped NAT or firewall entry, a cut link) is noticed within 2 minutes, idle
+/// or not; a live server, however busy with a long statement, answers the probes from its
+/// kernel, so long statements are never cut. 2 minutes outlasts a routine failover of a
+/// network path (seconds) and is the order of Go's and the JDBC pools' defaults. Unix sockets
+/// are not affected. This one: seconds idle before the first probe.
+const DEFAULT_KEEPALIVES_IDLE: u64 = 60;
+/// Seconds between probes (see [`DEFAULT_KEEPALIVES_IDLE`]): 60 s + 6 probes 10 s apart = 2
+/// minutes.
+const DEFAULT_KEEPALIVES_INTERVAL: u64 = 10;
+/// Unanswered probes before the connection is dropped (see [`DEFAULT_KEEPALIVES_IDLE`]).
+const DEFAULT_KEEPALIVES_COUNT: u64 = 6;
+/// Milliseconds sent data may stay unacknowledged: the same 2 minutes (see
+/// [`DEFAULT_KEEPALIVES_IDLE`]).
+const DEFAULT_TCP_USER_TIMEOUT: u64 = 120_000;
+
+/// What daemon sessions append to the startup `options`: a `search_path` that a database's or
+/// role's default cannot replace and `RESET ALL` keeps (a startup option is the session's reset
+/// value).
+const PINNED_SEARCH_PATH: &str = "-c search_path=pg_catalog,pg_temp";
+
 /// How a connection uses TLS; the libpq `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SslMode {
@@ -170,12 +193,25 @@ impl FromStr for SslMode {
 /// | `application_name` | `PGAPPNAME`            | `fallback_application_name`                          |
 /// | `options`          | `PGOPTIONS`            |                                                      |
 /// | `connect_timeout`  | `PGCONNECT_TIMEOUT`    | none (seconds; values below 2 mean 2)                |
+/// | `keepalives`       |                        | `1` (on; `0` turns TCP keepalives off)               |
+/// | `keepalives_idle`  |                        | `60` (seconds idle before the first probe)           |
+/// | `keepalives_interval` |                     | `10` (seconds between probes)                        |
+/// | `keepalives_count` |                        | `6` (unanswered probes before the connection is dropped) |
+/// | `tcp_user_timeout` |                        | `120000` (milliseconds sent data may stay unacknowledged) |
 /// | `target_session_attrs` | `PGTARGETSESSIONATTRS` | `any` (`read-write` and `read-only` also work)  |
 /// | `channel_binding`  | `PGCHANNELBINDING`     | `prefer`                                             |
 ///
-/// `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_count` and
-/// `tcp_user_timeout` (milliseconds) are accepted too. Other libpq keywords (`service`, `sslcrl`,
-/// `gssencmode`, ...) are rejected as unsupported; anything else is rejected as unknown.
+/// Other libpq keywords (`service`, `sslcrl`, `gssencmode`, ...) are rejected as unsupported;
+/// anything else is rejected as unknown.
+///
+/// # Dead peers
+///
+/// Unlike libpq, TCP connections detect a dead peer by default: keepalive probes after 60
+/// seconds idle, 10 seconds apart, 6 unanswered ones drop the connection; data sent and not
+/// acknowledged for 2 minutes (`tcp_user_timeout`) does too. So a server host that crashed or
+/// became unreachable without closing the connection costs a statement at most about 2
+/// minutes, not hours (the operating system's defaults). A value of `0` means the operating
+/// system's default, as in libpq.
 ///
 /// # Password file
 ///
@@ -290,6 +326,38 @@ impl Dsn {
         dsn.base.user(user);
         dsn.config = dsn.with_passfile_password();
         dsn
+    }
+
+    /// The same settings for a daemon's session (the ticker, the replay worker, the base
+    /// backup): `-c search_path=pg_catalog,pg_temp` is appended to the startup `options`,
+    /// after any the user gave, so that neither a `search_path` set on the database or the
+    /// role (`ALTER DATABASE ... SET search_path = evil, pg_catalog`) nor one in the user's
+    /// `options` decides what the daemon's unqualified names resolve to, and `RESET ALL` keeps
+    /// it. Sessions that run users' SQL (consumer handlers) keep the user's `search_path`.
+    pub fn with_pinned_search_path(&self) -> Dsn {
+        let options = match self.params.get("options") {
+            Some(user) => format!("{user} {PINNED_SEARCH_PATH}"),
+            None => PINNED_SEARCH_PATH.to_owned(),
+        };
+        let mut dsn = self.clone();
+        dsn.base.options(&options);
+        dsn.config.options(&options);
+        dsn.params.set("options", options);
+        dsn
+    }
+
+    /// Asks the server to cancel the statement running on a connection made with these
+    /// settings, over a connection of its own that uses the same TLS settings as the original
+    /// (so the cancel key is never sent in clear where the connection was encrypted, and
+    /// `sslmode=require` is honoured). Best effort: the server does not say whether a
+    /// statement was cancelled.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tls`] when the certificate files cannot be loaded; [`Error::Db`] with op
+    /// `cancel` when the cancel connection fails.
+    pub async fn cancel_query(&self, token: &tokio_postgres::CancelToken) -> Result<()> {
+        token.cancel_query(self.tls.connector()?).await.op("cancel")
     }
 
     /// Connects and spawns the connection task on the current tokio runtime.
@@ -654,24 +722,7 @@ fn build(params: &Params) -> Result<(Config, TlsPolicy)> {
             config.connect_timeout(Duration::from_secs(secs.unsigned_abs().max(2)));
         }
     }
-    if let Some(on) = get("keepalives") {
-        config.keepalives(parse_int::<i64>("keepalives", on)? != 0);
-    }
-    if let Some(secs) = get("keepalives_idle") {
-        config.keepalives_idle(Duration::from_secs(parse_int("keepalives_idle", secs)?));
-    }
-    if let Some(secs) = get("keepalives_interval") {
-        config.keepalives_interval(Duration::from_secs(parse_int("keepalives_interval", secs)?));
-    }
-    if let Some(count) = get("keepalives_count") {
-        config.keepalives_retries(parse_int("keepalives_count", count)?);
-    }
-    if let Some(millis) = get("tcp_user_timeout") {
-        config.tcp_user_timeout(Duration::from_millis(parse_int(
-            "tcp_user_timeout",
-            millis,
-        )?));
-    }
+    set_keepalives(&mut config, params)?;
     if let Some(attrs) = get("target_session_attrs") {
         config.target_session_attrs(match attrs {
             "any" => TargetSessionAttrs::Any,
@@ -718,6 +769,36 @@ fn build(params: &Params) -> Result<(Config, TlsPolicy)> {
         client_key: get("sslkey").map(PathBuf::from),
     };
     Ok((config, tls))
+}
+
+/// TCP keepalives and `tcp_user_timeout`: the user's values, else the defaults (see
+/// [`DEFAULT_KEEPALIVES_IDLE`]); `0` leaves a setting to the operating system, as in libpq.
+fn set_keepalives(config: &mut Config, params: &Params) -> Result<()> {
+    let setting = |key: &str, default: u64| -> Result<Option<u64>> {
+        let value = params
+            .get(key)
+            .map(|value| parse_int::<u64>(key, value))
+            .transpose()?;
+        Ok(Some(value.unwrap_or(default)).filter(|n| *n > 0))
+    };
+    if let Some(on) = params.get("keepalives") {
+        config.keepalives(parse_int::<i64>("keepalives", on)? != 0);
+    }
+    // tokio-postgres always sets the idle time: 2 hours is the operating system's default.
+    let idle = setting("keepalives_idle", DEFAULT_KEEPALIVES_IDLE)?.unwrap_or(7200);
+    config.keepalives_idle(Duration::from_secs(idle));
+    if let Some(secs) = setting("keepalives_interval", DEFAULT_KEEPALIVES_INTERVAL)? {
+        config.keepalives_interval(Duration::from_secs(secs));
+    }
+    if let Some(count) = setting("keepalives_count", DEFAULT_KEEPALIVES_COUNT)? {
+        let count = u32::try_from(count)
+            .map_err(|_| invalid(format!("invalid keepalives_count value \"{count}\"")))?;
+        config.keepalives_retries(count);
+    }
+    if let Some(millis) = setting("tcp_user_timeout", DEFAULT_TCP_USER_TIMEOUT)? {
+        config.tcp_user_timeout(Duration::from_millis(millis));
+    }
+    Ok(())
 }
 
 fn parse_port(port: &str) -> Result<u16> {
@@ -1447,6 +1528,119 @@ mod tests {
         );
         let from_str: Dsn = "dbname=other".parse().unwrap();
         assert_eq!(from_str.dbname(), "other");
+    }
+
+    #[test]
+    fn keepalives_on_by_default() {
+        let _env = TestEnv::new(&[]);
+        let config = Dsn::parse("host=db1").unwrap().config().clone();
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(
+            config.get_keepalives_interval(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(config.get_keepalives_retries(), Some(6));
+        assert_eq!(
+            config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(120))
+        );
+        assert!(
+            !Dsn::parse("host=db1")
+                .unwrap()
+                .to_string()
+                .contains("keepalive"),
+            "defaults are not shown as if the user had set them"
+        );
+    }
+
+    #[test]
+    fn keepalive_settings_in_both_forms() {
+        let _env = TestEnv::new(&[]);
+        for text in [
+            "host=db1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 \
+             tcp_user_timeout=4500",
+            "postgres://db1/?keepalives_idle=5&keepalives_interval=2&keepalives_count=3\
+             &tcp_user_timeout=4500",
+        ] {
+            let config = Dsn::parse(text).unwrap().config().clone();
+            assert!(config.get_keepalives(), "{text}");
+            assert_eq!(config.get_keepalives_idle(), Duration::from_secs(5));
+            assert_eq!(
+                config.get_keepalives_interval(),
+                Some(Duration::from_secs(2))
+            );
+            assert_eq!(config.get_keepalives_retries(), Some(3));
+            assert_eq!(
+                config.get_tcp_user_timeout(),
+                Some(&Duration::from_millis(4500))
+            );
+        }
+        let off = Dsn::parse("postgres://db1/?keepalives=0").unwrap();
+        assert!(!off.config().get_keepalives());
+        let os = Dsn::parse(
+            "host=db1 keepalives_idle=0 keepalives_interval=0 keepalives_count=0 \
+             tcp_user_timeout=0",
+        )
+        .unwrap();
+        let config = os.config();
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(7200));
+        assert_eq!(config.get_keepalives_interval(), None);
+        assert_eq!(config.get_keepalives_retries(), None);
+        assert_eq!(config.get_tcp_user_timeout(), None);
+
+        for (text, expected) in [
+            (
+                "keepalives_idle=-1",
+                r#"invalid keepalives_idle value "-1""#,
+            ),
+            (
+                "keepalives_interval=1s",
+                r#"invalid keepalives_interval value "1s""#,
+            ),
+            (
+                "keepalives_count=99999999999",
+                r#"invalid keepalives_count value "99999999999""#,
+            ),
+            (
+                "tcp_user_timeout=soon",
+                r#"invalid tcp_user_timeout value "soon""#,
+            ),
+            ("keepalives=yes", r#"invalid keepalives value "yes""#),
+        ] {
+            let err = reason(Dsn::parse(&format!("host=db1 {text}")).unwrap_err());
+            assert_eq!(err, expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn pinned_search_path_keeps_the_user_options() {
+        let _env = TestEnv::new(&[]);
+        let pinned = Dsn::parse("host=db1 password=hunter2")
+            .unwrap()
+            .with_pinned_search_path();
+        assert_eq!(
+            pinned.config().get_options(),
+            Some("-c search_path=pg_catalog,pg_temp")
+        );
+        assert_eq!(password(&pinned), Some("hunter2"));
+        let user = Dsn::parse("host=db1 options='-c work_mem=64MB -c search_path=app'").unwrap();
+        let pinned = user.with_pinned_search_path();
+        let expected = "-c work_mem=64MB -c search_path=app -c search_path=pg_catalog,pg_temp";
+        assert_eq!(pinned.config().get_options(), Some(expected));
+        assert_eq!(
+            user.config().get_options(),
+            Some("-c work_mem=64MB -c search_path=app"),
+            "the original is unchanged"
+        );
+        assert!(pinned
+            .to_string()
+            .contains(&format!("options='{expected}'")));
+        assert_eq!(
+            pinned.with_dbname("other").config().get_options(),
+            Some(expected),
+            "kept for another database"
+        );
     }
 
     #[test]

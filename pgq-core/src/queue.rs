@@ -56,20 +56,25 @@ const TICKER_ALL: &str = "SELECT pgq.ticker()";
 const FORCE_TICK: &str =
     "SELECT pgq.force_tick(q.queue_name) FROM pgq.queue q WHERE q.queue_name = $1";
 
+// This, REGISTER_CONSUMER_AT and QUEUE_EXISTS run in consumers' sessions, which keep the user's
+// search_path: their operators are qualified like their functions.
 // language=SQL
-const REGISTER_CONSUMER: &str =
-    "SELECT pgq.register_consumer(q.queue_name, $2) FROM pgq.queue q WHERE q.queue_name = $1";
+const REGISTER_CONSUMER: &str = "\
+SELECT pgq.register_consumer(q.queue_name, $2) FROM pgq.queue q
+ WHERE q.queue_name OPERATOR(pg_catalog.=) $1";
 
 // language=SQL
 const REGISTER_CONSUMER_AT: &str = "\
-SELECT pgq.register_consumer_at(q.queue_name, $2, $3) FROM pgq.queue q WHERE q.queue_name = $1";
+SELECT pgq.register_consumer_at(q.queue_name, $2, $3) FROM pgq.queue q
+ WHERE q.queue_name OPERATOR(pg_catalog.=) $1";
 
 // language=SQL
 const UNREGISTER_CONSUMER: &str =
     "SELECT pgq.unregister_consumer(q.queue_name, $2) FROM pgq.queue q WHERE q.queue_name = $1";
 
 // language=SQL
-const QUEUE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pgq.queue WHERE queue_name = $1)";
+const QUEUE_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM pgq.queue WHERE queue_name OPERATOR(pg_catalog.=) $1)";
 
 /// Creates a queue (`pgq.create_queue`): its sequences, its rotated event tables and its first
 /// tick.

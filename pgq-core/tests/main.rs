@@ -1,5 +1,6 @@
 //! Integration tests of pgq-core.
 
+mod connections;
 mod tls;
 
 mod batches;

@@ -41,10 +41,12 @@ mod cluster;
 mod db;
 mod dsn;
 mod server;
+mod shadow;
 
 pub use cluster::{bin_dir, Cluster, ClusterOptions, SslFiles};
 pub use db::TestDb;
 pub use server::server_dsn;
+pub use shadow::{shadow_builtins, shadow_calls, SHADOW_OWNER};
 
 /// What can go wrong getting a database or a cluster.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,11 @@
 //! One database's ticker: a dedicated connection holding the ticker lock, and the steps
 //! (ticker pass, maintenance, retry) the daemon repeats.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgq_core::{quote_ident, Dsn, Flavor};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -50,6 +52,21 @@ SELECT queue_name,
   FROM pgq.queue
  ORDER BY queue_name";
 
+// The queues a pass ticks, for a pass queue by queue.
+// language=SQL
+const TICKED_QUEUES: &str = "\
+SELECT queue_name FROM pgq.queue
+ WHERE NOT queue_external_ticker AND NOT queue_ticker_paused
+ ORDER BY queue_name";
+
+// One queue's catch-up cuts, before its tick rule in the same transaction.
+// language=SQL
+const CATCHUP_QUEUE: &str = "SELECT pgq.catchup_ticker($1)::int8";
+
+// One queue's tick rule: the new tick's id, or NULL when no tick was due.
+// language=SQL
+const TICK_QUEUE: &str = "SELECT pgq.ticker($1)";
+
 // language=SQL
 const NOTIFY: &str = "SELECT pg_catalog.pg_notify($1, q) FROM pg_catalog.unnest($2::text[]) AS q";
 
@@ -58,6 +75,9 @@ const MAINT_OPERATIONS: &str = "SELECT func_name, func_arg FROM pgq.maint_operat
 
 // language=SQL
 const RETRY_EVENTS: &str = "SELECT pgq.maint_retry_events()::int8";
+
+/// How [`RETRY_EVENTS`] is named in the log.
+const RETRY_OP: &str = "pgq.maint_retry_events";
 
 // language=SQL
 const CANCEL_BACKEND: &str = "SELECT pg_catalog.pg_cancel_backend($1)";
@@ -74,6 +94,9 @@ pub struct TickReport {
     /// Of [`ticks`](Self::ticks), the cuts written by `pgq.catchup_ticker()` so that a
     /// backlog is split into batches of about `ticker_max_count` events.
     pub catchup_ticks: u64,
+    /// Queues whose tick failed (logged once per distinct error; retried next pass). The
+    /// other queues of the database were ticked all the same.
+    pub failed: u64,
 }
 
 /// What one maintenance round did.
@@ -85,7 +108,8 @@ pub struct MaintReport {
     pub calls: u64,
     /// Tables vacuumed.
     pub vacuumed: u64,
-    /// Operations that failed (logged; the others still ran).
+    /// Operations that failed, the retry step included (logged once per distinct error; the
+    /// others still ran).
     pub failed: u64,
     /// Operations refused because the function or table name the database gave did not look
     /// like `schema.name` in lower case (logged).
@@ -110,10 +134,18 @@ pub struct DatabaseTicker {
     flavor: Flavor,
     catchup: bool,
     pid: i32,
+    /// Queues whose tick failed, with the error last logged for each: while any is here,
+    /// passes go queue by queue.
+    failing: BTreeMap<String, String>,
+    /// Maintenance operations (function or `vacuum`, argument) that failed, with the error
+    /// last logged for each.
+    failing_ops: BTreeMap<(String, String), String>,
 }
 
 impl DatabaseTicker {
-    /// Connects, checks that the database has PGQ and takes its ticker lock.
+    /// Connects, checks that the database has PGQ and takes its ticker lock. The session's
+    /// `search_path` is pinned to `pg_catalog, pg_temp` ([`Dsn::with_pinned_search_path`]):
+    /// what the database's owner sets as the default path never reaches the ticker.
     ///
     /// # Errors
     ///
@@ -122,6 +154,7 @@ impl DatabaseTicker {
     /// [`TickerError::Core`] when the connection fails; [`TickerError::Db`] when a statement
     /// fails.
     pub async fn connect(dsn: &Dsn) -> Result<DatabaseTicker> {
+        let dsn = dsn.with_pinned_search_path();
         let db = dsn.dbname().to_owned();
         let client = dsn.connect().await?;
         let row = client.query_typed_one(PROBE, &[]).await.op(&db, "probe")?;
@@ -147,11 +180,13 @@ impl DatabaseTicker {
             .op(&db, "setting application_name")?;
         Ok(DatabaseTicker {
             client,
-            dsn: dsn.clone(),
+            dsn,
             db,
             flavor,
             catchup,
             pid,
+            failing: BTreeMap::new(),
+            failing_ops: BTreeMap::new(),
         })
     }
 
@@ -175,14 +210,43 @@ impl DatabaseTicker {
         self.client.is_closed()
     }
 
-    /// One ticker pass over every queue of the database, in one transaction.
+    /// One ticker pass over every queue of the database: in one transaction, or, when that
+    /// fails or a queue failed before, queue by queue, each in a transaction of its own, so
+    /// that one broken queue never keeps the others from their ticks. A failing queue is
+    /// logged when its error first appears or changes, and tried again at the next pass.
     ///
     /// # Errors
     ///
-    /// [`TickerError::Db`] when the pass fails; it is rolled back.
+    /// [`TickerError::Db`] when the connection is lost, the pass is cancelled or the queues
+    /// cannot be listed; a failing queue is counted in [`TickReport::failed`] instead.
     pub async fn tick_once(&mut self) -> Result<TickReport> {
+        let report = if self.failing.is_empty() {
+            match self.pass_whole().await {
+                Ok(report) => report,
+                Err(err) if ends_the_pass(&err) => return Err(err),
+                Err(err) => {
+                    tracing::debug!(db = %self.db, error = %crate::error::Chain(&err), "ticker pass failed; ticking queue by queue");
+                    self.pass_by_queue().await?
+                }
+            }
+        } else {
+            self.pass_by_queue().await?
+        };
+        if report.catchup_ticks > 0 {
+            tracing::info!(
+                db = %self.db,
+                catchup_ticks = report.catchup_ticks,
+                "backlog cut into catch-up ticks"
+            );
+        }
+        tracing::debug!(db = %self.db, ticks = report.ticks, queues = report.queues, failed = report.failed, "ticker pass");
+        Ok(report)
+    }
+
+    /// Every queue in one transaction.
+    async fn pass_whole(&mut self) -> Result<TickReport> {
         const OP: &str = "ticker pass";
-        let report = if self.catchup {
+        if self.catchup {
             let messages = self
                 .client
                 .simple_query(PASS_WITH_CATCHUP)
@@ -196,48 +260,115 @@ impl DatabaseTicker {
             });
             let catchup_ticks = values.next().unwrap_or(0);
             let queues = values.next().unwrap_or(0);
-            TickReport {
+            return Ok(TickReport {
                 ticks: catchup_ticks + queues,
                 queues,
                 catchup_ticks,
+                failed: 0,
+            });
+        }
+        let rows = self
+            .client
+            .query_typed(PASS_PER_QUEUE, &[])
+            .await
+            .op(&self.db, OP)?;
+        let mut ticked = Vec::new();
+        for row in &rows {
+            if row.try_get::<_, Option<i64>>(1).op(&self.db, OP)?.is_some() {
+                ticked.push(row.try_get::<_, String>(0).op(&self.db, OP)?);
             }
-        } else {
-            let rows = self
-                .client
-                .query_typed(PASS_PER_QUEUE, &[])
-                .await
-                .op(&self.db, OP)?;
-            let mut ticked = Vec::new();
-            for row in &rows {
-                if row.try_get::<_, Option<i64>>(1).op(&self.db, OP)?.is_some() {
-                    ticked.push(row.try_get::<_, String>(0).op(&self.db, OP)?);
+        }
+        self.announce(&ticked).await?;
+        let n = u64::try_from(ticked.len()).unwrap_or(u64::MAX);
+        Ok(TickReport {
+            ticks: n,
+            queues: n,
+            catchup_ticks: 0,
+            failed: 0,
+        })
+    }
+
+    /// Each queue in a transaction of its own; a failing one is logged and counted.
+    async fn pass_by_queue(&mut self) -> Result<TickReport> {
+        let queues: Vec<String> = self
+            .client
+            .query_typed(TICKED_QUEUES, &[])
+            .await
+            .op(&self.db, "listing the queues")?
+            .iter()
+            .map(|row| row.try_get(0).op(&self.db, "listing the queues"))
+            .collect::<Result<_>>()?;
+        self.failing.retain(|queue, _| queues.contains(queue));
+        let mut report = TickReport::default();
+        let mut ticked = Vec::new();
+        for queue in queues {
+            match self.tick_queue(&queue).await {
+                Ok((catchup_ticks, tick)) => {
+                    report.catchup_ticks += catchup_ticks;
+                    report.ticks += catchup_ticks + u64::from(tick);
+                    if tick {
+                        report.queues += 1;
+                        ticked.push(queue.clone());
+                    }
+                    if self.failing.remove(&queue).is_some() {
+                        tracing::info!(db = %self.db, queue, "queue ticks again");
+                    }
+                }
+                Err(err) if ends_the_pass(&err) => return Err(err),
+                Err(err) => {
+                    report.failed += 1;
+                    let text = crate::error::Chain(&err).to_string();
+                    if self.failing.get(&queue) != Some(&text) {
+                        tracing::error!(db = %self.db, queue, error = %text, "cannot tick the queue; the others are ticked, it is tried again every pass");
+                        self.failing.insert(queue, text);
+                    }
                 }
             }
-            if !ticked.is_empty() {
-                self.client
-                    .execute_typed(
-                        NOTIFY,
-                        &[(&TICK_CHANNEL, Type::TEXT), (&ticked, Type::TEXT_ARRAY)],
-                    )
-                    .await
-                    .op(&self.db, "announcing ticks")?;
-            }
-            let n = u64::try_from(ticked.len()).unwrap_or(u64::MAX);
-            TickReport {
-                ticks: n,
-                queues: n,
-                catchup_ticks: 0,
-            }
-        };
-        if report.catchup_ticks > 0 {
-            tracing::info!(
-                db = %self.db,
-                catchup_ticks = report.catchup_ticks,
-                "backlog cut into catch-up ticks"
-            );
         }
-        tracing::debug!(db = %self.db, ticks = report.ticks, queues = report.queues, "ticker pass");
+        if !self.catchup {
+            self.announce(&ticked).await?;
+        }
         Ok(report)
+    }
+
+    /// One queue's pass: its catch-up cuts (where the schema has them) and its tick rule, in
+    /// one transaction. Returns the cuts written and whether the rule ticked.
+    async fn tick_queue(&mut self, queue: &str) -> Result<(u64, bool)> {
+        const OP: &str = "ticking a queue";
+        let tx = self.client.transaction().await.op(&self.db, OP)?;
+        let mut catchup_ticks = 0;
+        if self.catchup {
+            let cuts: Option<i64> = tx
+                .query_typed_one(CATCHUP_QUEUE, &[(&queue, Type::TEXT)])
+                .await
+                .op(&self.db, OP)?
+                .try_get(0)
+                .op(&self.db, OP)?;
+            catchup_ticks = cuts.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        }
+        let tick: Option<i64> = tx
+            .query_typed_one(TICK_QUEUE, &[(&queue, Type::TEXT)])
+            .await
+            .op(&self.db, OP)?
+            .try_get(0)
+            .op(&self.db, OP)?;
+        tx.commit().await.op(&self.db, OP)?;
+        Ok((catchup_ticks, tick.is_some()))
+    }
+
+    /// Announces ticks where the schema does not (the original extension, an older pgq-rs).
+    async fn announce(&self, ticked: &[String]) -> Result<()> {
+        if ticked.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .execute_typed(
+                NOTIFY,
+                &[(&TICK_CHANNEL, Type::TEXT), (&ticked, Type::TEXT_ARRAY)],
+            )
+            .await
+            .op(&self.db, "announcing ticks")?;
+        Ok(())
     }
 
     /// One maintenance round as pgqd does it: every operation `pgq.maint_operations()` lists,
@@ -249,7 +380,8 @@ impl DatabaseTicker {
     /// # Errors
     ///
     /// [`TickerError::Db`] when the operations cannot be listed or the connection is lost; a
-    /// failing operation is logged and counted in [`MaintReport::failed`].
+    /// failing operation (the retry step included) is counted in [`MaintReport::failed`] and
+    /// logged when its error first appears or changes.
     pub async fn maintain_once(&mut self) -> Result<MaintReport> {
         let mut report = MaintReport::default();
         let ops = self
@@ -268,6 +400,7 @@ impl DatabaseTicker {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut seen = Vec::with_capacity(ops.len() + 1);
         for (func, arg) in ops {
             let func = func.unwrap_or_default();
             let outcome = if func == "vacuum" {
@@ -275,21 +408,18 @@ impl DatabaseTicker {
             } else {
                 self.call(&func, arg.as_deref(), &mut report).await
             };
-            if let Err(err) = outcome {
-                if err.is_connection_lost() {
-                    return Err(err);
-                }
-                report.failed += 1;
-                tracing::warn!(
-                    db = %self.db,
-                    operation = %func,
-                    arg = arg.as_deref().unwrap_or(""),
-                    error = %crate::error::Chain(&err),
-                    "maintenance operation failed"
-                );
-            }
+            let key = (func, arg.unwrap_or_default());
+            self.settle_op(&key, outcome, &mut report)?;
+            seen.push(key);
         }
-        report.retried = self.retry_once().await?;
+        let key = (RETRY_OP.to_owned(), String::new());
+        let retried = self.retry_once().await;
+        if let Ok(n) = &retried {
+            report.retried = *n;
+        }
+        self.settle_op(&key, retried.map(drop), &mut report)?;
+        seen.push(key);
+        self.failing_ops.retain(|key, _| seen.contains(key));
         tracing::debug!(
             db = %self.db,
             calls = report.calls,
@@ -298,6 +428,34 @@ impl DatabaseTicker {
             "maintenance"
         );
         Ok(report)
+    }
+
+    /// Logs a failed maintenance operation when its error first appears or changes (not at
+    /// every round), and when it works again; a lost connection ends the round.
+    fn settle_op(
+        &mut self,
+        key: &(String, String),
+        outcome: Result<()>,
+        report: &mut MaintReport,
+    ) -> Result<()> {
+        let (operation, arg) = key;
+        match outcome {
+            Ok(()) => {
+                if self.failing_ops.remove(key).is_some() {
+                    tracing::info!(db = %self.db, operation, arg, "maintenance operation works again");
+                }
+            }
+            Err(err) if err.is_connection_lost() => return Err(err),
+            Err(err) => {
+                report.failed += 1;
+                let text = crate::error::Chain(&err).to_string();
+                if self.failing_ops.get(key) != Some(&text) {
+                    tracing::warn!(db = %self.db, operation, arg, error = %text, "maintenance operation failed; the others ran, it is tried again every round");
+                    self.failing_ops.insert(key.clone(), text);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Puts due retry events back into their queues: `pgq.maint_retry_events()` until it
@@ -406,6 +564,13 @@ impl DatabaseTicker {
         tracing::warn!(db = %self.db, operation = func, repeats = MAX_REPEATS, "maintenance function still asks to be called again; leaving it for the next round");
         Ok(())
     }
+}
+
+/// Whether a failed pass (or a queue's part of it) is no matter of one queue: the connection
+/// is gone, or the statement was cancelled (the daemon's stop, `statement_timeout`), and the
+/// pass ends here rather than going on queue by queue.
+fn ends_the_pass(err: &TickerError) -> bool {
+    err.is_connection_lost() || err.sql_state() == Some(&SqlState::QUERY_CANCELED)
 }
 
 /// Cancels a ticker connection's running statement through a connection of its own.

@@ -196,7 +196,7 @@ impl Tasks {
     ) -> Option<Result<Vec<String>>> {
         let _permit = self.permit(cancel).await?;
         let listing = async {
-            let client = base.connect().await?;
+            let client = base.with_pinned_search_path().connect().await?;
             let rows = client
                 .query_typed(LIST_DATABASES, &[])
                 .await
@@ -408,16 +408,13 @@ async fn guarded<T>(
     timeout(patience, &mut step).await.ok()
 }
 
-/// Whether an error says the PGQ schema (or a part of it) is gone: reconnecting re-checks it.
+/// Whether an error says the PGQ schema is gone: reconnecting re-checks it. A missing table
+/// is not enough: a queue whose event table or sequence was dropped is broken alone, and
+/// reconnecting would only hold up the others.
 fn schema_gone(err: &TickerError) -> bool {
     matches!(err, TickerError::SchemaMissing { .. })
         || err.sql_state().is_some_and(|state| {
-            [
-                SqlState::UNDEFINED_FUNCTION,
-                SqlState::INVALID_SCHEMA_NAME,
-                SqlState::UNDEFINED_TABLE,
-            ]
-            .contains(state)
+            [SqlState::UNDEFINED_FUNCTION, SqlState::INVALID_SCHEMA_NAME].contains(state)
         })
 }
 

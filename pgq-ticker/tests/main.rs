@@ -3,9 +3,11 @@
 mod cli;
 mod daemon;
 mod discovery;
+mod isolation;
 mod lock;
 mod maintenance;
 mod outage;
 mod resilience;
+mod search_path;
 mod setup;
 mod ticking;

@@ -9,17 +9,7 @@ use pgq_testkit::TestDb;
 use pgq_ticker::DatabaseTicker;
 use tokio::time::Instant;
 
-use crate::setup::{consumer, dsn, ours, queue_with, take_batch};
-
-async fn cur_table(client: &Client, q: &QueueName) -> anyhow::Result<i32> {
-    Ok(client
-        .query_one(
-            "SELECT queue_cur_table FROM pgq.queue WHERE queue_name = $1",
-            &[&q.as_str()],
-        )
-        .await?
-        .get(0))
-}
+use crate::setup::{consumer, cur_table, dsn, ours, queue_with, take_batch};
 
 /// Rows in one of the queue's event tables.
 async fn rows_in(client: &Client, q: &QueueName, table: i32) -> anyhow::Result<i64> {

@@ -76,6 +76,17 @@ pub(crate) async fn tick_count(client: &Client, queue: &QueueName) -> anyhow::Re
         .get(0))
 }
 
+/// The event table the queue writes to.
+pub(crate) async fn cur_table(client: &Client, queue: &QueueName) -> anyhow::Result<i32> {
+    Ok(client
+        .query_one(
+            "SELECT queue_cur_table FROM pgq.queue WHERE queue_name = $1",
+            &[&queue.as_str()],
+        )
+        .await?
+        .get(0))
+}
+
 /// Takes the consumer's next batch, reads it whole and finishes it.
 pub(crate) async fn take_batch(
     client: &mut Client,
