@@ -17,6 +17,8 @@
 --     may create a schema named londiste could otherwise have the maintenance daemon call
 --     their function.
 --   - Error messages are PGQ 3.5's texts (tools match them); names go into DETAIL.
+--   - pgq.maint_retry_events moves each queue's events in a subtransaction: one broken queue
+--     no longer stops every queue's retries.
 --   - Event positions are exact from a queue's first tick: a sequence never used reads as 0,
 --     not as its start value 1 (the first event made no difference in pgq.ticker's rule and
 --     in the backlog counts).
@@ -1365,26 +1367,46 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 
 -- Re-inserts due retry events into their queues (at most 10 per call; call until it returns 0).
+-- Each queue's events move in a subtransaction of their own: a queue whose insert fails (a
+-- broken queue) is passed over with a WARNING, and the other queues' events still move.
 CREATE OR REPLACE FUNCTION pgq.maint_retry_events() RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     moved integer := 0;
+    of_queue integer;
+    q record;
     r record;
 BEGIN
     LOCK TABLE pgq.retry_queue IN SHARE UPDATE EXCLUSIVE MODE;
-    FOR r IN
-        SELECT q.queue_name, rq.ev_id, rq.ev_time, rq.ev_owner, rq.ev_retry, rq.ev_type,
-               rq.ev_data, rq.ev_extra1, rq.ev_extra2, rq.ev_extra3, rq.ev_extra4
-          FROM pgq.retry_queue rq JOIN pgq.queue q ON q.queue_id = rq.ev_queue
+    FOR q IN
+        SELECT rq.ev_queue, min(rq.ev_retry_after) AS first_due
+          FROM pgq.retry_queue rq
          WHERE rq.ev_retry_after <= now()
-         ORDER BY rq.ev_retry_after
-         LIMIT 10
+         GROUP BY rq.ev_queue
+         ORDER BY 2, 1
     LOOP
-        PERFORM pgq.insert_event_raw(r.queue_name, r.ev_id, r.ev_time, r.ev_owner, r.ev_retry,
-                                     r.ev_type, r.ev_data, r.ev_extra1, r.ev_extra2,
-                                     r.ev_extra3, r.ev_extra4);
-        DELETE FROM pgq.retry_queue WHERE ev_owner = r.ev_owner AND ev_id = r.ev_id;
-        moved := moved + 1;
+        EXIT WHEN moved >= 10;
+        of_queue := 0;
+        BEGIN
+            FOR r IN
+                SELECT qq.queue_name, rq.ev_id, rq.ev_time, rq.ev_owner, rq.ev_retry, rq.ev_type,
+                       rq.ev_data, rq.ev_extra1, rq.ev_extra2, rq.ev_extra3, rq.ev_extra4
+                  FROM pgq.retry_queue rq JOIN pgq.queue qq ON qq.queue_id = rq.ev_queue
+                 WHERE rq.ev_queue = q.ev_queue AND rq.ev_retry_after <= now()
+                 ORDER BY rq.ev_retry_after
+                 LIMIT 10 - moved
+            LOOP
+                PERFORM pgq.insert_event_raw(r.queue_name, r.ev_id, r.ev_time, r.ev_owner,
+                                             r.ev_retry, r.ev_type, r.ev_data, r.ev_extra1,
+                                             r.ev_extra2, r.ev_extra3, r.ev_extra4);
+                DELETE FROM pgq.retry_queue WHERE ev_owner = r.ev_owner AND ev_id = r.ev_id;
+                of_queue := of_queue + 1;
+            END LOOP;
+            moved := moved + of_queue;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'maint_retry_events: the retry events of queue % stay: %',
+                q.ev_queue, SQLERRM;
+        END;
     END LOOP;
     RETURN moved;
 END

@@ -3,6 +3,7 @@
 mod connections;
 mod tls;
 
+mod attacks;
 mod batches;
 mod catchup;
 mod info;
