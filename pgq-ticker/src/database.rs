@@ -1,7 +1,7 @@
 //! One database's ticker: a dedicated connection holding the ticker lock, and the steps
 //! (ticker pass, maintenance, retry) the daemon repeats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pgq_core::{quote_ident, Dsn, Flavor};
@@ -82,6 +82,19 @@ const RETRY_OP: &str = "pgq.maint_retry_events";
 // language=SQL
 const CANCEL_BACKEND: &str = "SELECT pg_catalog.pg_cancel_backend($1)";
 
+// Whether the maintenance function $1.$2 may be called: it lives in the pgq, pgq_node or
+// londiste schema, and that schema and every function of that name in it belong to the owner
+// of schema pgq. Whoever owns a database may create a schema named londiste in it, and the
+// daemon (often a superuser) would run their code; the original extension's
+// pgq.maint_operations lists queue_extra_maint and such hooks unchecked.
+// language=SQL
+const MAINT_TRUSTED: &str = "\
+SELECT coalesce(bool_and(p.proowner = own.nspowner AND n.nspowner = own.nspowner), false)
+  FROM pg_catalog.pg_namespace own, pg_catalog.pg_namespace n
+  JOIN pg_catalog.pg_proc p ON p.pronamespace = n.oid
+ WHERE own.nspname = 'pgq' AND n.nspname IN ('pgq', 'pgq_node', 'londiste')
+   AND n.nspname = $1 AND p.proname = $2";
+
 /// What one ticker pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -111,8 +124,9 @@ pub struct MaintReport {
     /// Operations that failed, the retry step included (logged once per distinct error; the
     /// others still ran).
     pub failed: u64,
-    /// Operations refused because the function or table name the database gave did not look
-    /// like `schema.name` in lower case (logged).
+    /// Operations refused (logged the first time): a function or table name the database gave
+    /// that does not look like `schema.name` in lower case, or a function outside the pgq,
+    /// pgq_node and londiste schemas or not of the owner of schema pgq.
     pub refused: u64,
     /// Retry events put back into their queues.
     pub retried: u64,
@@ -140,6 +154,8 @@ pub struct DatabaseTicker {
     /// Maintenance operations (function or `vacuum`, argument) that failed, with the error
     /// last logged for each.
     failing_ops: BTreeMap<(String, String), String>,
+    /// Maintenance operations refused so far (each is logged once).
+    refused_ops: BTreeSet<String>,
 }
 
 impl DatabaseTicker {
@@ -187,6 +203,7 @@ impl DatabaseTicker {
             pid,
             failing: BTreeMap::new(),
             failing_ops: BTreeMap::new(),
+            refused_ops: BTreeSet::new(),
         })
     }
 
@@ -511,10 +528,18 @@ impl DatabaseTicker {
         }
     }
 
+    /// Counts a refused operation, and logs it the first time.
+    fn refuse(&mut self, operation: &str, why: &str, report: &mut MaintReport) {
+        report.refused += 1;
+        if self.refused_ops.insert(operation.to_owned()) {
+            tracing::warn!(db = %self.db, operation, why, "refusing a maintenance operation");
+        }
+    }
+
     async fn vacuum(&mut self, table: Option<&str>, report: &mut MaintReport) -> Result<()> {
         let Some(quoted) = table.and_then(quote_qualified) else {
-            report.refused += 1;
-            tracing::warn!(db = %self.db, table, "refusing to vacuum a table with an unexpected name");
+            let operation = format!("vacuum {}", table.unwrap_or_default());
+            self.refuse(&operation, "the table name is not schema.name", report);
             return Ok(());
         };
         self.client
@@ -532,10 +557,26 @@ impl DatabaseTicker {
         report: &mut MaintReport,
     ) -> Result<()> {
         let Some(quoted) = quote_qualified(func) else {
-            report.refused += 1;
-            tracing::warn!(db = %self.db, operation = func, "refusing to call a maintenance function with an unexpected name");
+            self.refuse(func, "the function name is not schema.name", report);
             return Ok(());
         };
+        let (schema, name) = func.split_once('.').unwrap_or_default();
+        let trusted: bool = self
+            .client
+            .query_typed_one(MAINT_TRUSTED, &[(&schema, Type::TEXT), (&name, Type::TEXT)])
+            .await
+            .op(&self.db, "checking a maintenance function")?
+            .try_get(0)
+            .op(&self.db, "checking a maintenance function")?;
+        if !trusted {
+            self.refuse(
+                func,
+                "only functions of the pgq, pgq_node and londiste schemas that belong to the \
+                 owner of schema pgq are called",
+                report,
+            );
+            return Ok(());
+        }
         let (sql, params): (
             String,
             Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)>,

@@ -1,8 +1,6 @@
 //! One broken queue does not hold up the others: its ticks and its maintenance fail alone,
 //! logged once per distinct error, and it is tried again at every pass.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgq_core::tokio_postgres::Client;
@@ -13,42 +11,8 @@ use tokio::time::Instant;
 
 use crate::setup::{
     consumer, cur_table, dsn, extension, listen_ticks, ours, queue_with, take_batch, tick_count,
+    Log,
 };
-
-/// The log lines the ticker writes while the guard lives (on this thread).
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Log {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let log = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || log.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn count(&self, text: &str) -> usize {
-        self.text().matches(text).count()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Log {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 async fn text(client: &Client, sql: &str, queue: &QueueName) -> anyhow::Result<String> {
     Ok(client.query_one(sql, &[&queue.as_str()]).await?.get(0))

@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use anyhow::bail;
+use pgq_core::tokio_postgres::error::SqlState;
 use pgq_core::tokio_postgres::Client;
 use pgq_core::QueueName;
 use pgq_testkit::TestDb;
 use pgq_ticker::DatabaseTicker;
 use tokio::time::Instant;
 
-use crate::setup::{consumer, cur_table, dsn, ours, queue_with, take_batch};
+use crate::setup::{consumer, cur_table, dsn, extension, ours, queue_with, take_batch, Log};
 
 /// Rows in one of the queue's event tables.
 async fn rows_in(client: &Client, q: &QueueName, table: i32) -> anyhow::Result<i64> {
@@ -155,4 +156,107 @@ async fn retry_events_come_back_when_due() -> anyhow::Result<()> {
     assert_eq!(events[0].id, id);
     assert_eq!(events[0].retry, Some(1));
     Ok(())
+}
+
+/// A database owner (no superuser) plants maintenance "hooks": a schema named londiste with
+/// londiste3's periodic maintenance function, and a function of their own named in the
+/// queue's queue_extra_maint. Each would make the owner superuser when the daemon calls it.
+async fn plant_hooks(db: &TestDb, su: &Client) -> anyhow::Result<()> {
+    const OWNER: &str = "pgqt_maint_owner";
+    match su
+        .batch_execute(&format!("CREATE ROLE {OWNER} LOGIN"))
+        .await
+    {
+        Err(e) if e.code() != Some(&SqlState::DUPLICATE_OBJECT) => return Err(e.into()),
+        _ => {}
+    }
+    su.batch_execute(&format!(
+        "ALTER DATABASE {} OWNER TO {OWNER}",
+        pgq_core::quote_ident(db.name())
+    ))
+    .await?;
+    let owner = dsn(&db.dsn_as(OWNER))?.connect().await?;
+    owner
+        .batch_execute(
+            "CREATE SCHEMA londiste;
+             CREATE TABLE londiste.called (by_role name, fn text);
+             GRANT INSERT ON londiste.called TO PUBLIC;
+             CREATE FUNCTION londiste.periodic_maintenance() RETURNS integer
+             LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO londiste.called VALUES (current_user, 'periodic_maintenance');
+                 EXECUTE 'ALTER ROLE pgqt_maint_owner SUPERUSER';
+                 RETURN 0;
+             END $$;
+             CREATE FUNCTION londiste.grab(q text) RETURNS integer LANGUAGE sql
+             AS $$ INSERT INTO londiste.called VALUES (current_user, 'grab') RETURNING 0 $$;",
+        )
+        .await?;
+    // queue_extra_maint is PGQ's list of functions to call per queue; a superuser set it (or,
+    // on the original extension, any pgq_admin may).
+    su.batch_execute("UPDATE pgq.queue SET queue_extra_maint = '{londiste.grab}'")
+        .await?;
+    Ok(())
+}
+
+async fn hooks_called(su: &Client) -> anyhow::Result<i64> {
+    Ok(su
+        .query_one("SELECT count(*) FROM londiste.called", &[])
+        .await?
+        .get(0))
+}
+
+async fn refuses_hooks(db: &TestDb, su: &Client) -> anyhow::Result<()> {
+    queue_with(su, "q", &[]).await?;
+    plant_hooks(db, su).await?;
+    let mut ticker = DatabaseTicker::connect(&dsn(&db.dsn())?).await?;
+    let log = Log::default();
+    let _capture = log.capture();
+    let first = ticker.maintain_once().await?;
+    let second = ticker.maintain_once().await?;
+    assert_eq!(hooks_called(su).await?, 0);
+    let superuser: bool = su
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'pgqt_maint_owner'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(!superuser);
+    assert_eq!(first.refused, second.refused, "refused every round");
+    assert_eq!(
+        log.count("refusing a maintenance operation"),
+        usize::try_from(first.refused)?,
+        "each refusal logged once: {}",
+        log.text()
+    );
+    // The same hooks, once they belong to the owner of schema pgq, are called.
+    su.batch_execute(
+        "ALTER SCHEMA londiste OWNER TO CURRENT_USER;
+         ALTER FUNCTION londiste.grab(text) OWNER TO CURRENT_USER;
+         DROP FUNCTION londiste.periodic_maintenance();",
+    )
+    .await?;
+    ticker.maintain_once().await?;
+    assert_eq!(hooks_called(su).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn maintenance_calls_only_functions_of_the_pgq_owner() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let su = ours(&db).await?;
+    refuses_hooks(&db, &su).await
+}
+
+/// The original extension's pgq.maint_operations lists the hooks unchecked: the daemon's own
+/// check refuses them.
+#[tokio::test]
+async fn maintenance_calls_only_functions_of_the_pgq_owner_on_the_extension() -> anyhow::Result<()>
+{
+    let db = TestDb::new().await?;
+    let Some(su) = extension(&db).await? else {
+        return Ok(());
+    };
+    refuses_hooks(&db, &su).await
 }
