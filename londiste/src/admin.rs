@@ -281,8 +281,9 @@ async fn add_trigger(
 ) -> Result<()> {
     let queue = config.queue.as_str();
     let mut args = quote_literal(queue);
+    let ours = pgq_core::flavor(provider).await? == Flavor::Ours;
     if follow_key_changes {
-        if pgq_core::flavor(provider).await? != Flavor::Ours {
+        if !ours {
             return Err(LondisteError::TableState {
                 table: source.event_name.clone(),
                 problem: "following key changes needs the pgq-rs capture triggers; the provider \
@@ -294,12 +295,28 @@ async fn add_trigger(
     }
     let row_trigger = quote_ident(&format!("_londiste_rs_{queue}"));
     let truncate_trigger = quote_ident(&format!("_londiste_rs_{queue}_truncate"));
+    // On our schema the capture triggers are the registered ones: whoever writes the table
+    // needs no pgq_writer (which would let them insert into any queue). The original
+    // extension has only PGQ's, which run with the writer's rights.
+    let (register, capture) = if ours {
+        (
+            format!(
+                "SELECT pgq.register_capture({oid}::pg_catalog.oid::pg_catalog.regclass, {q});",
+                oid = source.oid,
+                q = quote_literal(queue),
+            ),
+            "pgq.registered_logutriga",
+        )
+    } else {
+        (String::new(), "pgq.logutriga")
+    };
     let sql = format!(
         "BEGIN;
+         {register}
          CREATE TRIGGER {row_trigger} AFTER INSERT OR UPDATE OR DELETE ON {t}
-             FOR EACH ROW EXECUTE FUNCTION pgq.logutriga({args});
+             FOR EACH ROW EXECUTE FUNCTION {capture}({args});
          CREATE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {t}
-             FOR EACH STATEMENT EXECUTE FUNCTION pgq.logutriga({q});
+             FOR EACH STATEMENT EXECUTE FUNCTION {capture}({q});
          INSERT INTO londiste_rs.provider_table (queue_name, table_name, table_oid)
              VALUES ({q}, {name}, {oid});
          COMMIT;",
@@ -445,10 +462,20 @@ pub async fn remove_table(config: &Config, table: &str) -> Result<()> {
         )
         .await
         .on(SUBSCRIBER, "unregistering the table")?;
+    let unregister = if pgq_core::flavor(&provider).await? == Flavor::Ours {
+        format!(
+            "SELECT pgq.unregister_capture({}::pg_catalog.oid::pg_catalog.regclass, {});",
+            source.oid,
+            quote_literal(queue)
+        )
+    } else {
+        String::new()
+    };
     let sql = format!(
         "BEGIN;
          DROP TRIGGER IF EXISTS {} ON {t};
          DROP TRIGGER IF EXISTS {} ON {t};
+         {unregister}
          DELETE FROM londiste_rs.provider_table WHERE queue_name = {} AND table_name = {};
          COMMIT;",
         quote_ident(&format!("_londiste_rs_{queue}")),

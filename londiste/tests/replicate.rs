@@ -153,3 +153,62 @@ async fn a_missing_row_fails_the_batch_naming_the_key() -> anyhow::Result<()> {
     assert_eq!(v, 3);
     Ok(())
 }
+
+/// An application role with no pgq role at all writes the replicated table: its changes are
+/// captured (the registered capture trigger inserts with the schema owner's rights) and
+/// replayed; it still cannot put an event into the queue itself.
+#[tokio::test]
+async fn writers_of_a_replicated_table_need_no_pgq_role() -> anyhow::Result<()> {
+    const APP: &str = "pgqt_londiste_app";
+    let pair = Pair::new().await?;
+    match pair
+        .provider
+        .batch_execute(&format!("CREATE ROLE {APP} LOGIN"))
+        .await
+    {
+        Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+            return Err(e.into())
+        }
+        _ => {}
+    }
+    pair.provider
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id int PRIMARY KEY, amount int);
+             GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {APP};"
+        ))
+        .await?;
+    let options = AddTableOptions {
+        create: true,
+        ..AddTableOptions::default()
+    };
+    londiste::add_tables(&pair.config, &["orders".to_owned()], &options).await?;
+    let app = pair.config.provider.with_user(APP).connect().await?;
+    app.batch_execute(
+        "INSERT INTO orders VALUES (1, 10), (2, 20);
+         UPDATE orders SET amount = 11 WHERE id = 1;
+         DELETE FROM orders WHERE id = 2;",
+    )
+    .await?;
+    let forged = app
+        .batch_execute(&format!(
+            "SELECT pgq.insert_event('{}', 'I:id', 'id=666&amount=1', 'public.orders', NULL, \
+             NULL, NULL)",
+            pair.config.queue
+        ))
+        .await
+        .expect_err("no right to insert events");
+    assert_eq!(
+        forged.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    assert_eq!(pair.assert_same("orders", "id").await?, 1);
+    let amount: i32 = pair
+        .subscriber
+        .query_one("SELECT amount FROM orders WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(amount, 11);
+    Ok(())
+}
