@@ -275,6 +275,23 @@ async fn scenario(side: &mut Side) -> Result<()> {
         side.run("INSERT INTO s2.t VALUES (3, NULL)").await?;
         side.setup("DROP TRIGGER expr ON s2.t; TRUNCATE s2.t")
             .await?;
+        // Under session_replication_role = local every trigger is silent, deny included (a
+        // script whose changes the subscribers make themselves); an origin session is not.
+        for args in [&[][..], &["deny"][..]] {
+            side.setup(&triggers(kind, Some(args))).await?;
+            side.run(
+                "SET session_replication_role = local;
+                 INSERT INTO s2.t VALUES (7, 'local');
+                 UPDATE s2.t SET v = 'local 2' WHERE id = 7;
+                 DELETE FROM s2.t;
+                 TRUNCATE s2.t;
+                 RESET session_replication_role;",
+            )
+            .await?;
+            side.run("INSERT INTO s2.t VALUES (8, 'origin')").await?;
+            side.setup("RESET session_replication_role").await?;
+            side.setup(&drop_triggers()).await?;
+        }
     }
     Ok(())
 }
