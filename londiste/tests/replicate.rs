@@ -161,16 +161,7 @@ async fn a_missing_row_fails_the_batch_naming_the_key() -> anyhow::Result<()> {
 async fn writers_of_a_replicated_table_need_no_pgq_role() -> anyhow::Result<()> {
     const APP: &str = "pgqt_londiste_app";
     let pair = Pair::new().await?;
-    match pair
-        .provider
-        .batch_execute(&format!("CREATE ROLE {APP} LOGIN"))
-        .await
-    {
-        Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
-            return Err(e.into())
-        }
-        _ => {}
-    }
+    pgq_testkit::create_role(&pair.provider, APP, "LOGIN").await?;
     pair.provider
         .batch_execute(&format!(
             "CREATE TABLE orders (id int PRIMARY KEY, amount int);

@@ -15,13 +15,7 @@ const OWNER: &str = "pgqt_attack_owner";
 
 /// Hands `db` to [`OWNER`] and returns a connection as that role.
 async fn owner_of(db: &TestDb, su: &Client) -> anyhow::Result<Client> {
-    match su
-        .batch_execute(&format!("CREATE ROLE {OWNER} LOGIN"))
-        .await
-    {
-        Err(e) if e.code() != Some(&SqlState::DUPLICATE_OBJECT) => return Err(e.into()),
-        _ => {}
-    }
+    pgq_testkit::create_role(su, OWNER, "LOGIN").await?;
     su.batch_execute(&format!(
         "ALTER DATABASE {} OWNER TO {OWNER}",
         pgq_core::quote_ident(db.name())
@@ -488,10 +482,7 @@ async fn capture_needs_no_writer_and_writes_only_registered_pairs() -> anyhow::R
     let mut su = db.client().await?;
     pgq_core::install(&mut su, &[Line::Pgq, Line::PgqTriggers]).await?;
     login_roles(&su).await?;
-    match su.batch_execute(&format!("CREATE ROLE {APP} LOGIN")).await {
-        Err(e) if e.code() != Some(&SqlState::DUPLICATE_OBJECT) => return Err(e.into()),
-        _ => {}
-    }
+    pgq_testkit::create_role(&su, APP, "LOGIN").await?;
     su.batch_execute(&format!(
         "SELECT pgq.create_queue('orders_q'); SELECT pgq.create_queue('billing_q');
          CREATE TABLE public.orders (id int PRIMARY KEY, amount int);

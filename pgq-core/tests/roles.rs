@@ -13,12 +13,7 @@ pub(crate) async fn login_roles(admin: &Client) -> anyhow::Result<()> {
         ("pgqt_role_reader", "pgq_reader"),
         ("pgqt_role_admin", "pgq_admin"),
     ] {
-        let create = format!("CREATE ROLE {login} LOGIN IN ROLE {member_of}");
-        match admin.batch_execute(&create).await {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
-            Err(e) => return Err(e.into()),
-        }
+        pgq_testkit::create_role(admin, login, &format!("LOGIN IN ROLE {member_of}")).await?;
     }
     Ok(())
 }

@@ -128,6 +128,27 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
+/// Creates role `name` with `options` (`"LOGIN"`, `"LOGIN IN ROLE pgq_admin"`, ...). Roles are
+/// cluster-wide and tests of other databases may have made it: one that exists is left as it
+/// is.
+///
+/// # Errors
+///
+/// [`TestkitError::Postgres`] when `CREATE ROLE` fails for another reason.
+pub async fn create_role(
+    client: &tokio_postgres::Client,
+    name: &str,
+    options: &str,
+) -> Result<(), TestkitError> {
+    let sql = format!("CREATE ROLE {} {options}", dsn::quote_ident(name));
+    match client.batch_execute(&sql).await {
+        Err(err) if err.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+            Err(dsn::pg_error(format!("creating role {name}"), err))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Whether the reference `pgq` extension (Skytools PGQ) can be created on `client`'s server.
 ///
 /// When it cannot: with `PGQ_REQUIRE_REFERENCE=1` this is [`TestkitError::ReferenceMissing`];

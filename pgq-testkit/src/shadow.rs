@@ -1,8 +1,6 @@
 //! A database whose owner put a schema of look-alikes first in its `search_path`: for tests
 //! that a session resolves nothing through a path someone else controls.
 
-use tokio_postgres::error::SqlState;
-
 use crate::dsn::{connect, pg_error, quote_ident};
 use crate::{TestDb, TestkitError};
 
@@ -114,15 +112,7 @@ CREATE DOMAIN evil.timestamptz AS pg_catalog.timestamptz CHECK (evil.rec('::time
 /// [`TestkitError::Postgres`] when a statement fails.
 pub async fn shadow_builtins(db: &TestDb) -> Result<(), TestkitError> {
     let admin = db.client().await?;
-    match admin
-        .batch_execute(&format!("CREATE ROLE {SHADOW_OWNER} LOGIN"))
-        .await
-    {
-        Err(err) if err.code() != Some(&SqlState::DUPLICATE_OBJECT) => {
-            return Err(pg_error("creating the shadowing owner", err));
-        }
-        _ => {}
-    }
+    crate::create_role(&admin, SHADOW_OWNER, "LOGIN").await?;
     let name = quote_ident(db.name());
     admin
         .batch_execute(&format!("ALTER DATABASE {name} OWNER TO {SHADOW_OWNER}"))

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use pgq_core::tokio_postgres::error::SqlState;
 use pgq_core::tokio_postgres::Client;
 use pgq_core::QueueName;
 use pgq_testkit::TestDb;
@@ -163,13 +162,7 @@ async fn retry_events_come_back_when_due() -> anyhow::Result<()> {
 /// queue's queue_extra_maint. Each would make the owner superuser when the daemon calls it.
 async fn plant_hooks(db: &TestDb, su: &Client) -> anyhow::Result<()> {
     const OWNER: &str = "pgqt_maint_owner";
-    match su
-        .batch_execute(&format!("CREATE ROLE {OWNER} LOGIN"))
-        .await
-    {
-        Err(e) if e.code() != Some(&SqlState::DUPLICATE_OBJECT) => return Err(e.into()),
-        _ => {}
-    }
+    pgq_testkit::create_role(su, OWNER, "LOGIN").await?;
     su.batch_execute(&format!(
         "ALTER DATABASE {} OWNER TO {OWNER}",
         pgq_core::quote_ident(db.name())
