@@ -107,8 +107,23 @@ async fn installer_refuses_bookkeeping_another_role_controls() -> anyhow::Result
     }
     assert!(!is_superuser(&su, OWNER).await?);
 
-    // Without the trigger, the same bookkeeping is used.
-    su.batch_execute("DROP TRIGGER spring ON pgq_rs.migrations")
+    // A rule is refused as a trigger is.
+    su.batch_execute(
+        "DROP TRIGGER spring ON pgq_rs.migrations;
+         CREATE RULE spring AS ON INSERT TO pgq_rs.migrations
+             DO ALSO INSERT INTO pgq_rs.sprung DEFAULT VALUES;",
+    )
+    .await?;
+    match pgq_core::install(&mut su, &[Line::Pgq]).await {
+        Err(Error::UntrustedInstallation { problem, .. }) => assert!(
+            problem.contains("rule spring on table pgq_rs.migrations"),
+            "{problem}"
+        ),
+        other => panic!("expected UntrustedInstallation, got {other:?}"),
+    }
+
+    // Without them, the same bookkeeping is used.
+    su.batch_execute("DROP RULE spring ON pgq_rs.migrations")
         .await?;
     pgq_core::install(&mut su, &[Line::Pgq]).await?;
     assert!(exists(&su, "pgq.queue").await?);

@@ -40,15 +40,20 @@ async fn installs_every_line_once() -> anyhow::Result<()> {
 async fn psql_install_then_installer_records_checksums() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let mut client = db.client().await?;
-    client
-        .batch_execute(&pgq_core::migrations_sql(Line::Pgq, 0))
-        .await?;
-    let report = pgq_core::install(&mut client, &[Line::Pgq]).await?;
-    assert!(report.lines[0].applied.is_empty());
-    assert_eq!(
-        report.lines[0].checksums_recorded,
-        (1..=Line::Pgq.latest_version()).collect::<Vec<_>>()
-    );
+    // Every line records itself when a DBA runs its files (londiste_rs did not, once).
+    for line in Line::ALL {
+        client
+            .batch_execute(&pgq_core::migrations_sql(line, 0))
+            .await?;
+    }
+    let report = pgq_core::install(&mut client, &Line::ALL).await?;
+    for line in &report.lines {
+        assert!(line.applied.is_empty(), "{report}");
+        assert_eq!(
+            line.checksums_recorded,
+            (1..=line.line.latest_version()).collect::<Vec<_>>()
+        );
+    }
     let missing: i64 = client
         .query_one(
             "SELECT count(*) FROM pgq_rs.migrations WHERE checksum IS NULL",
@@ -83,5 +88,37 @@ async fn coop_and_ext_next_to_the_extension() -> anyhow::Result<()> {
         .all(|l| l.provided_by_extension == l.applied.is_empty()));
     pgq_core::check(&client, &Line::ALL).await?;
     assert_eq!(pgq_core::flavor(&client).await?, Flavor::Extension);
+    Ok(())
+}
+
+/// Version 1 of each line got a prelude in place; an installation that recorded the earlier
+/// text's checksum is still recognised, and a checksum of neither text is not.
+#[tokio::test]
+async fn an_installation_of_an_earlier_text_is_recognised() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let mut client = db.client().await?;
+    pgq_core::install(&mut client, &[Line::Pgq]).await?;
+    client
+        .batch_execute(
+            "UPDATE pgq_rs.migrations SET checksum = decode(
+                 '200e0e37a2a941ecb3b847962917d35c15845527deb33cb6eb4e3ba438587a4a', 'hex')
+              WHERE line = 'pgq' AND version = 1",
+        )
+        .await?;
+    pgq_core::check(&client, &[Line::Pgq]).await?;
+    assert!(pgq_core::install(&mut client, &[Line::Pgq]).await?.is_noop());
+    client
+        .batch_execute(
+            "UPDATE pgq_rs.migrations SET checksum = decode('00', 'hex')
+              WHERE line = 'pgq' AND version = 1",
+        )
+        .await?;
+    assert!(matches!(
+        pgq_core::check(&client, &[Line::Pgq]).await,
+        Err(Error::MigrationModified {
+            line: "pgq",
+            version: 1
+        })
+    ));
     Ok(())
 }
