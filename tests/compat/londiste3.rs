@@ -485,9 +485,11 @@ async fn londiste3_replicates_root_to_leaf_as_pgq_admin_member() -> Result<()> {
     .await?;
 
     let pgqd = scratch.pgqd_config(&base_connstr(&root_ops), &[root_db.name(), leaf_db.name()])?;
+    // Verbose, for the statements of its maintenance (it logs failed ones at any level).
+    let verbose = [OsStr::new("-v"), pgqd.as_os_str()];
     watch
         .daemons
-        .push(scratch.start("pgqd", reference.pgqd, &[pgqd])?);
+        .push(scratch.start("pgqd", reference.pgqd, &verbose)?);
     for ini in [&root_ini, &leaf_ini] {
         watch
             .londiste(ini, &["add-table", "public.items", "public.pairs"])
@@ -592,6 +594,29 @@ async fn londiste3_replicates_root_to_leaf_as_pgq_admin_member() -> Result<()> {
 
     watch.pause("the daemons' last check").await?;
     drop(watch);
+    // pgqd's maintenance ran each operation `pgq.maint_operations()` lists on the root as the
+    // role, and none failed (below). With autovacuum off the list starts with VACUUMs of pgq's
+    // tables, after which pgqd ends the round (it takes their command result for a failure) and
+    // never reaches pgq_node's and londiste's operations, with any role.
+    let autovacuum: String = root.query_one("SHOW autovacuum", &[]).await?.get(0);
+    let pgqd_log = std::fs::read_to_string(scratch.path("pgqd.log"))?;
+    let mut maintenance = vec![
+        "select pgq.maint_rotate_tables_step1($1)",
+        "select pgq.maint_rotate_tables_step2()",
+    ];
+    if autovacuum == "on" {
+        maintenance.extend([
+            "select pgq_node.maint_watermark($1)",
+            "select londiste.periodic_maintenance()",
+        ]);
+    }
+    for statement in maintenance {
+        ensure!(
+            pgqd_log.contains(&format!("{}]: [{statement}]", root_db.name())),
+            "pgqd did not run {statement} on the root:\n{}",
+            scratch.tail("pgqd.log")
+        );
+    }
     for log in ["root.log", "leaf.log", "pgqd.log"] {
         let text = std::fs::read_to_string(scratch.path(log)).unwrap_or_default();
         ensure!(
