@@ -1,38 +1,15 @@
 //! The original ticker daemon, Skytools' `pgqd`, runs against our schema: it accepts our
 //! `pgq.version()`, ticks our queues and runs our maintenance (retry re-insertion).
 
-use std::path::Path;
-use std::process::Stdio;
+use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{ensure, Result};
 use pgq_core::tokio_postgres::Client;
 use pgq_core::Line;
 use pgq_testkit::TestDb;
 
-const PGQD: &str = "/usr/bin/pgqd";
-
-/// `pgqd` when installed; `None` (after a loud line) when missing and not required.
-fn pgqd_binary() -> Result<Option<&'static Path>> {
-    let path = Path::new(PGQD);
-    if path.is_file() {
-        return Ok(Some(path));
-    }
-    ensure!(
-        std::env::var("PGQ_REQUIRE_REFERENCE").as_deref() != Ok("1"),
-        "REFERENCE MISSING: {PGQD} not found and PGQ_REQUIRE_REFERENCE=1; install the pgqd package"
-    );
-    eprintln!("SKIPPED: {PGQD} not found; install the pgqd package to run this test");
-    Ok(None)
-}
-
-/// The TestDb's connection string without its `dbname`, as pgqd's `base_connstr` wants it.
-fn base_connstr(dsn: &str) -> String {
-    dsn.split_whitespace()
-        .filter(|kv| !kv.starts_with("dbname="))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+use crate::compat::skytools::{base_connstr, pgqd_binary, Scratch};
 
 /// Waits until consumer `c` gets a batch, then returns its events as (data, retry count) and
 /// finishes it — unless `retry_first` is set, in which case that event is handed back first.
@@ -90,29 +67,9 @@ async fn pgqd_ticks_and_maintains_our_schema() -> Result<()> {
         )
         .await?;
 
-    let dir = std::env::temp_dir().join(format!("pgqt-pgqd-{}-{}", std::process::id(), db.name()));
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("pgqd.ini");
-    std::fs::write(
-        &config,
-        format!(
-            "[pgqd]\nlogfile = {log}\npidfile = {pid}\nbase_connstr = {base}\n\
-             initial_database = {name}\ndatabase_list = {name}\nticker_period = 0.1\n\
-             retry_period = 0.2\nmaint_period = 1\ncheck_period = 60\n",
-            log = dir.join("pgqd.log").display(),
-            pid = dir.join("pgqd.pid").display(),
-            base = base_connstr(&db.dsn()),
-            name = db.name(),
-        ),
-    )?;
-    let mut daemon = tokio::process::Command::new(pgqd)
-        .arg("-v")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting pgqd")?;
+    let scratch = Scratch::new()?;
+    let config = scratch.pgqd_config(&base_connstr(&db.dsn()), &[db.name()])?;
+    let daemon = scratch.start("pgqd", pgqd, &[OsStr::new("-v"), config.as_os_str()])?;
 
     client
         .batch_execute(
@@ -130,12 +87,11 @@ async fn pgqd_ticks_and_maintains_our_schema() -> Result<()> {
     let again = next_batch_events(&client, None, deadline).await?;
     assert_eq!(again, [("two".to_owned(), Some(1))]);
 
-    let log = std::fs::read_to_string(dir.join("pgqd.log")).unwrap_or_default();
-    daemon.kill().await?;
-    std::fs::remove_dir_all(&dir)?;
+    let log = std::fs::read_to_string(scratch.path("pgqd.log")).unwrap_or_default();
+    drop(daemon);
     assert!(
         !log.contains("ERROR") && !log.contains("FATAL"),
         "pgqd logged errors:\n{log}"
     );
-    Ok(())
+    scratch.remove()
 }

@@ -20,10 +20,12 @@ mod batches;
 mod concurrency;
 mod errors;
 mod info;
+mod londiste3;
 mod model;
 mod python;
 mod retry;
 mod rotation;
+pub(crate) mod skytools;
 mod ticker;
 mod triggers;
 
@@ -81,6 +83,19 @@ async fn install(flavor: Flavor, client: &mut Client) -> Result<()> {
             .context("CREATE EXTENSION pgq")?,
     }
     Ok(())
+}
+
+/// A fresh database with our pgq line, then `lines` on top.
+pub(crate) async fn queue_db(lines: &[pgq_core::Line]) -> Result<(TestDb, Client)> {
+    let db = TestDb::new().await?;
+    let mut client = db.client().await?;
+    // Through the harness's installer, which keeps role creation away from a concurrent
+    // `CREATE EXTENSION pgq` of another test; later lines find the roles made.
+    install(Flavor::Ours, &mut client).await?;
+    pgq_core::install(&mut client, lines)
+        .await
+        .with_context(|| format!("installing {lines:?}"))?;
+    Ok((db, client))
 }
 
 /// A scenario's database, its connections and its trace.

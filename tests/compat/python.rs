@@ -2,34 +2,23 @@
 //! `pgq.RemoteConsumer`, `pgq.SerialConsumer`) run unchanged against our schema.
 //!
 //! The worker scripts live in `tests/python/`; each test writes their skytools config files
-//! (with log and pid files) into a scratch directory of its own, which is removed when the test
-//! passes and kept, for the logs, when it fails. The scripts run under `/usr/bin/python3`, the
-//! interpreter the Debian packages install into. Without python3-pgq the tests print `SKIPPED`
-//! and pass, unless `PGQ_REQUIRE_REFERENCE=1`.
+//! (with log and pid files) into a scratch directory of its own ([`Scratch`]), which is removed
+//! when the test passes and kept, for the logs, when it fails. The scripts run under
+//! `/usr/bin/python3`, the interpreter the Debian packages install into. Without python3-pgq the
+//! tests print `SKIPPED` and pass, unless `PGQ_REQUIRE_REFERENCE=1`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use pgq_core::Line;
 use pgq_testkit::TestDb;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
-use super::{install, Flavor, QUEUE};
-
-/// The interpreter python3-pgq is installed for.
-const PYTHON: &str = "/usr/bin/python3";
-
-/// Where the worker scripts are.
-const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
+use super::skytools::{python_imports, skip_without, Scratch, Worker, PYTHON};
+use super::{queue_db, QUEUE};
 
 /// How long a test waits for its Python workers, per phase.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -37,47 +26,15 @@ const PATIENCE: Duration = Duration::from_secs(15);
 /// How often the coop test's maintenance loop looks at the workers.
 const POLL: Duration = Duration::from_millis(20);
 
-/// Whether `/usr/bin/python3` can import python3-pgq; when not, prints a loud `SKIPPED` line
-/// (or fails with `PGQ_REQUIRE_REFERENCE=1`).
+/// Whether `/usr/bin/python3` can import python3-pgq; when not, see [`skip_without`].
 async fn python_pgq() -> Result<bool> {
-    let imported = Command::new(PYTHON)
-        .args([
-            "-c",
-            "import pgq, pgq.coopconsumer, pgq.remoteconsumer, psycopg2",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .status()
-        .await
-        .is_ok_and(|status| status.success());
-    if imported {
+    if python_imports("pgq, pgq.coopconsumer, pgq.remoteconsumer, psycopg2").await {
         return Ok(true);
     }
-    ensure!(
-        !std::env::var("PGQ_REQUIRE_REFERENCE").is_ok_and(|v| v.trim() == "1"),
-        "REFERENCE MISSING: python3-pgq missing ({PYTHON} cannot import pgq) and \
-         PGQ_REQUIRE_REFERENCE=1 requires it; install python3-pgq"
-    );
-    eprintln!(
-        "SKIPPED: python3-pgq missing ({PYTHON} cannot import pgq); install python3-pgq \
-         (set PGQ_REQUIRE_REFERENCE=1 to fail instead)"
-    );
+    skip_without(&format!(
+        "python3-pgq missing ({PYTHON} cannot import pgq); install python3-pgq"
+    ))?;
     Ok(false)
-}
-
-/// A fresh database with our pgq line, then `lines` on top.
-async fn queue_db(lines: &[Line]) -> Result<(TestDb, Client)> {
-    let db = TestDb::new().await?;
-    let mut client = db.client().await?;
-    // Through the compat harness's installer, which keeps role creation away from a
-    // concurrent `CREATE EXTENSION pgq` of another test; later lines find the roles made.
-    install(Flavor::Ours, &mut client).await?;
-    pgq_core::install(&mut client, lines)
-        .await
-        .with_context(|| format!("installing {lines:?}"))?;
-    Ok((db, client))
 }
 
 /// `pgq.force_tick` then `pgq.ticker` on QUEUE: always a tick.
@@ -86,158 +43,6 @@ async fn tick(client: &Client) -> Result<()> {
         .batch_execute("SELECT pgq.force_tick('q'); SELECT pgq.ticker('q')")
         .await
         .context("force_tick + ticker")
-}
-
-/// A directory for one test's skytools configs and worker logs.
-struct Scratch {
-    dir: PathBuf,
-    removed: bool,
-}
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pgq-python-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Scratch {
-            dir,
-            removed: false,
-        })
-    }
-
-    /// Writes `<name>.ini`: section `[section]` with `job_name`, log and pid file in this
-    /// directory, and `settings`.
-    fn config(&self, name: &str, section: &str, settings: &[(&str, &str)]) -> Result<PathBuf> {
-        let mut text = format!(
-            "[{section}]\njob_name = {name}\nlogfile = {}\npidfile = {}\n",
-            self.dir.join(format!("{name}.log")).display(),
-            self.dir.join(format!("{name}.pid")).display()
-        );
-        for (key, value) in settings {
-            ensure!(!value.contains('\n'), "{key}: a config value is one line");
-            let _ = writeln!(text, "{key} = {value}");
-        }
-        let path = self.dir.join(format!("{name}.ini"));
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(path)
-    }
-
-    /// Removes the directory; call it when the test passed.
-    fn remove(mut self) -> Result<()> {
-        self.removed = true;
-        std::fs::remove_dir_all(&self.dir)
-            .with_context(|| format!("removing {}", self.dir.display()))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !self.removed {
-            eprintln!(
-                "python workers' configs and logs kept in {}",
-                self.dir.display()
-            );
-        }
-    }
-}
-
-/// A running worker script: its stdout line by line, its stderr in a file of the scratch
-/// directory. Killed when dropped.
-struct Worker {
-    name: String,
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: PathBuf,
-}
-
-impl Worker {
-    fn spawn(scratch: &Scratch, name: &str, script: &str, args: &[&str]) -> Result<Worker> {
-        let stderr = scratch.dir.join(format!("{name}.stderr"));
-        let stderr_file = std::fs::File::create(&stderr)
-            .with_context(|| format!("creating {}", stderr.display()))?;
-        let mut child = Command::new(PYTHON)
-            .arg(Path::new(SCRIPTS).join(script))
-            .args(args)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr_file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {script} for {name}"))?;
-        let stdout = child.stdout.take().context("the child's stdout")?;
-        Ok(Worker {
-            name: name.to_owned(),
-            child,
-            stdout: BufReader::new(stdout).lines(),
-            stderr,
-        })
-    }
-
-    /// The worker's stderr, for error messages.
-    fn stderr(&self) -> String {
-        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        format!("\n--- {} stderr ---\n{}", self.name, text.trim_end())
-    }
-
-    /// The next line the worker prints, or an error when it exits or the deadline passes first.
-    async fn line(&mut self, deadline: Instant) -> Result<String> {
-        match tokio::time::timeout_at(deadline, self.stdout.next_line()).await {
-            Ok(Ok(Some(line))) => Ok(line),
-            Ok(Ok(None)) => bail!(
-                "{}: exited before printing a line{}",
-                self.name,
-                self.stderr()
-            ),
-            Ok(Err(e)) => Err(e).with_context(|| format!("{}: reading stdout", self.name)),
-            Err(_) => bail!("{}: printed no line in time{}", self.name, self.stderr()),
-        }
-    }
-
-    /// Whether the worker has exited; an error when it failed.
-    fn exited(&mut self) -> Result<bool> {
-        match self.child.try_wait()? {
-            None => Ok(false),
-            Some(status) if status.success() => Ok(true),
-            Some(status) => bail!("{}: {status}{}", self.name, self.stderr()),
-        }
-    }
-
-    /// Waits for the worker to exit successfully and returns the lines it printed from now on.
-    async fn finish(mut self, deadline: Instant) -> Result<Vec<String>> {
-        let mut lines = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.stdout.next_line()).await {
-                Ok(Ok(Some(line))) => lines.push(line),
-                Ok(Ok(None)) => break,
-                Ok(Err(e)) => {
-                    return Err(e).with_context(|| format!("{}: reading stdout", self.name))
-                }
-                Err(_) => bail!(
-                    "{}: still running at the deadline{}",
-                    self.name,
-                    self.stderr()
-                ),
-            }
-        }
-        let status = tokio::time::timeout_at(deadline, self.child.wait())
-            .await
-            .map_err(|_| anyhow::anyhow!("{}: did not exit in time", self.name))??;
-        ensure!(status.success(), "{}: {status}{}", self.name, self.stderr());
-        Ok(lines)
-    }
-
-    /// SIGKILL, and waits until the process is gone.
-    async fn kill(mut self) -> Result<()> {
-        self.child
-            .kill()
-            .await
-            .with_context(|| format!("killing {}", self.name))
-    }
 }
 
 /// Two `pgq.CoopConsumer` processes of one group share ~60 events committed in 30 transactions
