@@ -4,5 +4,6 @@ mod admin;
 mod bad_input;
 mod common;
 mod live;
+mod names;
 mod replicate;
 mod types;
