@@ -385,18 +385,15 @@ async fn two_remote_workers_exactly_once_when_the_active_ones_queue_connection_i
 ) -> anyhow::Result<()> {
     let mut rng = Rng::new("remote takeover test");
     let s = setup().await?;
-    let target_db = TestDb::new().await?;
-    let mut target = target_db.client().await?;
-    pgq_core::install(&mut target, &[Line::PgqExt]).await?;
-    create_applied(&target).await?;
+    let t = crate::remote::target().await?;
+    let target = &t.client;
     pgq_core::register_consumer(&s.client, &s.queue, &ConsumerName::new("killed")?).await?;
     fill(&s.client, TAKEOVER_TXS).await?;
-    let target_dsn = Dsn::parse(&target_db.dsn())?;
     let cancel = CancellationToken::new();
     let workers = ["a", "b"].map(|w| {
         tokio::spawn(standby_worker(
             s.dsn.clone(),
-            target_dsn.clone(),
+            t.dsn.clone(),
             w,
             cancel.clone(),
         ))
@@ -406,9 +403,9 @@ async fn two_remote_workers_exactly_once_when_the_active_ones_queue_connection_i
         tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
         hits += count(&s.client, KILL_LOCK_HOLDER).await?;
     }
-    assert_work_left(&target, "remote takeover", TAKEOVER_TOTAL).await?;
+    assert_work_left(target, "remote takeover", TAKEOVER_TOTAL).await?;
     let done = wait_count(
-        &target,
+        target,
         "SELECT count(DISTINCT ev_id) FROM applied",
         TAKEOVER_TOTAL,
         Duration::from_secs(30),
@@ -434,5 +431,5 @@ async fn two_remote_workers_exactly_once_when_the_active_ones_queue_connection_i
         "only {hits} kills found a worker"
     );
     assert_eq!(by_worker.len(), 2, "both workers applied batches");
-    assert_once(&target, "remote takeover", TAKEOVER_TOTAL).await
+    assert_once(target, "remote takeover", TAKEOVER_TOTAL).await
 }

@@ -17,13 +17,13 @@ use crate::common::{
 };
 
 /// A target database with the `pgq_ext` line and the `applied` table.
-struct Target {
+pub(crate) struct Target {
     _db: TestDb,
-    client: Client,
-    dsn: Dsn,
+    pub(crate) client: Client,
+    pub(crate) dsn: Dsn,
 }
 
-async fn target() -> anyhow::Result<Target> {
+pub(crate) async fn target() -> anyhow::Result<Target> {
     let db = TestDb::new().await?;
     let mut client = db.client().await?;
     pgq_core::install(&mut client, &[Line::PgqExt]).await?;
@@ -118,6 +118,25 @@ async fn remote_batches_apply_once_and_done_batches_are_only_finished() -> anyho
     assert!(report.already_done);
     assert_eq!(count(&t.client, "SELECT count(*) FROM applied").await?, 10);
     assert!(runner.process_next_batch().await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_target_without_the_current_pgq_ext_is_refused() -> anyhow::Result<()> {
+    let s = setup().await?;
+    let bare = TestDb::new().await?;
+    let err = RemoteRunner::connect(
+        &s.dsn,
+        &Dsn::parse(&bare.dsn())?,
+        config(&s.queue, "c"),
+        Arc::new(Apply::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "schema line pgq_ext is at version None, this build needs 2"
+    );
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use pgq_testkit::TestDb;
 
 /// Login roles that are members of one PGQ role each. Roles are cluster-wide, so they are created
 /// once and an existing one is tolerated.
-async fn login_roles(admin: &Client) -> anyhow::Result<()> {
+pub(crate) async fn login_roles(admin: &Client) -> anyhow::Result<()> {
     for (login, member_of) in [
         ("pgqt_role_writer", "pgq_writer"),
         ("pgqt_role_reader", "pgq_reader"),
@@ -23,12 +23,12 @@ async fn login_roles(admin: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_as(db: &TestDb, role: &str) -> anyhow::Result<Client> {
+pub(crate) async fn connect_as(db: &TestDb, role: &str) -> anyhow::Result<Client> {
     Ok(Dsn::parse(&db.dsn_as(role))?.connect().await?)
 }
 
 /// Runs `sql` and returns the SQLSTATE it failed with, or `None` when it succeeded.
-async fn outcome(client: &Client, sql: &str) -> Option<SqlState> {
+pub(crate) async fn outcome(client: &Client, sql: &str) -> Option<SqlState> {
     match client.batch_execute(sql).await {
         Ok(()) => None,
         Err(e) => Some(e.code().cloned().expect("a server error")),
