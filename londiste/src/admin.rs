@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgq_core::{quote_ident, quote_literal, Flavor, Line};
+use pgq_core::{quote_ident, quote_literal, ConsumerName, Flavor, Line, QueueName};
 use serde::Serialize;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
@@ -122,12 +122,13 @@ pub struct Status {
 
 /// Installs the schema on both sides (provider: pgq, the capture triggers and the
 /// replicator's tables; subscriber: pgq_ext and the replicator's tables), creates the queue
-/// and registers the worker's consumer. Safe to run again.
+/// and registers the worker's consumer, whose name it returns ([`Config::consumer_name`]).
+/// Safe to run again.
 ///
 /// # Errors
 ///
 /// Connection, install and registration failures.
-pub async fn init(config: &Config) -> Result<()> {
+pub async fn init(config: &Config) -> Result<ConsumerName> {
     let mut provider = config.provider.connect().await?;
     let lines: &[Line] = match pgq_core::flavor(&provider).await? {
         Flavor::Extension => &[Line::Londiste],
@@ -136,23 +137,24 @@ pub async fn init(config: &Config) -> Result<()> {
     pgq_core::install(&mut provider, lines).await?;
     let mut subscriber = config.subscriber.connect().await?;
     pgq_core::install(&mut subscriber, &[Line::PgqExt, Line::Londiste]).await?;
+    let consumer = config.consumer_name(&subscriber).await?;
     match pgq_core::create_queue(&provider, &config.queue).await {
         Ok(()) | Err(pgq_core::Error::QueueExists { .. }) => {}
         Err(err) => return Err(err.into()),
     }
-    pgq_core::register_consumer(&provider, &config.queue, &config.consumer).await?;
+    pgq_core::register_consumer(&provider, &config.queue, &consumer).await?;
     subscriber
         .query_typed(
             "INSERT INTO londiste_rs.worker_position (queue_name, consumer_name) VALUES ($1, $2) \
              ON CONFLICT DO NOTHING",
             &[
                 (&config.queue.as_str(), Type::TEXT),
-                (&config.consumer.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
             ],
         )
         .await
         .on(SUBSCRIBER, "recording the worker")?;
-    Ok(())
+    Ok(consumer)
 }
 
 /// Adds tables to the replication: checks them, registers them on both sides, puts the
@@ -347,9 +349,13 @@ async fn wait_for_ok(
 ) -> Result<String> {
     let deadline = Instant::now() + wait;
     let mut last_tick = Instant::now() - Duration::from_secs(1);
+    let consumer = config.consumer_name(subscriber).await?;
     loop {
         let state = table_state(subscriber, config, table).await?;
-        if state == "ok" || Instant::now() >= deadline || !worker_running(provider, config).await? {
+        if state == "ok"
+            || Instant::now() >= deadline
+            || !worker_running(provider, &config.queue, &consumer).await?
+        {
             return Ok(state);
         }
         if last_tick.elapsed() >= Duration::from_millis(500) {
@@ -377,13 +383,17 @@ async fn table_state(subscriber: &Client, config: &Config, table: &str) -> Resul
 }
 
 /// Whether a worker holds the consumer's lock.
-pub(crate) async fn worker_running(provider: &Client, config: &Config) -> Result<bool> {
+pub(crate) async fn worker_running(
+    provider: &Client,
+    queue: &QueueName,
+    consumer: &ConsumerName,
+) -> Result<bool> {
     let free: bool = provider
         .query_typed_one(
             WORKER_RUNNING,
             &[
-                (&config.queue.as_str(), Type::TEXT),
-                (&config.consumer.as_str(), Type::TEXT),
+                (&queue.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
             ],
         )
         .await
@@ -583,7 +593,8 @@ async fn list_tables(subscriber: &Client, config: &Config) -> Result<Vec<TableSt
 pub async fn status(config: &Config) -> Result<Status> {
     let provider = config.provider.connect().await?;
     let subscriber = config.subscriber.connect().await?;
-    let info = pgq_core::consumer_info(&provider, Some(&config.queue), Some(&config.consumer))
+    let consumer = config.consumer_name(&subscriber).await?;
+    let info = pgq_core::consumer_info(&provider, Some(&config.queue), Some(&consumer))
         .await?
         .into_iter()
         .next();
@@ -592,15 +603,15 @@ pub async fn status(config: &Config) -> Result<Status> {
             WORKER,
             &[
                 (&config.queue.as_str(), Type::TEXT),
-                (&config.consumer.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
             ],
         )
         .await
         .on(SUBSCRIBER, "reading the worker position")?;
     Ok(Status {
         queue: config.queue.to_string(),
-        consumer: config.consumer.to_string(),
-        worker_running: worker_running(&provider, config).await?,
+        consumer: consumer.to_string(),
+        worker_running: worker_running(&provider, &config.queue, &consumer).await?,
         lag_seconds: info
             .as_ref()
             .and_then(|i| i.lag)

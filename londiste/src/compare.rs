@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgq_core::quote_ident;
+use pgq_core::{quote_ident, ConsumerName};
 use serde::Serialize;
 use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
@@ -78,8 +78,9 @@ impl Comparison {
 /// not reach the tick within two minutes; connection failures.
 pub async fn compare(config: &Config, table: Option<&str>) -> Result<Vec<Comparison>> {
     let queue = config.queue.as_str();
-    let consumer = config.consumer.as_str();
     let subscriber = config.subscriber.connect().await?;
+    let consumer_name = config.consumer_name(&subscriber).await?;
+    let consumer = consumer_name.as_str();
     let mut provider = config.provider.connect().await?;
     let pairs = pairs(config, &provider, &subscriber, table).await?;
     let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
@@ -137,7 +138,7 @@ pub async fn compare(config: &Config, table: Option<&str>) -> Result<Vec<Compari
             )
             .await
             .on(SUBSCRIBER, "moving the worker to the tick")?;
-        reach(config, &subscriber, tick).await?;
+        reach(config, &consumer_name, &subscriber, tick).await?;
         let mut comparisons = Vec::with_capacity(pairs.len());
         for ((source, dest), (provider_rows, provider_hash)) in pairs.iter().zip(provider_sums) {
             let (subscriber_rows, subscriber_hash) =
@@ -207,9 +208,14 @@ async fn pairs(
 }
 
 /// Waits until the worker's position is `tick`, applying batches here when no worker runs.
-async fn reach(config: &Config, subscriber: &impl GenericClient, tick: i64) -> Result<()> {
+async fn reach(
+    config: &Config,
+    consumer_name: &ConsumerName,
+    subscriber: &impl GenericClient,
+    tick: i64,
+) -> Result<()> {
     let queue = config.queue.as_str();
-    let consumer = config.consumer.as_str();
+    let consumer = consumer_name.as_str();
     let deadline = Instant::now() + REACH_TIMEOUT;
     let provider = config.provider.connect().await?;
     let mut own_worker: Option<Worker> = None;
@@ -230,7 +236,7 @@ async fn reach(config: &Config, subscriber: &impl GenericClient, tick: i64) -> R
                 ),
             });
         }
-        if own_worker.is_none() && !worker_running(&provider, config).await? {
+        if own_worker.is_none() && !worker_running(&provider, &config.queue, consumer_name).await? {
             own_worker = Some(Worker::connect(config).await?);
         }
         match own_worker.as_mut() {

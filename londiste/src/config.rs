@@ -5,7 +5,7 @@
 //! provider = "host=db1 dbname=shop user=londiste"
 //! subscriber = "host=db2 dbname=shop user=londiste"
 //! queue = "shop_replica"
-//! consumer = "db2_worker"        # default: "londiste"
+//! consumer = "db2_worker"        # default: londiste_<subscriber id>_<queue>
 //!
 //! [worker]
 //! apply = "batch"                # or "per-event": one statement per event, for comparison
@@ -15,8 +15,9 @@
 
 use std::path::Path;
 
-use pgq_core::{ConsumerName, Dsn, QueueName};
+use pgq_core::{ConsumerName, Dsn, InstallationId, QueueName};
 use serde::Deserialize;
+use tokio_postgres::GenericClient;
 
 use crate::error::{LondisteError, Result};
 
@@ -39,7 +40,7 @@ pub enum ApplyMode {
 /// provider = "host=db1 dbname=shop user=londiste"
 /// subscriber = "host=db2 dbname=shop user=londiste"
 /// queue = "shop_replica"
-/// consumer = "db2_worker"        # default: "londiste"
+/// consumer = "db2_worker"        # default: londiste_<subscriber id>_<queue>
 ///
 /// [worker]
 /// apply = "batch"                # or "per-event": one statement per event, for comparison
@@ -54,8 +55,9 @@ pub struct Config {
     pub subscriber: Dsn,
     /// The queue carrying the changes.
     pub queue: QueueName,
-    /// The replay worker's consumer name.
-    pub consumer: ConsumerName,
+    /// The replay worker's consumer name; `None` (the default) for one made from the
+    /// subscriber and the queue (see [`Config::consumer_name`]).
+    pub consumer: Option<ConsumerName>,
     /// How batches are applied.
     pub apply: ApplyMode,
     /// Merged row data held in memory before a batch is flushed early, in bytes.
@@ -89,12 +91,43 @@ struct WorkerSection {
     chunk_size: Option<u32>,
 }
 
-/// The default consumer name.
-pub const DEFAULT_CONSUMER: &str = "londiste";
+/// How default consumer names start.
+pub const DEFAULT_CONSUMER_PREFIX: &str = "londiste";
+
+/// The default consumer name of a worker replicating `queue` into the subscriber whose
+/// installation id is `subscriber`: `londiste_<the id's first 12 hex digits>_<queue>`. It is
+/// one name per subscriber and queue, whichever connection string reaches the subscriber: two
+/// subscribers of one queue under one name would share its position, each getting only some
+/// of the batches.
+///
+/// # Errors
+///
+/// [`LondisteError::DefaultConsumer`] when the name would be too long (a queue name over 233
+/// bytes): set `consumer` in the config.
+pub fn default_consumer(subscriber: &InstallationId, queue: &QueueName) -> Result<ConsumerName> {
+    let id: String = subscriber
+        .as_str()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    ConsumerName::new(format!("{DEFAULT_CONSUMER_PREFIX}_{id}_{queue}")).map_err(|source| {
+        LondisteError::DefaultConsumer {
+            queue: queue.to_string(),
+            source,
+        }
+    })
+}
 
 impl Config {
-    /// A configuration with the default worker settings.
-    pub fn new(provider: Dsn, subscriber: Dsn, queue: QueueName, consumer: ConsumerName) -> Config {
+    /// A configuration with the default worker settings; `consumer` `None` for the default
+    /// name ([`Config::consumer_name`]).
+    pub fn new(
+        provider: Dsn,
+        subscriber: Dsn,
+        queue: QueueName,
+        consumer: Option<ConsumerName>,
+    ) -> Config {
         Config {
             provider,
             subscriber,
@@ -153,12 +186,12 @@ impl Config {
             Dsn::parse(&s.subscriber).map_err(|e| invalid("londiste.subscriber", e.to_string()))?;
         let queue = QueueName::new(s.queue.clone())
             .map_err(|e| invalid("londiste.queue", e.to_string()))?;
-        let consumer = ConsumerName::new(
-            s.consumer
-                .clone()
-                .unwrap_or_else(|| DEFAULT_CONSUMER.to_owned()),
-        )
-        .map_err(|e| invalid("londiste.consumer", e.to_string()))?;
+        let consumer = s
+            .consumer
+            .clone()
+            .map(ConsumerName::new)
+            .transpose()
+            .map_err(|e| invalid("londiste.consumer", e.to_string()))?;
         let mut config = Config::new(provider, subscriber, queue, consumer);
         let w = &file.worker;
         if let Some(apply) = w.apply {
@@ -184,6 +217,30 @@ impl Config {
         }
         Ok(config)
     }
+
+    /// The replay worker's consumer name: [`Config::consumer`] when set, else
+    /// [`default_consumer`] for the installation id of `subscriber` (a connection to
+    /// [`Config::subscriber`]), which `init` makes when it installs the subscriber's lines.
+    /// Every command resolves the name this way, so they agree on it.
+    ///
+    /// # Errors
+    ///
+    /// [`LondisteError::SubscriberNotInitialized`] when the subscriber has no installation id;
+    /// [`LondisteError::DefaultConsumer`]; database errors.
+    pub async fn consumer_name(&self, subscriber: &impl GenericClient) -> Result<ConsumerName> {
+        if let Some(consumer) = &self.consumer {
+            return Ok(consumer.clone());
+        }
+        let id = pgq_core::installation_id(subscriber)
+            .await
+            .map_err(|err| match err {
+                pgq_core::Error::NoInstallationId { db } => {
+                    LondisteError::SubscriberNotInitialized { db }
+                }
+                other => other.into(),
+            })?;
+        default_consumer(&id, &self.queue)
+    }
 }
 
 #[cfg(test)]
@@ -201,7 +258,7 @@ mod tests {
              queue = \"q\"\n\n[worker]\napply = \"per-event\"\nmemory_limit_mb = 2\nchunk_size = 10\n",
         )?;
         assert_eq!(config.queue.as_str(), "q");
-        assert_eq!(config.consumer.as_str(), DEFAULT_CONSUMER);
+        assert_eq!(config.consumer, None);
         assert_eq!(config.apply, ApplyMode::PerEvent);
         assert_eq!((config.memory_limit, config.chunk_size), (2 << 20, 10));
         assert_eq!(config.subscriber.dbname(), "s");
@@ -232,5 +289,18 @@ mod tests {
             err.starts_with("londiste.toml:5:1: londiste.speed:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_explicit_consumer_is_kept() -> Result<()> {
+        let config = load(
+            "[londiste]\nprovider = \"host=a user=u\"\nsubscriber = \"host=b user=u\"\n\
+             queue = \"q\"\nconsumer = \"mine\"\n",
+        )?;
+        assert_eq!(
+            config.consumer.as_ref().map(ConsumerName::as_str),
+            Some("mine")
+        );
+        Ok(())
     }
 }

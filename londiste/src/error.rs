@@ -96,6 +96,25 @@ pub enum LondisteError {
         /// The keys that did not match (the first few).
         keys: String,
     },
+    /// The subscriber has no pgq-rs installation id, from which the default consumer name is
+    /// made: `londiste init` has not run there.
+    #[error(
+        "subscriber database {db:?} has no pgq-rs installation id, from which the worker's \
+         default consumer name is made: run `londiste init` first, or set `consumer` in the config"
+    )]
+    SubscriberNotInitialized {
+        /// The subscriber database's name.
+        db: String,
+    },
+    /// The default consumer name for this queue would not be a valid name.
+    #[error("queue {queue:?} has no default consumer name: set `consumer` in the config")]
+    DefaultConsumer {
+        /// The queue.
+        queue: String,
+        /// Why the name was refused.
+        #[source]
+        source: pgq_core::Error,
+    },
     /// A `pgq-core` call failed.
     #[error(transparent)]
     Core(#[from] pgq_core::Error),

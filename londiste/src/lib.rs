@@ -45,6 +45,6 @@ pub use admin::{
     AddedTable, Status, TableStatus,
 };
 pub use compare::{compare, Comparison};
-pub use config::{ApplyMode, Config, DEFAULT_CONSUMER};
+pub use config::{default_consumer, ApplyMode, Config, DEFAULT_CONSUMER_PREFIX};
 pub use error::{LondisteError, Result};
 pub use worker::Worker;

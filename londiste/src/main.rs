@@ -130,10 +130,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Init => {
-            londiste::init(&config).await?;
+            let consumer = londiste::init(&config).await?;
             println!(
-                "initialized: queue {} on the provider, worker {} registered",
-                config.queue, config.consumer
+                "initialized: queue {} on the provider, worker {consumer} registered",
+                config.queue
             );
         }
         Command::AddTable {

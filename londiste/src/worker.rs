@@ -11,7 +11,7 @@ use pgq_consumer::{
     BatchHandle, BatchReport, CancellationToken, Consumer, ConsumerConfig, HandlerError, Postpone,
     RemoteRunner,
 };
-use pgq_core::{BatchId, Event};
+use pgq_core::{BatchId, ConsumerName, Event};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
@@ -92,6 +92,8 @@ struct Subscribed {
 /// The consumer that applies batches.
 struct Replayer {
     config: Config,
+    /// The resolved consumer name ([`Config::consumer_name`]).
+    consumer: ConsumerName,
     tables: Mutex<HashMap<String, Arc<TableInfo>>>,
     /// A batch that hit a unique violation on non-key columns: applied event by event.
     per_event_batch: Mutex<Option<BatchId>>,
@@ -127,7 +129,7 @@ impl Replayer {
     async fn replay(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
         let tx = batch.tx();
         let queue = self.config.queue.as_str();
-        let consumer = self.config.consumer.as_str();
+        let consumer = self.consumer.as_str();
         tx.batch_execute(REPLICA_ROLE).await.map_err(|err| {
             if err.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
                 LondisteError::ReplicaRole(err)
@@ -462,23 +464,27 @@ pub struct Worker {
 
 impl Worker {
     /// Connects to the provider (the consumer's dedicated connection and lock) and to the
-    /// subscriber. Both sessions pin `search_path = pg_catalog, pg_temp`
-    /// ([`pgq_core::Dsn::with_pinned_search_path`]): what either database's owner sets as the
-    /// default path never reaches the worker, which names every table it writes in full.
+    /// subscriber; the consumer name is [`Config::consumer_name`]. Both sessions pin
+    /// `search_path = pg_catalog, pg_temp` ([`pgq_core::Dsn::with_pinned_search_path`]): what
+    /// either database's owner sets as the default path never reaches the worker, which names
+    /// every table it writes in full.
     ///
     /// # Errors
     ///
     /// [`LondisteError::Consumer`]: unknown queue, a second worker with the same consumer
-    /// name (`ConsumerBusy`), connection failures.
+    /// name (`ConsumerBusy`), connection failures; [`LondisteError::SubscriberNotInitialized`].
     pub async fn connect(config: &Config) -> Result<Worker> {
-        let consumer_config =
-            ConsumerConfig::builder(config.queue.clone(), config.consumer.clone())
-                .chunk_size(config.chunk_size)
-                .batch_failures_before_per_event(u32::MAX)
-                .poll_interval(Duration::from_secs(1))
-                .build();
+        let consumer = config
+            .consumer_name(&config.subscriber.connect().await?)
+            .await?;
+        let consumer_config = ConsumerConfig::builder(config.queue.clone(), consumer.clone())
+            .chunk_size(config.chunk_size)
+            .batch_failures_before_per_event(u32::MAX)
+            .poll_interval(Duration::from_secs(1))
+            .build();
         let replayer = Replayer {
             config: config.clone(),
+            consumer,
             tables: Mutex::new(HashMap::new()),
             per_event_batch: Mutex::new(None),
         };

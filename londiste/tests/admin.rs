@@ -129,7 +129,7 @@ async fn backslashes_and_quotes_under_nonstandard_strings() -> anyhow::Result<()
         Dsn::parse(&provider_db.dsn())?,
         Dsn::parse(&subscriber_db.dsn())?,
         QueueName::new(queue)?,
-        ConsumerName::new("worker")?,
+        Some(ConsumerName::new("worker")?),
     );
     londiste::init(&config).await?;
     let provider = provider_db.client().await?;

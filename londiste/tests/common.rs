@@ -22,7 +22,7 @@ impl Pair {
             Dsn::parse(&provider_db.dsn())?,
             Dsn::parse(&subscriber_db.dsn())?,
             QueueName::new("replica")?,
-            ConsumerName::new("worker")?,
+            Some(ConsumerName::new("worker")?),
         );
         londiste::init(&config).await?;
         let provider = provider_db.client().await?;

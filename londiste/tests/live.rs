@@ -156,7 +156,10 @@ async fn a_worker_killed_at_random_moments_applies_everything_once() -> anyhow::
         &config_file,
         format!(
             "[londiste]\nprovider = \"{}\"\nsubscriber = \"{}\"\nqueue = \"{}\"\nconsumer = \"{}\"\n\n[worker]\nchunk_size = 500\n",
-            pair.config.provider, pair.config.subscriber, pair.config.queue, pair.config.consumer
+            pair.config.provider,
+            pair.config.subscriber,
+            pair.config.queue,
+            pair.config.consumer.as_ref().expect("Pair names its consumer")
         ),
     )?;
     let seed = u64::from(

@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod common;
 mod live;
+mod names;
 mod replicate;
 mod search_path;
 mod types;

@@ -197,7 +197,7 @@ async fn run_ours(server: &Server, run: u32, rows: u64, updates: u64) -> Result<
         provider.clone(),
         subscriber.clone(),
         QueueName::new("bench_replica")?,
-        ConsumerName::new("bench_worker")?,
+        Some(ConsumerName::new("bench_worker")?),
     );
     londiste::init(&config).await?;
     let p = provider.connect().await?;

@@ -72,6 +72,18 @@ pub enum ConsumerError {
         #[source]
         source: HandlerError,
     },
+    /// A remote consumer's target refused to record the batch as done: another worker of the
+    /// same consumer recorded it (or a later batch) first. The work was rolled back and the
+    /// batch left open in the queue; the worker that applied it, or the next step here, which
+    /// finds it done, finishes it.
+    #[error(
+        "batch {batch_id} was recorded as done on the target by another worker; this worker's \
+         work was rolled back"
+    )]
+    BatchDoneElsewhere {
+        /// The batch.
+        batch_id: BatchId,
+    },
     /// The hard-stop timeout expired during shutdown; the batch in hand was rolled back.
     #[error("shutdown timeout expired; the batch in hand was rolled back")]
     HardStopped,

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use pgq_consumer::{async_trait, BatchHandle, Consumer, ConsumerConfig, HandlerError};
+use pgq_consumer::{
+    async_trait, BatchHandle, Consumer, ConsumerConfig, ConsumerError, HandlerError,
+};
 use pgq_core::tokio_postgres::{Client, Transaction};
 use pgq_core::{ConsumerName, Dsn, Event, Line, QueueName};
 use pgq_testkit::TestDb;
@@ -112,13 +114,30 @@ pub(crate) async fn wait_count(
     }
 }
 
+/// Retries while a killed predecessor's session still holds the lock.
+pub(crate) async fn until_free<T, F, Fut>(mut connect: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = pgq_consumer::Result<T>>,
+{
+    loop {
+        match connect().await {
+            Err(ConsumerError::ConsumerBusy { .. }) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Applies events into `applied`, one INSERT per chunk.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Apply {
     pub(crate) worker: String,
 }
 
-async fn apply_chunk(
+/// Inserts `events` into `applied`, marked as applied by `worker`.
+pub(crate) async fn apply_chunk(
     tx: &Transaction<'_>,
     worker: &str,
     events: &[Event],

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgq_consumer::{CoopRunner, Runner, Typed};
+use pgq_consumer::{ConsumerError, CoopRunner, RemoteRunner, Runner, Typed};
 use pgq_core::{ConsumerName, Dsn, Line, QueueName};
 use pgq_testkit::TestDb;
 
@@ -60,6 +60,50 @@ async fn runners_work_on_the_original_extension() -> anyhow::Result<()> {
     assert_eq!(
         count(&client, "SELECT count(*) FROM pgq.retry_queue").await?,
         11
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_remote_runner_needs_the_providers_installation_id() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let mut client = db.client().await?;
+    if !pgq_testkit::reference_available(&client).await? {
+        println!("SKIPPED: the original pgq extension is not installed on this server");
+        return Ok(());
+    }
+    client.batch_execute("CREATE EXTENSION pgq").await?;
+    let queue = QueueName::new(crate::common::QUEUE)?;
+    pgq_core::create_queue(&client, &queue).await?;
+    let dsn = Dsn::parse(&db.dsn())?;
+    let target = crate::remote::target().await?;
+    let connect = || {
+        RemoteRunner::connect(
+            &dsn,
+            &target.dsn,
+            config(&queue, "remote"),
+            Arc::new(Apply::default()),
+        )
+    };
+    // The message (pgq-core's tests show it) says how to get one.
+    match connect().await {
+        Err(ConsumerError::Core(pgq_core::Error::NoInstallationId { db: name })) => {
+            assert_eq!(name, db.name());
+        }
+        other => panic!("expected NoInstallationId, got {other:?}"),
+    }
+    // As the message says: a pgq-rs line next to the extension makes one.
+    pgq_core::install(&mut client, &[Line::PgqExt]).await?;
+    let mut runner = connect().await?;
+    produce(&client, 1, 5).await?;
+    tick(&client).await?;
+    assert_eq!(
+        runner.process_next_batch().await?.expect("a batch").events,
+        5
+    );
+    assert_eq!(
+        count(&target.client, "SELECT count(*) FROM applied").await?,
+        5
     );
     Ok(())
 }

@@ -1,22 +1,25 @@
 //! Exactly-once under SIGKILL: runners run in child processes (this test binary, re-run with
 //! only `kill::child` selected) that apply events into a table; they are killed at random
 //! moments and restarted, and every event must be applied exactly once. For a local consumer,
-//! a cooperative group of 4 sub-consumer processes, and a remote consumer.
+//! a cooperative group of 4 sub-consumer processes, and a remote consumer; and for two remote
+//! workers of one consumer, whose queue connections are killed in turn while the other one
+//! stands by.
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pgq_consumer::{
-    async_trait, BatchHandle, Consumer, ConsumerError, CoopRunner, HandlerError, RemoteRunner,
-    Runner,
+    async_trait, BatchHandle, Consumer, CoopRunner, HandlerError, RemoteRunner, Runner,
 };
 use pgq_core::tokio_postgres::{Client, Transaction};
 use pgq_core::{ConsumerName, Dsn, Event, Line};
 use pgq_testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{config, count, create_applied, produce, setup, tick, wait_count, Apply};
+use crate::common::{
+    apply_chunk, config, count, create_applied, produce, setup, tick, until_free, wait_count, Apply,
+};
 
 const CHILD_MODE: &str = "PGQ_CONSUMER_KILL_CHILD";
 const CHILD_DSN: &str = "PGQ_CONSUMER_KILL_DSN";
@@ -54,22 +57,6 @@ impl Consumer for Slow {
 
     async fn process_event(&self, tx: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
         self.apply.process_event(tx, event).await
-    }
-}
-
-/// Retries while a killed predecessor's session still holds the lock.
-async fn until_free<T, F, Fut>(mut connect: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = pgq_consumer::Result<T>>,
-{
-    loop {
-        match connect().await {
-            Err(ConsumerError::ConsumerBusy { .. }) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return Ok(other?),
-        }
     }
 }
 
@@ -172,9 +159,9 @@ const PAUSE_MS: &str = "25";
 /// The same for each of the 4 cooperative children, killed every 20-100 ms.
 const COOP_PAUSE_MS: &str = "100";
 
-/// Events in many small batches: one transaction per tick.
-async fn fill(client: &Client) -> anyhow::Result<()> {
-    for _ in 0..TXS {
+/// Events in many small batches (`txs` of `PER_TX` events): one transaction per tick.
+async fn fill(client: &Client, txs: u32) -> anyhow::Result<()> {
+    for _ in 0..txs {
         produce(client, 1, PER_TX).await?;
         tick(client).await?;
     }
@@ -183,25 +170,25 @@ async fn fill(client: &Client) -> anyhow::Result<()> {
 
 /// Checks that the last kill still found work left, so that no kill was wasted on an idle
 /// consumer.
-async fn assert_work_left(client: &Client, seed_note: &str) -> anyhow::Result<()> {
+async fn assert_work_left(client: &Client, seed_note: &str, total: i64) -> anyhow::Result<()> {
     let applied = count(client, "SELECT count(DISTINCT ev_id) FROM applied").await?;
-    println!("{seed_note}: {applied} of {TOTAL} events applied after {KILLS} kills");
+    println!("{seed_note}: {applied} of {total} events applied after {KILLS} kills");
     assert!(
-        applied < TOTAL,
+        applied < total,
         "{seed_note}: the kills came after the work was done"
     );
     Ok(())
 }
 
-async fn assert_once(client: &Client, seed_note: &str) -> anyhow::Result<()> {
+async fn assert_once(client: &Client, seed_note: &str, total: i64) -> anyhow::Result<()> {
     assert_eq!(
         count(client, "SELECT count(DISTINCT ev_id) FROM applied").await?,
-        TOTAL,
+        total,
         "{seed_note}"
     );
     assert_eq!(
         count(client, "SELECT count(*) FROM applied").await?,
-        TOTAL,
+        total,
         "{seed_note}"
     );
     Ok(())
@@ -212,7 +199,7 @@ async fn local_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
     let mut rng = Rng::new("local kill test");
     let s = setup().await?;
     pgq_core::register_consumer(&s.client, &s.queue, &ConsumerName::new("killed")?).await?;
-    fill(&s.client).await?;
+    fill(&s.client, TXS).await?;
     let dsn = s.db.dsn();
     let vars = [
         (CHILD_MODE, "local"),
@@ -224,7 +211,7 @@ async fn local_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
         child.kill().await?;
     }
-    assert_work_left(&s.client, "local").await?;
+    assert_work_left(&s.client, "local", TOTAL).await?;
     let mut child = spawn_child(&vars)?;
     let done = wait_count(
         &s.client,
@@ -235,7 +222,7 @@ async fn local_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
     .await;
     child.kill().await?;
     done?;
-    assert_once(&s.client, "local").await
+    assert_once(&s.client, "local", TOTAL).await
 }
 
 #[tokio::test]
@@ -248,7 +235,7 @@ async fn coop_group_exactly_once_under_sigkill_and_takeover() -> anyhow::Result<
                FROM generate_series(1, 4) i",
         )
         .await?;
-    fill(&s.client).await?;
+    fill(&s.client, TXS).await?;
     let dsn = s.db.dsn();
     let subs = ["s1", "s2", "s3", "s4"];
     let spawn = |sub: &str| {
@@ -269,7 +256,7 @@ async fn coop_group_exactly_once_under_sigkill_and_takeover() -> anyhow::Result<
         children[i].kill().await?;
         children[i] = spawn(subs[i])?;
     }
-    assert_work_left(&s.client, "coop").await?;
+    assert_work_left(&s.client, "coop", TOTAL).await?;
     // s4 dies for good, maybe with a batch open: the others take it over after dead_interval.
     children[3].kill().await?;
     let done = wait_count(
@@ -283,7 +270,7 @@ async fn coop_group_exactly_once_under_sigkill_and_takeover() -> anyhow::Result<
         child.kill().await?;
     }
     done?;
-    assert_once(&s.client, "coop").await?;
+    assert_once(&s.client, "coop", TOTAL).await?;
     assert_eq!(
         count(
             &s.client,
@@ -305,7 +292,7 @@ async fn remote_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
     pgq_core::install(&mut target, &[Line::PgqExt]).await?;
     create_applied(&target).await?;
     pgq_core::register_consumer(&s.client, &s.queue, &ConsumerName::new("killed")?).await?;
-    fill(&s.client).await?;
+    fill(&s.client, TXS).await?;
     let (dsn, target_dsn) = (s.db.dsn(), target_db.dsn());
     let vars = [
         (CHILD_MODE, "remote"),
@@ -318,7 +305,7 @@ async fn remote_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
         child.kill().await?;
     }
-    assert_work_left(&target, "remote").await?;
+    assert_work_left(&target, "remote", TOTAL).await?;
     let mut child = spawn_child(&vars)?;
     let done = wait_count(
         &target,
@@ -329,5 +316,120 @@ async fn remote_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
     .await;
     child.kill().await?;
     done?;
-    assert_once(&target, "remote").await
+    assert_once(&target, "remote", TOTAL).await
+}
+
+/// Batches of the two-worker test: 100 of 20 events, each held open for at least 70 ms.
+const TAKEOVER_TXS: u32 = 100;
+const TAKEOVER_TOTAL: i64 = 2_000;
+
+/// Applies each chunk (of 10), then holds the work transaction open on the server for 5 ms;
+/// after the last one, for 60 ms, longer than the other worker takes to take the batch over.
+/// A kill during a pause after a chunk makes the next read fail (the work rolls back); a kill
+/// during the last pause comes after the reads: the work commits on the target and only
+/// finishing the batch fails, while the other worker has the batch and must find it done.
+struct Stepwise {
+    worker: String,
+}
+
+async fn pause(tx: &Transaction<'_>, seconds: f64) -> Result<(), HandlerError> {
+    tx.execute("SELECT pg_sleep($1)", &[&seconds]).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Consumer for Stepwise {
+    async fn process_batch(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
+        while let Some(events) = batch.next_chunk().await? {
+            apply_chunk(batch.tx(), &self.worker, &events).await?;
+            pause(batch.tx(), 0.005).await?;
+        }
+        pause(batch.tx(), 0.06).await
+    }
+
+    async fn process_event(&self, tx: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
+        apply_chunk(tx, &self.worker, std::slice::from_ref(event)).await
+    }
+}
+
+/// A remote worker of consumer `killed` that waits for the consumer's lock, then runs until
+/// `cancel` fires (reconnecting, and waiting for the lock again, after each kill).
+async fn standby_worker(
+    dsn: Dsn,
+    target: Dsn,
+    worker: &str,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let queue = pgq_core::QueueName::new(crate::common::QUEUE)?;
+    let mut cfg = config(&queue, "killed");
+    cfg.chunk_size = PER_TX / 2;
+    let consumer = Arc::new(Stepwise {
+        worker: worker.to_owned(),
+    });
+    let runner = tokio::select! {
+        runner = until_free(|| RemoteRunner::connect(&dsn, &target, cfg.clone(), consumer.clone())) => runner?,
+        () = cancel.cancelled() => return Ok(()),
+    };
+    Ok(runner.run(cancel).await?)
+}
+
+// language=SQL
+const KILL_LOCK_HOLDER: &str = "\
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+  FROM pg_locks
+ WHERE locktype = 'advisory' AND granted
+   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
+#[tokio::test]
+async fn two_remote_workers_exactly_once_when_the_active_ones_queue_connection_is_killed(
+) -> anyhow::Result<()> {
+    let mut rng = Rng::new("remote takeover test");
+    let s = setup().await?;
+    let t = crate::remote::target().await?;
+    let target = &t.client;
+    pgq_core::register_consumer(&s.client, &s.queue, &ConsumerName::new("killed")?).await?;
+    fill(&s.client, TAKEOVER_TXS).await?;
+    let cancel = CancellationToken::new();
+    let workers = ["a", "b"].map(|w| {
+        tokio::spawn(standby_worker(
+            s.dsn.clone(),
+            t.dsn.clone(),
+            w,
+            cancel.clone(),
+        ))
+    });
+    let mut hits = 0;
+    for _ in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
+        hits += count(&s.client, KILL_LOCK_HOLDER).await?;
+    }
+    assert_work_left(target, "remote takeover", TAKEOVER_TOTAL).await?;
+    let done = wait_count(
+        target,
+        "SELECT count(DISTINCT ev_id) FROM applied",
+        TAKEOVER_TOTAL,
+        Duration::from_secs(30),
+    )
+    .await;
+    cancel.cancel();
+    for worker in workers {
+        worker.await??;
+    }
+    done?;
+    let by_worker = target
+        .query(
+            "SELECT worker, count(DISTINCT ev_txid) FROM applied GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| format!("{}: {} batches", r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .collect::<Vec<_>>();
+    println!("remote takeover: {hits} of {KILLS} kills hit a worker; {by_worker:?}");
+    assert!(
+        hits >= i64::from(KILLS / 2),
+        "only {hits} kills found a worker"
+    );
+    assert_eq!(by_worker.len(), 2, "both workers applied batches");
+    assert_once(target, "remote takeover", TAKEOVER_TOTAL).await
 }

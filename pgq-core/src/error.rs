@@ -105,6 +105,17 @@ pub enum Error {
         /// Version this build needs.
         expected: i32,
     },
+    /// The database has no pgq-rs installation id (table `pgq_rs.installation`): none of the
+    /// pgq-rs lines was installed there, e.g. it has only the original `pgq` extension.
+    #[error(
+        "database {db:?} has no pgq-rs installation id (table pgq_rs.installation): installing \
+         any pgq-rs line there creates it, e.g. `pgq-ticker install pgq-ext` (next to the \
+         original pgq extension too)"
+    )]
+    NoInstallationId {
+        /// The database's name.
+        db: String,
+    },
     /// A connection string or setting could not be understood.
     #[error("invalid connection settings: {reason}")]
     InvalidDsn {

@@ -79,7 +79,7 @@ pub use queue::{
     set_queue_config, ticker, ticker_all, unregister_consumer, QueueInfo, QueueSetting,
 };
 pub use schema::{
-    check, flavor, install, migrations_sql, AppliedMigration, Flavor, InstallReport, Line,
-    LineReport,
+    check, flavor, install, installation_id, migrations_sql, AppliedMigration, Flavor,
+    InstallReport, InstallationId, Line, LineReport,
 };
 pub use tokio_postgres;

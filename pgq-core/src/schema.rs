@@ -42,6 +42,14 @@ const PIN_SEARCH_PATH: &str = "SET LOCAL search_path = pg_catalog, pg_temp";
 const PRELUDE: &str = include_str!("../../migrations/prelude.sql");
 
 // language=SQL
+const INSTALLATION_PROBE: &str = "\
+SELECT pg_catalog.current_database()::text,
+       pg_catalog.to_regclass('pgq_rs.installation') IS NOT NULL";
+
+// language=SQL
+const INSTALLATION_ID: &str = "SELECT id::text FROM pgq_rs.installation";
+
+// language=SQL
 const RECORDED: &str = "SELECT line, version, checksum FROM pgq_rs.migrations";
 
 // language=SQL
@@ -321,6 +329,7 @@ static MIGRATIONS: &[Migration] = &[
         "initial",
         ["4b053f24f092c97f89df75c8b2aebe74096cf7460ff9900746123c30e66ba4ab"]
     ),
+    migration!(PgqExt, "pgq_ext/0002_trust.sql", 2, "trust"),
     migration!(
         Londiste,
         "londiste_rs/0001_initial.sql",
@@ -670,6 +679,54 @@ fn migrations_sql_with(migrations: &[Migration], line: Line, from_version: i32) 
         sql.push_str("COMMIT;\n\n");
     }
     sql
+}
+
+/// The id a database's pgq-rs installation made for itself (a UUID in `pgq_rs.installation`,
+/// kept in its text form). Remote consumers key their batch tracking in a target database with
+/// their provider's id (never `system_identifier`, which physical standbys and seeded copies
+/// share); a copy seeded from a database, or one restored from an older backup, must make
+/// itself a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstallationId(String);
+
+impl InstallationId {
+    /// The UUID's text form, e.g. `0f3c2a9e-5b1d-4c7e-9a8b-2d6e4f1a7c30`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstallationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Reads the database's installation id, made when the first pgq-rs line was installed there.
+///
+/// # Errors
+///
+/// [`Error::NoInstallationId`] when the database has none (no pgq-rs line installed, e.g. only
+/// the original `pgq` extension); [`Error::Db`].
+pub async fn installation_id(client: &impl GenericClient) -> Result<InstallationId> {
+    const OP: &str = "reading the installation id";
+    let probe = client
+        .query_typed_one(INSTALLATION_PROBE, &[])
+        .await
+        .op(OP)?;
+    let db: String = probe.try_get(0).op(OP)?;
+    let id = if probe.try_get::<_, bool>(1).op(OP)? {
+        client
+            .query_typed_opt(INSTALLATION_ID, &[])
+            .await
+            .op(OP)?
+            .map(|row| row.try_get::<_, String>(0))
+            .transpose()
+            .op(OP)?
+    } else {
+        None
+    };
+    id.map(InstallationId).ok_or(Error::NoInstallationId { db })
 }
 
 /// Tells which PGQ the database has: the original extension (checked first), the pgq-rs

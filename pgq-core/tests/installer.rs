@@ -106,7 +106,9 @@ async fn an_installation_of_an_earlier_text_is_recognised() -> anyhow::Result<()
         )
         .await?;
     pgq_core::check(&client, &[Line::Pgq]).await?;
-    assert!(pgq_core::install(&mut client, &[Line::Pgq]).await?.is_noop());
+    assert!(pgq_core::install(&mut client, &[Line::Pgq])
+        .await?
+        .is_noop());
     client
         .batch_execute(
             "UPDATE pgq_rs.migrations SET checksum = decode('00', 'hex')

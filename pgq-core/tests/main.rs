@@ -8,6 +8,7 @@ mod batches;
 mod catchup;
 mod info;
 mod installer;
+mod pgq_ext;
 mod producing;
 mod queues;
 mod quoting;
