@@ -43,11 +43,11 @@ const PRELUDE: &str = include_str!("../../migrations/prelude.sql");
 
 // language=SQL
 const INSTALLATION_PROBE: &str = "\
-SELECT pg_catalog.current_database()::text,
+SELECT pg_catalog.current_database()::pg_catalog.text,
        pg_catalog.to_regclass('pgq_rs.installation') IS NOT NULL";
 
 // language=SQL
-const INSTALLATION_ID: &str = "SELECT id::text FROM pgq_rs.installation";
+const INSTALLATION_ID: &str = "SELECT id::pg_catalog.text FROM pgq_rs.installation";
 
 // language=SQL
 const RECORDED: &str = "SELECT line, version, checksum FROM pgq_rs.migrations";
