@@ -17,7 +17,7 @@ async fn runners_work_on_the_original_extension() -> anyhow::Result<()> {
         println!("SKIPPED: the original pgq extension is not installed on this server");
         return Ok(());
     }
-    client.batch_execute("CREATE EXTENSION pgq").await?;
+    pgq_testkit::create_reference_extension(&client).await?;
     pgq_core::install(&mut client, &[Line::Pgq, Line::PgqCoop, Line::PgqExt]).await?;
     let queue = QueueName::new(crate::common::QUEUE)?;
     pgq_core::create_queue(&client, &queue).await?;
@@ -72,7 +72,7 @@ async fn a_remote_runner_needs_the_providers_installation_id() -> anyhow::Result
         println!("SKIPPED: the original pgq extension is not installed on this server");
         return Ok(());
     }
-    client.batch_execute("CREATE EXTENSION pgq").await?;
+    pgq_testkit::create_reference_extension(&client).await?;
     let queue = QueueName::new(crate::common::QUEUE)?;
     pgq_core::create_queue(&client, &queue).await?;
     let dsn = Dsn::parse(&db.dsn())?;

@@ -1101,7 +1101,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
         if !pgq_testkit::reference_available(&client).await? {
             return Ok(());
         }
-        client.batch_execute("CREATE EXTENSION pgq").await?;
+        pgq_testkit::create_reference_extension(&client).await?;
         assert_eq!(flavor(&client).await?, Flavor::Extension);
         let report = install_with(&mut client, &[Line::PgqCoop, Line::Pgq], &list).await?;
         assert!(report.lines[0].provided_by_extension);

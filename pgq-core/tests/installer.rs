@@ -73,7 +73,7 @@ async fn coop_and_ext_next_to_the_extension() -> anyhow::Result<()> {
     if !pgq_testkit::reference_available(&client).await? {
         return Ok(());
     }
-    client.batch_execute("CREATE EXTENSION pgq").await?;
+    pgq_testkit::create_reference_extension(&client).await?;
     let report = pgq_core::install(&mut client, &Line::ALL).await?;
     let skipped: Vec<Line> = report
         .lines

@@ -14,7 +14,7 @@ pub(crate) async fn setup(db: &TestDb) -> anyhow::Result<Option<Client>> {
         if !pgq_testkit::reference_available(&client).await? {
             return Ok(None);
         }
-        client.batch_execute("CREATE EXTENSION pgq").await?;
+        pgq_testkit::create_reference_extension(&client).await?;
     } else {
         pgq_core::install(&mut client, &[Line::Pgq]).await?;
     }

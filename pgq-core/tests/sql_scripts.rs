@@ -83,7 +83,7 @@ async fn pgq_coop_script_on_the_original_extension() -> anyhow::Result<()> {
     if !pgq_testkit::reference_available(&client).await? {
         return Ok(());
     }
-    client.batch_execute("CREATE EXTENSION pgq").await?;
+    pgq_testkit::create_reference_extension(&client).await?;
     pgq_core::install(&mut client, &[Line::PgqCoop]).await?;
     run_script(&db, "pgq_coop").await
 }

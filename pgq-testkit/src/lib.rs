@@ -149,6 +149,25 @@ pub async fn create_role(
     }
 }
 
+/// `CREATE EXTENSION pgq` (the reference). Its script creates PGQ's roles without tolerating a
+/// concurrent creator, and tests install in parallel: the roles are made first, as the script
+/// would make them, so that it finds them.
+///
+/// # Errors
+///
+/// [`TestkitError::Postgres`] when a statement fails.
+pub async fn create_reference_extension(
+    client: &tokio_postgres::Client,
+) -> Result<(), TestkitError> {
+    create_role(client, "pgq_reader", "").await?;
+    create_role(client, "pgq_writer", "").await?;
+    create_role(client, "pgq_admin", "IN ROLE pgq_reader, pgq_writer").await?;
+    client
+        .batch_execute("CREATE EXTENSION pgq")
+        .await
+        .map_err(|e| dsn::pg_error("CREATE EXTENSION pgq", e))
+}
+
 /// Whether the reference `pgq` extension (Skytools PGQ) can be created on `client`'s server.
 ///
 /// When it cannot: with `PGQ_REQUIRE_REFERENCE=1` this is [`TestkitError::ReferenceMissing`];

@@ -258,7 +258,7 @@ async fn reference_extension_can_be_created_when_available() -> anyhow::Result<(
     if !pgq_testkit::reference_available(&client).await? {
         return Ok(());
     }
-    client.batch_execute("CREATE EXTENSION pgq").await?;
+    pgq_testkit::create_reference_extension(&client).await?;
     let row = client.query_one("SELECT pgq.version()", &[]).await?;
     assert!(!row.get::<_, String>(0).is_empty());
     Ok(())

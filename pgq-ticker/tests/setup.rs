@@ -31,7 +31,7 @@ pub(crate) async fn extension(db: &TestDb) -> anyhow::Result<Option<Client>> {
     if !pgq_testkit::reference_available(&client).await? {
         return Ok(None);
     }
-    client.batch_execute("CREATE EXTENSION pgq").await?;
+    pgq_testkit::create_reference_extension(&client).await?;
     Ok(Some(client))
 }
 

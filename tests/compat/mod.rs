@@ -77,10 +77,7 @@ async fn install(flavor: Flavor, client: &mut Client) -> Result<()> {
                 .await
                 .context("installing the pgq line")?;
         }
-        Flavor::Reference => client
-            .batch_execute("CREATE EXTENSION pgq")
-            .await
-            .context("CREATE EXTENSION pgq")?,
+        Flavor::Reference => pgq_testkit::create_reference_extension(client).await?,
     }
     Ok(())
 }
