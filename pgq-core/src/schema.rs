@@ -179,6 +179,9 @@ pub struct LineReport {
     /// The line was skipped because the original `pgq` extension provides it
     /// ([`Line::Pgq`] and [`Line::PgqTriggers`]).
     pub provided_by_extension: bool,
+    /// The line was installed fresh from its current file (`migrations/current/`), which made
+    /// every version in `applied` at once.
+    pub current: bool,
 }
 
 impl fmt::Display for LineReport {
@@ -195,6 +198,17 @@ impl fmt::Display for LineReport {
                 Some(v) => write!(f, "{line}: up to date at version {v}"),
                 None => write!(f, "{line}: not installed, nothing to apply"),
             };
+        }
+        if let (true, Some(first), Some(last)) =
+            (self.current, self.applied.first(), self.applied.last())
+        {
+            return write!(
+                f,
+                "{line}: applied versions {} to {} (the current schema) in {} ms",
+                first.version,
+                last.version,
+                last.elapsed.as_millis()
+            );
         }
         for (i, m) in self.applied.iter().enumerate() {
             if i > 0 {
@@ -339,6 +353,32 @@ static MIGRATIONS: &[Migration] = &[
     ),
 ];
 
+/// A line's current file: what its numbered files up to `version` make, in one piece. A fresh
+/// installation runs it instead of the numbered files; it records every version it contains.
+#[derive(Debug)]
+struct CurrentFile {
+    line: Line,
+    version: i32,
+    /// Path under `migrations/`.
+    file: &'static str,
+    sql: &'static str,
+}
+
+macro_rules! current {
+    ($line:ident, $file:literal, $version:literal) => {
+        CurrentFile {
+            line: Line::$line,
+            version: $version,
+            file: $file,
+            sql: include_str!(concat!("../../migrations/", $file)),
+        }
+    };
+}
+
+/// The current file of each line that has more than one version (a line of one version is its
+/// own current file). A test installs every line both ways and compares the databases.
+static CURRENT: &[CurrentFile] = &[current!(Pgq, "current/pgq.sql", 5)];
+
 fn latest(migrations: &[Migration], line: Line) -> i32 {
     migrations
         .iter()
@@ -442,19 +482,20 @@ impl State {
 /// [`Error::MigrationFailed`] when a migration's SQL fails (that migration is rolled back,
 /// earlier ones stay); [`Error::Db`] for other statements.
 pub async fn install(client: &mut Client, lines: &[Line]) -> Result<InstallReport> {
-    install_with(client, lines, MIGRATIONS).await
+    install_with(client, lines, MIGRATIONS, CURRENT).await
 }
 
 async fn install_with(
     client: &mut Client,
     lines: &[Line],
     migrations: &[Migration],
+    currents: &[CurrentFile],
 ) -> Result<InstallReport> {
     client
         .query_typed_one(LOCK, &[(&INSTALL_LOCK_KEY, Type::INT8)])
         .await
         .op("taking the installer lock")?;
-    let report = install_locked(client, lines, migrations).await;
+    let report = install_locked(client, lines, migrations, currents).await;
     let unlocked = client
         .query_typed_one(UNLOCK, &[(&INSTALL_LOCK_KEY, Type::INT8)])
         .await
@@ -468,6 +509,7 @@ async fn install_locked(
     client: &mut Client,
     lines: &[Line],
     migrations: &[Migration],
+    currents: &[CurrentFile],
 ) -> Result<InstallReport> {
     let lines = canonical(lines);
     // The prelude's bookkeeping commits only when the request can be carried out.
@@ -507,6 +549,7 @@ async fn install_locked(
             applied: Vec::new(),
             checksums_recorded: Vec::new(),
             provided_by_extension: line.provided_by_extension() && state.extension,
+            current: false,
         };
         if !line_report.provided_by_extension {
             for (version, checksum) in state.versions(line) {
@@ -524,11 +567,23 @@ async fn install_locked(
                 }
             }
             line_report.checksums_recorded.sort_unstable();
-            for m in migrations
+            let pending: Vec<&Migration> = migrations
                 .iter()
                 .filter(|m| m.line == line && Some(m.version) > found)
-            {
-                line_report.applied.push(apply(client, m).await?);
+                .collect();
+            let current = currents
+                .iter()
+                .find(|c| c.line == line && c.version == latest(migrations, line));
+            match current {
+                Some(current) if found.is_none() => {
+                    line_report.applied = apply_current(client, current, &pending).await?;
+                    line_report.current = true;
+                }
+                _ => {
+                    for m in pending {
+                        line_report.applied.push(apply(client, m).await?);
+                    }
+                }
             }
         }
         report.lines.push(line_report);
@@ -571,7 +626,46 @@ async fn fill_checksum(client: &mut Client, m: &Migration) -> Result<()> {
 }
 
 /// Runs one migration and records it, in one transaction.
+/// Runs one migration and records it, in one transaction.
 async fn apply(client: &mut Client, m: &Migration) -> Result<AppliedMigration> {
+    let mut applied = run_recorded(client, m.line, m.version, m.sql, &[m]).await?;
+    tracing::info!(
+        line = m.line.name(),
+        version = m.version,
+        file = m.file,
+        "applied migration"
+    );
+    Ok(applied.remove(0))
+}
+
+/// Runs a line's current file, which makes what `numbered` (its versions, in order) make, and
+/// records each of them, in one transaction.
+async fn apply_current(
+    client: &mut Client,
+    current: &CurrentFile,
+    numbered: &[&Migration],
+) -> Result<Vec<AppliedMigration>> {
+    let applied =
+        run_recorded(client, current.line, current.version, current.sql, numbered).await?;
+    tracing::info!(
+        line = current.line.name(),
+        version = current.version,
+        file = current.file,
+        "installed the line's current schema"
+    );
+    Ok(applied)
+}
+
+/// Runs `sql` in a transaction of its own with search_path and standard_conforming_strings
+/// pinned, then records `recorded` (each with its file's checksum and the time `sql` took) and
+/// commits. A failing `sql` is [`Error::MigrationFailed`] for `line`/`version`.
+async fn run_recorded(
+    client: &mut Client,
+    line: Line,
+    version: i32,
+    sql: &str,
+    recorded: &[&Migration],
+) -> Result<Vec<AppliedMigration>> {
     let tx = client
         .transaction()
         .await
@@ -585,40 +679,37 @@ async fn apply(client: &mut Client, m: &Migration) -> Result<AppliedMigration> {
     tx.batch_execute(PIN_SEARCH_PATH)
         .await
         .op("pinning search_path for a migration")?;
-    tx.batch_execute(m.sql)
+    tx.batch_execute(sql)
         .await
         .map_err(|source| Error::MigrationFailed {
-            line: m.line.name(),
-            version: m.version,
+            line: line.name(),
+            version,
             source,
         })?;
     let elapsed = started.elapsed();
     let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
-    tx.execute_typed(
-        RECORD,
-        &[
-            (&m.line.name(), Type::TEXT),
-            (&m.version, Type::INT4),
-            (&m.description, Type::TEXT),
-            (&m.checksum(), Type::BYTEA),
-            (&elapsed_ms, Type::INT8),
-        ],
-    )
-    .await
-    .op("recording a migration")?;
+    let mut applied = Vec::with_capacity(recorded.len());
+    for m in recorded {
+        tx.execute_typed(
+            RECORD,
+            &[
+                (&m.line.name(), Type::TEXT),
+                (&m.version, Type::INT4),
+                (&m.description, Type::TEXT),
+                (&m.checksum(), Type::BYTEA),
+                (&elapsed_ms, Type::INT8),
+            ],
+        )
+        .await
+        .op("recording a migration")?;
+        applied.push(AppliedMigration {
+            version: m.version,
+            description: m.description,
+            elapsed,
+        });
+    }
     tx.commit().await.op("committing a migration")?;
-    tracing::info!(
-        line = m.line.name(),
-        version = m.version,
-        file = m.file,
-        elapsed_ms,
-        "applied migration"
-    );
-    Ok(AppliedMigration {
-        version: m.version,
-        description: m.description,
-        elapsed,
-    })
+    Ok(applied)
 }
 
 /// Checks that the database has every given line at this build's newest version, untouched
@@ -662,23 +753,27 @@ async fn check_with(
 /// `psql -v ON_ERROR_STOP=1 -f FILE`. Each migration is wrapped in its own `BEGIN`/`COMMIT`.
 /// Migrations run this way are recorded without a checksum, which [`install`] fills in later.
 pub fn migrations_sql(line: Line, from_version: i32) -> String {
-    migrations_sql_with(MIGRATIONS, line, from_version)
+    match CURRENT
+        .iter()
+        .find(|c| c.line == line && c.version == line.latest_version())
+    {
+        Some(current) if from_version == 0 => wrapped(current.file, current.sql),
+        _ => migrations_sql_with(MIGRATIONS, line, from_version),
+    }
 }
 
 fn migrations_sql_with(migrations: &[Migration], line: Line, from_version: i32) -> String {
-    let mut sql = String::new();
-    for m in migrations
+    migrations
         .iter()
         .filter(|m| m.line == line && m.version > from_version)
-    {
-        sql.push_str(&format!("-- pgq-rs migration {}\nBEGIN;\n", m.file));
-        sql.push_str(m.sql);
-        if !m.sql.ends_with('\n') {
-            sql.push('\n');
-        }
-        sql.push_str("COMMIT;\n\n");
-    }
-    sql
+        .map(|m| wrapped(m.file, m.sql))
+        .collect()
+}
+
+/// A file as `psql` runs it: in a transaction of its own, with its name on top.
+fn wrapped(file: &str, sql: &str) -> String {
+    let newline = if sql.ends_with('\n') { "" } else { "\n" };
+    format!("-- pgq-rs migration {file}\nBEGIN;\n{sql}{newline}COMMIT;\n\n")
 }
 
 /// The id a database's pgq-rs installation made for itself (a UUID in `pgq_rs.installation`,
@@ -843,6 +938,19 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
                 format!("{}/{:04}_{}.sql", m.line.name(), m.version, m.description)
             );
         }
+        let mut current_on_disk: Vec<String> = std::fs::read_dir(root.join("current"))
+            .unwrap()
+            .map(|e| format!("current/{}", e.unwrap().file_name().into_string().unwrap()))
+            .collect();
+        current_on_disk.sort();
+        let mut embedded: Vec<String> = CURRENT.iter().map(|c| c.file.to_owned()).collect();
+        embedded.sort();
+        assert_eq!(embedded, current_on_disk);
+        for c in CURRENT {
+            assert_eq!(c.file, format!("current/{}.sql", c.line.name()));
+            assert_eq!(c.version, c.line.latest_version(), "{} is behind", c.file);
+            assert!(c.sql.contains(PRELUDE), "{} must have the prelude", c.file);
+        }
     }
 
     #[test]
@@ -908,7 +1016,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
             })
         ));
 
-        let report = install_with(&mut client, &[Line::PgqExt, Line::Pgq], &v1).await?;
+        let report = install_with(&mut client, &[Line::PgqExt, Line::Pgq], &v1, &[]).await?;
         let applied: Vec<(Line, Vec<i32>)> = report
             .lines
             .iter()
@@ -932,7 +1040,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
         check_with(&client, &[Line::Pgq, Line::PgqExt], &v1).await?;
         assert!(lock_is_free(&db).await?);
 
-        let again = install_with(&mut client, &[Line::Pgq, Line::PgqExt], &v1).await?;
+        let again = install_with(&mut client, &[Line::Pgq, Line::PgqExt], &v1, &[]).await?;
         assert!(again.is_noop(), "{again}");
         assert_eq!(again.lines[0].found, Some(2));
         assert_eq!(
@@ -946,7 +1054,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
             table(Line::Pgq, 3),
             table(Line::PgqExt, 1),
         ];
-        let upgrade = install_with(&mut client, &[Line::Pgq], &v2).await?;
+        let upgrade = install_with(&mut client, &[Line::Pgq], &v2, &[]).await?;
         assert_eq!(upgrade.lines.len(), 1);
         assert_eq!(upgrade.lines[0].found, Some(2));
         assert_eq!(upgrade.lines[0].applied.len(), 1);
@@ -954,7 +1062,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
 
         // The older build refuses the newer database.
         assert!(matches!(
-            install_with(&mut client, &[Line::Pgq], &v1).await,
+            install_with(&mut client, &[Line::Pgq], &v1, &[]).await,
             Err(Error::SchemaTooNew {
                 line: "pgq",
                 found: 3,
@@ -974,7 +1082,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
         let db = TestDb::new().await?;
         let mut client = db.client().await?;
         let list = [table(Line::Pgq, 1), table(Line::Pgq, 2)];
-        install_with(&mut client, &[Line::Pgq], &list[..1]).await?;
+        install_with(&mut client, &[Line::Pgq], &list[..1], &[]).await?;
         client
             .execute(
                 "UPDATE pgq_rs.migrations SET checksum = pg_catalog.decode('00', 'hex') WHERE version = 1",
@@ -982,7 +1090,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
             )
             .await?;
         assert!(matches!(
-            install_with(&mut client, &[Line::Pgq], &list).await,
+            install_with(&mut client, &[Line::Pgq], &list, &[]).await,
             Err(Error::MigrationModified {
                 line: "pgq",
                 version: 1
@@ -1014,7 +1122,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
             recorded(&client).await?,
             vec![("pgq_ext".to_owned(), 1, false, false)]
         );
-        let report = install_with(&mut client, &[Line::PgqExt], &list).await?;
+        let report = install_with(&mut client, &[Line::PgqExt], &list, &[]).await?;
         assert_eq!(report.lines[0].checksums_recorded, vec![1]);
         assert_eq!(report.lines[0].applied.len(), 1);
         let checksum: Vec<u8> = client
@@ -1025,7 +1133,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
             .await?
             .get(0);
         assert_eq!(checksum, list[0].checksum());
-        assert!(install_with(&mut client, &[Line::PgqExt], &list)
+        assert!(install_with(&mut client, &[Line::PgqExt], &list, &[])
             .await?
             .is_noop());
         Ok(())
@@ -1039,7 +1147,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
             table(Line::Pgq, 1),
             fake(Line::Pgq, 2, "CREATE TABLE public.half (); SELECT 1/0;"),
         ];
-        match install_with(&mut client, &[Line::Pgq], &list).await {
+        match install_with(&mut client, &[Line::Pgq], &list, &[]).await {
             Err(Error::MigrationFailed {
                 line: "pgq",
                 version: 2,
@@ -1069,8 +1177,8 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
         let list = [table(Line::Pgq, 1), table(Line::PgqExt, 1)];
         let (mut a, mut b) = (db.client().await?, db.client().await?);
         let (ra, rb) = tokio::join!(
-            install_with(&mut a, &Line::ALL, &list),
-            install_with(&mut b, &Line::ALL, &list)
+            install_with(&mut a, &Line::ALL, &list, &[]),
+            install_with(&mut b, &Line::ALL, &list, &[])
         );
         let (ra, rb) = (ra?, rb?);
         assert!(ra.is_noop() != rb.is_noop(), "{ra}\n--\n{rb}");
@@ -1084,7 +1192,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
         let mut client = db.client().await?;
         let list = [table(Line::Pgq, 1), table(Line::PgqCoop, 1)];
         assert!(matches!(
-            install_with(&mut client, &[Line::PgqCoop], &list).await,
+            install_with(&mut client, &[Line::PgqCoop], &list, &[]).await,
             Err(Error::SchemaOutdated {
                 line: "pgq",
                 found: None,
@@ -1103,7 +1211,7 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES ('{name}', {ve
         }
         pgq_testkit::create_reference_extension(&client).await?;
         assert_eq!(flavor(&client).await?, Flavor::Extension);
-        let report = install_with(&mut client, &[Line::PgqCoop, Line::Pgq], &list).await?;
+        let report = install_with(&mut client, &[Line::PgqCoop, Line::Pgq], &list, &[]).await?;
         assert!(report.lines[0].provided_by_extension);
         assert!(report.lines[0].applied.is_empty());
         assert_eq!(report.lines[1].line, Line::PgqCoop);

@@ -124,3 +124,121 @@ async fn an_installation_of_an_earlier_text_is_recognised() -> anyhow::Result<()
     ));
     Ok(())
 }
+
+/// What an installation is made of, object by object, as text that does not depend on oids:
+/// schemas, relations with their columns, constraints, indexes and triggers, sequences,
+/// functions with their settings, owners and ACLs, comments, and the migrations rows (without
+/// the times, and without the installation's own random id).
+// language=SQL
+const OBJECTS: &str = "
+WITH ns AS (
+    SELECT oid, nspname FROM pg_namespace
+     WHERE nspname IN ('pgq', 'pgq_coop', 'pgq_ext', 'londiste_rs', 'pgq_rs'))
+SELECT 'schema ' || n.nspname || ' owner ' || pg_get_userbyid(n.nspowner)
+       || ' acl ' || coalesce((SELECT string_agg(x, ',' ORDER BY x) FROM unnest(n.nspacl::text[]) x), '-')
+  FROM pg_namespace n JOIN ns USING (oid)
+UNION ALL
+SELECT 'relation ' || c.oid::regclass || ' kind ' || c.relkind::text
+       || ' owner ' || pg_get_userbyid(c.relowner) || ' acl ' || coalesce((SELECT string_agg(x, ',' ORDER BY x) FROM unnest(c.relacl::text[]) x), '-')
+       || ' options ' || coalesce(c.reloptions::text, '-')
+       || ' comment ' || coalesce(obj_description(c.oid, 'pg_class'), '-')
+  FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+UNION ALL
+SELECT 'column ' || a.attrelid::regclass || ' ' || a.attnum || ' ' || a.attname || ' '
+       || format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || ' default ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-')
+       || ' comment ' || coalesce(col_description(a.attrelid, a.attnum), '-')
+       || ' acl ' || coalesce((SELECT string_agg(x, ',' ORDER BY x) FROM unnest(a.attacl::text[]) x), '-')
+  FROM pg_attribute a
+  JOIN pg_class c ON c.oid = a.attrelid JOIN ns ON ns.oid = c.relnamespace
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(co.oid)
+  FROM pg_constraint co JOIN ns ON ns.oid = co.connamespace
+UNION ALL
+SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN ns ON ns.oid = c.relnamespace
+UNION ALL
+SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN ns ON ns.oid = c.relnamespace
+ WHERE NOT t.tgisinternal
+UNION ALL
+SELECT 'sequence ' || s.seqrelid::regclass || ' ' || s.seqtypid::regtype || ' ' || s.seqstart
+       || ' ' || s.seqincrement || ' ' || s.seqmax || ' ' || s.seqmin || ' ' || s.seqcache
+       || ' ' || s.seqcycle
+  FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN ns ON ns.oid = c.relnamespace
+UNION ALL
+SELECT 'function ' || p.oid::regprocedure || ' owner ' || pg_get_userbyid(p.proowner)
+       || ' acl ' || coalesce((SELECT string_agg(x, ',' ORDER BY x) FROM unnest(p.proacl::text[]) x), '-') || ' definer ' || p.prosecdef
+       || ' config ' || coalesce(p.proconfig::text, '-')
+       || ' comment ' || coalesce(obj_description(p.oid, 'pg_proc'), '-') || E'\\n'
+       || pg_get_functiondef(p.oid)
+  FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
+UNION ALL
+SELECT 'migration ' || line || ' ' || version || ' ' || description || ' '
+       || encode(checksum, 'hex') || ' ' || success
+  FROM pgq_rs.migrations
+ORDER BY 1";
+
+async fn objects(client: &pgq_core::tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .query(OBJECTS, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// A fresh installation runs each line's current file; an earlier one ran the numbered files.
+/// Both must make the same database, object by object.
+#[tokio::test]
+async fn the_current_schema_makes_what_the_numbered_files_make() -> anyhow::Result<()> {
+    let fresh = TestDb::new().await?;
+    let mut current = fresh.client().await?;
+    let report = pgq_core::install(&mut current, &Line::ALL).await?;
+    assert!(
+        report.lines.iter().any(|l| l.current),
+        "no line came from its current file: {report}"
+    );
+
+    let history = TestDb::new().await?;
+    let mut numbered = history.client().await?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for line in Line::ALL {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(line.name()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        for file in files {
+            let sql = std::fs::read_to_string(&file)?;
+            numbered
+                .batch_execute(&format!("BEGIN;\n{sql}\nCOMMIT;"))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        }
+    }
+    // The installer records the checksums of what psql installed, as it does for a DBA.
+    pgq_core::install(&mut numbered, &Line::ALL).await?;
+
+    let (a, b) = (objects(&current).await?, objects(&numbered).await?);
+    let only_current: Vec<&String> = a.iter().filter(|o| !b.contains(o)).collect();
+    let only_numbered: Vec<&String> = b.iter().filter(|o| !a.contains(o)).collect();
+    assert!(
+        only_current.is_empty() && only_numbered.is_empty(),
+        "the current files drift from the numbered files:\n--- only from the current files:\n{}\n\
+         --- only from the numbered files:\n{}",
+        only_current
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        only_numbered
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(a.len() > 300, "the comparison saw {} objects", a.len());
+    Ok(())
+}
