@@ -9,6 +9,7 @@ use pgq_core::{Dsn, Error, Line};
 use pgq_testkit::{Cluster, ClusterOptions, TestDb};
 
 use crate::roles::{connect_as, login_roles, outcome};
+use crate::setup::numbered_files;
 
 /// A role that owns the test database (and may create schemas in it) but is no superuser.
 const OWNER: &str = "pgqt_attack_owner";
@@ -140,13 +141,14 @@ async fn a_superuser_does_not_upgrade_a_non_superusers_installation() -> anyhow:
     pgq_core::install(&mut scratch.client().await?, &[Line::Pgq]).await?;
     let owner = owner_of(&db, &su).await?;
     // The owner installs version 4, as a DBA would with psql.
-    let mut sql = String::new();
-    for version in 1..=4 {
-        let one = pgq_core::migrations_sql(Line::Pgq, version - 1);
-        let end = one.find("COMMIT;\n").expect("a wrapped migration") + "COMMIT;\n".len();
-        sql.push_str(&one[..end]);
+    for file in &numbered_files(Line::Pgq)?[..4] {
+        owner
+            .batch_execute(&format!(
+                "BEGIN;\n{}\nCOMMIT;",
+                std::fs::read_to_string(file)?
+            ))
+            .await?;
     }
-    owner.batch_execute(&sql).await?;
 
     match pgq_core::install(&mut su, &[Line::Pgq]).await {
         Err(Error::UntrustedInstallation { problem, hint }) => {

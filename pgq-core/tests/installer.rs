@@ -3,6 +3,8 @@
 use pgq_core::{Error, Flavor, Line};
 use pgq_testkit::TestDb;
 
+use crate::setup::numbered_files;
+
 #[tokio::test]
 async fn installs_every_line_once() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
@@ -204,13 +206,8 @@ async fn the_current_schema_makes_what_the_numbered_files_make() -> anyhow::Resu
 
     let history = TestDb::new().await?;
     let mut numbered = history.client().await?;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
     for line in Line::ALL {
-        let mut files: Vec<_> = std::fs::read_dir(root.join(line.name()))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        files.sort();
-        for file in files {
+        for file in numbered_files(line)? {
             let sql = std::fs::read_to_string(&file)?;
             numbered
                 .batch_execute(&format!("BEGIN;\n{sql}\nCOMMIT;"))

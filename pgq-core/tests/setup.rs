@@ -36,3 +36,15 @@ pub(crate) fn queue(name: &str) -> QueueName {
 pub(crate) fn consumer(name: &str) -> ConsumerName {
     ConsumerName::new(name).expect("a valid test consumer name")
 }
+
+/// The numbered migration files of `line`, in order, as a DBA applies them with psql.
+pub(crate) fn numbered_files(line: Line) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(line.name());
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.sort();
+    Ok(files)
+}
