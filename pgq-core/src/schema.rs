@@ -377,7 +377,12 @@ macro_rules! current {
 
 /// The current file of each line that has more than one version (a line of one version is its
 /// own current file). A test installs every line both ways and compares the databases.
-static CURRENT: &[CurrentFile] = &[current!(Pgq, "current/pgq.sql", 5)];
+static CURRENT: &[CurrentFile] = &[
+    current!(Pgq, "current/pgq.sql", 5),
+    current!(PgqTriggers, "current/pgq_triggers.sql", 2),
+    current!(PgqCoop, "current/pgq_coop.sql", 2),
+    current!(PgqExt, "current/pgq_ext.sql", 2),
+];
 
 fn latest(migrations: &[Migration], line: Line) -> i32 {
     migrations

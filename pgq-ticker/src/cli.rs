@@ -44,6 +44,19 @@ pub(crate) enum Command {
         #[arg(short, long, env = "PGQ_TICKER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print the SQL a DBA applies by hand (`psql -v ON_ERROR_STOP=1 -f FILE`), without
+    /// connecting: each line's current schema for a fresh installation, or with --from the
+    /// numbered files after that version, what an upgrade applies. Each file runs in its own
+    /// transaction (BEGIN/COMMIT around it); `pgq-ticker install` later records the checksums.
+    Sql {
+        /// The schema lines, in this order.
+        #[arg(value_enum, default_values_t = [LineArg::Pgq])]
+        lines: Vec<LineArg>,
+        /// The version the database is at (`SELECT max(version) FROM pgq_rs.migrations WHERE
+        /// line = ...`); 0 for a fresh installation.
+        #[arg(long, default_value_t = 0)]
+        from: i32,
+    },
     #[command(flatten)]
     Admin(Admin),
 }
@@ -173,6 +186,20 @@ pub(crate) enum LineArg {
     PgqCoop,
     /// Batch tracking for remote consumers (schema `pgq_ext`).
     PgqExt,
+    /// The replicator's bookkeeping (schema `londiste_rs`).
+    LondisteRs,
+}
+
+impl From<LineArg> for pgq_core::Line {
+    fn from(line: LineArg) -> pgq_core::Line {
+        match line {
+            LineArg::Pgq => pgq_core::Line::Pgq,
+            LineArg::PgqTriggers => pgq_core::Line::PgqTriggers,
+            LineArg::PgqCoop => pgq_core::Line::PgqCoop,
+            LineArg::PgqExt => pgq_core::Line::PgqExt,
+            LineArg::LondisteRs => pgq_core::Line::Londiste,
+        }
+    }
 }
 
 fn parse_age(text: &str) -> Result<Duration, String> {

@@ -11,13 +11,19 @@ use pgq_ticker::{Databases, SkipTarget, Ticker, TickerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Admin, Cli, Command, ConnectArgs, LineArg};
+use crate::cli::{Admin, Cli, Command, ConnectArgs};
 use crate::output::{json, opt, out, period, secs, Table};
 
 /// Runs the command; `Err` is printed as a chain of causes and exits with 1.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => daemon(config, &cli.conn).await,
+        Command::Sql { lines, from } => {
+            for line in lines {
+                out!("{}", pgq_core::migrations_sql(line.into(), from));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Admin(command) => {
             let dsn = cli.conn.dsn()?;
             let mut client = dsn
@@ -105,15 +111,7 @@ async fn daemon(path: Option<PathBuf>, conn: &ConnectArgs) -> anyhow::Result<Exi
 async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> {
     match command {
         Admin::Install { lines } => {
-            let lines: Vec<Line> = lines
-                .into_iter()
-                .map(|l| match l {
-                    LineArg::Pgq => Line::Pgq,
-                    LineArg::PgqTriggers => Line::PgqTriggers,
-                    LineArg::PgqCoop => Line::PgqCoop,
-                    LineArg::PgqExt => Line::PgqExt,
-                })
-                .collect();
+            let lines: Vec<Line> = lines.into_iter().map(Line::from).collect();
             let report = pgq_core::install(client, &lines).await?;
             out!("{report}");
         }

@@ -163,3 +163,34 @@ async fn an_unreachable_database_fails_the_status_check() -> anyhow::Result<()> 
     assert!(stderr.contains("cannot connect"), "{stderr}");
     Ok(())
 }
+
+/// `pgq-ticker sql` prints what a DBA applies with psql: the current schema for a fresh
+/// database (which `install` then finds complete, recording only the checksums), and with
+/// --from the numbered files after that version.
+#[tokio::test]
+async fn sql_prints_what_a_dba_applies() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let fresh = cli(&db, &["sql", "pgq", "pgq-triggers"], 0).await?;
+    assert!(fresh.contains("-- pgq-rs migration current/pgq.sql\nBEGIN;\n"));
+    assert!(fresh.contains("-- pgq-rs migration current/pgq_triggers.sql\nBEGIN;\n"));
+    let client = db.client().await?;
+    client.batch_execute(&fresh).await?;
+    let report = cli(&db, &["install", "pgq", "pgq-triggers"], 0).await?;
+    assert!(
+        report.contains("pgq: recorded the checksum of version 5")
+            && report.contains("pgq: up to date at version 5"),
+        "{report}"
+    );
+
+    let upgrade = cli(&db, &["sql", "pgq", "--from", "4"], 0).await?;
+    assert!(upgrade.starts_with("-- pgq-rs migration pgq/0005_trust.sql\nBEGIN;\n"));
+    assert_eq!(upgrade.matches("BEGIN;\n").count(), 1, "{upgrade}");
+    let latest = pgq_core::Line::Pgq.latest_version().to_string();
+    assert_eq!(
+        cli(&db, &["sql", "pgq", "--from", &latest], 0)
+            .await?
+            .trim(),
+        ""
+    );
+    Ok(())
+}
