@@ -155,7 +155,7 @@ $roles$;
 CREATE SCHEMA pgq_coop;
 GRANT USAGE ON SCHEMA pgq_coop TO PUBLIC;
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Table: pgq_coop.batch_takeover
 --
 -- One row per batch taken from a silent sub-consumer: its old id, the id
@@ -163,7 +163,7 @@ GRANT USAGE ON SCHEMA pgq_coop TO PUBLIC;
 -- finds it here and raises PQS06. A row goes when the losing sub-consumer
 -- asks for a batch again (it has given up the old one), is unregistered, or
 -- has disappeared from the queue.
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 CREATE TABLE pgq_coop.batch_takeover (
     old_batch_id  bigint      NOT NULL,
     new_batch_id  bigint      NOT NULL,
@@ -176,9 +176,9 @@ CREATE TABLE pgq_coop.batch_takeover (
 );
 CREATE INDEX batch_takeover_loser_idx ON pgq_coop.batch_takeover (queue_id, loser_id);
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Functions
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 -- Version of the pgq_coop API this schema answers to.
 CREATE FUNCTION pgq_coop.version()
@@ -652,9 +652,9 @@ BEGIN
 END;
 $$;
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Grants (PGQ's model: everybody may ask the version, pgq_reader consumes).
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 REVOKE ALL ON TABLE pgq_coop.batch_takeover FROM PUBLIC;
 

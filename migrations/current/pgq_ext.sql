@@ -139,10 +139,10 @@ $roles$;
 CREATE SCHEMA pgq_ext;
 GRANT USAGE ON SCHEMA pgq_ext TO PUBLIC;
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Tables. Rows are keyed by (consumer_id, subconsumer_id); plain consumers
 -- use subconsumer_id ''.
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 -- Last tick a consumer has applied (SerialConsumer's position tracking).
 CREATE TABLE pgq_ext.completed_tick (
@@ -475,10 +475,10 @@ AS $$ SELECT pgq_ext.set_last_tick(a_consumer, '', a_tick_id) $$;
 -- the definer functions.
 -- ---------------------------------------------------------------------------------------------
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Grants (PGQ's model: everybody may ask the version, pgq_writer uses the
 -- tracking functions; the tables are reached only through them).
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 REVOKE ALL ON TABLE pgq_ext.completed_tick, pgq_ext.completed_batch,
     pgq_ext.completed_event, pgq_ext.partial_batch FROM PUBLIC;

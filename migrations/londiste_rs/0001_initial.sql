@@ -1,3 +1,5 @@
+-- pgq-rs: the `londiste_rs` line, version 1.
+--
 -- The replicator's bookkeeping (the `londiste` crate), on the provider and on the subscriber.
 -- Its own schema: PGQ's maintenance probes for a schema named `londiste` (londiste3's).
 --

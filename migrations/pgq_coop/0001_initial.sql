@@ -1,4 +1,4 @@
--- pgq-rs migration: line pgq_coop, version 1 (initial schema).
+-- pgq-rs: the `pgq_coop` line, version 1.
 --
 -- Cooperative consumers (PGQ's pgq_coop API) on top of a pgq schema with
 -- PGQ 3.5's SQL API: pgq-rs's own, or the original extension.
@@ -181,7 +181,7 @@ $roles$;
 CREATE SCHEMA pgq_coop;
 GRANT USAGE ON SCHEMA pgq_coop TO PUBLIC;
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Table: pgq_coop.batch_takeover
 --
 -- One row per batch taken from a silent sub-consumer: its old id, the id
@@ -189,7 +189,7 @@ GRANT USAGE ON SCHEMA pgq_coop TO PUBLIC;
 -- finds it here and raises PQS06. A row goes when the losing sub-consumer
 -- asks for a batch again (it has given up the old one), is unregistered, or
 -- has disappeared from the queue.
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 CREATE TABLE pgq_coop.batch_takeover (
     old_batch_id  bigint      NOT NULL,
     new_batch_id  bigint      NOT NULL,
@@ -202,9 +202,9 @@ CREATE TABLE pgq_coop.batch_takeover (
 );
 CREATE INDEX batch_takeover_loser_idx ON pgq_coop.batch_takeover (queue_id, loser_id);
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Functions
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 -- Version of the pgq_coop API this schema answers to.
 CREATE FUNCTION pgq_coop.version()
@@ -671,9 +671,9 @@ BEGIN
 END;
 $$;
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Grants (PGQ's model: everybody may ask the version, pgq_reader consumes).
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 REVOKE ALL ON TABLE pgq_coop.batch_takeover FROM PUBLIC;
 

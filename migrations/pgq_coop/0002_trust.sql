@@ -1,4 +1,4 @@
--- pgq-rs migration: line pgq_coop, version 2 (trust).
+-- pgq-rs: the `pgq_coop` line, version 2: trust.
 --
 -- Restates every function of the line with search_path pinned (this file is where a DBA reads
 -- what they are now; version 1's SQL-language wrappers had no pin, so a database default such
@@ -80,9 +80,9 @@ END $guard$;
 
 REVOKE DELETE ON TABLE pgq_coop.batch_takeover FROM pgq_admin;
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Functions
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 -- Version of the pgq_coop API this schema answers to.
 CREATE OR REPLACE FUNCTION pgq_coop.version()

@@ -1,4 +1,4 @@
--- pgq-rs migration: line pgq_ext, version 1 (initial schema).
+-- pgq-rs: the `pgq_ext` line, version 1.
 --
 -- Target-side tracking for consumers whose work lands in another database
 -- than the queue (PGQ's pgq_ext API: RemoteConsumer, SerialConsumer and the
@@ -137,10 +137,10 @@ $roles$;
 CREATE SCHEMA pgq_ext;
 GRANT USAGE ON SCHEMA pgq_ext TO PUBLIC;
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Tables. Rows are keyed by (consumer_id, subconsumer_id); plain consumers
 -- use subconsumer_id ''.
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 -- Last tick a consumer has applied (SerialConsumer's position tracking).
 CREATE TABLE pgq_ext.completed_tick (
@@ -178,9 +178,9 @@ CREATE TABLE pgq_ext.partial_batch (
     CONSTRAINT partial_batch_pkey PRIMARY KEY (consumer_id, subconsumer_id)
 );
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Functions
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 -- Version of the pgq_ext API this schema answers to.
 CREATE FUNCTION pgq_ext.version()
@@ -353,10 +353,10 @@ RETURNS integer
 LANGUAGE sql
 AS $$ SELECT pgq_ext.set_last_tick(a_consumer, '', a_tick_id) $$;
 
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 -- Grants (PGQ's model: everybody may ask the version, pgq_writer uses the
 -- tracking functions; the tables are reached only through them).
--- ----------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------------
 
 REVOKE ALL ON TABLE pgq_ext.completed_tick, pgq_ext.completed_batch,
     pgq_ext.completed_event, pgq_ext.partial_batch FROM PUBLIC;
