@@ -1,7 +1,7 @@
--- pgq-rs: the `pgq` line, version 5, in one file.
+-- pgq-rs: the `pgq` line, version 6, in one file.
 --
 -- PGQ 3.x's queue schema and SQL API in plain SQL and PL/pgSQL (no C), so it installs where C
--- extensions cannot. This file is what the numbered files 0001 to 0005 build, in one piece: a DBA
+-- extensions cannot. This file is what the numbered files 0001 to 0006 build, in one piece: a DBA
 -- reads a function's current definition here. A fresh installation runs it (the Rust installer
 -- does; by hand: `psql -v ON_ERROR_STOP=1 -1 -f migrations/current/pgq.sql`) and it records
 -- every version it contains in pgq_rs.migrations; an installation at an earlier version runs the
@@ -177,6 +177,9 @@ CREATE TABLE pgq.queue (
     queue_event_seq          text        NOT NULL,
     queue_tick_seq           text        NOT NULL,
     queue_extra_maint        text[],
+    -- at most this many events per batch, plus the transactions straddling a cut
+    queue_ticker_max_batch   integer     NOT NULL DEFAULT 10000
+        CONSTRAINT queue_ticker_max_batch_positive CHECK (queue_ticker_max_batch > 0),
     CONSTRAINT queue_pkey PRIMARY KEY (queue_id),
     CONSTRAINT queue_name_uq UNIQUE (queue_name)
 );
@@ -469,7 +472,7 @@ LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pgq.drop_queue(x_queue_name, false) $$;
 
 -- PGQ's six settings, plus disable_insert and per_tx_limit (which PGQ enforces only in C; here
--- pgq.insert_event_raw enforces them).
+-- the insert functions enforce them) and ticker_max_batch.
 CREATE FUNCTION pgq.set_queue_config(x_queue_name text, x_param_name text, x_param_value text)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -486,7 +489,7 @@ BEGIN
     col := 'queue_' || x_param_name;
     IF col NOT IN ('queue_ticker_max_count', 'queue_ticker_max_lag', 'queue_ticker_idle_period',
                    'queue_ticker_paused', 'queue_rotation_period', 'queue_external_ticker',
-                   'queue_disable_insert', 'queue_per_tx_limit') THEN
+                   'queue_disable_insert', 'queue_per_tx_limit', 'queue_ticker_max_batch') THEN
         -- PGQ's text, with its stray s: parameter "foo" comes out as "foos"
         RAISE EXCEPTION 'cannot change parameter "%s"', x_param_name USING ERRCODE = 'PQA01';
     END IF;
@@ -715,10 +718,13 @@ $$;
 -- Ticking
 -- ---------------------------------------------------------------------------------------------
 
--- PGQ's tick rule. With new events since the last tick (by event sequence, so rolled-back and
--- in-flight inserts count): tick at ticker_max_count events or ticker_max_lag age. Without: back
--- off, no tick while the lag is under max_lag/2, or under both twice the previous gap and
--- ticker_idle_period. Returns the new tick id, or NULL when no tick was due.
+-- PGQ's tick rule, after the batch cap. More than ticker_max_batch events since the last tick
+-- (however short the gap: a ticker restart, a bulk load) are first cut into batches of that
+-- many by pgq.catchup_ticker. Then, with new events since the last tick (by event sequence, so
+-- rolled-back and in-flight inserts count): tick at ticker_max_count events or ticker_max_lag
+-- age. Without: back off, no tick while the lag is under max_lag/2, or under both twice the
+-- previous gap and ticker_idle_period. Returns the newest tick id written, or NULL when no tick
+-- was written.
 CREATE FUNCTION pgq.ticker(i_queue_name text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -728,9 +734,11 @@ DECLARE
     event_seq bigint;
     new_events bigint;
     new_tick bigint;
+    cut boolean := false;
 BEGIN
     SELECT queue_id, queue_tick_seq, queue_event_seq, queue_external_ticker, queue_ticker_paused,
-           queue_ticker_max_count, queue_ticker_max_lag, queue_ticker_idle_period
+           queue_ticker_max_count, queue_ticker_max_lag, queue_ticker_idle_period,
+           queue_ticker_max_batch
       INTO q FROM pgq.queue WHERE queue_name = i_queue_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no such queue' USING ERRCODE = 'PQQ01',
@@ -745,6 +753,11 @@ BEGIN
             DETAIL = format('queue %L', i_queue_name);
     END IF;
     event_seq := pgq._event_seq_value(q.queue_event_seq);
+    IF event_seq - (SELECT t.tick_event_seq FROM pgq.tick t WHERE t.tick_queue = q.queue_id
+                     ORDER BY t.tick_queue DESC, t.tick_id DESC LIMIT 1) > q.queue_ticker_max_batch
+       AND pgq.catchup_ticker(i_queue_name) > 0 THEN
+        cut := true;
+    END IF;
 
     SELECT tick_id, tick_time, tick_event_seq, now() - tick_time AS lag,
            txid_snapshot_xmin(tick_snapshot) AS xmin, txid_snapshot_xmax(tick_snapshot) AS xmax
@@ -762,7 +775,7 @@ BEGIN
         new_events := greatest(event_seq, 1) - greatest(last_tick.tick_event_seq, 1);
         IF new_events > 0 THEN
             IF new_events < q.queue_ticker_max_count AND last_tick.lag < q.queue_ticker_max_lag THEN
-                RETURN NULL;
+                RETURN CASE WHEN cut THEN last_tick.tick_id END;
             END IF;
         ELSE
             SELECT last_tick.tick_time - tick_time INTO prev_gap
@@ -772,7 +785,7 @@ BEGIN
             IF FOUND AND (last_tick.lag < q.queue_ticker_max_lag / 2
                           OR (last_tick.lag < prev_gap * 2
                               AND last_tick.lag < q.queue_ticker_idle_period)) THEN
-                RETURN NULL;
+                RETURN CASE WHEN cut THEN last_tick.tick_id END;
             END IF;
         END IF;
     END IF;
@@ -1490,6 +1503,61 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
      ORDER BY 1, 2
 $$;
 
+-- New: the exact backlog of each consumer, the committed events it will still receive, counted
+-- row by row in the queue's event tables through their ev_txid index, by transaction visibility
+-- against the snapshot of its position: `ticked_events` up to the newest tick,
+-- `unticked_events` committed after it (not cut into a batch yet), `retry_events` its events in
+-- the retry queue. Transactions still running are not counted (they may roll back). A consumer
+-- holding a batch counts from the batch's start; a cooperative group counts from the group's
+-- position. It reads the whole backlog: for an operator, not for every metrics scrape
+-- (pgq.get_consumer_backlog estimates from tick positions).
+CREATE FUNCTION pgq.get_consumer_backlog_exact(
+    IN i_queue_name text DEFAULT NULL, IN i_consumer_name text DEFAULT NULL,
+    OUT queue_name text, OUT consumer_name text, OUT last_tick_id bigint,
+    OUT ticked_events bigint, OUT unticked_events bigint, OUT retry_events bigint,
+    OUT pending_events bigint)
+RETURNS SETOF record
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
+    cur_snap txid_snapshot := txid_current_snapshot();
+BEGIN
+    FOR s IN
+        SELECT q.queue_name AS qname, co.co_name AS cname, sub.sub_id, q.queue_data_pfx,
+               sub.sub_last_tick, last.tick_snapshot AS last_snap, top.tick_snapshot AS top_snap
+          FROM pgq.subscription sub
+          JOIN pgq.queue q ON q.queue_id = sub.sub_queue
+          JOIN pgq.consumer co ON co.co_id = sub.sub_consumer
+          JOIN pgq.tick last ON last.tick_queue = sub.sub_queue AND last.tick_id = sub.sub_last_tick
+          JOIN LATERAL (SELECT t.tick_snapshot FROM pgq.tick t
+                         WHERE t.tick_queue = sub.sub_queue
+                         ORDER BY t.tick_queue DESC, t.tick_id DESC LIMIT 1) top ON true
+         WHERE (i_queue_name IS NULL OR q.queue_name = i_queue_name)
+           AND (i_consumer_name IS NULL OR co.co_name = i_consumer_name)
+         ORDER BY 1, 2
+    LOOP
+        queue_name := s.qname;
+        consumer_name := s.cname;
+        last_tick_id := s.sub_last_tick;
+        -- One visibility test per transaction, not per event.
+        EXECUTE 'SELECT coalesce(sum(n) FILTER (WHERE txid_visible_in_snapshot(ev_txid, $3)), 0),'
+            || ' coalesce(sum(n) FILTER (WHERE NOT txid_visible_in_snapshot(ev_txid, $3)), 0)'
+            || ' FROM (SELECT ev_txid, count(*) AS n FROM ' || pgq.quote_fqname(s.queue_data_pfx)
+            || '        WHERE ev_txid >= txid_snapshot_xmin($1)'
+            || '          AND ev_txid < txid_snapshot_xmax($2)'
+            || '          AND (ev_owner IS NULL OR ev_owner = $4)'
+            || '        GROUP BY ev_txid) waiting'
+            || ' WHERE NOT txid_visible_in_snapshot(ev_txid, $1)'
+            || '   AND txid_visible_in_snapshot(ev_txid, $2)'
+          INTO ticked_events, unticked_events
+          USING s.last_snap, cur_snap, s.top_snap, s.sub_id;
+        SELECT count(*) INTO retry_events FROM pgq.retry_queue rq WHERE rq.ev_owner = s.sub_id;
+        pending_events := ticked_events + unticked_events + retry_events;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- Maintenance
 -- ---------------------------------------------------------------------------------------------
@@ -1857,19 +1925,26 @@ BEGIN
 END
 $$;
 
--- Catch-up after downtime. When more than 2 × ticker_max_count events wait since the newest
--- tick and that tick is older than ticker_max_lag (an outage, not a running ticker under load),
--- writes ticks at event ids E = last + k × ticker_max_count, so that batches hold about
--- ticker_max_count events instead of one giant batch; the ordinary pgq.ticker() then ticks the
--- rest. Returns the number of ticks written.
+-- The batch cap. When more than ticker_max_batch events may wait since the newest tick (by event
+-- sequence, which also counts rolled-back inserts and force_tick's jumps), reads the waiting
+-- transactions and writes ticks between them, so that no batch holds more than that many
+-- events, whatever the gap was: an outage, a ticker restart, a bulk load while the ticker runs.
+-- A cut never splits a transaction: one transaction larger than the cap is a batch of its own.
+-- What is left under the cap is for the ordinary tick rule, so a queue that gets fewer than
+-- ticker_max_batch events per ticker pass gets exactly PGQ's ticks. Returns the number of ticks
+-- written. pgq.ticker(queue) calls it first, so every path that ticks (the daemon, pgqd through
+-- pgq.ticker(), force_tick followed by pgq.ticker) is bounded; the 4-argument pgq.ticker of an
+-- external tick source is not.
 --
--- A cut's snapshot is synthesized: visible are the transactions finished in the current snapshot
--- except those with an event of this queue above the cut. As xmin:xmax:xip that is the current
--- snapshot's xmax, and as xip its unfinished transactions plus the excluded ones. Cuts only grow,
--- so every transaction is in exactly one batch, whole. A transaction that waited for another's
--- row lock writes its events after the other committed (AFTER triggers, event sequence with
--- CACHE 1), so its largest ev_id is larger and it is never cut before the other. Events that
--- maint_retry_events re-inserted keep their old ev_id and are left out of the computation.
+-- The waiting transactions are those finished by now, in the order of their last event id; a
+-- cut after the k-th makes the first k visible. A cut's snapshot is synthesized: visible are the
+-- transactions finished in the current snapshot except those still waiting after the cut. As
+-- xmin:xmax:xip that is the current snapshot's xmax, and as xip its unfinished transactions
+-- plus the excluded ones. Cuts only grow, so every transaction is in exactly one batch, whole. A
+-- transaction that waited for another's row lock writes its events after the other committed
+-- (AFTER triggers, event sequence with CACHE 1), so its last event id is larger and it is never
+-- in an earlier batch than the other. Events that maint_retry_events re-inserted keep their old
+-- ev_id and are left out of the computation.
 --
 -- The waiting transactions are held in arrays, not in a temporary table: a caller's own
 -- pg_temp table of the same name would be used instead, its triggers run as this function's
@@ -1881,28 +1956,27 @@ DECLARE
     last_tick record;
     cur_snap txid_snapshot := txid_current_snapshot();
     event_seq bigint;
-    cut bigint;
-    -- the waiting transactions finished by now, side by side: id, first and last event id, time
+    -- the waiting transactions, side by side in the order of their last event id: id, last event
+    -- id, number of events, time of the last event
     tx_ids bigint[];
-    tx_first bigint[];
     tx_last bigint[];
+    tx_events bigint[];
     tx_time timestamptz[];
-    prev_excluded bigint[];
-    excluded bigint[];
     in_progress bigint[];
     finished_xip bigint[];
     xip bigint[];
+    in_batch bigint := 0;
     cut_time timestamptz;
     written integer := 0;
 BEGIN
-    SELECT queue_id, queue_data_pfx, queue_event_seq, queue_tick_seq, queue_ticker_max_count,
-           queue_ticker_max_lag, queue_external_ticker OR queue_ticker_paused AS not_here
+    SELECT queue_id, queue_data_pfx, queue_event_seq, queue_tick_seq, queue_ticker_max_batch,
+           queue_external_ticker OR queue_ticker_paused AS not_here
       INTO q FROM pgq.queue WHERE queue_name = i_queue_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no such queue' USING ERRCODE = 'PQQ01',
             DETAIL = format('queue %L', i_queue_name);
     END IF;
-    IF q.not_here OR q.queue_ticker_max_count < 1 THEN
+    IF q.not_here THEN
         RETURN 0;
     END IF;
     SELECT tick_id, tick_snapshot, tick_event_seq, tick_time INTO last_tick
@@ -1912,8 +1986,7 @@ BEGIN
         RETURN 0;
     END IF;
     event_seq := pgq._event_seq_value(q.queue_event_seq);
-    IF event_seq - last_tick.tick_event_seq <= 2 * q.queue_ticker_max_count
-       OR last_tick.tick_time > now() - q.queue_ticker_max_lag THEN
+    IF event_seq - last_tick.tick_event_seq <= q.queue_ticker_max_batch THEN
         RETURN 0;
     END IF;
 
@@ -1923,61 +1996,54 @@ BEGIN
     SELECT coalesce(array_agg(x), '{}') INTO finished_xip
       FROM txid_snapshot_xip(last_tick.tick_snapshot) x
      WHERE txid_visible_in_snapshot(x, cur_snap);
-    EXECUTE 'SELECT coalesce(array_agg(txid ORDER BY txid), ''{}''),'
-        || ' array_agg(first_id ORDER BY txid), array_agg(last_id ORDER BY txid),'
-        || ' array_agg(ev_time ORDER BY txid)'
-        || ' FROM (SELECT ev_txid AS txid, min(ev_id) AS first_id, max(ev_id) AS last_id,'
+    EXECUTE 'SELECT coalesce(array_agg(txid ORDER BY last_id), ''{}''),'
+        || ' array_agg(last_id ORDER BY last_id), array_agg(n ORDER BY last_id),'
+        || ' array_agg(ev_time ORDER BY last_id)'
+        || ' FROM (SELECT ev_txid AS txid, max(ev_id) AS last_id, count(*) AS n,'
         || '              max(ev_time) AS ev_time FROM ' || pgq.quote_fqname(q.queue_data_pfx)
         || '        WHERE ((ev_txid >= txid_snapshot_xmax($1) AND ev_txid < txid_snapshot_xmax($2))'
         || '               OR ev_txid = ANY ($3))'
         || '          AND NOT txid_visible_in_snapshot(ev_txid, $1)'
         || '          AND txid_visible_in_snapshot(ev_txid, $2) AND ev_owner IS NULL'
         || '        GROUP BY ev_txid) waiting'
-      INTO tx_ids, tx_first, tx_last, tx_time
+      INTO tx_ids, tx_last, tx_events, tx_time
       USING last_tick.tick_snapshot, cur_snap, finished_xip;
     SELECT coalesce(array_agg(x ORDER BY x), '{}') INTO in_progress
       FROM txid_snapshot_xip(cur_snap) x;
-    -- before the first cut, every waiting transaction is still excluded
-    prev_excluded := tx_ids;
 
-    cut := last_tick.tick_event_seq + q.queue_ticker_max_count;
-    WHILE cut < event_seq - q.queue_ticker_max_count LOOP
-        SELECT coalesce(array_agg(t ORDER BY t), '{}') INTO excluded
-          FROM unnest(tx_ids, tx_last) AS w(t, last_id) WHERE last_id > cut;
-        -- a cut that makes nothing new visible would only add an empty batch
-        IF excluded <> prev_excluded THEN
-            SELECT max(w.ev_time) INTO cut_time
-              FROM unnest(tx_first, tx_time) AS w(first_id, ev_time) WHERE first_id <= cut;
+    FOR i IN 1 .. cardinality(tx_ids) LOOP
+        IF in_batch > 0 AND in_batch + tx_events[i] > q.queue_ticker_max_batch THEN
+            -- a cut after the previous transaction: every one from the i-th on still waits
             SELECT coalesce(array_agg(DISTINCT x ORDER BY x), '{}') INTO xip
-              FROM unnest(in_progress || excluded) x;
+              FROM unnest(in_progress || tx_ids[i:]) x;
             INSERT INTO pgq.tick (tick_queue, tick_id, tick_time, tick_snapshot, tick_event_seq)
             VALUES (q.queue_id, nextval(q.queue_tick_seq), coalesce(cut_time, now()),
                     (coalesce(xip[1], txid_snapshot_xmax(cur_snap)) || ':'
                      || txid_snapshot_xmax(cur_snap) || ':'
                      || array_to_string(xip, ','))::txid_snapshot,
-                    cut);
+                    tx_last[i - 1]);
             written := written + 1;
-            prev_excluded := excluded;
+            in_batch := 0;
         END IF;
-        cut := cut + q.queue_ticker_max_count;
+        in_batch := in_batch + tx_events[i];
+        cut_time := greatest(cut_time, tx_time[i]);
     END LOOP;
     RETURN written;
 END
 $$;
 
--- Catch-up for every queue ticked here; returns the number of ticks written. Queues whose newest
--- tick is recent or whose backlog is small are filtered out in one query.
+-- The batch cap for every queue ticked here; returns the number of ticks written. Queues with
+-- no more than ticker_max_batch events since their newest tick are filtered out in one query.
 CREATE FUNCTION pgq.catchup_ticker() RETURNS bigint
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(sum(pgq.catchup_ticker(q.queue_name)), 0)::bigint
       FROM pgq.queue q
-      JOIN LATERAL (SELECT t.tick_event_seq, t.tick_time FROM pgq.tick t
+      JOIN LATERAL (SELECT t.tick_event_seq FROM pgq.tick t
                      WHERE t.tick_queue = q.queue_id
                      ORDER BY t.tick_queue DESC, t.tick_id DESC LIMIT 1) top ON true
      WHERE NOT q.queue_external_ticker AND NOT q.queue_ticker_paused
-       AND top.tick_time < now() - q.queue_ticker_max_lag
        AND pgq._event_seq_value(q.queue_event_seq) - top.tick_event_seq
-           > 2 * q.queue_ticker_max_count
+           > q.queue_ticker_max_batch
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -2019,6 +2085,7 @@ GRANT EXECUTE ON FUNCTION
     pgq.get_batch_cursor(bigint, text, integer, text), pgq.get_batch_cursor(bigint, text, integer),
     pgq.event_retry(bigint, bigint, timestamptz), pgq.event_retry(bigint, bigint, integer),
     pgq.batch_retry(bigint, integer), pgq.force_tick(text), pgq.finish_batch(bigint),
+    pgq.get_consumer_backlog_exact(text, text),
     pgq.event_failed(bigint, bigint, text), pgq.failed_event_list(text, text),
     pgq.failed_event_count(text, text)
   TO pgq_reader;
@@ -2058,4 +2125,5 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES
     ('pgq', 2, 'tick_wakeups_and_catchup'),
     ('pgq', 3, 'failed_events'),
     ('pgq', 4, 'catchup_bounded_scan'),
-    ('pgq', 5, 'trust');
+    ('pgq', 5, 'trust'),
+    ('pgq', 6, 'bounded_batches');

@@ -140,6 +140,9 @@ pub enum QueueSetting {
     DisableInsert(bool),
     /// At most this many events per transaction; `None` for no limit.
     PerTxLimit(Option<i32>),
+    /// At most this many events per batch, plus the transactions straddling a cut, whatever
+    /// the gap between ticks (`queue_ticker_max_batch`; the pgq-rs schema only).
+    TickerMaxBatch(i32),
 }
 
 /// Changes one setting of a queue.
@@ -171,6 +174,9 @@ pub async fn set_queue_config(
         }
         QueueSetting::ExternalTicker(b) => {
             set_config(client, name, "external_ticker", Some(b.to_string())).await?
+        }
+        QueueSetting::TickerMaxBatch(n) => {
+            set_config(client, name, "ticker_max_batch", Some(n.to_string())).await?
         }
         // Ours takes these through set_queue_config (pgq_admin may not write pgq.queue); the
         // extension's set_queue_config refuses them, and its pgq_admin writes the row.

@@ -320,6 +320,7 @@ static MIGRATIONS: &[Migration] = &[
         ["bae7723692c5c3acd60ad51765ce4e3140b7b8c404ef972d14b91d8184d699d6"]
     ),
     migration!(Pgq, "pgq/0005_trust.sql", 5, "trust"),
+    migration!(Pgq, "pgq/0006_bounded_batches.sql", 6, "bounded_batches"),
     migration!(
         PgqTriggers,
         "pgq_triggers/0001_initial.sql",
@@ -378,7 +379,7 @@ macro_rules! current {
 /// The current file of each line that has more than one version (a line of one version is its
 /// own current file). A test installs every line both ways and compares the databases.
 static CURRENT: &[CurrentFile] = &[
-    current!(Pgq, "current/pgq.sql", 5),
+    current!(Pgq, "current/pgq.sql", 6),
     current!(PgqTriggers, "current/pgq_triggers.sql", 2),
     current!(PgqCoop, "current/pgq_coop.sql", 2),
     current!(PgqExt, "current/pgq_ext.sql", 2),

@@ -317,8 +317,7 @@ async fn catchup_ticker_never_uses_a_callers_temp_table() -> anyhow::Result<()> 
     login_roles(&su).await?;
     su.batch_execute(
         "SELECT pgq.create_queue('q');
-         SELECT pgq.set_queue_config('q', 'ticker_max_count', '10');
-         SELECT pgq.set_queue_config('q', 'ticker_max_lag', '0');",
+         SELECT pgq.set_queue_config('q', 'ticker_max_batch', '10');",
     )
     .await?;
     // a transaction each: catch-up cuts between transactions, never inside one

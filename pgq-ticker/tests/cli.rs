@@ -177,15 +177,21 @@ async fn sql_prints_what_a_dba_applies() -> anyhow::Result<()> {
     client.batch_execute(&fresh).await?;
     let report = cli(&db, &["install", "pgq", "pgq-triggers"], 0).await?;
     assert!(
-        report.contains("pgq: recorded the checksum of version 5")
-            && report.contains("pgq: up to date at version 5"),
+        report.contains(&format!(
+            "pgq: recorded the checksum of version {}",
+            pgq_core::Line::Pgq.latest_version()
+        )) && report.contains(&format!(
+            "pgq: up to date at version {}",
+            pgq_core::Line::Pgq.latest_version()
+        )),
         "{report}"
     );
 
-    let upgrade = cli(&db, &["sql", "pgq", "--from", "4"], 0).await?;
-    assert!(upgrade.starts_with("-- pgq-rs migration pgq/0005_trust.sql\nBEGIN;\n"));
+    let latest = pgq_core::Line::Pgq.latest_version();
+    let upgrade = cli(&db, &["sql", "pgq", "--from", &(latest - 1).to_string()], 0).await?;
+    assert!(upgrade.starts_with(&format!("-- pgq-rs migration pgq/{latest:04}_")));
     assert_eq!(upgrade.matches("BEGIN;\n").count(), 1, "{upgrade}");
-    let latest = pgq_core::Line::Pgq.latest_version().to_string();
+    let latest = latest.to_string();
     assert_eq!(
         cli(&db, &["sql", "pgq", "--from", &latest], 0)
             .await?
