@@ -673,19 +673,6 @@ pub(crate) async fn ticker_binary() -> Result<PathBuf> {
         })
 }
 
-/// `dsn` as a libpq keyword/value string without its password (given to a child process in
-/// `PGPASSWORD` instead) and, when `without_dbname`, without its database name.
-fn child_connstr(dsn: &Dsn, without_dbname: bool) -> String {
-    dsn.to_string()
-        .split(' ')
-        .filter(|kv| {
-            let dbname = without_dbname && kv.starts_with("dbname=");
-            !(dbname || kv.starts_with("password="))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The password of `dsn`, for a child's `PGPASSWORD`.
 fn password(dsn: &Dsn) -> Option<String> {
     dsn.config()
@@ -715,7 +702,7 @@ impl Daemon {
         let config = dir.join(format!("ticker-{period}.toml"));
         let text = format!(
             "[ticker]\ndatabases = [{}]\nticker_period = {}\n",
-            serde_json::to_string(&child_connstr(db, false))?,
+            serde_json::to_string(&db.conninfo())?,
             serde_json::to_string(period)?
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
@@ -735,12 +722,13 @@ impl Daemon {
     pub(crate) async fn pgqd(db: &Dsn, period: &str, dir: &Path) -> Result<Daemon> {
         let config = dir.join("pgqd.ini");
         let log = dir.join("pgqd.log");
+        // pgqd appends `dbname='…'` to base_connstr, and libpq takes the last dbname given.
         let text = format!(
             "[pgqd]\nlogfile = {}\npidfile = {}\nbase_connstr = {}\ninitial_database = {name}\n\
              database_list = {name}\nticker_period = {period}\n",
             log.display(),
             dir.join("pgqd.pid").display(),
-            child_connstr(db, true),
+            db.conninfo(),
             name = db.dbname(),
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
@@ -1110,17 +1098,12 @@ mod tests {
     }
 
     #[test]
-    fn child_connection_strings_drop_password_and_dbname() -> Result<()> {
+    fn child_connection_strings_drop_password() -> Result<()> {
         let dsn = Dsn::parse("host=127.0.0.1 port=5432 user=u password=secret dbname=d")?;
-        let full = child_connstr(&dsn, false);
+        let full = dsn.conninfo();
         assert!(
             full.contains("dbname=d") && !full.contains("password"),
             "{full}"
-        );
-        let base = child_connstr(&dsn, true);
-        assert!(
-            !base.contains("dbname") && base.contains("user=u"),
-            "{base}"
         );
         assert_eq!(password(&dsn).as_deref(), Some("secret"));
         Ok(())

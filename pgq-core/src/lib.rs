@@ -69,7 +69,7 @@ pub use batch::{
 };
 pub use config_file::{toml_error_position, toml_key_position};
 pub use consumer_info::{consumer_info, ConsumerInfo};
-pub use dsn::{Dsn, PasswordSource, SslMode};
+pub use dsn::{quote_conninfo_value, Dsn, PasswordSource, SslMode};
 pub use error::{Error, Result};
 pub use ident::{quote_ident, quote_literal, ConsumerName, QueueName};
 pub use ids::{BatchId, EventId, TickId};

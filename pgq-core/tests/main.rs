@@ -1,6 +1,7 @@
 //! Integration tests of pgq-core.
 
 mod connections;
+mod conninfo;
 mod tls;
 
 mod attacks;
