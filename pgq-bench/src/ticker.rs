@@ -18,6 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
+use pgq_core::maintenance::TICK_CHANNEL;
 use pgq_core::{Dsn, Line};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -63,8 +64,6 @@ const FAST_PERIOD_MS: u64 = 10;
 /// ticker's snapshot missed (PGQ's next idle tick comes at twice the previous tick gap, at most
 /// after the idle period, 1 minute by default).
 const LATENCY_IDLE_PERIOD: &str = "1 s";
-/// The channel ticks are announced on.
-const TICK_CHANNEL: &str = "pgq_tick";
 /// The original ticker daemon.
 const PGQD: &str = "/usr/bin/pgqd";
 /// Our daemon's binary name.
@@ -96,8 +95,6 @@ const BACKENDS: &str = "SELECT pid FROM pg_catalog.pg_stat_activity \
 // language=SQL
 const FAST_QUEUE_CONFIG: &str = "SELECT pgq.set_queue_config($1, 'ticker_max_lag', $2), \
      pgq.set_queue_config($1, 'ticker_idle_period', $3)";
-// language=SQL
-const LISTEN: &str = "LISTEN pgq_tick";
 /// Inserts one event and says in which transaction.
 // language=SQL
 const PRODUCE: &str = "SELECT pgq.insert_event($1, 't', 'x'), txid_current()";
@@ -991,7 +988,7 @@ async fn commit_to_tick(db: &Dsn, queue: &str, samples: usize, rng: &mut Lcg) ->
             }
         }
     });
-    listener.batch_execute(LISTEN).await?;
+    pgq_core::maintenance::listen_ticks(&listener).await?;
     let producer = db.connect().await?;
     let produce = producer.prepare(PRODUCE).await?;
     let ticked = producer.prepare(TICKED).await?;
