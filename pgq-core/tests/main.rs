@@ -15,4 +15,5 @@ mod queues;
 mod quoting;
 mod roles;
 mod setup;
+mod sql_api;
 mod sql_scripts;
