@@ -5,7 +5,7 @@
 //! | part | crate | status |
 //! |---|---|---|
 //! | queue schema, producer, batches, info, backlog | `pgq-core` | always on |
-//! | ticker daemon, maintenance, backlog reports (`pgq::ticker`) | `pgq-ticker` | feature `ticker` (default) |
+//! | ticker daemon and maintenance (`pgq::ticker`) | `pgq-ticker` | feature `ticker` (default) |
 //! | consumer framework: runner, cooperative and remote consumers (`pgq::consumer`) | `pgq-consumer` | feature `consumer` (default) |
 //! | parallel base backup over ordinary connections, manifest, verify (`pgq::basebackup`) | `pgq-basebackup` | feature `basebackup` (default) |
 //!

@@ -23,7 +23,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::Command;
 
 use crate::cli::Plan;
-use crate::reference::{connstr, extension_available, python_can_import, PYTHON};
+use crate::reference::{extension_available, python_can_import, PYTHON};
 use crate::report::{median_of_sorted, Measure, Ratio, Report, Sample, Series};
 use crate::server::Server;
 use crate::ticker::{ticker_binary, Daemon};
@@ -402,7 +402,7 @@ async fn drain_reference(
         name = dsn.dbname(),
         log = work_dir.join("backlog_consumer.log").display(),
         pid = work_dir.join("backlog_consumer.pid").display(),
-        db = connstr(dsn),
+        db = dsn.conninfo(),
     );
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/backlog_consumer.py");

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use tokio_postgres::Client;
 
 use crate::cli::Plan;
-use crate::reference::{connstr, python_can_import, PYTHON};
+use crate::reference::{python_can_import, PYTHON};
 use crate::report::{Measure, Ratio, Report, Sample, Series};
 use crate::server::Server;
 
@@ -623,7 +623,7 @@ impl Scratch {
              queue_name = {QUEUE}\nconsumer_name = {consumer}\n",
             self.dir.join(format!("{name}.log")).display(),
             self.dir.join(format!("{name}.pid")).display(),
-            connstr(dsn),
+            dsn.conninfo(),
         );
         if let Some(sub) = sub {
             text.push_str(&format!("subconsumer_name = {sub}\n"));

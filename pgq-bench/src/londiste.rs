@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::process::Command;
 
 use crate::cli::Plan;
-use crate::reference::{connstr, python_can_import, PYTHON};
+use crate::reference::{python_can_import, PYTHON};
 use crate::report::{Limit, Measure, Ratio, Report, Sample, Series};
 use crate::server::Server;
 
@@ -344,8 +344,8 @@ async fn run_reference(
     let mut command = Command::new(PYTHON);
     command
         .arg(&script)
-        .args(["--provider", &connstr(&provider)])
-        .args(["--subscriber", &connstr(&subscriber)])
+        .args(["--provider", &provider.conninfo()])
+        .args(["--subscriber", &subscriber.conninfo()])
         .arg("--workdir")
         .arg(&dir)
         .args([

@@ -4,7 +4,6 @@
 use std::process::Stdio;
 
 use anyhow::Result;
-use pgq_core::Dsn;
 use tokio::process::Command;
 
 use crate::server::Server;
@@ -32,14 +31,4 @@ pub(crate) async fn python_can_import(modules: &str) -> bool {
         .status()
         .await
         .is_ok_and(|s| s.success())
-}
-
-/// `dsn` as a libpq keyword/value string without its password (given to the child in
-/// `PGPASSWORD` instead).
-pub(crate) fn connstr(dsn: &Dsn) -> String {
-    dsn.to_string()
-        .split(' ')
-        .filter(|kv| !kv.starts_with("password="))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

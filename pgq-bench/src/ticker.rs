@@ -18,6 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
+use pgq_core::maintenance::TICK_CHANNEL;
 use pgq_core::{Dsn, Line};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -63,8 +64,6 @@ const FAST_PERIOD_MS: u64 = 10;
 /// ticker's snapshot missed (PGQ's next idle tick comes at twice the previous tick gap, at most
 /// after the idle period, 1 minute by default).
 const LATENCY_IDLE_PERIOD: &str = "1 s";
-/// The channel ticks are announced on.
-const TICK_CHANNEL: &str = "pgq_tick";
 /// The original ticker daemon.
 const PGQD: &str = "/usr/bin/pgqd";
 /// Our daemon's binary name.
@@ -96,8 +95,6 @@ const BACKENDS: &str = "SELECT pid FROM pg_catalog.pg_stat_activity \
 // language=SQL
 const FAST_QUEUE_CONFIG: &str = "SELECT pgq.set_queue_config($1, 'ticker_max_lag', $2), \
      pgq.set_queue_config($1, 'ticker_idle_period', $3)";
-// language=SQL
-const LISTEN: &str = "LISTEN pgq_tick";
 /// Inserts one event and says in which transaction.
 // language=SQL
 const PRODUCE: &str = "SELECT pgq.insert_event($1, 't', 'x'), txid_current()";
@@ -673,19 +670,6 @@ pub(crate) async fn ticker_binary() -> Result<PathBuf> {
         })
 }
 
-/// `dsn` as a libpq keyword/value string without its password (given to a child process in
-/// `PGPASSWORD` instead) and, when `without_dbname`, without its database name.
-fn child_connstr(dsn: &Dsn, without_dbname: bool) -> String {
-    dsn.to_string()
-        .split(' ')
-        .filter(|kv| {
-            let dbname = without_dbname && kv.starts_with("dbname=");
-            !(dbname || kv.starts_with("password="))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The password of `dsn`, for a child's `PGPASSWORD`.
 fn password(dsn: &Dsn) -> Option<String> {
     dsn.config()
@@ -715,7 +699,7 @@ impl Daemon {
         let config = dir.join(format!("ticker-{period}.toml"));
         let text = format!(
             "[ticker]\ndatabases = [{}]\nticker_period = {}\n",
-            serde_json::to_string(&child_connstr(db, false))?,
+            serde_json::to_string(&db.conninfo())?,
             serde_json::to_string(period)?
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
@@ -735,12 +719,13 @@ impl Daemon {
     pub(crate) async fn pgqd(db: &Dsn, period: &str, dir: &Path) -> Result<Daemon> {
         let config = dir.join("pgqd.ini");
         let log = dir.join("pgqd.log");
+        // pgqd appends `dbname='…'` to base_connstr, and libpq takes the last dbname given.
         let text = format!(
             "[pgqd]\nlogfile = {}\npidfile = {}\nbase_connstr = {}\ninitial_database = {name}\n\
              database_list = {name}\nticker_period = {period}\n",
             log.display(),
             dir.join("pgqd.pid").display(),
-            child_connstr(db, true),
+            db.conninfo(),
             name = db.dbname(),
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
@@ -1003,7 +988,7 @@ async fn commit_to_tick(db: &Dsn, queue: &str, samples: usize, rng: &mut Lcg) ->
             }
         }
     });
-    listener.batch_execute(LISTEN).await?;
+    pgq_core::maintenance::listen_ticks(&listener).await?;
     let producer = db.connect().await?;
     let produce = producer.prepare(PRODUCE).await?;
     let ticked = producer.prepare(TICKED).await?;
@@ -1110,17 +1095,12 @@ mod tests {
     }
 
     #[test]
-    fn child_connection_strings_drop_password_and_dbname() -> Result<()> {
+    fn child_connection_strings_drop_password() -> Result<()> {
         let dsn = Dsn::parse("host=127.0.0.1 port=5432 user=u password=secret dbname=d")?;
-        let full = child_connstr(&dsn, false);
+        let full = dsn.conninfo();
         assert!(
             full.contains("dbname=d") && !full.contains("password"),
             "{full}"
-        );
-        let base = child_connstr(&dsn, true);
-        assert!(
-            !base.contains("dbname") && base.contains("user=u"),
-            "{base}"
         );
         assert_eq!(password(&dsn).as_deref(), Some("secret"));
         Ok(())

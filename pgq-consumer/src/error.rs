@@ -147,14 +147,7 @@ impl ConsumerError {
         match self {
             ConsumerError::ConnectionLost { .. } => true,
             ConsumerError::Core(err) => err.is_connection_lost(),
-            ConsumerError::Db { source, .. } => {
-                source.is_closed()
-                    || source.code().is_some_and(|c| {
-                        c.code().starts_with("08")
-                            || *c == tokio_postgres::error::SqlState::ADMIN_SHUTDOWN
-                    })
-                    || (source.code().is_none() && source.as_db_error().is_none())
-            }
+            ConsumerError::Db { source, .. } => pgq_core::connection_lost(source),
             _ => false,
         }
     }

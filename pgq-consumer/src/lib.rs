@@ -73,7 +73,7 @@ pub use failed::{
     delete_failed_event, failed_event_count, failed_events, requeue_failed_event, FailedEvent,
 };
 pub use metrics::{ConsumerMetrics, MetricsSnapshot};
+pub use pgq_core::maintenance::TICK_CHANNEL;
 pub use remote::RemoteRunner;
 pub use runner::{BatchReport, Runner};
-pub use session::TICK_CHANNEL;
 pub use tokio_util::sync::CancellationToken;

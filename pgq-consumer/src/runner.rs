@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgq_core::tokio_postgres::types::Type;
 use pgq_core::tokio_postgres::{GenericClient, Transaction};
 use pgq_core::{Batch, BatchId, Dsn, TickId};
 use tokio_util::sync::CancellationToken;
@@ -18,16 +17,6 @@ use crate::error::{ConsumerError, DbContext, Result};
 use crate::metrics::ConsumerMetrics;
 use crate::session::Session;
 use pgq_core::Backoff;
-
-// The runner's session keeps the user's search_path (handlers run their own SQL in it), so every
-// statement the runners send qualifies its functions, types and operators.
-// language=SQL
-const IS_REGISTERED: &str = "\
-SELECT EXISTS (SELECT 1
-                 FROM pgq.queue q
-                 JOIN pgq.subscription s ON s.sub_queue OPERATOR(pg_catalog.=) q.queue_id
-                 JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
-                WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)";
 
 /// What one batch step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,17 +181,7 @@ pub(crate) async fn register(client: &impl GenericClient, config: &ConsumerConfi
     }
     match config.register_at {
         Some(tick) => {
-            let row = client
-                .query_typed_one(
-                    IS_REGISTERED,
-                    &[
-                        (&config.queue.as_str(), Type::TEXT),
-                        (&config.consumer.as_str(), Type::TEXT),
-                    ],
-                )
-                .await
-                .op("checking the registration")?;
-            if !row.try_get::<_, bool>(0).op("checking the registration")? {
+            if !pgq_core::is_registered(client, &config.queue, &config.consumer).await? {
                 pgq_core::register_consumer_at(client, &config.queue, &config.consumer, tick)
                     .await?;
             }

@@ -12,16 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::has_failed_queue;
 use crate::error::{ConsumerError, DbContext, Result};
 
-/// The channel the ticks are announced on (the payload is the queue name).
-pub const TICK_CHANNEL: &str = "pgq_tick";
-
 // language=SQL
 const TRY_LOCK: &str = "\
 SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended(
            pg_catalog.format('pgq-rs consumer %s:%s/%s', pg_catalog.length($1), $1, $2), 0))";
-
-// language=SQL
-const LISTEN: &str = "LISTEN pgq_tick";
 
 /// A dedicated connection holding the lock of one (queue, consumer).
 pub(crate) struct Session {
@@ -47,7 +41,7 @@ impl Session {
                 consumer: lock_name.to_owned(),
             });
         }
-        client.batch_execute(LISTEN).await.op("listen")?;
+        pgq_core::maintenance::listen_ticks(&client).await?;
         let failed_queue = has_failed_queue(&client).await?;
         Ok(Session {
             client,

@@ -1,6 +1,6 @@
 //! The one error type of `pgq-core`.
 
-use crate::ids::BatchId;
+use crate::ids::{BatchId, TickId};
 
 /// What went wrong in a `pgq-core` call. Every variant names the queue, consumer, batch or
 /// value it is about; database failures carry the operation that failed.
@@ -42,6 +42,29 @@ pub enum Error {
     BatchNotFound {
         /// The batch id.
         batch_id: BatchId,
+    },
+    /// The tick does not exist on the queue.
+    #[error("queue {queue:?} has no tick {tick}")]
+    TickNotFound {
+        /// The queue name.
+        queue: String,
+        /// The tick asked for.
+        tick: TickId,
+    },
+    /// A skip would move the consumer backwards (or nowhere).
+    #[error(
+        "consumer {consumer:?} on queue {queue:?} is at tick {position}; tick {target} is not \
+         after it"
+    )]
+    SkipNotForward {
+        /// The queue name.
+        queue: String,
+        /// The consumer name.
+        consumer: String,
+        /// The consumer's position.
+        position: TickId,
+        /// The tick asked for.
+        target: TickId,
     },
     /// The queue refuses inserts (`queue_disable_insert`).
     #[error("queue {queue:?} is disabled for inserts")]
@@ -154,17 +177,22 @@ impl Error {
     /// True when the connection to the server was lost (closed socket, server restart).
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            Error::Db { source, .. } => {
-                source.is_closed()
-                    || source.code().is_some_and(|c| {
-                        c.code().starts_with("08")
-                            || *c == tokio_postgres::error::SqlState::ADMIN_SHUTDOWN
-                    })
-                    || (source.code().is_none() && source.as_db_error().is_none())
-            }
+            Error::Db { source, .. } => connection_lost(source),
             _ => false,
         }
     }
+}
+
+/// Whether a driver error means the connection is gone (closed socket, a connection-class
+/// SQLSTATE, the server shutting down, or an I/O error without a server message), so that
+/// reconnecting is the cure. The daemons' and runners' error types ask this of their own
+/// driver errors.
+pub fn connection_lost(source: &tokio_postgres::Error) -> bool {
+    source.is_closed()
+        || source.code().is_some_and(|c| {
+            c.code().starts_with("08") || *c == tokio_postgres::error::SqlState::ADMIN_SHUTDOWN
+        })
+        || (source.code().is_none() && source.as_db_error().is_none())
 }
 
 /// Attaches the operation name to a driver error.

@@ -46,7 +46,9 @@
 //!
 //! Main items: [`install`] and [`Line`] (schema), [`QueueName`] and [`ConsumerName`],
 //! [`create_queue`], [`insert_event`] / [`insert_events`], [`next_batch`], [`EventCursor`],
-//! [`finish_batch`], [`queue_info`], [`consumer_info`], [`queue_backlog`], [`Error`].
+//! [`finish_batch`], [`queue_info`], [`consumer_info`], [`queue_backlog`], [`Error`]; the
+//! ticker's side of the SQL API (ticks, the ticker lock, maintenance) is in [`maintenance`]. Every
+//! SQL function of the schema and its wrapper are listed in `docs/sql-api.md`.
 
 mod backlog;
 mod backoff;
@@ -57,11 +59,15 @@ mod dsn;
 mod error;
 mod ident;
 mod ids;
+pub mod maintenance;
 mod producer;
 mod queue;
 mod schema;
+mod skip;
 
-pub use backlog::{consumer_backlog, queue_backlog, ConsumerBacklog, QueueBacklog};
+pub use backlog::{
+    backlog_report, consumer_backlog, queue_backlog, BacklogReport, ConsumerBacklog, QueueBacklog,
+};
 pub use backoff::Backoff;
 pub use batch::{
     batch_events, batch_info, batch_retry, event_retry, event_retry_at, finish_batch, next_batch,
@@ -69,17 +75,19 @@ pub use batch::{
 };
 pub use config_file::{toml_error_position, toml_key_position};
 pub use consumer_info::{consumer_info, ConsumerInfo};
-pub use dsn::{Dsn, PasswordSource, SslMode};
-pub use error::{Error, Result};
+pub use dsn::{quote_conninfo_value, Dsn, PasswordSource, SslMode};
+pub use error::{connection_lost, Error, Result};
 pub use ident::{quote_ident, quote_literal, ConsumerName, QueueName};
 pub use ids::{BatchId, EventId, TickId};
 pub use producer::{insert_event, insert_event_ext, insert_events, NewEvent};
 pub use queue::{
-    create_queue, drop_queue, force_tick, queue_info, register_consumer, register_consumer_at,
-    set_queue_config, ticker, ticker_all, unregister_consumer, QueueInfo, QueueSetting,
+    create_queue, drop_queue, force_tick, is_registered, queue_info, recent_ticks,
+    register_consumer, register_consumer_at, set_queue_config, ticker, ticker_all,
+    unregister_consumer, QueueInfo, QueueSetting, TickInfo,
 };
 pub use schema::{
     check, flavor, install, installation_id, migrations_sql, AppliedMigration, Flavor,
     InstallReport, InstallationId, Line, LineReport,
 };
+pub use skip::{skip_consumer, SkipReport, SkipTarget};
 pub use tokio_postgres;

@@ -1,6 +1,6 @@
 //! Queue administration (`pgq.create_queue`, `pgq.drop_queue`, `pgq.set_queue_config`,
-//! `pgq.get_queue_info`, `pgq.ticker`, `pgq.force_tick`) and consumer registration
-//! (`pgq.register_consumer[_at]`, `pgq.unregister_consumer`).
+//! `pgq.get_queue_info`, `pgq.ticker`, `pgq.force_tick`, a queue's recent ticks) and consumer
+//! registration (`pgq.register_consumer[_at]`, `pgq.unregister_consumer`).
 //!
 //! PGQ reports an unknown queue with a plain exception whose SQLSTATE says nothing. So that the
 //! error can be told apart without reading messages, each statement here calls the PGQ function
@@ -56,8 +56,8 @@ const TICKER_ALL: &str = "SELECT pgq.ticker()";
 const FORCE_TICK: &str =
     "SELECT pgq.force_tick(q.queue_name) FROM pgq.queue q WHERE q.queue_name = $1";
 
-// This, REGISTER_CONSUMER_AT and QUEUE_EXISTS run in consumers' sessions, which keep the user's
-// search_path: their operators are qualified like their functions.
+// This, REGISTER_CONSUMER_AT, IS_REGISTERED and QUEUE_EXISTS run in consumers' sessions, which
+// keep the user's search_path: their operators are qualified like their functions.
 // language=SQL
 const REGISTER_CONSUMER: &str = "\
 SELECT pgq.register_consumer(q.queue_name, $2) FROM pgq.queue q
@@ -73,8 +73,30 @@ const UNREGISTER_CONSUMER: &str =
     "SELECT pgq.unregister_consumer(q.queue_name, $2) FROM pgq.queue q WHERE q.queue_name = $1";
 
 // language=SQL
+const IS_REGISTERED: &str = "\
+SELECT EXISTS (SELECT 1
+                 FROM pgq.queue q
+                 JOIN pgq.subscription s ON s.sub_queue OPERATOR(pg_catalog.=) q.queue_id
+                 JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
+                WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)";
+
+// language=SQL
 const QUEUE_EXISTS: &str =
     "SELECT EXISTS (SELECT 1 FROM pgq.queue WHERE queue_name OPERATOR(pg_catalog.=) $1)";
+
+// One tick more than asked for, so that the oldest shown has a predecessor to count from.
+// language=SQL
+const RECENT_TICKS: &str = "\
+SELECT t.tick_id, t.tick_time, t.tick_event_seq,
+       t.tick_event_seq - lag(t.tick_event_seq) OVER (ORDER BY t.tick_id),
+       t.tick_snapshot::text
+  FROM (SELECT tk.tick_id, tk.tick_time, tk.tick_event_seq, tk.tick_snapshot
+          FROM pgq.tick tk JOIN pgq.queue q ON q.queue_id = tk.tick_queue
+         WHERE q.queue_name = $1
+         ORDER BY tk.tick_queue DESC, tk.tick_id DESC
+         LIMIT $2 + 1) t
+ ORDER BY t.tick_id DESC
+ LIMIT $2";
 
 /// Creates a queue (`pgq.create_queue`): its sequences, its rotated event tables and its first
 /// tick.
@@ -324,12 +346,24 @@ pub async fn queue_info(
 /// [`Error::QueueNotFound`]; [`Error::Db`] when the statement fails, e.g. PGQ's exception for a
 /// paused queue or one with an external ticker.
 pub async fn ticker(client: &impl GenericClient, queue: &QueueName) -> Result<Option<TickId>> {
-    let row = client
-        .query_typed_opt(TICKER, &[(&queue.as_str(), Type::TEXT)])
+    tick_named(client, queue.as_str(), "ticker")
+        .await?
+        .ok_or_else(|| queue_not_found(queue))
+}
+
+/// [`ticker`] on the queue of that name as the database gave it (any text): `None` when there
+/// is no such queue, else the new tick, if one was due.
+pub(crate) async fn tick_named(
+    client: &impl GenericClient,
+    queue: &str,
+    op: &'static str,
+) -> Result<Option<Option<TickId>>> {
+    client
+        .query_typed_opt(TICKER, &[(&queue, Type::TEXT)])
         .await
-        .op("ticker")?
-        .ok_or_else(|| queue_not_found(queue))?;
-    Ok(row.try_get::<_, Option<i64>>(0).op("ticker")?.map(TickId))
+        .op(op)?
+        .map(|row| Ok(row.try_get::<_, Option<i64>>(0).op(op)?.map(TickId)))
+        .transpose()
 }
 
 /// Runs PGQ's ticker logic (see [`ticker`]) on every queue that is neither paused nor ticked
@@ -458,6 +492,83 @@ pub async fn unregister_consumer(
         });
     }
     Ok(())
+}
+
+/// One tick.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct TickInfo {
+    /// The tick id.
+    pub tick_id: TickId,
+    /// When it was made (for a catch-up tick: the time of the newest event before the cut).
+    pub tick_time: DateTime<Utc>,
+    /// The event sequence position it records.
+    pub event_seq: i64,
+    /// Events since the previous tick, by sequence position (the batch it ends holds at
+    /// most this many); `None` for the oldest tick kept.
+    pub events: Option<i64>,
+    /// Its snapshot, `xmin:xmax:xip,...`.
+    pub snapshot: String,
+}
+
+/// The newest `limit` ticks of a queue, newest first.
+///
+/// # Errors
+///
+/// [`Error::QueueNotFound`] for an unknown queue; [`Error::Db`] when the statement fails.
+pub async fn recent_ticks(
+    client: &impl GenericClient,
+    queue: &QueueName,
+    limit: u32,
+) -> Result<Vec<TickInfo>> {
+    const OP: &str = "listing ticks";
+    let limit = i64::from(limit);
+    let rows = client
+        .query_typed(
+            RECENT_TICKS,
+            &[(&queue.as_str(), Type::TEXT), (&limit, Type::INT8)],
+        )
+        .await
+        .op(OP)?;
+    if rows.is_empty() && !queue_exists(client, queue).await? {
+        return Err(queue_not_found(queue));
+    }
+    rows.iter()
+        .map(|row| {
+            Ok(TickInfo {
+                tick_id: TickId(row.try_get(0).op(OP)?),
+                tick_time: row.try_get(1).op(OP)?,
+                event_seq: row.try_get(2).op(OP)?,
+                events: row.try_get(3).op(OP)?,
+                snapshot: row.try_get(4).op(OP)?,
+            })
+        })
+        .collect()
+}
+
+/// Whether the consumer is registered on the queue (`false` for an unknown queue too).
+///
+/// # Errors
+///
+/// [`Error::Db`] when the statement fails.
+pub async fn is_registered(
+    client: &impl GenericClient,
+    queue: &QueueName,
+    consumer: &ConsumerName,
+) -> Result<bool> {
+    const OP: &str = "checking the registration";
+    client
+        .query_typed_one(
+            IS_REGISTERED,
+            &[
+                (&queue.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
+            ],
+        )
+        .await
+        .op(OP)?
+        .try_get(0)
+        .op(OP)
 }
 
 /// Whether the queue exists (read-only; used to explain an empty guarded result).

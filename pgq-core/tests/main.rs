@@ -1,6 +1,7 @@
 //! Integration tests of pgq-core.
 
 mod connections;
+mod conninfo;
 mod tls;
 
 mod attacks;
@@ -14,4 +15,5 @@ mod queues;
 mod quoting;
 mod roles;
 mod setup;
+mod sql_api;
 mod sql_scripts;

@@ -11,7 +11,8 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use crate::dsn::quote_value;
+use pgq_core::quote_conninfo_value;
+
 use crate::TestkitError;
 
 /// The environment variable naming the PostgreSQL bin directory private clusters start from.
@@ -164,9 +165,9 @@ impl Cluster {
     pub fn dsn(&self, dbname: &str) -> String {
         format!(
             "host={} port={} user=postgres dbname={}",
-            quote_value(&self.data.display().to_string()),
+            quote_conninfo_value(&self.data.display().to_string()),
             self.port,
-            quote_value(dbname)
+            quote_conninfo_value(dbname)
         )
     }
 
@@ -177,7 +178,7 @@ impl Cluster {
             format!(
                 "host=127.0.0.1 port={} user=postgres dbname={}",
                 self.port,
-                quote_value(dbname)
+                quote_conninfo_value(dbname)
             )
         })
     }

@@ -4,11 +4,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use pgq_core::quote_ident;
 use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config, NoTls};
 
-use crate::dsn::{connect, pg_error, quote_ident, render};
+use crate::dsn::{connect, pg_error, render};
 use crate::{server, TestkitError};
 
 /// PostgreSQL's limit on identifier length, in bytes.

@@ -1,39 +1,14 @@
 //! Connection strings and connections: rendering a parsed configuration back into a libpq
-//! keyword/value string, and connecting without TLS.
+//! keyword/value string (values quoted by pgq-core), and connecting without TLS.
 
 use std::error::Error as _;
 use std::fmt::Write as _;
 
+use pgq_core::quote_conninfo_value;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::TestkitError;
-
-/// Quotes one libpq keyword/value value when it needs it (empty, whitespace, `'` or `\`).
-pub(crate) fn quote_value(value: &str) -> String {
-    let plain = !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '\\');
-    if plain {
-        return value.to_owned();
-    }
-    let mut quoted = String::with_capacity(value.len() + 2);
-    quoted.push('\'');
-    for c in value.chars() {
-        if c == '\'' || c == '\\' {
-            quoted.push('\\');
-        }
-        quoted.push(c);
-    }
-    quoted.push('\'');
-    quoted
-}
-
-/// Quotes an SQL identifier.
-pub(crate) fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
 
 /// Renders `config` as a keyword/value string for `dbname`, as `user` when given.
 pub(crate) fn render(config: &Config, user: Option<&str>, dbname: &str) -> String {
@@ -47,7 +22,7 @@ pub(crate) fn render(config: &Config, user: Option<&str>, dbname: &str) -> Strin
         })
         .collect();
     if !hosts.is_empty() {
-        parts.push(format!("host={}", quote_value(&hosts.join(","))));
+        parts.push(format!("host={}", quote_conninfo_value(&hosts.join(","))));
     }
     let hostaddrs: Vec<String> = config
         .get_hostaddrs()
@@ -62,25 +37,25 @@ pub(crate) fn render(config: &Config, user: Option<&str>, dbname: &str) -> Strin
         parts.push(format!("port={}", ports.join(",")));
     }
     if let Some(user) = user.or(config.get_user()) {
-        parts.push(format!("user={}", quote_value(user)));
+        parts.push(format!("user={}", quote_conninfo_value(user)));
     }
     if let Some(password) = config.get_password() {
         parts.push(format!(
             "password={}",
-            quote_value(&String::from_utf8_lossy(password))
+            quote_conninfo_value(&String::from_utf8_lossy(password))
         ));
     }
-    parts.push(format!("dbname={}", quote_value(dbname)));
+    parts.push(format!("dbname={}", quote_conninfo_value(dbname)));
     match config.get_ssl_mode() {
         SslMode::Disable => parts.push("sslmode=disable".to_owned()),
         SslMode::Require => parts.push("sslmode=require".to_owned()),
         _ => {}
     }
     if let Some(options) = config.get_options() {
-        parts.push(format!("options={}", quote_value(options)));
+        parts.push(format!("options={}", quote_conninfo_value(options)));
     }
     if let Some(name) = config.get_application_name() {
-        parts.push(format!("application_name={}", quote_value(name)));
+        parts.push(format!("application_name={}", quote_conninfo_value(name)));
     }
     if let Some(timeout) = config.get_connect_timeout() {
         parts.push(format!("connect_timeout={}", timeout.as_secs().max(1)));
@@ -130,14 +105,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn values_are_quoted_when_needed() {
-        assert_eq!(quote_value("abc"), "abc");
-        assert_eq!(quote_value(""), "''");
-        assert_eq!(quote_value("a b"), "'a b'");
-        assert_eq!(quote_value(r"it's\"), r"'it\'s\\'");
-    }
-
-    #[test]
     fn render_round_trips() {
         let config: Config = "postgres://bob:p%20w@db.example:6543/main?sslmode=disable"
             .parse()
@@ -154,10 +121,5 @@ mod tests {
             render(&config, Some("alice"), "x"),
             "host=db.example port=6543 user=alice password='p w' dbname=x sslmode=disable"
         );
-    }
-
-    #[test]
-    fn idents_are_quoted() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -140,7 +140,7 @@ pub async fn create_role(
     name: &str,
     options: &str,
 ) -> Result<(), TestkitError> {
-    let sql = format!("CREATE ROLE {} {options}", dsn::quote_ident(name));
+    let sql = format!("CREATE ROLE {} {options}", pgq_core::quote_ident(name));
     match client.batch_execute(&sql).await {
         Err(err) if err.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
             Err(dsn::pg_error(format!("creating role {name}"), err))

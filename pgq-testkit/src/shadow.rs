@@ -1,7 +1,9 @@
 //! A database whose owner put a schema of look-alikes first in its `search_path`: for tests
 //! that a session resolves nothing through a path someone else controls.
 
-use crate::dsn::{connect, pg_error, quote_ident};
+use pgq_core::quote_ident;
+
+use crate::dsn::{connect, pg_error};
 use crate::{TestDb, TestkitError};
 
 /// The (non-superuser) role that owns a shadowed database.

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use pgq_core::tokio_postgres::Client;
-use pgq_core::{ConsumerName, Dsn, Line, QueueName, QueueSetting, TickId};
+use pgq_core::{ConsumerName, Dsn, Line, QueueName, QueueSetting, SkipTarget, TickId};
 use pgq_ticker::config::parse_duration;
-use pgq_ticker::{Databases, SkipTarget, Ticker, TickerConfig};
+use pgq_ticker::{Databases, Ticker, TickerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -186,7 +186,7 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
             json: as_json,
         } => {
             let queue = queue.map(QueueName::new).transpose()?;
-            let rows = pgq_ticker::backlog(&*client, queue.as_ref()).await?;
+            let rows = pgq_core::backlog_report(&*client, queue.as_ref()).await?;
             if as_json {
                 json(&rows)?;
             } else {
@@ -224,7 +224,7 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
             json: as_json,
         } => {
             let queue = QueueName::new(queue)?;
-            let ticks = pgq_ticker::recent_ticks(&*client, &queue, limit).await?;
+            let ticks = pgq_core::recent_ticks(&*client, &queue, limit).await?;
             if as_json {
                 json(&ticks)?;
             } else {
@@ -257,7 +257,7 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
             };
             let tx = client.transaction().await?;
             let report =
-                pgq_ticker::skip_consumer(&tx, &queue, &consumer, target, dry_run, exact).await?;
+                pgq_core::skip_consumer(&tx, &queue, &consumer, target, dry_run, exact).await?;
             tx.commit().await?;
             if as_json {
                 json(&report)?;

@@ -4,96 +4,32 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use pgq_core::{quote_ident, Dsn, Flavor};
+use pgq_core::maintenance::{self, MaintName};
+use pgq_core::{Dsn, Flavor};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
-use crate::error::{DbContext as _, Result, TickerError};
-
-/// The session advisory lock a ticker holds on its database, so that two tickers never tick
-/// one database at once (ASCII `pgq_tick`).
-pub const TICKER_LOCK_KEY: i64 = 0x7067_715f_7469_636b;
-
-/// The channel ticks are announced on; the payload is the queue name.
-pub const TICK_CHANNEL: &str = "pgq_tick";
+use crate::error::{DbContext as _, InDb as _, Result, TickerError};
 
 /// How often one maintenance function is called in a row while it asks to be called again.
 const MAX_REPEATS: u32 = 100;
 
+// The session's own plumbing (not PGQ's API): its backend for cancelling, its name in
+// pg_stat_activity.
 // language=SQL
-const PROBE: &str = "\
-SELECT pg_catalog.to_regprocedure('pgq.ticker()') IS NOT NULL,
-       pg_catalog.to_regprocedure('pgq.catchup_ticker()') IS NOT NULL,
-       pg_catalog.pg_backend_pid()";
-
-// language=SQL
-const TRY_LOCK: &str = "SELECT pg_catalog.pg_try_advisory_lock($1)";
+const BACKEND_PID: &str = "SELECT pg_catalog.pg_backend_pid()";
 
 // language=SQL
 const NAME_SESSION: &str = "\
 SELECT pg_catalog.set_config('application_name', 'pgq-ticker', false)
  WHERE pg_catalog.current_setting('application_name') = ''";
 
-// The pass on the pgq-rs schema: catch-up cuts first, then PGQ's tick rule, in one transaction
-// (a simple query of two statements is one transaction). Its insert trigger on pgq.tick
-// announces the ticks.
-// language=SQL
-const PASS_WITH_CATCHUP: &str = "SELECT pgq.catchup_ticker(); SELECT pgq.ticker()";
-
-// The pass elsewhere: PGQ's tick rule queue by queue, as pgq.ticker() does, so the ticked
-// queues are known and can be announced after the commit. CASE keeps paused and externally
-// ticked queues away from pgq.ticker(text), which would raise.
-// language=SQL
-const PASS_PER_QUEUE: &str = "\
-SELECT queue_name,
-       CASE WHEN NOT queue_external_ticker AND NOT queue_ticker_paused
-            THEN pgq.ticker(queue_name) END
-  FROM pgq.queue
- ORDER BY queue_name";
-
-// The queues a pass ticks, for a pass queue by queue.
-// language=SQL
-const TICKED_QUEUES: &str = "\
-SELECT queue_name FROM pgq.queue
- WHERE NOT queue_external_ticker AND NOT queue_ticker_paused
- ORDER BY queue_name";
-
-// One queue's catch-up cuts, before its tick rule in the same transaction.
-// language=SQL
-const CATCHUP_QUEUE: &str = "SELECT pgq.catchup_ticker($1)::int8";
-
-// One queue's tick rule: the new tick's id, or NULL when no tick was due.
-// language=SQL
-const TICK_QUEUE: &str = "SELECT pgq.ticker($1)";
-
-// language=SQL
-const NOTIFY: &str = "SELECT pg_catalog.pg_notify($1, q) FROM pg_catalog.unnest($2::text[]) AS q";
-
-// language=SQL
-const MAINT_OPERATIONS: &str = "SELECT func_name, func_arg FROM pgq.maint_operations()";
-
-// language=SQL
-const RETRY_EVENTS: &str = "SELECT pgq.maint_retry_events()::int8";
-
-/// How [`RETRY_EVENTS`] is named in the log.
-const RETRY_OP: &str = "pgq.maint_retry_events";
-
 // language=SQL
 const CANCEL_BACKEND: &str = "SELECT pg_catalog.pg_cancel_backend($1)";
 
-// Whether the maintenance function $1.$2 may be called: it lives in the pgq, pgq_node or
-// londiste schema, and that schema and every function of that name in it belong to the owner
-// of schema pgq. Whoever owns a database may create a schema named londiste in it, and the
-// daemon (often a superuser) would run their code; the original extension's
-// pgq.maint_operations lists queue_extra_maint and such hooks unchecked.
-// language=SQL
-const MAINT_TRUSTED: &str = "\
-SELECT coalesce(bool_and(p.proowner = own.nspowner AND n.nspowner = own.nspowner), false)
-  FROM pg_catalog.pg_namespace own, pg_catalog.pg_namespace n
-  JOIN pg_catalog.pg_proc p ON p.pronamespace = n.oid
- WHERE own.nspname = 'pgq' AND n.nspname IN ('pgq', 'pgq_node', 'londiste')
-   AND n.nspname = $1 AND p.proname = $2";
+/// How the retry step is named in the log.
+const RETRY_OP: &str = "pgq.maint_retry_events";
 
 /// What one ticker pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,11 +69,11 @@ pub struct MaintReport {
 }
 
 /// The ticker of one database, on a dedicated connection that holds the database's ticker
-/// lock (a session advisory lock, [`TICKER_LOCK_KEY`]) for as long as it lives. Dropping it
+/// lock (a session advisory lock, [`maintenance::TICKER_LOCK_KEY`]) for as long as it lives. Dropping it
 /// closes the connection and frees the lock.
 ///
 /// On the pgq-rs schema a pass writes catch-up ticks (`pgq.catchup_ticker()`) before PGQ's tick
-/// rule (`pgq.ticker()`), and the schema announces each tick on the `pgq_tick` channel. On the
+/// rule (`pgq.ticker()`), and the schema announces each tick on [`maintenance::TICK_CHANNEL`]. On the
 /// original PGQ extension (or an older pgq-rs schema) a pass applies PGQ's tick rule only, and
 /// the ticker sends the announcements itself after the commit.
 #[derive(Debug)]
@@ -173,21 +109,18 @@ impl DatabaseTicker {
         let dsn = dsn.with_pinned_search_path();
         let db = dsn.dbname().to_owned();
         let client = dsn.connect().await?;
-        let row = client.query_typed_one(PROBE, &[]).await.op(&db, "probe")?;
-        let has_pgq: bool = row.try_get(0).op(&db, "probe")?;
-        if !has_pgq {
+        let support = maintenance::ticker_support(&client).await.in_db(&db)?;
+        if !support.pgq {
             return Err(TickerError::SchemaMissing { db });
         }
-        let catchup: bool = row.try_get(1).op(&db, "probe")?;
-        let pid: i32 = row.try_get(2).op(&db, "probe")?;
-        let flavor = pgq_core::flavor(&client).await?;
-        let locked: bool = client
-            .query_typed_one(TRY_LOCK, &[(&TICKER_LOCK_KEY, Type::INT8)])
+        let pid: i32 = client
+            .query_typed_one(BACKEND_PID, &[])
             .await
-            .op(&db, "taking the ticker lock")?
+            .op(&db, "probe")?
             .try_get(0)
-            .op(&db, "taking the ticker lock")?;
-        if !locked {
+            .op(&db, "probe")?;
+        let flavor = pgq_core::flavor(&client).await?;
+        if !maintenance::try_ticker_lock(&client).await.in_db(&db)? {
             return Err(TickerError::AlreadyTicked { db });
         }
         client
@@ -199,7 +132,7 @@ impl DatabaseTicker {
             dsn,
             db,
             flavor,
-            catchup,
+            catchup: support.catchup,
             pid,
             failing: BTreeMap::new(),
             failing_ops: BTreeMap::new(),
@@ -262,39 +195,20 @@ impl DatabaseTicker {
 
     /// Every queue in one transaction.
     async fn pass_whole(&mut self) -> Result<TickReport> {
-        const OP: &str = "ticker pass";
         if self.catchup {
-            let messages = self
-                .client
-                .simple_query(PASS_WITH_CATCHUP)
+            let pass = maintenance::ticker_pass_with_catchup(&self.client)
                 .await
-                .op(&self.db, OP)?;
-            let mut values = messages.iter().filter_map(|m| match m {
-                SimpleQueryMessage::Row(row) => {
-                    Some(row.get(0).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-                }
-                _ => None,
-            });
-            let catchup_ticks = values.next().unwrap_or(0);
-            let queues = values.next().unwrap_or(0);
+                .in_db(&self.db)?;
             return Ok(TickReport {
-                ticks: catchup_ticks + queues,
-                queues,
-                catchup_ticks,
+                ticks: pass.catchup_ticks + pass.queues,
+                queues: pass.queues,
+                catchup_ticks: pass.catchup_ticks,
                 failed: 0,
             });
         }
-        let rows = self
-            .client
-            .query_typed(PASS_PER_QUEUE, &[])
+        let ticked = maintenance::ticker_pass_per_queue(&self.client)
             .await
-            .op(&self.db, OP)?;
-        let mut ticked = Vec::new();
-        for row in &rows {
-            if row.try_get::<_, Option<i64>>(1).op(&self.db, OP)?.is_some() {
-                ticked.push(row.try_get::<_, String>(0).op(&self.db, OP)?);
-            }
-        }
+            .in_db(&self.db)?;
         self.announce(&ticked).await?;
         let n = u64::try_from(ticked.len()).unwrap_or(u64::MAX);
         Ok(TickReport {
@@ -307,14 +221,9 @@ impl DatabaseTicker {
 
     /// Each queue in a transaction of its own; a failing one is logged and counted.
     async fn pass_by_queue(&mut self) -> Result<TickReport> {
-        let queues: Vec<String> = self
-            .client
-            .query_typed(TICKED_QUEUES, &[])
+        let queues = maintenance::tickable_queues(&self.client)
             .await
-            .op(&self.db, "listing the queues")?
-            .iter()
-            .map(|row| row.try_get(0).op(&self.db, "listing the queues"))
-            .collect::<Result<_>>()?;
+            .in_db(&self.db)?;
         self.failing.retain(|queue, _| queues.contains(queue));
         let mut report = TickReport::default();
         let mut ticked = Vec::new();
@@ -353,39 +262,23 @@ impl DatabaseTicker {
     async fn tick_queue(&mut self, queue: &str) -> Result<(u64, bool)> {
         const OP: &str = "ticking a queue";
         let tx = self.client.transaction().await.op(&self.db, OP)?;
-        let mut catchup_ticks = 0;
-        if self.catchup {
-            let cuts: Option<i64> = tx
-                .query_typed_one(CATCHUP_QUEUE, &[(&queue, Type::TEXT)])
+        let catchup_ticks = if self.catchup {
+            maintenance::catchup_ticker(&tx, queue)
                 .await
-                .op(&self.db, OP)?
-                .try_get(0)
-                .op(&self.db, OP)?;
-            catchup_ticks = cuts.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        }
-        let tick: Option<i64> = tx
-            .query_typed_one(TICK_QUEUE, &[(&queue, Type::TEXT)])
-            .await
-            .op(&self.db, OP)?
-            .try_get(0)
-            .op(&self.db, OP)?;
+                .in_db(&self.db)?
+        } else {
+            0
+        };
+        let tick = maintenance::tick_queue(&tx, queue).await.in_db(&self.db)?;
         tx.commit().await.op(&self.db, OP)?;
         Ok((catchup_ticks, tick.is_some()))
     }
 
     /// Announces ticks where the schema does not (the original extension, an older pgq-rs).
     async fn announce(&self, ticked: &[String]) -> Result<()> {
-        if ticked.is_empty() {
-            return Ok(());
-        }
-        self.client
-            .execute_typed(
-                NOTIFY,
-                &[(&TICK_CHANNEL, Type::TEXT), (&ticked, Type::TEXT_ARRAY)],
-            )
+        maintenance::announce_ticks(&self.client, ticked)
             .await
-            .op(&self.db, "announcing ticks")?;
-        Ok(())
+            .in_db(&self.db)
     }
 
     /// One maintenance round as pgqd does it: every operation `pgq.maint_operations()` lists,
@@ -401,31 +294,17 @@ impl DatabaseTicker {
     /// logged when its error first appears or changes.
     pub async fn maintain_once(&mut self) -> Result<MaintReport> {
         let mut report = MaintReport::default();
-        let ops = self
-            .client
-            .query_typed(MAINT_OPERATIONS, &[])
+        let ops = maintenance::maint_operations(&self.client)
             .await
-            .op(&self.db, "listing maintenance operations")?;
-        let ops = ops
-            .iter()
-            .map(|row| {
-                Ok::<_, TickerError>((
-                    row.try_get::<_, Option<String>>(0)
-                        .op(&self.db, "listing maintenance operations")?,
-                    row.try_get::<_, Option<String>>(1)
-                        .op(&self.db, "listing maintenance operations")?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .in_db(&self.db)?;
         let mut seen = Vec::with_capacity(ops.len() + 1);
-        for (func, arg) in ops {
-            let func = func.unwrap_or_default();
-            let outcome = if func == "vacuum" {
-                self.vacuum(arg.as_deref(), &mut report).await
+        for op in ops {
+            let outcome = if op.func == "vacuum" {
+                self.vacuum(op.arg.as_deref(), &mut report).await
             } else {
-                self.call(&func, arg.as_deref(), &mut report).await
+                self.call(&op.func, op.arg.as_deref(), &mut report).await
             };
-            let key = (func, arg.unwrap_or_default());
+            let key = (op.func, op.arg.unwrap_or_default());
             self.settle_op(&key, outcome, &mut report)?;
             seen.push(key);
         }
@@ -484,17 +363,12 @@ impl DatabaseTicker {
     pub async fn retry_once(&mut self) -> Result<u64> {
         let mut total = 0u64;
         loop {
-            let moved: i64 = self
-                .client
-                .query_typed_one(RETRY_EVENTS, &[])
+            match maintenance::maint_retry_events(&self.client)
                 .await
-                .op(&self.db, "maint_retry_events")?
-                .try_get::<_, Option<i64>>(0)
-                .op(&self.db, "maint_retry_events")?
-                .unwrap_or(0);
-            match u64::try_from(moved) {
-                Ok(n) if n > 0 => total += n,
-                _ => return Ok(total),
+                .in_db(&self.db)?
+            {
+                0 => return Ok(total),
+                n => total += n,
             }
         }
     }
@@ -502,17 +376,15 @@ impl DatabaseTicker {
     /// Re-reads what the database offers (after a schema upgrade, `pgq.catchup_ticker()` may
     /// have appeared). An error means the schema is gone or the connection is lost.
     pub(crate) async fn refresh(&mut self) -> Result<()> {
-        let row = self
-            .client
-            .query_typed_one(PROBE, &[])
+        let support = maintenance::ticker_support(&self.client)
             .await
-            .op(&self.db, "probe")?;
-        if !row.try_get::<_, bool>(0).op(&self.db, "probe")? {
+            .in_db(&self.db)?;
+        if !support.pgq {
             return Err(TickerError::SchemaMissing {
                 db: self.db.clone(),
             });
         }
-        let catchup = row.try_get(1).op(&self.db, "probe")?;
+        let catchup = support.catchup;
         if catchup != self.catchup {
             tracing::info!(db = %self.db, catchup, "the schema changed");
             self.catchup = catchup;
@@ -537,15 +409,14 @@ impl DatabaseTicker {
     }
 
     async fn vacuum(&mut self, table: Option<&str>, report: &mut MaintReport) -> Result<()> {
-        let Some(quoted) = table.and_then(quote_qualified) else {
+        let Some(name) = table.and_then(MaintName::parse) else {
             let operation = format!("vacuum {}", table.unwrap_or_default());
             self.refuse(&operation, "the table name is not schema.name", report);
             return Ok(());
         };
-        self.client
-            .batch_execute(&format!("VACUUM {quoted}"))
+        maintenance::vacuum_table(&self.client, &name)
             .await
-            .op(&self.db, "vacuum")?;
+            .in_db(&self.db)?;
         report.vacuumed += 1;
         Ok(())
     }
@@ -556,19 +427,14 @@ impl DatabaseTicker {
         arg: Option<&str>,
         report: &mut MaintReport,
     ) -> Result<()> {
-        let Some(quoted) = quote_qualified(func) else {
+        let Some(name) = MaintName::parse(func) else {
             self.refuse(func, "the function name is not schema.name", report);
             return Ok(());
         };
-        let (schema, name) = func.split_once('.').unwrap_or_default();
-        let trusted: bool = self
-            .client
-            .query_typed_one(MAINT_TRUSTED, &[(&schema, Type::TEXT), (&name, Type::TEXT)])
+        if !maintenance::maint_function_trusted(&self.client, &name)
             .await
-            .op(&self.db, "checking a maintenance function")?
-            .try_get(0)
-            .op(&self.db, "checking a maintenance function")?;
-        if !trusted {
+            .in_db(&self.db)?
+        {
             self.refuse(
                 func,
                 "only functions of the pgq, pgq_node and londiste schemas that belong to the \
@@ -577,26 +443,10 @@ impl DatabaseTicker {
             );
             return Ok(());
         }
-        let (sql, params): (
-            String,
-            Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)>,
-        ) = match &arg {
-            Some(arg) => (
-                format!("SELECT {quoted}($1)::text"),
-                vec![(arg, Type::TEXT)],
-            ),
-            None => (format!("SELECT {quoted}()::text"), Vec::new()),
-        };
         for _ in 0..MAX_REPEATS {
-            let again = self
-                .client
-                .query_typed_one(&sql, &params)
+            let again = maintenance::call_maint_function(&self.client, &name, arg)
                 .await
-                .op(&self.db, "maintenance operation")?
-                .try_get::<_, Option<String>>(0)
-                .op(&self.db, "maintenance operation")?
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .is_some_and(|n| n > 0);
+                .in_db(&self.db)?;
             report.calls += 1;
             if !again {
                 return Ok(());
@@ -641,56 +491,5 @@ impl Canceller {
                 tracing::warn!(db = %self.dsn.dbname(), "could not cancel the running pass in time");
             }
         }
-    }
-}
-
-/// Whether a name from the database is `schema.name` in lower-case letters, digits and `_`
-/// (`^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$`).
-fn is_plain_qualified(name: &str) -> bool {
-    let plain = |part: &str| {
-        let mut chars = part.chars();
-        chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    };
-    name.split_once('.')
-        .is_some_and(|(schema, object)| plain(schema) && plain(object))
-}
-
-/// `schema.name` quoted, when the name is plain.
-fn quote_qualified(name: &str) -> Option<String> {
-    let (schema, object) = name.split_once('.')?;
-    is_plain_qualified(name).then(|| format!("{}.{}", quote_ident(schema), quote_ident(object)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_plain_qualified_names_pass() {
-        assert!(is_plain_qualified("pgq.maint_rotate_tables_step1"));
-        assert!(is_plain_qualified("_x.y9"));
-        assert!(is_plain_qualified("pgq_ext.completed_tick"));
-        for bad in [
-            "maint",
-            "pgq.",
-            ".x",
-            "pgq.Tick",
-            "pgq.x; DROP TABLE t",
-            "pgq.x()",
-            "a.b.c",
-            "9a.b",
-            "pgq.\"x\"",
-            "pgq .x",
-        ] {
-            assert!(!is_plain_qualified(bad), "{bad}");
-        }
-        assert_eq!(
-            quote_qualified("pgq.tick").as_deref(),
-            Some("\"pgq\".\"tick\"")
-        );
-        assert_eq!(quote_qualified("pgq.x;y"), None);
     }
 }

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use pgq_core::TickId;
 use tokio_postgres::error::SqlState;
 
 /// What went wrong in a `pgq-ticker` call. Variants name the database (its name, never the
@@ -22,29 +21,6 @@ pub enum TickerError {
     SchemaMissing {
         /// The database name.
         db: String,
-    },
-    /// The tick does not exist on the queue.
-    #[error("queue {queue:?} has no tick {tick}")]
-    TickNotFound {
-        /// The queue name.
-        queue: String,
-        /// The tick asked for.
-        tick: TickId,
-    },
-    /// A skip would move the consumer backwards (or nowhere).
-    #[error(
-        "consumer {consumer:?} on queue {queue:?} is at tick {position}; tick {target} is not \
-         after it"
-    )]
-    SkipNotForward {
-        /// The queue name.
-        queue: String,
-        /// The consumer name.
-        consumer: String,
-        /// The consumer's position.
-        position: TickId,
-        /// The tick asked for.
-        target: TickId,
     },
     /// A `pgq-core` call failed.
     #[error(transparent)]
@@ -71,7 +47,7 @@ impl TickerError {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             TickerError::Core(err) => err.is_connection_lost(),
-            TickerError::Db { source, .. } => connection_lost(source),
+            TickerError::Db { source, .. } => pgq_core::connection_lost(source),
             _ => false,
         }
     }
@@ -84,15 +60,6 @@ impl TickerError {
             _ => None,
         }
     }
-}
-
-/// Whether a driver error means the connection is gone.
-fn connection_lost(source: &tokio_postgres::Error) -> bool {
-    source.is_closed()
-        || source
-            .code()
-            .is_some_and(|c| c.code().starts_with("08") || *c == SqlState::ADMIN_SHUTDOWN)
-        || (source.code().is_none() && source.as_db_error().is_none())
 }
 
 /// Attaches the database and operation to a driver error.
@@ -110,14 +77,22 @@ impl<T> DbContext<T> for std::result::Result<T, tokio_postgres::Error> {
     }
 }
 
-/// Attaches the operation to a driver error of a report query (no database name at hand).
-pub(crate) trait QueryContext<T> {
-    fn query_op(self, op: &'static str) -> Result<T>;
+/// Names the database in a pgq-core error about a statement, as the ticker's own statements
+/// do ([`TickerError::Db`]); other pgq-core errors stay [`TickerError::Core`].
+pub(crate) trait InDb<T> {
+    fn in_db(self, db: &str) -> Result<T>;
 }
 
-impl<T> QueryContext<T> for std::result::Result<T, tokio_postgres::Error> {
-    fn query_op(self, op: &'static str) -> Result<T> {
-        self.map_err(|source| TickerError::Core(pgq_core::Error::Db { op, source }))
+impl<T> InDb<T> for pgq_core::Result<T> {
+    fn in_db(self, db: &str) -> Result<T> {
+        self.map_err(|err| match err {
+            pgq_core::Error::Db { op, source } => TickerError::Db {
+                db: db.to_owned(),
+                op,
+                source,
+            },
+            other => TickerError::Core(other),
+        })
     }
 }
 

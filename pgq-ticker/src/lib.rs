@@ -51,23 +51,21 @@
 //! The operator's guide (running the daemon, `ticker.toml`, the backlog runbook) is
 //! `docs/ticker.md` in the repository.
 //!
+//! The SQL the daemon runs is wrapped in `pgq-core` (`pgq_core::maintenance` for ticks and
+//! maintenance); the reports the admin commands print (`backlog`, `ticks`, `skip`) are
+//! `pgq_core::backlog_report`, `pgq_core::recent_ticks` and `pgq_core::skip_consumer`.
+//!
 //! Main items: [`Ticker`], [`TickerConfig`], [`DatabaseTicker`], [`database_status`],
-//! [`backlog()`], [`recent_ticks`], [`skip_consumer`], [`TickerError`].
+//! [`TickerError`].
 
-mod backlog;
 pub mod config;
 mod database;
 mod error;
-mod skip;
 mod status;
 mod ticker;
-mod ticks;
 
-pub use backlog::{backlog, Backlog};
 pub use config::{Databases, TickerConfig, TickerConfigBuilder};
-pub use database::{DatabaseTicker, MaintReport, TickReport, TICKER_LOCK_KEY, TICK_CHANNEL};
+pub use database::{DatabaseTicker, MaintReport, TickReport};
 pub use error::{ConfigError, Result, TickerError};
-pub use skip::{skip_consumer, SkipReport, SkipTarget};
-pub use status::{database_status, ConsumerStatus, DatabaseStatus, QueueStatus, TickerHolder};
+pub use status::{database_status, ConsumerStatus, DatabaseStatus, QueueStatus};
 pub use ticker::Ticker;
-pub use ticks::{recent_ticks, TickInfo};

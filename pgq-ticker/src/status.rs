@@ -3,30 +3,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
+use pgq_core::maintenance::{self, TickerHolder};
 use pgq_core::{BatchId, Flavor, TickId};
 use serde::Serialize;
-use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 
-use crate::database::TICKER_LOCK_KEY;
-use crate::error::{QueryContext as _, Result, TickerError};
-
-// language=SQL
-const HAS_PGQ: &str = "\
-SELECT pg_catalog.current_database()::text,
-       pg_catalog.to_regprocedure('pgq.get_queue_info()') IS NOT NULL";
-
-// A bigint advisory key shows in pg_locks as classid (high half), objid (low half), objsubid 1.
-// language=SQL
-const TICKER_HOLDER: &str = "\
-SELECT l.pid, coalesce(a.application_name, ''), pg_catalog.host(a.client_addr), a.backend_start
-  FROM pg_catalog.pg_locks l
-  LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
- WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-   AND l.database = (SELECT oid FROM pg_catalog.pg_database
-                      WHERE datname = pg_catalog.current_database())
-   AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid";
+use crate::error::{Result, TickerError};
 
 /// One database as `pgq-ticker status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -41,20 +24,6 @@ pub struct DatabaseStatus {
     pub ticker: Option<TickerHolder>,
     /// The queues, by name.
     pub queues: Vec<QueueStatus>,
-}
-
-/// The session that holds a database's ticker lock.
-#[derive(Debug, Clone, Serialize)]
-#[non_exhaustive]
-pub struct TickerHolder {
-    /// Its backend's process id.
-    pub pid: i32,
-    /// Its `application_name` (`pgq-ticker` unless its connection string set another).
-    pub application_name: String,
-    /// Its client address; `None` over a Unix socket or when not visible to this role.
-    pub client_addr: Option<String>,
-    /// When it connected.
-    pub backend_start: Option<DateTime<Utc>>,
 }
 
 /// One queue.
@@ -126,29 +95,18 @@ impl DatabaseStatus {
 ///
 /// # Errors
 ///
-/// [`TickerError::SchemaMissing`] when the database has no PGQ; [`TickerError::Core`] or
-/// [`TickerError::Db`] when a statement fails.
+/// [`TickerError::SchemaMissing`] when the database has no PGQ; [`TickerError::Core`] when a
+/// statement fails.
 pub async fn database_status(client: &impl GenericClient) -> Result<DatabaseStatus> {
-    const OP: &str = "status";
-    let row = client.query_typed_one(HAS_PGQ, &[]).await.query_op(OP)?;
-    let db: String = row.try_get(0).query_op(OP)?;
-    if !row.try_get::<_, bool>(1).query_op(OP)? {
-        return Err(TickerError::SchemaMissing { db });
+    let support = maintenance::ticker_support(client).await?;
+    if !support.pgq {
+        return Err(TickerError::SchemaMissing {
+            db: support.database,
+        });
     }
+    let db = support.database;
     let flavor = flavor_name(pgq_core::flavor(client).await?);
-    let ticker = client
-        .query_typed_opt(TICKER_HOLDER, &[(&TICKER_LOCK_KEY, Type::INT8)])
-        .await
-        .query_op(OP)?
-        .map(|row| {
-            Ok::<_, TickerError>(TickerHolder {
-                pid: row.try_get(0).query_op(OP)?,
-                application_name: row.try_get(1).query_op(OP)?,
-                client_addr: row.try_get(2).query_op(OP)?,
-                backend_start: row.try_get(3).query_op(OP)?,
-            })
-        })
-        .transpose()?;
+    let ticker = maintenance::ticker_holder(client).await?;
     let mut consumers = pgq_core::consumer_info(client, None, None).await?;
     let queues = pgq_core::queue_info(client, None)
         .await?

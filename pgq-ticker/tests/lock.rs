@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use pgq_core::maintenance::TICKER_LOCK_KEY;
 use pgq_core::tokio_postgres::Client;
 use pgq_testkit::TestDb;
-use pgq_ticker::{DatabaseTicker, Databases, Ticker, TickerError, TICKER_LOCK_KEY};
+use pgq_ticker::{DatabaseTicker, Databases, Ticker, TickerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::setup::{dsn, fast_config, ours, queue_with, wait_for};

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use futures_util::StreamExt as _;
+use pgq_core::maintenance::TICK_CHANNEL;
 use pgq_core::tokio_postgres::{AsyncMessage, Client, NoTls};
 use pgq_core::{ConsumerName, Dsn, Event, Line, QueueName, QueueSetting};
 use pgq_testkit::TestDb;
@@ -161,7 +162,7 @@ pub(crate) fn dsn(text: &str) -> anyhow::Result<Dsn> {
     Ok(Dsn::parse(text)?)
 }
 
-/// A connection that has run `LISTEN pgq_tick`, and the payloads (queue names) it receives.
+/// A connection that LISTENs on `pgq_tick`, and the payloads (queue names) it receives.
 pub(crate) async fn listen_ticks(
     dsn: &str,
 ) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<String>)> {
@@ -171,13 +172,13 @@ pub(crate) async fn listen_ticks(
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
             if let AsyncMessage::Notification(n) = message {
-                if n.channel() == "pgq_tick" && tx.send(n.payload().to_owned()).is_err() {
+                if n.channel() == TICK_CHANNEL && tx.send(n.payload().to_owned()).is_err() {
                     return;
                 }
             }
         }
     });
-    client.batch_execute("LISTEN pgq_tick").await?;
+    pgq_core::maintenance::listen_ticks(&client).await?;
     Ok((client, rx))
 }
 

@@ -2,12 +2,14 @@
 //! of what it skips.
 
 use chrono::{DateTime, Utc};
-use pgq_core::{quote_ident, BatchId, ConsumerName, QueueName, TickId};
 use serde::Serialize;
 use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 
-use crate::error::{QueryContext as _, Result, TickerError};
+use crate::error::{DbContext, Error, Result};
+use crate::ident::{quote_ident, ConsumerName, QueueName};
+use crate::ids::{BatchId, TickId};
+use crate::queue::{queue_exists, register_consumer_at};
 
 // language=SQL
 const POSITION: &str = "\
@@ -33,9 +35,6 @@ SELECT tick_id, tick_time, tick_event_seq FROM pgq.tick WHERE tick_queue = $1 AN
 // language=SQL
 const TICKS_BETWEEN: &str = "\
 SELECT count(*) FROM pgq.tick WHERE tick_queue = $1 AND tick_id > $2 AND tick_id <= $3";
-
-// language=SQL
-const QUEUE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pgq.queue WHERE queue_name = $1)";
 
 /// Where to move the consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,9 +83,9 @@ pub struct SkipReport {
 ///
 /// # Errors
 ///
-/// [`TickerError::Core`] with `QueueNotFound` or `ConsumerNotRegistered`;
-/// [`TickerError::TickNotFound`] for an unknown target tick; [`TickerError::SkipNotForward`]
-/// when the target is not after the consumer's position; a database error otherwise.
+/// [`Error::QueueNotFound`]; [`Error::ConsumerNotRegistered`]; [`Error::TickNotFound`] for an
+/// unknown target tick; [`Error::SkipNotForward`] when the target is not after the consumer's
+/// position; [`Error::Db`] when a statement fails.
 pub async fn skip_consumer(
     client: &impl GenericClient,
     queue: &QueueName,
@@ -105,39 +104,35 @@ pub async fn skip_consumer(
             ],
         )
         .await
-        .query_op(OP)?;
+        .op(OP)?;
     let Some(position) = position else {
         return Err(not_registered(client, queue, consumer).await?);
     };
-    let sub_id: i32 = position.try_get(0).query_op(OP)?;
-    let Some(from_tick) = position.try_get::<_, Option<i64>>(1).query_op(OP)? else {
-        return Err(pgq_core::Error::ConsumerNotRegistered {
+    let sub_id: i32 = position.try_get(0).op(OP)?;
+    let Some(from_tick) = position.try_get::<_, Option<i64>>(1).op(OP)? else {
+        return Err(Error::ConsumerNotRegistered {
             queue: queue.to_string(),
             consumer: consumer.to_string(),
-        }
-        .into());
+        });
     };
-    let dropped_batch = position
-        .try_get::<_, Option<i64>>(2)
-        .query_op(OP)?
-        .map(BatchId);
-    let queue_id: i32 = position.try_get(3).query_op(OP)?;
-    let data_pfx: String = position.try_get(4).query_op(OP)?;
-    let from_time: Option<DateTime<Utc>> = position.try_get(5).query_op(OP)?;
-    let from_seq: Option<i64> = position.try_get(6).query_op(OP)?;
+    let dropped_batch = position.try_get::<_, Option<i64>>(2).op(OP)?.map(BatchId);
+    let queue_id: i32 = position.try_get(3).op(OP)?;
+    let data_pfx: String = position.try_get(4).op(OP)?;
+    let from_time: Option<DateTime<Utc>> = position.try_get(5).op(OP)?;
+    let from_seq: Option<i64> = position.try_get(6).op(OP)?;
 
     let target_row = match target {
         SkipTarget::Head => client
             .query_typed_opt(HEAD_TICK, &[(&queue_id, Type::INT4)])
             .await
-            .query_op(OP)?,
+            .op(OP)?,
         SkipTarget::Tick(tick) => client
             .query_typed_opt(TICK, &[(&queue_id, Type::INT4), (&tick.0, Type::INT8)])
             .await
-            .query_op(OP)?,
+            .op(OP)?,
     };
     let Some(target_row) = target_row else {
-        return Err(TickerError::TickNotFound {
+        return Err(Error::TickNotFound {
             queue: queue.to_string(),
             tick: match target {
                 SkipTarget::Tick(tick) => tick,
@@ -145,11 +140,11 @@ pub async fn skip_consumer(
             },
         });
     };
-    let to_tick: i64 = target_row.try_get(0).query_op(OP)?;
-    let to_time: DateTime<Utc> = target_row.try_get(1).query_op(OP)?;
-    let to_seq: i64 = target_row.try_get(2).query_op(OP)?;
+    let to_tick: i64 = target_row.try_get(0).op(OP)?;
+    let to_time: DateTime<Utc> = target_row.try_get(1).op(OP)?;
+    let to_seq: i64 = target_row.try_get(2).op(OP)?;
     if to_tick <= from_tick {
-        return Err(TickerError::SkipNotForward {
+        return Err(Error::SkipNotForward {
             queue: queue.to_string(),
             consumer: consumer.to_string(),
             position: TickId(from_tick),
@@ -166,16 +161,16 @@ pub async fn skip_consumer(
             ],
         )
         .await
-        .query_op(OP)?
+        .op(OP)?
         .try_get(0)
-        .query_op(OP)?;
+        .op(OP)?;
     let events_exact = if exact {
         Some(count_events(client, &data_pfx, queue_id, from_tick, to_tick, sub_id).await?)
     } else {
         None
     };
     if !dry_run {
-        pgq_core::register_consumer_at(client, queue, consumer, TickId(to_tick)).await?;
+        register_consumer_at(client, queue, consumer, TickId(to_tick)).await?;
     }
     Ok(SkipReport {
         queue: queue.to_string(),
@@ -228,9 +223,9 @@ async fn count_events(
             ],
         )
         .await
-        .query_op("counting skipped events")?
+        .op("counting skipped events")?
         .try_get(0)
-        .query_op("counting skipped events")
+        .op("counting skipped events")
 }
 
 /// The error for a queue/consumer pair without a subscription.
@@ -238,22 +233,15 @@ async fn not_registered(
     client: &impl GenericClient,
     queue: &QueueName,
     consumer: &ConsumerName,
-) -> Result<TickerError> {
-    let exists: bool = client
-        .query_typed_one(QUEUE_EXISTS, &[(&queue.as_str(), Type::TEXT)])
-        .await
-        .query_op("skip")?
-        .try_get(0)
-        .query_op("skip")?;
-    Ok(if exists {
-        pgq_core::Error::ConsumerNotRegistered {
+) -> Result<Error> {
+    Ok(if queue_exists(client, queue).await? {
+        Error::ConsumerNotRegistered {
             queue: queue.to_string(),
             consumer: consumer.to_string(),
         }
     } else {
-        pgq_core::Error::QueueNotFound {
+        Error::QueueNotFound {
             queue: queue.to_string(),
         }
-    }
-    .into())
+    })
 }
