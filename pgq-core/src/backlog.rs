@@ -27,6 +27,12 @@ SELECT queue_name, consumer_name, last_tick_id, last_tick_time,
        (extract(epoch FROM lag) * 1000000)::int8, pending_ticks, pending_events
   FROM pgq.get_consumer_backlog($1, $2)";
 
+// language=SQL
+const CONSUMER_BACKLOG_EXACT: &str = "\
+SELECT queue_name, consumer_name, last_tick_id, ticked_events, unticked_events, retry_events,
+       pending_events
+  FROM pgq.get_consumer_backlog_exact($1, $2)";
+
 // Works on the pgq-rs schema and on the original extension alike: positions come from the tick
 // rows and the queue's event sequence.
 // language=SQL
@@ -148,6 +154,67 @@ pub async fn consumer_backlog(
                     .op(OP)?
                     .map(TimeDelta::microseconds),
                 pending_ticks: row.try_get(5).op(OP)?,
+                pending_events: row.try_get(6).op(OP)?,
+            })
+        })
+        .collect()
+}
+
+/// The committed events one consumer will still receive, counted row by row
+/// (`pgq.get_consumer_backlog_exact`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ExactBacklog {
+    /// `queue_name`.
+    pub queue_name: String,
+    /// `consumer_name`.
+    pub consumer_name: String,
+    /// `last_tick_id`: the consumer's position.
+    pub last_tick_id: TickId,
+    /// `ticked_events`: events up to the newest tick, in batches already cut.
+    pub ticked_events: i64,
+    /// `unticked_events`: committed events after the newest tick.
+    pub unticked_events: i64,
+    /// `retry_events`: the consumer's events waiting in the retry queue.
+    pub retry_events: i64,
+    /// `pending_events`: all three together.
+    pub pending_events: i64,
+}
+
+/// The exact backlog of consumers, counted row by row through the event tables' indexes: the
+/// committed events each will still receive, ticked or not, and its retry events (transactions
+/// still running are not counted). `None` for the queue or the consumer means all of them. It
+/// reads the whole backlog: for an operator, not for every metrics scrape ([`consumer_backlog`]
+/// estimates from tick positions).
+///
+/// # Errors
+///
+/// [`Error::Db`](crate::Error::Db), e.g. when the schema lacks
+/// `pgq.get_consumer_backlog_exact` (the original extension, or pgq-rs before version 6).
+pub async fn consumer_backlog_exact(
+    client: &impl GenericClient,
+    queue: Option<&QueueName>,
+    consumer: Option<&ConsumerName>,
+) -> Result<Vec<ExactBacklog>> {
+    const OP: &str = "get_consumer_backlog_exact";
+    let queue = queue.map(QueueName::as_str);
+    let consumer = consumer.map(ConsumerName::as_str);
+    let rows = client
+        .query_typed(
+            CONSUMER_BACKLOG_EXACT,
+            &[(&queue, Type::TEXT), (&consumer, Type::TEXT)],
+        )
+        .await
+        .op(OP)?;
+    rows.iter()
+        .map(|row| {
+            Ok(ExactBacklog {
+                queue_name: row.try_get(0).op(OP)?,
+                consumer_name: row.try_get(1).op(OP)?,
+                last_tick_id: TickId(row.try_get(2).op(OP)?),
+                ticked_events: row.try_get(3).op(OP)?,
+                unticked_events: row.try_get(4).op(OP)?,
+                retry_events: row.try_get(5).op(OP)?,
                 pending_events: row.try_get(6).op(OP)?,
             })
         })

@@ -66,7 +66,8 @@ mod schema;
 mod skip;
 
 pub use backlog::{
-    backlog_report, consumer_backlog, queue_backlog, BacklogReport, ConsumerBacklog, QueueBacklog,
+    backlog_report, consumer_backlog, consumer_backlog_exact, queue_backlog, BacklogReport,
+    ConsumerBacklog, ExactBacklog, QueueBacklog,
 };
 pub use backoff::Backoff;
 pub use batch::{
