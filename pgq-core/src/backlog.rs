@@ -42,8 +42,8 @@ SELECT q.queue_name, co.co_name, s.sub_last_tick, last.tick_time, top.tick_id, t
          WHERE t.tick_queue = s.sub_queue AND t.tick_id > s.sub_last_tick),
        pgq.seq_getval(q.queue_event_seq) - last.tick_event_seq,
        pgq.seq_getval(q.queue_event_seq) - top.tick_event_seq,
-       q.queue_ticker_max_count,
-       pg_catalog.to_regprocedure('pgq.catchup_ticker()') IS NOT NULL
+       -- NULL where there is no batch cap (the original extension)
+       (pg_catalog.to_jsonb(q) ->> 'queue_ticker_max_batch')::int4
   FROM pgq.subscription s
   JOIN pgq.queue q ON q.queue_id = s.sub_queue
   JOIN pgq.consumer co ON co.co_id = s.sub_consumer
@@ -245,14 +245,12 @@ pub struct BacklogReport {
     /// Events inserted since the newest tick: the part the ticker has not cut into batches
     /// yet.
     pub events_since_newest_tick: Option<i64>,
-    /// The queue's `ticker_max_count`.
-    pub ticker_max_count: i32,
-    /// Whether the database cuts a large backlog into catch-up ticks (`pgq.catchup_ticker()`).
-    pub catchup: bool,
+    /// The queue's batch cap, `ticker_max_batch`; `None` where there is none (the original
+    /// extension).
+    pub ticker_max_batch: Option<i32>,
     /// About how many batches the consumer will take to catch up: the pending ticks, plus
-    /// the events since the newest tick in batches of `ticker_max_count` when catch-up ticks
-    /// will cut them (more than twice `ticker_max_count` waiting behind a newest tick older than
-    /// `ticker_max_lag`: an outage), else in one batch.
+    /// the events since the newest tick in batches of at most `ticker_max_batch` (in one batch
+    /// without a cap).
     pub batches: i64,
 }
 
@@ -283,8 +281,7 @@ pub async fn backlog_report(
         .map(|row| {
             let unticked: Option<i64> = row.try_get(8).op(OP)?;
             let pending_ticks: i64 = row.try_get(6).op(OP)?;
-            let max_count: i32 = row.try_get(9).op(OP)?;
-            let catchup: bool = row.try_get(10).op(OP)?;
+            let cap: Option<i32> = row.try_get(9).op(OP)?;
             Ok(BacklogReport {
                 queue: row.try_get(0).op(OP)?,
                 consumer: row.try_get(1).op(OP)?,
@@ -295,23 +292,23 @@ pub async fn backlog_report(
                 pending_ticks,
                 events_since_last_tick: row.try_get(7).op(OP)?,
                 events_since_newest_tick: unticked,
-                ticker_max_count: max_count,
-                catchup,
-                batches: pending_ticks + batches_for(unticked.unwrap_or(0), max_count, catchup),
+                ticker_max_batch: cap,
+                batches: pending_ticks + batches_for(unticked.unwrap_or(0), cap),
             })
         })
         .collect()
 }
 
-/// How many batches the ticker will cut `events` untick events into.
-fn batches_for(events: i64, max_count: i32, catchup: bool) -> i64 {
-    let max = i64::from(max_count.max(1));
-    if events <= 0 {
-        0
-    } else if catchup && events > 2 * max {
-        (events + max - 1) / max
-    } else {
-        1
+/// How many batches the ticker will cut `events` unticked events into: batches of at most
+/// `cap`, or one without a cap.
+fn batches_for(events: i64, cap: Option<i32>) -> i64 {
+    match (events, cap) {
+        (..=0, _) => 0,
+        (_, Some(cap)) => {
+            let cap = i64::from(cap.max(1));
+            (events + cap - 1) / cap
+        }
+        (_, None) => 1,
     }
 }
 
@@ -321,13 +318,13 @@ mod tests {
 
     #[test]
     fn batch_estimate() {
-        assert_eq!(batches_for(0, 500, true), 0);
-        assert_eq!(batches_for(-3, 500, true), 0);
-        assert_eq!(batches_for(1, 500, true), 1);
-        assert_eq!(batches_for(1000, 500, true), 1);
-        assert_eq!(batches_for(1001, 500, true), 3);
-        assert_eq!(batches_for(500_000, 500, true), 1000);
-        assert_eq!(batches_for(500_000, 500, false), 1);
-        assert_eq!(batches_for(10, 0, true), 10);
+        assert_eq!(batches_for(0, Some(500)), 0);
+        assert_eq!(batches_for(-3, Some(500)), 0);
+        assert_eq!(batches_for(1, Some(500)), 1);
+        assert_eq!(batches_for(500, Some(500)), 1);
+        assert_eq!(batches_for(1001, Some(500)), 3);
+        assert_eq!(batches_for(500_000, Some(10_000)), 50);
+        assert_eq!(batches_for(500_000, None), 1);
+        assert_eq!(batches_for(10, Some(0)), 10);
     }
 }

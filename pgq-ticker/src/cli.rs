@@ -124,10 +124,15 @@ pub(crate) enum Admin {
     /// What waits for each consumer, and about how many batches that makes.
     ///
     /// Per consumer: events since its last finished tick and since the newest tick (not cut
-    /// into batches yet), ticks ready, and the batch estimate at ticker_max_count.
+    /// into batches yet), ticks ready, and the batch estimate at the queue's batch cap. These
+    /// are estimates from the event sequence (rolled-back inserts count); --exact counts the
+    /// committed events each consumer will receive, row by row.
     Backlog {
         /// Only this queue.
         queue: Option<String>,
+        /// Count the events row by row (reads the whole backlog; the pgq-rs schema only).
+        #[arg(long)]
+        exact: bool,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,

@@ -183,6 +183,40 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
         }
         Admin::Backlog {
             queue,
+            exact: true,
+            json: as_json,
+        } => {
+            let queue = queue.map(QueueName::new).transpose()?;
+            let rows = pgq_core::consumer_backlog_exact(&*client, queue.as_ref(), None).await?;
+            if as_json {
+                json(&rows)?;
+            } else {
+                let mut table = Table::new(&[
+                    "queue",
+                    "consumer",
+                    "last tick",
+                    "ticked",
+                    "not yet ticked",
+                    "retry",
+                    "events",
+                ]);
+                for b in rows {
+                    table.row(vec![
+                        b.queue_name,
+                        b.consumer_name,
+                        b.last_tick_id.to_string(),
+                        b.ticked_events.to_string(),
+                        b.unticked_events.to_string(),
+                        b.retry_events.to_string(),
+                        b.pending_events.to_string(),
+                    ]);
+                }
+                table.print()?;
+            }
+        }
+        Admin::Backlog {
+            queue,
+            exact: false,
             json: as_json,
         } => {
             let queue = queue.map(QueueName::new).transpose()?;
@@ -198,7 +232,7 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
                     "ready ticks",
                     "events waiting",
                     "not yet ticked",
-                    "max count",
+                    "batch cap",
                     "~batches",
                 ]);
                 let now = chrono::Utc::now();
@@ -211,7 +245,7 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
                         b.pending_ticks.to_string(),
                         opt(b.events_since_last_tick),
                         opt(b.events_since_newest_tick),
-                        b.ticker_max_count.to_string(),
+                        opt(b.ticker_max_batch.map(i64::from)),
                         b.batches.to_string(),
                     ]);
                 }

@@ -1,5 +1,6 @@
 //! Integration tests of pgq-ticker, on real PostgreSQL (see pgq-testkit).
 
+mod cap;
 mod cli;
 mod daemon;
 mod discovery;
