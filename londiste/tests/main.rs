@@ -2,6 +2,7 @@
 
 mod admin;
 mod bad_input;
+mod cap;
 mod common;
 mod live;
 mod names;
