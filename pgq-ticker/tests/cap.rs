@@ -175,6 +175,13 @@ async fn a_long_outage_is_cut_and_counted_exactly() -> anyhow::Result<()> {
     let mut client = ours(&db).await?;
     let cap = 2_000;
     let (q, c) = queue_with_cap(&client, cap).await?;
+    // what is left under the cap is ticked soon, not after the default 3 s
+    pgq_core::set_queue_config(
+        &client,
+        &q,
+        QueueSetting::TickerMaxLag(Duration::from_millis(200)),
+    )
+    .await?;
     let held = Dsn::parse(&db.dsn())?.connect().await?;
     held.batch_execute(
         "BEGIN; SELECT pgq.insert_event('q', 'held', 'h', 'held', NULL, NULL, NULL)
