@@ -9,6 +9,7 @@ use pgq_core::{Dsn, Error, Line};
 use pgq_testkit::{Cluster, ClusterOptions, TestDb};
 
 use crate::roles::{connect_as, login_roles, outcome};
+use crate::setup::unpinned_functions;
 
 /// A role that owns the test database (and may create schemas in it) but is no superuser.
 const OWNER: &str = "pgqt_attack_owner";
@@ -375,18 +376,12 @@ async fn every_function_resolves_names_as_it_was_written() -> anyhow::Result<()>
     let mut su = db.client().await?;
     pgq_core::install(&mut su, &Line::ALL).await?;
     su.batch_execute("SELECT pgq.create_queue('q')").await?;
-    let unpinned: Vec<String> = su
-        .query(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p
-               JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname IN ('pgq', 'pgq_coop', 'pgq_ext', 'londiste_rs', 'pgq_rs')
-                AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unpinned = unpinned_functions(
+        &su,
+        &["pgq", "pgq_coop", "pgq_ext", "londiste_rs", "pgq_rs"],
+        false,
+    )
+    .await?;
     assert!(unpinned.is_empty(), "search_path not pinned: {unpinned:?}");
 
     // A database owner's look-alikes first in everybody's path: no function of ours may

@@ -3,7 +3,7 @@
 //! conflicting transactions kept in order.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgq_core::tokio_postgres::Client;
 use pgq_core::{Dsn, Line};
@@ -213,21 +213,18 @@ async fn a_transaction_that_waited_for_a_row_lock_is_never_in_an_earlier_batch(
             .batch_execute("UPDATE account SET balance = balance + 1 WHERE id = 1; COMMIT;")
             .await
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let blockers: Vec<i32> = admin
-            .query_one("SELECT pg_blocking_pids($1)", &[&waiter_pid])
-            .await?
-            .get(0);
-        if blockers.contains(&holder_pid) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the waiter never waited for the holder"
-        );
-        tokio::task::yield_now().await;
-    }
+    pgq_testkit::wait_for(
+        "the waiter to wait for the holder",
+        Duration::from_secs(10),
+        || async {
+            let blockers: Vec<i32> = admin
+                .query_one("SELECT pg_blocking_pids($1)", &[&waiter_pid])
+                .await?
+                .get(0);
+            Ok(blockers.contains(&holder_pid))
+        },
+    )
+    .await?;
     // other traffic around them, so the backlog is well over 2 × ticker_max_count
     for t in 0..6 {
         admin

@@ -7,6 +7,7 @@ use pgq_core::Line;
 use pgq_testkit::TestDb;
 
 use crate::roles::{connect_as, login_roles, outcome};
+use crate::setup::unpinned_functions;
 
 const PROVIDER: &str = "0f3c2a9e-5b1d-4c7e-9a8b-2d6e4f1a7c30";
 
@@ -183,18 +184,7 @@ async fn only_writers_track_batches() -> anyhow::Result<()> {
 #[tokio::test]
 async fn every_pgq_ext_function_pins_search_path() -> anyhow::Result<()> {
     let (_db, client) = pgq_ext_db().await?;
-    let unpinned: Vec<String> = client
-        .query(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p
-               JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname = 'pgq_ext'
-                AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unpinned = unpinned_functions(&client, &["pgq_ext"], false).await?;
     assert!(unpinned.is_empty(), "search_path not pinned: {unpinned:?}");
     Ok(())
 }

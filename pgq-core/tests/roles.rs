@@ -5,6 +5,8 @@ use pgq_core::tokio_postgres::Client;
 use pgq_core::{Dsn, Line};
 use pgq_testkit::TestDb;
 
+use crate::setup::unpinned_functions;
+
 /// Login roles that are members of one PGQ role each. Roles are cluster-wide, so they are created
 /// once and an existing one is tolerated.
 pub(crate) async fn login_roles(admin: &Client) -> anyhow::Result<()> {
@@ -154,18 +156,7 @@ async fn security_definer_functions_pin_search_path() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let mut su = db.client().await?;
     pgq_core::install(&mut su, &[Line::Pgq]).await?;
-    let unpinned: Vec<String> = su
-        .query(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p
-               JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname = 'pgq' AND p.prosecdef
-                AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unpinned = unpinned_functions(&su, &["pgq"], true).await?;
     assert!(
         unpinned.is_empty(),
         "SECURITY DEFINER without a pinned search_path: {unpinned:?}"
