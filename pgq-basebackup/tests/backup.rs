@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgq_basebackup::{BackupOptions, Problem};
 use pgq_testkit::{Cluster, ClusterOptions};
@@ -18,12 +18,10 @@ async fn backup_under_load_recovers_to_the_stop_point() -> anyhow::Result<()> {
     let client = dsn.connect().await?;
     support::fill(&client).await?;
     let load = Load::start(&dsn).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while load.done.load(Ordering::Relaxed) < 300 {
-        anyhow::ensure!(Instant::now() < deadline, "the load does not progress");
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    pgq_testkit::wait_for("the load to progress", Duration::from_secs(20), || async {
+        Ok(load.done.load(Ordering::Relaxed) >= 300)
+    })
+    .await?;
 
     let scratch = Scratch::new("copy")?;
     let mut opts = BackupOptions::new(dsn.clone(), scratch.path());
@@ -50,7 +48,7 @@ async fn backup_under_load_recovers_to_the_stop_point() -> anyhow::Result<()> {
     assert!(summary.stop_lsn > summary.start_lsn);
     let source_sums = support::checksums(&client).await?;
 
-    let (code, out, err) = support::run(
+    let (code, out, err) = pgq_testkit::run(
         &support::pg_verifybackup().display().to_string(),
         &[&scratch.path().display().to_string()],
     )

@@ -257,7 +257,7 @@ async fn interrupted_backup_is_incomplete_until_resumed() -> anyhow::Result<()> 
     assert!(summary.reused_bytes < summary.bytes, "{summary:?}");
     let report = pgq_basebackup::verify(scratch.path())?;
     assert!(report.is_ok(), "{:?}", report.problems);
-    let (code, out, err) = support::run(
+    let (code, out, err) = pgq_testkit::run(
         &support::pg_verifybackup().display().to_string(),
         &[&scratch.path().display().to_string()],
     )

@@ -211,7 +211,7 @@ async fn awkward_names_are_copied_and_non_utf8_is_refused_by_name() -> anyhow::R
     }
     let report = pgq_basebackup::verify(scratch.path())?;
     assert!(report.is_ok(), "{:?}", report.problems);
-    let (code, out, err) = support::run(
+    let (code, out, err) = pgq_testkit::run(
         &support::pg_verifybackup().display().to_string(),
         &[&scratch.path().display().to_string()],
     )

@@ -63,7 +63,7 @@ async fn mapped_and_inplace_tablespaces() -> anyhow::Result<()> {
     let auto = std::fs::read_to_string(scratch.path().join("postgresql.auto.conf"))?;
     assert!(auto.contains("allow_in_place_tablespaces = on"), "{auto}");
     assert!(pgq_basebackup::verify(scratch.path())?.is_ok());
-    let (code, out, err) = support::run(
+    let (code, out, err) = pgq_testkit::run(
         &support::pg_verifybackup().display().to_string(),
         &[&scratch.path().display().to_string()],
     )
