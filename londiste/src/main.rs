@@ -1,11 +1,14 @@
 //! The `londiste` command: set up table replication and run the replay worker.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use londiste::{AddTableOptions, Config};
+use indicatif::{ProgressBar, ProgressStyle};
+use londiste::{AddTableOptions, Config, CopyProgress, ResyncOptions, TableState};
 use pgq_consumer::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -113,6 +116,36 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Runs `work` while a bar on stderr (drawn only on a terminal) shows the copy's counters.
+async fn with_progress<T>(progress: &CopyProgress, work: impl Future<Output = T>) -> T {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {human_pos}/~{human_len} rows, {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut redraw = tokio::time::interval(Duration::from_millis(100));
+    let mut shown = String::new();
+    tokio::pin!(work);
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = redraw.tick() => {
+                let table = progress.table();
+                if table != shown {
+                    bar.reset();
+                    bar.set_message(format!("copying {table}"));
+                    shown = table;
+                }
+                bar.set_length(progress.estimated_rows().max(progress.rows()));
+                bar.set_position(progress.rows());
+            }
+        }
+    };
+    bar.finish_and_clear();
+    out
+}
+
 fn print<T: serde::Serialize>(
     json: bool,
     value: &T,
@@ -157,13 +190,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 parallel_copy,
                 follow_key_changes,
                 wait: Duration::from_secs(wait),
+                progress: Arc::default(),
             };
-            let added = londiste::add_tables(&config, &tables, &options).await?;
+            let added = with_progress(
+                &options.progress,
+                londiste::add_tables(&config, &tables, &options),
+            )
+            .await?;
             print(cli.json, &added, |added| {
                 added
                     .iter()
                     .map(|a| {
-                        let hint = if a.state == "ok" {
+                        let hint = if a.state == TableState::Ok {
                             ""
                         } else {
                             " (the worker makes it ok: run `londiste worker`)"
@@ -209,7 +247,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => {
             let status = londiste::status(&config).await?;
             print(cli.json, &status, |s| {
-                let ok = s.tables.iter().filter(|t| t.state == "ok").count();
+                let ok = s
+                    .tables
+                    .iter()
+                    .filter(|t| t.state == TableState::Ok)
+                    .count();
                 format!(
                     "queue {} worker {} ({})\nlag: {}\npending events: {}\nlast tick: {}, last batch at {}\ntables: {} ok of {}\n",
                     s.queue,
@@ -261,8 +303,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             parallel_copy,
             wait,
         } => {
-            let done =
-                londiste::resync(&config, &table, parallel_copy, Duration::from_secs(wait)).await?;
+            let options = ResyncOptions {
+                parallel_copy,
+                wait: Duration::from_secs(wait),
+                progress: Arc::default(),
+            };
+            let done = with_progress(
+                &options.progress,
+                londiste::resync(&config, &table, &options),
+            )
+            .await?;
             println!("{}: {} rows copied, {}", done.table, done.rows, done.state);
         }
     }

@@ -21,6 +21,7 @@ use crate::config::{ApplyMode, Config};
 use crate::decode::{parse_ev_type, parse_urlencoded, Op, Snapshot};
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
 use crate::meta::{require_table, TableInfo};
+use crate::state::TableState;
 
 // language=SQL
 const REPLICA_ROLE: &str = "SET LOCAL session_replication_role = replica";
@@ -85,7 +86,7 @@ const HOLD: Duration = Duration::from_millis(100);
 /// A subscribed table, as the subscriber records it.
 struct Subscribed {
     dest: String,
-    state: String,
+    state: TableState,
     copy_snapshot: Option<Snapshot>,
 }
 
@@ -175,14 +176,14 @@ impl Replayer {
                 let Some(sub) = subscribed.get(table) else {
                     continue;
                 };
-                match sub.state.as_str() {
-                    "in-copy" => {
+                match sub.state {
+                    TableState::InCopy => {
                         return Err(Box::new(Postpone::new(
                             format!("table {table} is being copied"),
                             HOLD,
                         )))
                     }
-                    "catching-up"
+                    TableState::CatchingUp
                         if sub
                             .copy_snapshot
                             .as_ref()
@@ -271,7 +272,7 @@ impl Replayer {
                 table,
                 Subscribed {
                     dest: row.get(1),
-                    state: row.get(2),
+                    state: row.try_get(2).on(SUBSCRIBER, "reading table states")?,
                     copy_snapshot,
                 },
             );
@@ -382,7 +383,7 @@ impl Replayer {
     ) -> Result<()> {
         let catching_up: Vec<(&String, &Snapshot)> = subscribed
             .iter()
-            .filter(|(_, s)| s.state == "catching-up")
+            .filter(|(_, s)| s.state == TableState::CatchingUp)
             .filter_map(|(t, s)| s.copy_snapshot.as_ref().map(|snap| (t, snap)))
             .collect();
         if catching_up.is_empty() {
