@@ -41,27 +41,8 @@ enum Command {
         /// Provider tables (`schema.table`; quote mixed case as SQL does).
         #[arg(required = true)]
         tables: Vec<String>,
-        /// Create the subscriber table when missing.
-        #[arg(long)]
-        create: bool,
-        /// The subscriber already has the rows: no copy.
-        #[arg(long)]
-        skip_copy: bool,
-        /// Copy only rows matching this SQL condition.
-        #[arg(long, value_name = "SQL")]
-        copy_condition: Option<String>,
-        /// The subscriber table's name (one table only).
-        #[arg(long, value_name = "NAME")]
-        dest_table: Option<String>,
-        /// Connections copying key ranges in parallel.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-        parallel_copy: u32,
-        /// Record primary-key changes so the worker follows them (pgq-rs triggers only).
-        #[arg(long)]
-        follow_key_changes: bool,
-        /// Seconds to wait for `ok` while a worker runs.
-        #[arg(long, default_value_t = 60)]
-        wait: u64,
+        #[command(flatten)]
+        options: AddTableArgs,
     },
     /// Stop replicating a table (the subscriber table stays).
     RemoveTable {
@@ -97,6 +78,47 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+}
+
+/// How `add-table` copies and registers the tables.
+#[derive(Debug, clap::Args)]
+struct AddTableArgs {
+    /// Create the subscriber table when missing.
+    #[arg(long)]
+    create: bool,
+    /// The subscriber already has the rows: no copy.
+    #[arg(long)]
+    skip_copy: bool,
+    /// Copy only rows matching this SQL condition.
+    #[arg(long, value_name = "SQL")]
+    copy_condition: Option<String>,
+    /// The subscriber table's name (one table only).
+    #[arg(long, value_name = "NAME")]
+    dest_table: Option<String>,
+    /// Connections copying key ranges in parallel.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel_copy: u32,
+    /// Record primary-key changes so the worker follows them (pgq-rs triggers only).
+    #[arg(long)]
+    follow_key_changes: bool,
+    /// Seconds to wait for `ok` while a worker runs.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+}
+
+impl From<AddTableArgs> for AddTableOptions {
+    fn from(args: AddTableArgs) -> AddTableOptions {
+        AddTableOptions {
+            create: args.create,
+            skip_copy: args.skip_copy,
+            copy_condition: args.copy_condition,
+            dest_table: args.dest_table,
+            parallel_copy: args.parallel_copy,
+            follow_key_changes: args.follow_key_changes,
+            wait: Duration::from_secs(args.wait),
+            progress: Arc::default(),
+        }
+    }
 }
 
 #[tokio::main]
@@ -169,29 +191,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.queue
             );
         }
-        Command::AddTable {
-            tables,
-            create,
-            skip_copy,
-            copy_condition,
-            dest_table,
-            parallel_copy,
-            follow_key_changes,
-            wait,
-        } => {
-            if dest_table.is_some() && tables.len() > 1 {
+        Command::AddTable { tables, options } => {
+            if options.dest_table.is_some() && tables.len() > 1 {
                 anyhow::bail!("--dest-table names one subscriber table: give one provider table");
             }
-            let options = AddTableOptions {
-                create,
-                skip_copy,
-                copy_condition,
-                dest_table,
-                parallel_copy,
-                follow_key_changes,
-                wait: Duration::from_secs(wait),
-                progress: Arc::default(),
-            };
+            let options = AddTableOptions::from(options);
             let added = with_progress(
                 &options.progress,
                 londiste::add_tables(&config, &tables, &options),
@@ -306,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = ResyncOptions {
                 parallel_copy,
                 wait: Duration::from_secs(wait),
-                progress: Arc::default(),
+                ..ResyncOptions::default()
             };
             let done = with_progress(
                 &options.progress,

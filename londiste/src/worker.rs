@@ -18,6 +18,7 @@ use tokio_postgres::Transaction;
 
 use crate::apply::{apply_one, truncate, Key, TableBatch};
 use crate::config::{ApplyMode, Config};
+use crate::copy::replica_error;
 use crate::decode::{parse_ev_type, parse_urlencoded, Op, Snapshot};
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
 use crate::meta::{require_table, TableInfo};
@@ -131,17 +132,9 @@ impl Replayer {
         let tx = batch.tx();
         let queue = self.config.queue.as_str();
         let consumer = self.consumer.as_str();
-        tx.batch_execute(REPLICA_ROLE).await.map_err(|err| {
-            if err.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
-                LondisteError::ReplicaRole(err)
-            } else {
-                LondisteError::Db {
-                    side: SUBSCRIBER,
-                    op: "setting session_replication_role".to_owned(),
-                    source: err,
-                }
-            }
-        })?;
+        tx.batch_execute(REPLICA_ROLE)
+            .await
+            .map_err(replica_error)?;
         tx.batch_execute(KEY_LOOKUPS)
             .await
             .on(SUBSCRIBER, "planner settings")?;

@@ -25,6 +25,52 @@ async fn accounts(pair: &Pair) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Four writers and a ticker on the provider, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    writers: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+    ticker: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Load {
+    /// Starts the writers (their random streams from `seed`) and the ticker.
+    fn start(pair: &Pair, seed: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let dsn = pair.config.provider.to_string();
+        let writers = (0..4)
+            .map(|i| {
+                let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
+                writer(dsn.clone(), seed + i, stop, written)
+            })
+            .collect();
+        let ticker = ticker(pair, Arc::clone(&stop));
+        Load {
+            stop,
+            written,
+            writers,
+            ticker,
+        }
+    }
+
+    /// Transactions the writers committed so far.
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Stops the writers and the ticker; returns how many transactions the writers committed.
+    async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut txs = 0;
+        for writer in self.writers {
+            txs += writer.await??;
+        }
+        self.ticker.await??;
+        Ok(txs)
+    }
+}
+
 /// A writer: short transactions of random inserts, updates and deletes until `stop`, each
 /// counted in `done`.
 fn writer(
@@ -102,16 +148,7 @@ async fn catch_up(pair: &Pair) -> anyhow::Result<()> {
 async fn a_parallel_copy_under_four_writers_loses_and_doubles_nothing() -> anyhow::Result<()> {
     let pair = Pair::new().await?;
     accounts(&pair).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let dsn = pair.config.provider.to_string();
-    let writers: Vec<_> = (0..4)
-        .map(|i| {
-            let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
-            writer(dsn.clone(), 0x9e37_79b9 + i, stop, written)
-        })
-        .collect();
-    let ticks = ticker(&pair, Arc::clone(&stop));
+    let load = Load::start(&pair, 0x9e37_79b9);
     let cancel = CancellationToken::new();
     let worker = tokio::spawn(Worker::connect(&pair.config).await?.run(cancel.clone()));
     wait_for("the worker to run", Duration::from_secs(10), || async {
@@ -128,20 +165,15 @@ async fn a_parallel_copy_under_four_writers_loses_and_doubles_nothing() -> anyho
     assert!(added[0].rows >= 90_000, "{added:?}");
     assert_eq!(added[0].state, TableState::Ok, "{added:?}");
     // The writers go on for a while after the table is ok.
-    let at_ok = written.load(Ordering::Relaxed);
+    let at_ok = load.written();
     wait_for(
         "200 more transactions after the copy",
         Duration::from_secs(30),
-        || async { Ok(written.load(Ordering::Relaxed) >= at_ok + 200) },
+        || async { Ok(load.written() >= at_ok + 200) },
     )
     .await?;
-    stop.store(true, Ordering::Relaxed);
-    let mut txs = 0;
-    for w in writers {
-        txs += w.await??;
-    }
+    let txs = load.stop().await?;
     assert!(txs > 100, "the writers wrote only {txs} transactions");
-    ticks.await??;
     catch_up(&pair).await?;
     let compared = londiste::compare(&pair.config, None).await?;
     assert!(
@@ -196,16 +228,7 @@ async fn a_worker_killed_at_random_moments_applies_everything_once() -> anyhow::
             .subsec_nanos(),
     ) | 1;
     println!("kill seed: {seed}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let dsn = pair.config.provider.to_string();
-    let writers: Vec<_> = (0..4)
-        .map(|i| {
-            let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
-            writer(dsn.clone(), seed + i, stop, written)
-        })
-        .collect();
-    let ticks = ticker(&pair, Arc::clone(&stop));
+    let load = Load::start(&pair, seed);
     let mut rng = seed;
     for _ in 0..8 {
         let start = last_tick(&pair).await?;
@@ -241,11 +264,7 @@ async fn a_worker_killed_at_random_moments_applies_everything_once() -> anyhow::
         }
         worker.kill()?;
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await??;
-    }
-    ticks.await??;
+    load.stop().await?;
     let mut worker = Worker::connect(&pair.config).await?;
     pair.drain(&mut worker).await?;
     drop(worker);

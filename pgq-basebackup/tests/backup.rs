@@ -13,9 +13,7 @@ use crate::support::{self, Load, Scratch};
 /// `pg_backup_stop`; the copy recovers to exactly the source's state at that point.
 #[tokio::test]
 async fn backup_under_load_recovers_to_the_stop_point() -> anyhow::Result<()> {
-    let source = support::source().await?;
-    let dsn = support::dsn(&source)?;
-    let client = dsn.connect().await?;
+    let (_source, dsn, client) = support::connected_source().await?;
     support::fill(&client).await?;
     let load = Load::start(&dsn).await?;
     pgq_testkit::wait_for("the load to progress", Duration::from_secs(20), || async {
@@ -48,12 +46,7 @@ async fn backup_under_load_recovers_to_the_stop_point() -> anyhow::Result<()> {
     assert!(summary.stop_lsn > summary.start_lsn);
     let source_sums = support::checksums(&client).await?;
 
-    let (code, out, err) = pgq_testkit::run(
-        &support::pg_verifybackup().display().to_string(),
-        &[&scratch.path().display().to_string()],
-    )
-    .await?;
-    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
+    support::assert_pg_verifybackup_accepts(scratch.path()).await?;
     let report = pgq_basebackup::verify(scratch.path())?;
     assert!(report.is_ok(), "{:?}", report.problems);
     assert!(report.files_checked > 100, "{report:?}");

@@ -16,9 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_pgq-basebackup");
 
 #[tokio::test]
 async fn copy_streams_from_the_source() -> anyhow::Result<()> {
-    let source = support::source().await?;
-    let dsn = support::dsn(&source)?;
-    let client = dsn.connect().await?;
+    let (_source, dsn, client) = support::connected_source().await?;
     client
         .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'before')")
         .await?;

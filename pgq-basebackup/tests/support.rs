@@ -41,6 +41,14 @@ pub(crate) fn dsn(cluster: &Cluster) -> anyhow::Result<Dsn> {
     Ok(Dsn::parse(&tcp_dsn(cluster)?)?)
 }
 
+/// A [`source`] cluster, its DSN and a connection to it.
+pub(crate) async fn connected_source() -> anyhow::Result<(Cluster, Dsn, Client)> {
+    let source = source().await?;
+    let dsn = dsn(&source)?;
+    let client = dsn.connect().await?;
+    Ok((source, dsn, client))
+}
+
 /// Creates the tables: `accounts` (a few MiB, split over chunks), `history`, and `wide`
 /// (TOASTed values).
 pub(crate) async fn fill(client: &Client) -> anyhow::Result<()> {
@@ -151,8 +159,16 @@ impl Scratch {
     }
 }
 
+/// Asserts that `pg_verifybackup` accepts the backup in `dir`.
+pub(crate) async fn assert_pg_verifybackup_accepts(dir: &Path) -> anyhow::Result<()> {
+    let (code, out, err) =
+        pgq_testkit::run(pg_verifybackup(), &[&dir.display().to_string()]).await?;
+    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
+    Ok(())
+}
+
 /// `pg_verifybackup`, from the same directory as the server binaries.
-pub(crate) fn pg_verifybackup() -> PathBuf {
+fn pg_verifybackup() -> PathBuf {
     [
         "/usr/lib/postgresql/17/bin",
         "/usr/lib/postgresql/16/bin",

@@ -8,7 +8,7 @@ use pgq_core::tokio_postgres::Client;
 use pgq_core::{Dsn, Error, Line};
 use pgq_testkit::{Cluster, ClusterOptions, TestDb};
 
-use crate::roles::{connect_as, login_roles, outcome};
+use crate::roles::{connect_as, outcome, roles_db};
 use crate::setup::unpinned_functions;
 
 /// A role that owns the test database (and may create schemas in it) but is no superuser.
@@ -242,11 +242,7 @@ async fn fresh_database(cluster: &Cluster, su: &Client, name: &str) -> anyhow::R
 #[tokio::test]
 async fn admin_edits_no_meta_row_and_definer_functions_touch_only_queue_objects(
 ) -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let db = TestDb::new().await?;
-    let mut su = db.client().await?;
-    pgq_core::install(&mut su, &[Line::Pgq, Line::PgqCoop]).await?;
-    login_roles(&su).await?;
+    let (_serial, db, su) = roles_db(&[Line::Pgq, Line::PgqCoop]).await?;
     su.batch_execute(
         "SELECT pgq.create_queue('q');
          CREATE TABLE public.victim (id int);
@@ -309,11 +305,7 @@ async fn admin_edits_no_meta_row_and_definer_functions_touch_only_queue_objects(
 
 #[tokio::test]
 async fn catchup_ticker_never_uses_a_callers_temp_table() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let db = TestDb::new().await?;
-    let mut su = db.client().await?;
-    pgq_core::install(&mut su, &[Line::Pgq]).await?;
-    login_roles(&su).await?;
+    let (_serial, db, su) = roles_db(&[Line::Pgq]).await?;
     su.batch_execute(
         "SELECT pgq.create_queue('q');
          SELECT pgq.set_queue_config('q', 'ticker_max_count', '10');
@@ -487,11 +479,7 @@ const APP: &str = "pgqt_attack_app";
 
 #[tokio::test]
 async fn capture_needs_no_writer_and_writes_only_registered_pairs() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let db = TestDb::new().await?;
-    let mut su = db.client().await?;
-    pgq_core::install(&mut su, &[Line::Pgq, Line::PgqTriggers]).await?;
-    login_roles(&su).await?;
+    let (_serial, db, su) = roles_db(&[Line::Pgq, Line::PgqTriggers]).await?;
     pgq_testkit::create_role(&su, APP, "LOGIN").await?;
     su.batch_execute(&format!(
         "SELECT pgq.create_queue('orders_q'); SELECT pgq.create_queue('billing_q');

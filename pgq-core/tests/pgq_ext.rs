@@ -29,19 +29,6 @@ async fn refusal(client: &Client, sql: &str) -> (String, String, Option<String>)
     )
 }
 
-async fn tracked(client: &Client) -> anyhow::Result<Vec<(String, String, String, Option<i64>)>> {
-    Ok(client
-        .query(
-            "SELECT provider_id::text, queue_name, consumer_name, last_batch_id
-               FROM pgq_ext.batch_tracking ORDER BY 1, 2, 3",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect())
-}
-
 async fn done(client: &Client, batch: i64) -> anyhow::Result<bool> {
     Ok(client
         .query_one(
@@ -129,7 +116,7 @@ async fn tracking_refusals_say_what_and_why_and_change_nothing() -> anyhow::Resu
         }
     }
     assert_eq!(
-        tracked(&client).await?,
+        pgq_testkit::batch_tracking(&client).await?,
         [(PROVIDER.to_owned(), "q".to_owned(), "c".to_owned(), Some(5))]
     );
     // The consumer-name tracking of PGQ's API is apart and unchanged.
@@ -175,7 +162,7 @@ async fn only_writers_track_batches() -> anyhow::Result<()> {
         "the row is reached only through the functions"
     );
     assert_eq!(
-        tracked(&su).await?,
+        pgq_testkit::batch_tracking(&su).await?,
         [(PROVIDER.to_owned(), "q".to_owned(), "c".to_owned(), Some(1))]
     );
     Ok(())

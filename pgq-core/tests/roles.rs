@@ -20,6 +20,19 @@ pub(crate) async fn login_roles(admin: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A database with `lines` installed by the superuser `su` and the [`login_roles`]; the guard
+/// holds off other tests' role changes for as long as the test keeps it.
+pub(crate) async fn roles_db(
+    lines: &[Line],
+) -> anyhow::Result<(tokio::sync::MutexGuard<'static, ()>, TestDb, Client)> {
+    let serial = pgq_testkit::serial().await;
+    let db = TestDb::new().await?;
+    let mut su = db.client().await?;
+    pgq_core::install(&mut su, lines).await?;
+    login_roles(&su).await?;
+    Ok((serial, db, su))
+}
+
 pub(crate) async fn connect_as(db: &TestDb, role: &str) -> anyhow::Result<Client> {
     Ok(Dsn::parse(&db.dsn_as(role))?.connect().await?)
 }
@@ -34,11 +47,7 @@ pub(crate) async fn outcome(client: &Client, sql: &str) -> Option<SqlState> {
 
 #[tokio::test]
 async fn writers_produce_readers_consume_admins_administer() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let db = TestDb::new().await?;
-    let mut su = db.client().await?;
-    pgq_core::install(&mut su, &[Line::Pgq]).await?;
-    login_roles(&su).await?;
+    let (_serial, db, su) = roles_db(&[Line::Pgq]).await?;
     su.batch_execute(
         "SELECT pgq.create_queue('q'); SELECT pgq.register_consumer('q', 'existing');",
     )

@@ -40,7 +40,8 @@
 //!
 //! Waiting with a deadline ([`wait_for`], [`wait_for_some`], [`Deadline`]), scratch directories
 //! ([`TempDir`]), programs run to completion ([`run`], [`output`]) or in the background
-//! ([`Process`]), and names from literals ([`queue`], [`consumer`]).
+//! ([`Process`]), names from literals ([`queue`], [`consumer`]), producers writing at once
+//! ([`produce_concurrently`]), and what remote consumers recorded ([`batch_tracking`]).
 //!
 //! Main types: [`TestDb`], [`Cluster`], [`ClusterOptions`], [`TestkitError`].
 
@@ -49,18 +50,22 @@ mod db;
 mod dsn;
 mod names;
 mod process;
+mod produce;
 mod server;
 mod shadow;
 mod temp;
+mod tracking;
 mod wait;
 
 pub use cluster::{bin_dir, Cluster, ClusterOptions, SslFiles};
 pub use db::TestDb;
 pub use names::{consumer, queue};
 pub use process::{output, run, Process};
+pub use produce::produce_concurrently;
 pub use server::server_dsn;
 pub use shadow::{shadow_builtins, shadow_calls, SHADOW_OWNER};
 pub use temp::TempDir;
+pub use tracking::{batch_tracking, Tracked};
 pub use wait::{wait_for, wait_for_some, Deadline, POLL};
 
 /// What can go wrong getting a database or a cluster.

@@ -175,20 +175,8 @@ async fn unregister(mut ctx: Ctx) -> Result<Ctx> {
     )
     .await?;
     ctx.expect_last(&json!(1))?;
-    ctx.rec(
-        "unregister c1",
-        "SELECT pgq.unregister_consumer($1, 'c1')",
-        &[&QUEUE],
-    )
-    .await?;
-    ctx.expect_last(&json!(1))?;
-    ctx.rec(
-        "unregister c1 again",
-        "SELECT pgq.unregister_consumer($1, 'c1')",
-        &[&QUEUE],
-    )
-    .await?;
-    ctx.expect_last(&json!(0))?;
+    ctx.unregister("c1", 1).await?;
+    ctx.unregister("c1", 0).await?; // again
     ctx.finish(batch).await?;
     ctx.expect_last(&json!(0))?;
     ctx.fails(

@@ -116,13 +116,7 @@ async fn bad_calls(mut ctx: Ctx) -> Result<Ctx> {
         "Not subscriber to queue: q/ghost",
     )
     .await?;
-    ctx.rec(
-        "unknown consumer: unregister_consumer",
-        "SELECT pgq.unregister_consumer($1, 'ghost')",
-        &[&QUEUE],
-    )
-    .await?;
-    ctx.expect_last(&json!(0))?;
+    ctx.unregister("ghost", 0).await?;
 
     // NULLs.
     for (label, sql, state, message) in [
@@ -184,11 +178,13 @@ async fn bad_calls(mut ctx: Ctx) -> Result<Ctx> {
         ctx.fails(label, sql, &[], state, message).await?;
     }
     // PGQ's text here is an accident of its code ("query string argument of EXECUTE is null").
-    ctx.fails_any_message(
+    ctx.failure(
+        0,
         "set_queue_config(q, max_lag, NULL)",
         "SELECT pgq.set_queue_config('q', 'ticker_max_lag', NULL)",
         &[],
         "23502",
+        None,
     )
     .await?;
     for (label, sql, result) in [
@@ -397,13 +393,13 @@ async fn refused_inserts(mut ctx: Ctx) -> Result<Ctx> {
     ctx.begin(1).await?;
     insert_as(&mut ctx, 1, "l1", 4).await?;
     insert_as(&mut ctx, 1, "l2", 5).await?;
-    ctx.fails_on(
+    ctx.failure(
         1,
         "a third insert in one transaction",
         "SELECT pgq.insert_event('q', 't', 'l3')",
         &[],
         "PQI02",
-        "Queue 'q' allows max 2 events from one TX",
+        Some("Queue 'q' allows max 2 events from one TX"),
     )
     .await?;
     ctx.rollback(1).await?;

@@ -202,13 +202,7 @@ async fn info(mut ctx: Ctx) -> Result<Ctx> {
     )
     .await?;
     ctx.expect_last(&json!(0))?;
-    ctx.rec(
-        "unregister c2",
-        "SELECT pgq.unregister_consumer($1, 'c2')",
-        &[&QUEUE],
-    )
-    .await?;
-    ctx.expect_last(&json!(1))?;
+    ctx.unregister("c2", 1).await?;
     consumer_info(&mut ctx, "after c2 left", &[c1_caught_up, on_q2]).await?;
     queue_info(
         &mut ctx,

@@ -203,43 +203,20 @@ impl Ctx {
         ours: &str,
         message: &str,
     ) -> Result<()> {
-        self.fails_on(0, label, sql, params, ours, message).await
-    }
-
-    /// Like [`fails`](Self::fails), on connection `i`.
-    pub(crate) async fn fails_on(
-        &mut self,
-        i: usize,
-        label: &str,
-        sql: &str,
-        params: Params<'_>,
-        ours: &str,
-        message: &str,
-    ) -> Result<()> {
-        self.failure(i, label, sql, params, ours, Some(message))
+        self.failure(0, label, sql, params, ours, Some(message))
             .await
     }
 
-    /// Like [`fails`](Self::fails), but only that it fails is compared, not the message: for
-    /// the few errors whose text in PGQ is an accident of its code.
-    pub(crate) async fn fails_any_message(
-        &mut self,
-        label: &str,
-        sql: &str,
-        params: Params<'_>,
-        ours: &str,
-    ) -> Result<()> {
-        self.failure(0, label, sql, params, ours, None).await
-    }
-
-    async fn failure(
+    /// Like [`fails`](Self::fails), on connection `i`; with `message` `None` only that it
+    /// fails is compared, for the few errors whose text in PGQ is an accident of its code.
+    pub(crate) async fn failure(
         &mut self,
         i: usize,
         label: &str,
         sql: &str,
         params: Params<'_>,
         ours: &str,
-        expected: Option<&str>,
+        message: Option<&str>,
     ) -> Result<()> {
         match self.conns[i].query(sql, params).await {
             Ok(rows) => {
@@ -260,7 +237,7 @@ impl Ctx {
                         db.message()
                     );
                 }
-                let message = match expected {
+                let message = match message {
                     Some(expected) if db.message() != expected => bail!(
                         "{label}: expected the error {expected:?}, got {:?} ({:?})",
                         db.message(),
@@ -353,6 +330,18 @@ impl Ctx {
             &[&QUEUE, &consumer],
         )
         .await
+    }
+
+    /// `pgq.unregister_consumer(QUEUE, consumer)`, recorded; it must return `expected` (1 when
+    /// the consumer was registered).
+    pub(crate) async fn unregister(&mut self, consumer: &str, expected: i64) -> Result<()> {
+        self.rec(
+            &format!("unregister {consumer}"),
+            "SELECT pgq.unregister_consumer($1, $2)",
+            &[&QUEUE, &consumer],
+        )
+        .await?;
+        self.expect_last(&json!(expected))
     }
 
     /// `pgq.set_queue_config(QUEUE, param, value)`, recorded.

@@ -149,13 +149,7 @@ async fn retries(mut ctx: Ctx) -> Result<Ctx> {
     )
     .await?;
     ctx.expect_last(&json!(1))?;
-    ctx.rec(
-        "unregister c2",
-        "SELECT pgq.unregister_consumer($1, 'c2')",
-        &[&QUEUE],
-    )
-    .await?;
-    ctx.expect_last(&json!(1))?;
+    ctx.unregister("c2", 1).await?;
     ctx.rec(
         "retry queue after unregister",
         "SELECT count(*) FROM pgq.retry_queue",
