@@ -38,7 +38,7 @@
 //!
 //! # Helpers
 //!
-//! Waiting with a deadline ([`wait_for`], [`wait_for_some`], [`Deadline`]), scratch directories
+//! Waiting with a deadline ([`wait_for`], [`Deadline`]), scratch directories
 //! ([`TempDir`]), programs run to completion ([`run`], [`output`]) or in the background
 //! ([`Process`]), names from literals ([`queue`], [`consumer`]), producers writing at once
 //! ([`produce_concurrently`]), and what remote consumers recorded ([`batch_tracking`]).
@@ -66,7 +66,7 @@ pub use server::server_dsn;
 pub use shadow::{shadow_builtins, shadow_calls, SHADOW_OWNER};
 pub use temp::TempDir;
 pub use tracking::{batch_tracking, Tracked};
-pub use wait::{wait_for, wait_for_some, Deadline, POLL};
+pub use wait::{wait_for, Deadline, POLL};
 
 /// What can go wrong getting a database or a cluster.
 #[derive(Debug, thiserror::Error)]

@@ -88,11 +88,6 @@ impl Process {
         })
     }
 
-    /// Its process id.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     /// What it wrote to stderr so far.
     pub fn log(&self) -> String {
         self.stderr

@@ -83,26 +83,3 @@ where
     }
     Ok(())
 }
-
-/// Looks at `check` every [`POLL`] until it gives a value, and returns that value.
-///
-/// # Errors
-///
-/// The first error of `check`, or [`TestkitError::Timeout`] naming `what` after `limit`.
-pub async fn wait_for_some<T, F, Fut>(
-    what: &str,
-    limit: Duration,
-    mut check: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Deadline::after(limit);
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        deadline.pause(what).await?;
-    }
-}
