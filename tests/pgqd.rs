@@ -2,12 +2,12 @@
 //! `pgq.version()`, ticks our queues and runs our maintenance (retry re-insertion).
 
 use std::ffi::OsStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use pgq_core::tokio_postgres::Client;
 use pgq_core::Line;
-use pgq_testkit::TestDb;
+use pgq_testkit::{Deadline, TestDb};
 
 use crate::compat::skytools::{base_connstr, pgqd_binary, Scratch};
 
@@ -16,7 +16,7 @@ use crate::compat::skytools::{base_connstr, pgqd_binary, Scratch};
 async fn next_batch_events(
     client: &Client,
     retry_first: Option<&str>,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<Vec<(String, Option<i32>)>> {
     loop {
         let batch: Option<i64> = client
@@ -46,8 +46,7 @@ async fn next_batch_events(
                 return Ok(events);
             }
         }
-        ensure!(Instant::now() < deadline, "pgqd made no batch in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        deadline.pause("a batch made by pgqd").await?;
     }
 }
 
@@ -79,7 +78,7 @@ async fn pgqd_ticks_and_maintains_our_schema() -> Result<()> {
              COMMIT;",
         )
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Deadline::after(Duration::from_secs(20));
     let first = next_batch_events(&client, Some("two"), deadline).await?;
     assert_eq!(first, [("one".to_owned(), None), ("two".to_owned(), None)]);
 

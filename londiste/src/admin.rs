@@ -1,6 +1,7 @@
 //! Setting up replication: `init`, `add-table`, `remove-table`, `add-seq`, `resync`, and the
 //! read-only `tables` and `status`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgq_core::{quote_ident, quote_literal, ConsumerName, Flavor, Line, QueueName};
@@ -9,9 +10,10 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::copy::{copy_table, CopyJob};
+use crate::copy::{copy_table, CopyJob, CopyProgress};
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
 use crate::meta::{check_compatible, create_table_sql, require_table, TableInfo};
+use crate::state::TableState;
 
 // language=SQL
 const NOT_NULL: &str = "\
@@ -64,6 +66,19 @@ pub struct AddTableOptions {
     pub follow_key_changes: bool,
     /// How long to wait for the table to become `ok` when a worker runs.
     pub wait: Duration,
+    /// Counters the copy keeps up to date, for a caller that shows them.
+    pub progress: Arc<CopyProgress>,
+}
+
+/// Options of `resync`.
+#[derive(Debug, Clone, Default)]
+pub struct ResyncOptions {
+    /// Connections that copy key ranges of the table in parallel (at least 1).
+    pub parallel_copy: u32,
+    /// How long to wait for the table to become `ok` when a worker runs.
+    pub wait: Duration,
+    /// Counters the copy keeps up to date, for a caller that shows them.
+    pub progress: Arc<CopyProgress>,
 }
 
 /// What `add-table` did for one table.
@@ -77,7 +92,7 @@ pub struct AddedTable {
     /// Seconds the copy took.
     pub copy_seconds: f64,
     /// The state when `add-table` returned.
-    pub state: String,
+    pub state: TableState,
 }
 
 /// One subscribed table, as `londiste tables` lists it.
@@ -88,8 +103,8 @@ pub struct TableStatus {
     pub table: String,
     /// The subscriber table.
     pub dest_table: String,
-    /// `in-copy`, `catching-up` or `ok`.
-    pub state: String,
+    /// Where the table is.
+    pub state: TableState,
     /// Rows of the initial copy.
     pub copy_rows: Option<i64>,
     /// Seconds the initial copy took.
@@ -229,7 +244,11 @@ async fn add_table(config: &Config, table: &str, options: &AddTableOptions) -> R
             ),
         });
     }
-    let first_state = if options.skip_copy { "ok" } else { "in-copy" };
+    let first_state = if options.skip_copy {
+        TableState::Ok
+    } else {
+        TableState::InCopy
+    };
     subscriber
         .query_typed(
             ADD_SUBSCRIBER_TABLE,
@@ -237,7 +256,7 @@ async fn add_table(config: &Config, table: &str, options: &AddTableOptions) -> R
                 (&queue, Type::TEXT),
                 (&event_name, Type::TEXT),
                 (&dest.quoted, Type::TEXT),
-                (&first_state, Type::TEXT),
+                (&first_state.as_str(), Type::TEXT),
             ],
         )
         .await
@@ -256,7 +275,7 @@ async fn add_table(config: &Config, table: &str, options: &AddTableOptions) -> R
         table: event_name.to_owned(),
         rows: 0,
         copy_seconds: 0.0,
-        state: first_state.to_owned(),
+        state: first_state,
     };
     if !options.skip_copy {
         let job = CopyJob {
@@ -265,6 +284,7 @@ async fn add_table(config: &Config, table: &str, options: &AddTableOptions) -> R
             dest: &dest,
             condition: options.copy_condition.as_deref(),
             jobs: options.parallel_copy.max(1),
+            progress: &options.progress,
         };
         let started = Instant::now();
         report.rows = copy_table(&config.provider, &config.subscriber, &job).await?;
@@ -346,13 +366,13 @@ async fn wait_for_ok(
     subscriber: &Client,
     table: &str,
     wait: Duration,
-) -> Result<String> {
+) -> Result<TableState> {
     let deadline = Instant::now() + wait;
     let mut last_tick = Instant::now() - Duration::from_secs(1);
     let consumer = config.consumer_name(subscriber).await?;
     loop {
         let state = table_state(subscriber, config, table).await?;
-        if state == "ok"
+        if state == TableState::Ok
             || Instant::now() >= deadline
             || !worker_running(provider, &config.queue, &consumer).await?
         {
@@ -367,7 +387,7 @@ async fn wait_for_ok(
     }
 }
 
-async fn table_state(subscriber: &Client, config: &Config, table: &str) -> Result<String> {
+async fn table_state(subscriber: &Client, config: &Config, table: &str) -> Result<TableState> {
     let row = subscriber
         .query_typed_opt(
             SUBSCRIBER_TABLE,
@@ -379,7 +399,7 @@ async fn table_state(subscriber: &Client, config: &Config, table: &str) -> Resul
             table: table.to_owned(),
             problem: format!("is not replicated by queue {}", config.queue),
         })?;
-    Ok(row.get(1))
+    row.try_get(1).on(SUBSCRIBER, "reading the table state")
 }
 
 /// Whether a worker holds the consumer's lock.
@@ -408,12 +428,7 @@ pub(crate) async fn worker_running(
 /// # Errors
 ///
 /// [`LondisteError::TableState`] for a table not replicated; copy failures.
-pub async fn resync(
-    config: &Config,
-    table: &str,
-    parallel_copy: u32,
-    wait: Duration,
-) -> Result<AddedTable> {
+pub async fn resync(config: &Config, table: &str, options: &ResyncOptions) -> Result<AddedTable> {
     let provider = config.provider.connect().await?;
     let subscriber = config.subscriber.connect().await?;
     let source = require_table(&provider, PROVIDER, table).await?;
@@ -439,12 +454,13 @@ pub async fn resync(
         provider: &source,
         dest: &dest,
         condition: None,
-        jobs: parallel_copy.max(1),
+        jobs: options.parallel_copy.max(1),
+        progress: &options.progress,
     };
     let started = Instant::now();
     let rows = copy_table(&config.provider, &config.subscriber, &job).await?;
     let copy_seconds = started.elapsed().as_secs_f64();
-    let state = wait_for_ok(config, &provider, &subscriber, &event_name, wait).await?;
+    let state = wait_for_ok(config, &provider, &subscriber, &event_name, options.wait).await?;
     Ok(AddedTable {
         table: event_name,
         rows,
@@ -569,20 +585,22 @@ pub async fn tables(config: &Config) -> Result<Vec<TableStatus>> {
 }
 
 async fn list_tables(subscriber: &Client, config: &Config) -> Result<Vec<TableStatus>> {
-    Ok(subscriber
+    subscriber
         .query_typed(TABLES, &[(&config.queue.as_str(), Type::TEXT)])
         .await
         .on(SUBSCRIBER, "listing tables")?
         .iter()
-        .map(|r| TableStatus {
-            table: r.get(0),
-            dest_table: r.get(1),
-            state: r.get(2),
-            copy_rows: r.get(3),
-            copy_seconds: r.get(4),
-            state_changed: r.get(5),
+        .map(|r| {
+            Ok(TableStatus {
+                table: r.get(0),
+                dest_table: r.get(1),
+                state: r.try_get(2).on(SUBSCRIBER, "reading table states")?,
+                copy_rows: r.get(3),
+                copy_seconds: r.get(4),
+                state_changed: r.get(5),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Lag, pending events, the last batch and the tables.

@@ -18,6 +18,7 @@ use crate::admin::worker_running;
 use crate::config::Config;
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
 use crate::meta::{require_table, TableInfo};
+use crate::state::TableState;
 use crate::worker::Worker;
 
 // language=SQL
@@ -183,8 +184,8 @@ async fn pairs(
         if wanted.as_ref().is_some_and(|w| *w != name) {
             continue;
         }
-        let state: String = row.get(2);
-        if state != "ok" {
+        let state: TableState = row.try_get(2).on(SUBSCRIBER, "reading table states")?;
+        if state != TableState::Ok {
             if wanted.is_some() {
                 return Err(LondisteError::TableState {
                     table: name,

@@ -2,9 +2,11 @@
 //! snapshot, read by one or several connections (each importing the exported snapshot and
 //! copying a range of primary keys), streamed with COPY into the subscriber.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
 use bytes::BytesMut;
 use futures_util::{pin_mut, SinkExt as _, TryStreamExt as _};
-use indicatif::{ProgressBar, ProgressStyle};
 use pgq_core::{quote_ident, quote_literal, Dsn};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Transaction};
@@ -29,6 +31,45 @@ UPDATE londiste_rs.subscriber_table
 // language=SQL
 const EXPORT: &str = "SELECT txid_current_snapshot()::text, pg_export_snapshot()";
 
+/// How far the initial copy has come: counters the copy updates as it goes, which a caller
+/// reads from another task (the `londiste` command draws them as a progress bar).
+#[derive(Debug, Default)]
+pub struct CopyProgress {
+    table: Mutex<String>,
+    estimated_rows: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl CopyProgress {
+    /// The table being copied, or copied last (empty before the first copy starts).
+    pub fn table(&self) -> String {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The planner's estimate of the table's rows (0 when it has none).
+    pub fn estimated_rows(&self) -> u64 {
+        self.estimated_rows.load(Ordering::Relaxed)
+    }
+
+    /// Rows of the table sent to the subscriber so far.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    fn start(&self, table: &str, estimated_rows: u64) {
+        table.clone_into(&mut self.table.lock().unwrap_or_else(PoisonError::into_inner));
+        self.estimated_rows.store(estimated_rows, Ordering::Relaxed);
+        self.rows.store(0, Ordering::Relaxed);
+    }
+
+    fn add_rows(&self, rows: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+    }
+}
+
 /// What to copy.
 pub(crate) struct CopyJob<'a> {
     pub(crate) queue: &'a str,
@@ -36,6 +77,7 @@ pub(crate) struct CopyJob<'a> {
     pub(crate) dest: &'a TableInfo,
     pub(crate) condition: Option<&'a str>,
     pub(crate) jobs: u32,
+    pub(crate) progress: &'a CopyProgress,
 }
 
 /// Copies the table, leaving it `catching-up` with its copy snapshot. Returns the rows copied.
@@ -65,13 +107,14 @@ pub(crate) async fn copy_table(
         .on(PROVIDER, "exporting the copy snapshot")?;
     let snapshot: String = row.get(0);
     let snapshot_id: String = row.get(1);
-    let progress = progress_bar(job, &export).await?;
+    job.progress
+        .start(&job.provider.event_name, estimate_rows(job, &export).await?);
     let rows = if job.jobs <= 1 {
         let tx = begin_replica(&mut subscriber).await?;
         tx.batch_execute(&format!("TRUNCATE {}", job.dest.quoted))
             .await
             .on(SUBSCRIBER, "emptying the table")?;
-        let rows = stream(&export, &tx, job, None, &progress).await?;
+        let rows = stream(&export, &tx, job, None).await?;
         mark_copied(&tx, job, &snapshot, rows).await?;
         tx.commit().await.on(SUBSCRIBER, "commit")?;
         rows
@@ -85,7 +128,6 @@ pub(crate) async fn copy_table(
             .await
             .map_err(replica_error)?;
         let copies = ranges.into_iter().map(|range| {
-            let progress = progress.clone();
             let snapshot_id = snapshot_id.clone();
             async move {
                 let mut source = provider_dsn.connect().await?;
@@ -99,7 +141,7 @@ pub(crate) async fn copy_table(
                 .on(PROVIDER, "importing the copy snapshot")?;
                 let mut target = subscriber_dsn.connect().await?;
                 let tx = begin_replica(&mut target).await?;
-                let rows = stream(&src, &tx, job, Some(&range), &progress).await?;
+                let rows = stream(&src, &tx, job, Some(&range)).await?;
                 tx.commit().await.on(SUBSCRIBER, "commit")?;
                 src.commit().await.on(PROVIDER, "commit")?;
                 Ok::<u64, LondisteError>(rows)
@@ -113,7 +155,6 @@ pub(crate) async fn copy_table(
         rows
     };
     export.commit().await.on(PROVIDER, "commit")?;
-    progress.finish_and_clear();
     Ok(rows)
 }
 
@@ -282,7 +323,6 @@ async fn stream(
     target: &Transaction<'_>,
     job: &CopyJob<'_>,
     range: Option<&KeyRange>,
-    progress: &ProgressBar,
 ) -> Result<u64> {
     let columns = column_list(job.provider);
     let out = source
@@ -306,11 +346,11 @@ async fn stream(
     {
         buffer.extend_from_slice(&chunk);
         if buffer.len() >= COPY_BUFFER {
-            send(&mut sink, &mut buffer, job, progress).await?;
+            send(&mut sink, &mut buffer, job).await?;
         }
     }
     if !buffer.is_empty() {
-        send(&mut sink, &mut buffer, job, progress).await?;
+        send(&mut sink, &mut buffer, job).await?;
     }
     sink.finish()
         .await
@@ -324,19 +364,17 @@ async fn send(
     sink: &mut std::pin::Pin<&mut tokio_postgres::CopyInSink<bytes::Bytes>>,
     buffer: &mut BytesMut,
     job: &CopyJob<'_>,
-    progress: &ProgressBar,
 ) -> Result<()> {
     let data = buffer.split().freeze();
     let lines = data.iter().filter(|&&b| b == b'\n').count();
-    progress.inc(u64::try_from(lines).unwrap_or(0));
+    job.progress.add_rows(u64::try_from(lines).unwrap_or(0));
     sink.send(data)
         .await
         .on(SUBSCRIBER, format!("COPY into {}", job.dest.event_name))
 }
 
-/// A progress bar on stderr (hidden when it is not a terminal), sized by the planner's row
-/// estimate.
-async fn progress_bar(job: &CopyJob<'_>, export: &Transaction<'_>) -> Result<ProgressBar> {
+/// The planner's estimate of the table's rows, read in the copy snapshot.
+async fn estimate_rows(job: &CopyJob<'_>, export: &Transaction<'_>) -> Result<u64> {
     let estimate: f32 = export
         .query_typed_one(
             "SELECT greatest(reltuples, 0)::real FROM pg_catalog.pg_class WHERE oid = $1",
@@ -345,16 +383,5 @@ async fn progress_bar(job: &CopyJob<'_>, export: &Transaction<'_>) -> Result<Pro
         .await
         .on(PROVIDER, "estimating rows")?
         .get(0);
-    let bar = ProgressBar::new(estimate_rows(estimate));
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {human_pos}/~{human_len} rows, {per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(format!("copying {}", job.provider.event_name));
-    Ok(bar)
-}
-
-fn estimate_rows(estimate: f32) -> u64 {
-    format!("{estimate:.0}").parse().unwrap_or(0)
+    Ok(format!("{estimate:.0}").parse().unwrap_or(0))
 }

@@ -8,7 +8,8 @@
 //! - [`init`] installs the schema on both sides, creates the queue and registers the worker.
 //! - [`add_tables`] puts the capture trigger on tables and copies them consistently: the copy
 //!   reads one exported snapshot (from one or several connections), records it, and the worker
-//!   skips the events the copy already holds; a table goes `in-copy` → `catching-up` → `ok`.
+//!   skips the events the copy already holds; a table goes `in-copy` → `catching-up` → `ok`
+//!   ([`TableState`]). The copy keeps [`CopyProgress`] counters a caller may show.
 //! - The [`Worker`] merges each key's events in a batch into their net effect and applies each
 //!   table's rows with a few set-based statements ([`ApplyMode::Batch`]), strictly: the changed
 //!   row counts must match, else the batch fails naming the keys.
@@ -28,6 +29,12 @@
 //! # }
 //! ```
 //!
+//! # Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `cli` | yes | the `londiste` binary (setup, worker, compare, status) and its progress bar |
+//!
 //! Main items: [`Config`], [`init`], [`add_tables`], [`Worker`], [`compare`], [`status`].
 
 mod admin;
@@ -38,13 +45,16 @@ mod copy;
 mod decode;
 mod error;
 mod meta;
+mod state;
 mod worker;
 
 pub use admin::{
     add_sequences, add_tables, init, remove_table, resync, status, tables, AddTableOptions,
-    AddedTable, Status, TableStatus,
+    AddedTable, ResyncOptions, Status, TableStatus,
 };
 pub use compare::{compare, Comparison};
 pub use config::{default_consumer, ApplyMode, Config, DEFAULT_CONSUMER_PREFIX};
+pub use copy::CopyProgress;
 pub use error::{LondisteError, Result};
+pub use state::TableState;
 pub use worker::Worker;

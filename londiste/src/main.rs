@@ -1,11 +1,14 @@
 //! The `londiste` command: set up table replication and run the replay worker.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use londiste::{AddTableOptions, Config};
+use indicatif::{ProgressBar, ProgressStyle};
+use londiste::{AddTableOptions, Config, CopyProgress, ResyncOptions, TableState};
 use pgq_consumer::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -38,27 +41,8 @@ enum Command {
         /// Provider tables (`schema.table`; quote mixed case as SQL does).
         #[arg(required = true)]
         tables: Vec<String>,
-        /// Create the subscriber table when missing.
-        #[arg(long)]
-        create: bool,
-        /// The subscriber already has the rows: no copy.
-        #[arg(long)]
-        skip_copy: bool,
-        /// Copy only rows matching this SQL condition.
-        #[arg(long, value_name = "SQL")]
-        copy_condition: Option<String>,
-        /// The subscriber table's name (one table only).
-        #[arg(long, value_name = "NAME")]
-        dest_table: Option<String>,
-        /// Connections copying key ranges in parallel.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-        parallel_copy: u32,
-        /// Record primary-key changes so the worker follows them (pgq-rs triggers only).
-        #[arg(long)]
-        follow_key_changes: bool,
-        /// Seconds to wait for `ok` while a worker runs.
-        #[arg(long, default_value_t = 60)]
-        wait: u64,
+        #[command(flatten)]
+        options: AddTableArgs,
     },
     /// Stop replicating a table (the subscriber table stays).
     RemoveTable {
@@ -96,6 +80,47 @@ enum Command {
     },
 }
 
+/// How `add-table` copies and registers the tables.
+#[derive(Debug, clap::Args)]
+struct AddTableArgs {
+    /// Create the subscriber table when missing.
+    #[arg(long)]
+    create: bool,
+    /// The subscriber already has the rows: no copy.
+    #[arg(long)]
+    skip_copy: bool,
+    /// Copy only rows matching this SQL condition.
+    #[arg(long, value_name = "SQL")]
+    copy_condition: Option<String>,
+    /// The subscriber table's name (one table only).
+    #[arg(long, value_name = "NAME")]
+    dest_table: Option<String>,
+    /// Connections copying key ranges in parallel.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel_copy: u32,
+    /// Record primary-key changes so the worker follows them (pgq-rs triggers only).
+    #[arg(long)]
+    follow_key_changes: bool,
+    /// Seconds to wait for `ok` while a worker runs.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+}
+
+impl From<AddTableArgs> for AddTableOptions {
+    fn from(args: AddTableArgs) -> AddTableOptions {
+        AddTableOptions {
+            create: args.create,
+            skip_copy: args.skip_copy,
+            copy_condition: args.copy_condition,
+            dest_table: args.dest_table,
+            parallel_copy: args.parallel_copy,
+            follow_key_changes: args.follow_key_changes,
+            wait: Duration::from_secs(args.wait),
+            progress: Arc::default(),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -111,6 +136,36 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `work` while a bar on stderr (drawn only on a terminal) shows the copy's counters.
+async fn with_progress<T>(progress: &CopyProgress, work: impl Future<Output = T>) -> T {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {human_pos}/~{human_len} rows, {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut redraw = tokio::time::interval(Duration::from_millis(100));
+    let mut shown = String::new();
+    tokio::pin!(work);
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = redraw.tick() => {
+                let table = progress.table();
+                if table != shown {
+                    bar.reset();
+                    bar.set_message(format!("copying {table}"));
+                    shown = table;
+                }
+                bar.set_length(progress.estimated_rows().max(progress.rows()));
+                bar.set_position(progress.rows());
+            }
+        }
+    };
+    bar.finish_and_clear();
+    out
 }
 
 fn print<T: serde::Serialize>(
@@ -136,34 +191,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.queue
             );
         }
-        Command::AddTable {
-            tables,
-            create,
-            skip_copy,
-            copy_condition,
-            dest_table,
-            parallel_copy,
-            follow_key_changes,
-            wait,
-        } => {
-            if dest_table.is_some() && tables.len() > 1 {
+        Command::AddTable { tables, options } => {
+            if options.dest_table.is_some() && tables.len() > 1 {
                 anyhow::bail!("--dest-table names one subscriber table: give one provider table");
             }
-            let options = AddTableOptions {
-                create,
-                skip_copy,
-                copy_condition,
-                dest_table,
-                parallel_copy,
-                follow_key_changes,
-                wait: Duration::from_secs(wait),
-            };
-            let added = londiste::add_tables(&config, &tables, &options).await?;
+            let options = AddTableOptions::from(options);
+            let added = with_progress(
+                &options.progress,
+                londiste::add_tables(&config, &tables, &options),
+            )
+            .await?;
             print(cli.json, &added, |added| {
                 added
                     .iter()
                     .map(|a| {
-                        let hint = if a.state == "ok" {
+                        let hint = if a.state == TableState::Ok {
                             ""
                         } else {
                             " (the worker makes it ok: run `londiste worker`)"
@@ -209,7 +251,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => {
             let status = londiste::status(&config).await?;
             print(cli.json, &status, |s| {
-                let ok = s.tables.iter().filter(|t| t.state == "ok").count();
+                let ok = s
+                    .tables
+                    .iter()
+                    .filter(|t| t.state == TableState::Ok)
+                    .count();
                 format!(
                     "queue {} worker {} ({})\nlag: {}\npending events: {}\nlast tick: {}, last batch at {}\ntables: {} ok of {}\n",
                     s.queue,
@@ -261,8 +307,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             parallel_copy,
             wait,
         } => {
-            let done =
-                londiste::resync(&config, &table, parallel_copy, Duration::from_secs(wait)).await?;
+            let options = ResyncOptions {
+                parallel_copy,
+                wait: Duration::from_secs(wait),
+                ..ResyncOptions::default()
+            };
+            let done = with_progress(
+                &options.progress,
+                londiste::resync(&config, &table, &options),
+            )
+            .await?;
             println!("{}: {} rows copied, {}", done.table, done.rows, done.state);
         }
     }

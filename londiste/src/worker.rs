@@ -18,9 +18,11 @@ use tokio_postgres::Transaction;
 
 use crate::apply::{apply_one, truncate, Key, TableBatch};
 use crate::config::{ApplyMode, Config};
+use crate::copy::replica_error;
 use crate::decode::{parse_ev_type, parse_urlencoded, Op, Snapshot};
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
 use crate::meta::{require_table, TableInfo};
+use crate::state::TableState;
 
 // language=SQL
 const REPLICA_ROLE: &str = "SET LOCAL session_replication_role = replica";
@@ -85,7 +87,7 @@ const HOLD: Duration = Duration::from_millis(100);
 /// A subscribed table, as the subscriber records it.
 struct Subscribed {
     dest: String,
-    state: String,
+    state: TableState,
     copy_snapshot: Option<Snapshot>,
 }
 
@@ -130,17 +132,9 @@ impl Replayer {
         let tx = batch.tx();
         let queue = self.config.queue.as_str();
         let consumer = self.consumer.as_str();
-        tx.batch_execute(REPLICA_ROLE).await.map_err(|err| {
-            if err.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
-                LondisteError::ReplicaRole(err)
-            } else {
-                LondisteError::Db {
-                    side: SUBSCRIBER,
-                    op: "setting session_replication_role".to_owned(),
-                    source: err,
-                }
-            }
-        })?;
+        tx.batch_execute(REPLICA_ROLE)
+            .await
+            .map_err(replica_error)?;
         tx.batch_execute(KEY_LOOKUPS)
             .await
             .on(SUBSCRIBER, "planner settings")?;
@@ -175,14 +169,14 @@ impl Replayer {
                 let Some(sub) = subscribed.get(table) else {
                     continue;
                 };
-                match sub.state.as_str() {
-                    "in-copy" => {
+                match sub.state {
+                    TableState::InCopy => {
                         return Err(Box::new(Postpone::new(
                             format!("table {table} is being copied"),
                             HOLD,
                         )))
                     }
-                    "catching-up"
+                    TableState::CatchingUp
                         if sub
                             .copy_snapshot
                             .as_ref()
@@ -271,7 +265,7 @@ impl Replayer {
                 table,
                 Subscribed {
                     dest: row.get(1),
-                    state: row.get(2),
+                    state: row.try_get(2).on(SUBSCRIBER, "reading table states")?,
                     copy_snapshot,
                 },
             );
@@ -382,7 +376,7 @@ impl Replayer {
     ) -> Result<()> {
         let catching_up: Vec<(&String, &Snapshot)> = subscribed
             .iter()
-            .filter(|(_, s)| s.state == "catching-up")
+            .filter(|(_, s)| s.state == TableState::CatchingUp)
             .filter_map(|(t, s)| s.copy_snapshot.as_ref().map(|snap| (t, snap)))
             .collect();
         if catching_up.is_empty() {

@@ -1,6 +1,6 @@
 //! resync, sequences, remove-table, status, and early flushes under a small memory limit.
 
-use londiste::{AddTableOptions, Config, Worker};
+use londiste::{AddTableOptions, Config, ResyncOptions, TableState, Worker};
 use pgq_core::{ConsumerName, Dsn, QueueName};
 use pgq_testkit::TestDb;
 use tokio_postgres::Row;
@@ -34,10 +34,19 @@ async fn resync_sequences_and_remove_table() -> anyhow::Result<()> {
         .batch_execute("UPDATE r SET v = 'new' WHERE id = 5")
         .await?;
     drop(worker);
-    let resynced = londiste::resync(&pair.config, "r", 2, std::time::Duration::ZERO).await?;
+    let options = ResyncOptions {
+        parallel_copy: 2,
+        ..ResyncOptions::default()
+    };
+    let resynced = londiste::resync(&pair.config, "r", &options).await?;
     assert_eq!(
-        (resynced.rows, resynced.state.as_str()),
-        (300, "catching-up")
+        (resynced.rows, resynced.state),
+        (300, TableState::CatchingUp)
+    );
+    assert_eq!(
+        (options.progress.table(), options.progress.rows()),
+        ("public.r".to_owned(), 300),
+        "the copy's counters"
     );
     let mut worker = Worker::connect(&pair.config).await?;
     pair.drain(&mut worker).await?;
@@ -45,7 +54,7 @@ async fn resync_sequences_and_remove_table() -> anyhow::Result<()> {
     let status = londiste::status(&pair.config).await?;
     assert!(status.worker_running);
     assert_eq!(status.tables.len(), 1);
-    assert_eq!(status.tables[0].state, "ok");
+    assert_eq!(status.tables[0].state, TableState::Ok);
 
     londiste::remove_table(&pair.config, "r").await?;
     pair.provider

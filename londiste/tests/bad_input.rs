@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use londiste::{AddTableOptions, Worker};
 use pgq_consumer::CancellationToken;
+use pgq_testkit::{Deadline, TempDir};
 
 use crate::common::Pair;
 
@@ -63,6 +64,23 @@ async fn a_subscriber_table_with_other_columns_is_refused_naming_the_column() ->
     Ok(())
 }
 
+/// Ticks until the subscriber's `t` has `rows` rows.
+async fn replicated(pair: &Pair, rows: i64, what: &str) -> anyhow::Result<()> {
+    let deadline = Deadline::after(Duration::from_secs(30));
+    loop {
+        let n: i64 = pair
+            .subscriber
+            .query_one("SELECT count(*) FROM t", &[])
+            .await?
+            .get(0);
+        if n == rows {
+            return Ok(());
+        }
+        pair.tick().await?;
+        deadline.pause(what).await?;
+    }
+}
+
 #[tokio::test]
 async fn the_worker_survives_the_provider_going_away() -> anyhow::Result<()> {
     let pair = Pair::new().await?;
@@ -75,7 +93,7 @@ async fn the_worker_survives_the_provider_going_away() -> anyhow::Result<()> {
         .batch_execute("INSERT INTO t VALUES (1, 1)")
         .await?;
     pair.tick().await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    replicated(&pair, 1, "the worker to apply the first row").await?;
     // Cut every other connection to the provider, the worker's included.
     pair.provider
         .batch_execute(
@@ -87,23 +105,7 @@ async fn the_worker_survives_the_provider_going_away() -> anyhow::Result<()> {
         .batch_execute("INSERT INTO t VALUES (2, 2)")
         .await?;
     pair.tick().await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = pair
-            .subscriber
-            .query_one("SELECT count(*) FROM t", &[])
-            .await?
-            .get(0);
-        if n == 2 {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the worker did not come back"
-        );
-        pair.tick().await?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    replicated(&pair, 2, "the worker to come back").await?;
     assert!(!worker.is_finished(), "the worker stopped");
     cancel.cancel();
     worker.await??;
@@ -113,18 +115,17 @@ async fn the_worker_survives_the_provider_going_away() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_bad_config_names_file_line_and_key() -> anyhow::Result<()> {
-    let file = std::env::temp_dir().join(format!("londiste-bad-{}.toml", std::process::id()));
-    std::fs::write(
-        &file,
+    let dir = TempDir::new("londiste-bad")?;
+    let file = dir.write(
+        "londiste.toml",
         "[londiste]\nprovider = \"host=a user=u\"\nsubscriber = \"host=b user=u\"\nqueue = \"q\"\n\n[worker]\nchunk_size = -1\n",
     )?;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_londiste"))
-        .args(["--config", file.to_str().unwrap_or_default(), "status"])
-        .output()
-        .await?;
-    std::fs::remove_file(&file)?;
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, _, stderr) = pgq_testkit::run(
+        env!("CARGO_BIN_EXE_londiste"),
+        &["--config", file.to_str().unwrap_or_default(), "status"],
+    )
+    .await?;
+    assert_ne!(code, 0);
     assert!(
         stderr.contains(&format!("{}:7:14: worker.chunk_size:", file.display())),
         "{stderr}"

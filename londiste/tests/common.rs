@@ -1,10 +1,10 @@
 //! A provider and a subscriber database per test, with the replicator initialized.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use londiste::{Config, LondisteError, Worker};
+use londiste::{Config, LondisteError, TableState, Worker};
 use pgq_core::{ConsumerName, Dsn, QueueName};
-use pgq_testkit::TestDb;
+use pgq_testkit::{Deadline, TestDb};
 use tokio_postgres::Client;
 
 pub(crate) struct Pair {
@@ -53,14 +53,14 @@ impl Pair {
     pub(crate) async fn drain(&self, worker: &mut Worker) -> anyhow::Result<usize> {
         self.tick().await?;
         let mut batches = 0;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Deadline::after(Duration::from_secs(60));
         loop {
-            anyhow::ensure!(Instant::now() < deadline, "drain did not finish");
+            anyhow::ensure!(!deadline.passed(), "drain did not finish");
             match worker.process_next_batch().await {
                 Ok(Some(_)) => batches += 1,
                 Ok(None) => return Ok(batches),
                 Err(LondisteError::Consumer(pgq_consumer::ConsumerError::Postponed { .. })) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    deadline.pause("a postponed batch to go through").await?;
                 }
                 Err(err) => return Err(err.into()),
             }
@@ -92,12 +92,12 @@ impl Pair {
         Ok(provider.0)
     }
 
-    pub(crate) async fn state(&self, table: &str) -> anyhow::Result<String> {
+    /// The state of a replicated table; `None` for a table not replicated.
+    pub(crate) async fn state(&self, table: &str) -> anyhow::Result<Option<TableState>> {
         let tables = londiste::tables(&self.config).await?;
         Ok(tables
             .into_iter()
             .find(|t| t.table == table)
-            .map(|t| t.state)
-            .unwrap_or_default())
+            .map(|t| t.state))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use londiste::{AddTableOptions, Config, Worker};
+use londiste::{AddTableOptions, Config, TableState, Worker};
 use pgq_consumer::CancellationToken;
 use pgq_core::{ConsumerName, Dsn, QueueName};
 use pgq_testkit::TestDb;
@@ -76,7 +76,7 @@ async fn default_names_are_one_per_subscriber_and_queue_and_every_command_agrees
         ..AddTableOptions::default()
     };
     let added = londiste::add_tables(&q1, &["t".to_owned()], &options).await?;
-    assert_eq!(added[0].state, "ok");
+    assert_eq!(added[0].state, TableState::Ok);
     for config in [&q1, &q1_second] {
         let status = londiste::status(config).await?;
         assert_eq!(status.consumer, n1.as_str());

@@ -1,6 +1,6 @@
 //! Replication end to end: copy, catch up, merge semantics, compare.
 
-use londiste::{AddTableOptions, Worker};
+use londiste::{AddTableOptions, TableState, Worker};
 
 use crate::common::Pair;
 
@@ -22,7 +22,12 @@ async fn a_table_is_copied_and_its_changes_replayed_merged() -> anyhow::Result<(
         (added[0].table.as_str(), added[0].rows),
         ("public.acc", 1000)
     );
-    assert_eq!(added[0].state, "catching-up");
+    assert_eq!(added[0].state, TableState::CatchingUp);
+    assert_eq!(
+        (options.progress.table(), options.progress.rows()),
+        ("public.acc".to_owned(), 1000),
+        "the copy's counters"
+    );
     pair.assert_same("acc", "id").await?;
 
     // One batch holding every merge case.
@@ -45,7 +50,7 @@ async fn a_table_is_copied_and_its_changes_replayed_merged() -> anyhow::Result<(
     let mut worker = Worker::connect(&pair.config).await?;
     assert!(pair.drain(&mut worker).await? >= 1);
     assert_eq!(pair.assert_same("acc", "id").await?, 1000 - 100 - 1 + 1);
-    assert_eq!(pair.state("public.acc").await?, "ok");
+    assert_eq!(pair.state("public.acc").await?, Some(TableState::Ok));
 
     // No worker runs: compare applies the batches up to its tick itself.
     drop(worker);

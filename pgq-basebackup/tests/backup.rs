@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgq_basebackup::{BackupOptions, Problem};
 use pgq_testkit::{Cluster, ClusterOptions};
@@ -13,17 +13,13 @@ use crate::support::{self, Load, Scratch};
 /// `pg_backup_stop`; the copy recovers to exactly the source's state at that point.
 #[tokio::test]
 async fn backup_under_load_recovers_to_the_stop_point() -> anyhow::Result<()> {
-    let source = support::source().await?;
-    let dsn = support::dsn(&source)?;
-    let client = dsn.connect().await?;
+    let (_source, dsn, client) = support::connected_source().await?;
     support::fill(&client).await?;
     let load = Load::start(&dsn).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while load.done.load(Ordering::Relaxed) < 300 {
-        anyhow::ensure!(Instant::now() < deadline, "the load does not progress");
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    pgq_testkit::wait_for("the load to progress", Duration::from_secs(20), || async {
+        Ok(load.done.load(Ordering::Relaxed) >= 300)
+    })
+    .await?;
 
     let scratch = Scratch::new("copy")?;
     let mut opts = BackupOptions::new(dsn.clone(), scratch.path());
@@ -50,12 +46,7 @@ async fn backup_under_load_recovers_to_the_stop_point() -> anyhow::Result<()> {
     assert!(summary.stop_lsn > summary.start_lsn);
     let source_sums = support::checksums(&client).await?;
 
-    let (code, out, err) = support::run(
-        &support::pg_verifybackup().display().to_string(),
-        &[&scratch.path().display().to_string()],
-    )
-    .await?;
-    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
+    support::assert_pg_verifybackup_accepts(scratch.path()).await?;
     let report = pgq_basebackup::verify(scratch.path())?;
     assert!(report.is_ok(), "{:?}", report.problems);
     assert!(report.files_checked > 100, "{report:?}");

@@ -4,39 +4,30 @@ use crate::support::{self, Scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgq-basebackup");
 
+/// `pgq-basebackup backup -d <dsn> -D <dest> <options>`: exit code, stdout, stderr.
+async fn backup(dsn: &str, dest: &str, options: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let mut args = vec!["backup", "-d", dsn, "-D", dest];
+    args.extend_from_slice(options);
+    Ok(pgq_testkit::run(BIN, &args).await?)
+}
+
 #[tokio::test]
 async fn backup_then_verify() -> anyhow::Result<()> {
     let source = support::source().await?;
-    let dsn = source
-        .tcp_dsn("postgres")
-        .ok_or_else(|| anyhow::anyhow!("no TCP"))?;
+    let dsn = support::tcp_dsn(&source)?;
     let scratch = Scratch::new("copy")?;
     let dest = scratch.path().display().to_string();
-    let (code, out, err) = support::run(
-        BIN,
-        &[
-            "backup",
-            "-d",
-            &dsn,
-            "-D",
-            &dest,
-            "-j",
-            "3",
-            "--checkpoint",
-            "fast",
-        ],
-    )
-    .await?;
+    let (code, out, err) = backup(&dsn, &dest, &["-j", "3", "--checkpoint", "fast"]).await?;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("backup complete"), "{out}");
 
-    let (code, out, err) = support::run(BIN, &["verify", &dest]).await?;
+    let (code, out, err) = pgq_testkit::run(BIN, &["verify", &dest]).await?;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("backup verified"), "{out}");
 
     std::fs::write(scratch.path().join("base/stray"), "x")?;
     std::fs::remove_file(scratch.path().join("PG_VERSION"))?;
-    let (code, out, _) = support::run(BIN, &["verify", &dest]).await?;
+    let (code, out, _) = pgq_testkit::run(BIN, &["verify", &dest]).await?;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("PG_VERSION: in the manifest, not in the copy"),
@@ -47,10 +38,10 @@ async fn backup_then_verify() -> anyhow::Result<()> {
         "{out}"
     );
 
-    let (code, _, err) = support::run(BIN, &["backup", "-d", &dsn, "-D", &dest]).await?;
+    let (code, _, err) = backup(&dsn, &dest, &[]).await?;
     assert_eq!(code, 1);
     assert!(err.contains("not empty"), "{err}");
-    let (code, _, _) = support::run(BIN, &["backup", "-D", &dest, "-j", "0"]).await?;
+    let (code, _, _) = pgq_testkit::run(BIN, &["backup", "-D", &dest, "-j", "0"]).await?;
     assert_eq!(code, 2, "usage errors exit with 2");
     Ok(())
 }
@@ -60,17 +51,15 @@ async fn backup_then_verify() -> anyhow::Result<()> {
 #[tokio::test]
 async fn out_of_space_is_a_clear_error() -> anyhow::Result<()> {
     let source = support::source().await?;
-    let dsn = source
-        .tcp_dsn("postgres")
-        .ok_or_else(|| anyhow::anyhow!("no TCP"))?;
+    let dsn = support::tcp_dsn(&source)?;
     let scratch = Scratch::new("copy")?;
     let dest = scratch.path().display().to_string();
     let script = "trap '' XFSZ; ulimit -f 2048; exec \"$0\" backup -d \"$1\" -D \"$2\"";
-    let (code, out, err) = support::run("sh", &["-c", script, BIN, &dsn, &dest]).await?;
+    let (code, out, err) = pgq_testkit::run("sh", &["-c", script, BIN, &dsn, &dest]).await?;
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("File too large"), "{err}");
     assert!(!scratch.path().join(pgq_basebackup::MANIFEST).exists());
-    let (code, out, _) = support::run(BIN, &["verify", &dest]).await?;
+    let (code, out, _) = pgq_testkit::run(BIN, &["verify", &dest]).await?;
     assert_eq!(code, 1, "{out}");
     Ok(())
 }
@@ -80,48 +69,27 @@ async fn out_of_space_is_a_clear_error() -> anyhow::Result<()> {
 #[tokio::test]
 async fn compress_then_restore_round_trips() -> anyhow::Result<()> {
     let source = support::source().await?;
-    let dsn = source
-        .tcp_dsn("postgres")
-        .ok_or_else(|| anyhow::anyhow!("no TCP"))?;
+    let dsn = support::tcp_dsn(&source)?;
     let client = support::dsn(&source)?.connect().await?;
     support::fill(&client).await?;
     let sums = support::checksums(&client).await?;
     let packed = Scratch::new("packed")?;
     let dest = packed.path().display().to_string();
-    let (code, out, err) = support::run(
-        BIN,
-        &[
-            "backup",
-            "-d",
-            &dsn,
-            "-D",
-            &dest,
-            "-j",
-            "2",
-            "--compress",
-            "zstd:5",
-        ],
-    )
-    .await?;
+    let (code, out, err) = backup(&dsn, &dest, &["-j", "2", "--compress", "zstd:5"]).await?;
     assert_eq!(code, 0, "{out}{err}");
     assert!(packed.path().join("PG_VERSION.zst").is_file());
     assert!(!packed.path().join("PG_VERSION").exists());
     assert!(packed.path().join("backup_manifest").is_file());
-    let (code, out, _) = support::run(BIN, &["verify", &dest]).await?;
+    let (code, out, _) = pgq_testkit::run(BIN, &["verify", &dest]).await?;
     assert_eq!(code, 0, "{out}");
 
     let restored = Scratch::new("restored")?;
     let target = restored.path().display().to_string();
-    let (code, out, err) = support::run(BIN, &["restore", &dest, &target]).await?;
+    let (code, out, err) = pgq_testkit::run(BIN, &["restore", &dest, &target]).await?;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("restored and verified"), "{out}");
-    let (code, out, err) = support::run(
-        &support::pg_verifybackup().display().to_string(),
-        &[&target],
-    )
-    .await?;
-    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
-    let (code, _, err) = support::run(BIN, &["restore", &dest, &target]).await?;
+    support::assert_pg_verifybackup_accepts(std::path::Path::new(&target)).await?;
+    let (code, _, err) = pgq_testkit::run(BIN, &["restore", &dest, &target]).await?;
     assert_eq!(code, 1, "a non-empty target is refused");
     assert!(err.contains("not empty"), "{err}");
 
@@ -142,17 +110,14 @@ async fn help_never_shows_the_dsn() -> anyhow::Result<()> {
         &["backup", "-h"],
         &["help", "backup"],
     ] {
-        let out = tokio::process::Command::new(BIN)
-            .args(args)
-            .env("PGQ_DSN", "host=db1 user=app password=secret")
-            .output()
-            .await?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{args:?}: {text}");
+        let (code, stdout, stderr) = pgq_testkit::output(
+            tokio::process::Command::new(BIN)
+                .args(args)
+                .env("PGQ_DSN", "host=db1 user=app password=secret"),
+        )
+        .await?;
+        let text = format!("{stdout}{stderr}");
+        assert_eq!(code, 0, "{args:?}: {text}");
         assert!(!text.contains("secret"), "{args:?}: {text}");
         if args[0] != "--help" {
             assert!(text.contains("[env: PGQ_DSN]"), "{args:?}: {text}");
@@ -191,7 +156,7 @@ async fn restore_never_follows_links() -> anyhow::Result<()> {
     std::os::unix::fs::symlink(&outside, &dir_link)?;
     let mut links = vec![version, dir_link];
     while !links.is_empty() {
-        let (code, out, err) = support::run(
+        let (code, out, err) = pgq_testkit::run(
             BIN,
             &[
                 "restore",
@@ -220,23 +185,9 @@ async fn restore_never_follows_links() -> anyhow::Result<()> {
     assert_eq!(std::fs::read_dir(&outside)?.count(), 1);
 
     // Compression never meets the links a tablespace mapping makes: the two are refused together.
-    let dsn = source.tcp_dsn("postgres").expect("TCP");
+    let dsn = support::tcp_dsn(&source)?;
     let copy = target.display().to_string();
-    let (code, out, err) = support::run(
-        BIN,
-        &[
-            "backup",
-            "-d",
-            &dsn,
-            "-D",
-            &copy,
-            "-Z",
-            "zstd",
-            "-T",
-            "/srv/a=/srv/b",
-        ],
-    )
-    .await?;
+    let (code, out, err) = backup(&dsn, &copy, &["-Z", "zstd", "-T", "/srv/a=/srv/b"]).await?;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains(

@@ -205,9 +205,7 @@ async fn role_without_privileges_is_told_the_grants_that_suffice() -> anyhow::Re
 /// source confirms.
 #[tokio::test]
 async fn interrupted_backup_is_incomplete_until_resumed() -> anyhow::Result<()> {
-    let source = support::source().await?;
-    let dsn = support::dsn(&source)?;
-    let client = dsn.connect().await?;
+    let (_source, dsn, client) = support::connected_source().await?;
     support::fill(&client).await?;
     let killer = dsn.connect().await?;
     let scratch = Scratch::new("copy")?;
@@ -257,12 +255,7 @@ async fn interrupted_backup_is_incomplete_until_resumed() -> anyhow::Result<()> 
     assert!(summary.reused_bytes < summary.bytes, "{summary:?}");
     let report = pgq_basebackup::verify(scratch.path())?;
     assert!(report.is_ok(), "{:?}", report.problems);
-    let (code, out, err) = support::run(
-        &support::pg_verifybackup().display().to_string(),
-        &[&scratch.path().display().to_string()],
-    )
-    .await?;
-    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
+    support::assert_pg_verifybackup_accepts(scratch.path()).await?;
 
     let sums = support::checksums_of(&client, &["accounts", "wide", "extra"]).await?;
     let copy = pgq_testkit::Cluster::start_existing(scratch.path(), Default::default()).await?;

@@ -211,12 +211,7 @@ async fn awkward_names_are_copied_and_non_utf8_is_refused_by_name() -> anyhow::R
     }
     let report = pgq_basebackup::verify(scratch.path())?;
     assert!(report.is_ok(), "{:?}", report.problems);
-    let (code, out, err) = support::run(
-        &support::pg_verifybackup().display().to_string(),
-        &[&scratch.path().display().to_string()],
-    )
-    .await?;
-    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
+    support::assert_pg_verifybackup_accepts(scratch.path()).await?;
 
     let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.conf");
     std::fs::write(source.data_dir().join("my dir").join(latin1), "four")?;
@@ -243,9 +238,7 @@ async fn awkward_names_are_copied_and_non_utf8_is_refused_by_name() -> anyhow::R
 /// statement the backup sends names `pg_catalog`'s objects.
 #[tokio::test]
 async fn owner_objects_on_the_search_path_never_run() -> anyhow::Result<()> {
-    let source = support::source().await?;
-    let admin = support::dsn(&source)?;
-    let client = admin.connect().await?;
+    let (_source, admin, client) = support::connected_source().await?;
     client.batch_execute("CREATE ROLE owner LOGIN").await?;
     client
         .batch_execute("CREATE DATABASE app OWNER owner")

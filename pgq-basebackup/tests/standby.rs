@@ -1,10 +1,10 @@
 //! `standby`: the copy streams from the source through its permanent slot, with the
 //! connection settings it was taken with and no password.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgq_basebackup::BackupOptions;
-use pgq_testkit::{Cluster, ClusterOptions, SslFiles};
+use pgq_testkit::{Cluster, ClusterOptions, Deadline, SslFiles};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -16,9 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_pgq-basebackup");
 
 #[tokio::test]
 async fn copy_streams_from_the_source() -> anyhow::Result<()> {
-    let source = support::source().await?;
-    let dsn = support::dsn(&source)?;
-    let client = dsn.connect().await?;
+    let (_source, dsn, client) = support::connected_source().await?;
     client
         .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'before')")
         .await?;
@@ -68,7 +66,7 @@ async fn copy_streams_from_the_source() -> anyhow::Result<()> {
     client
         .execute("INSERT INTO notes VALUES (2, 'after')", &[])
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30));
     loop {
         let row = replica_client
             .query_one(
@@ -83,12 +81,12 @@ async fn copy_streams_from_the_source() -> anyhow::Result<()> {
         if body.as_deref() == Some("after") && status.as_deref() == Some("streaming") {
             break;
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "row not replicated (receiver {status:?})\n{}",
-            replica.server_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        deadline
+            .pause(format!(
+                "the row to be replicated (receiver {status:?})\n{}",
+                replica.server_log()
+            ))
+            .await?;
     }
     let active: bool = client
         .query_one(
@@ -251,7 +249,7 @@ async fn standby_keeps_tls_settings_and_writes_no_password() -> anyhow::Result<(
     admin
         .execute("INSERT INTO notes VALUES (1, 'streamed')", &[])
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30));
     loop {
         let body: Option<String> = replica_client
             .query_one("SELECT (SELECT body FROM notes WHERE id = 1)", &[])
@@ -260,12 +258,9 @@ async fn standby_keeps_tls_settings_and_writes_no_password() -> anyhow::Result<(
         if body.as_deref() == Some("streamed") {
             break;
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not streamed\n{}",
-            replica.server_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        deadline
+            .pause(format!("the row to be streamed\n{}", replica.server_log()))
+            .await?;
     }
     let row = admin
         .query_one(
@@ -278,7 +273,7 @@ async fn standby_keeps_tls_settings_and_writes_no_password() -> anyhow::Result<(
 
     // A password in the connection string: not written, and the command warns.
     let other = Scratch::new("given")?;
-    let (code, out, err) = support::run(
+    let (code, out, err) = pgq_testkit::run(
         BIN,
         &[
             "backup",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pgq_core::tokio_postgres::Client;
 use pgq_core::Dsn;
-use pgq_testkit::{Cluster, ClusterOptions};
+use pgq_testkit::{Cluster, ClusterOptions, TempDir};
 
 /// Tables of the test data set.
 pub(crate) const TABLES: &[&str] = &["accounts", "history", "wide"];
@@ -29,12 +29,24 @@ pub(crate) async fn source() -> anyhow::Result<Cluster> {
     .await?)
 }
 
+/// The connection string of a cluster's `postgres` database over TCP.
+pub(crate) fn tcp_dsn(cluster: &Cluster) -> anyhow::Result<String> {
+    cluster
+        .tcp_dsn("postgres")
+        .ok_or_else(|| anyhow::anyhow!("no TCP"))
+}
+
 /// The DSN of a cluster's `postgres` database over TCP.
 pub(crate) fn dsn(cluster: &Cluster) -> anyhow::Result<Dsn> {
-    let text = cluster
-        .tcp_dsn("postgres")
-        .ok_or_else(|| anyhow::anyhow!("no TCP"))?;
-    Ok(Dsn::parse(&text)?)
+    Ok(Dsn::parse(&tcp_dsn(cluster)?)?)
+}
+
+/// A [`source`] cluster, its DSN and a connection to it.
+pub(crate) async fn connected_source() -> anyhow::Result<(Cluster, Dsn, Client)> {
+    let source = source().await?;
+    let dsn = dsn(&source)?;
+    let client = dsn.connect().await?;
+    Ok((source, dsn, client))
 }
 
 /// Creates the tables: `accounts` (a few MiB, split over chunks), `history`, and `wide`
@@ -127,50 +139,36 @@ pub(crate) async fn checksums_of(
     Ok(sums)
 }
 
-/// A fresh directory path under /tmp (not created), removed on drop.
-pub(crate) struct Scratch(pub(crate) PathBuf);
+/// A path (not created) in a fresh directory of its own, which goes when this is dropped.
+pub(crate) struct Scratch {
+    path: PathBuf,
+    _dir: TempDir,
+}
 
 impl Scratch {
     pub(crate) fn new(name: &str) -> anyhow::Result<Scratch> {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = PathBuf::from(format!(
-            "/tmp/pgqbb-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir.join(name)))
+        let dir = TempDir::new("pgqbb")?;
+        Ok(Scratch {
+            path: dir.join(name),
+            _dir: dir,
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(parent);
-        }
-    }
-}
-
-/// Runs `program args…` and returns (exit code, stdout, stderr).
-pub(crate) async fn run(program: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+/// Asserts that `pg_verifybackup` accepts the backup in `dir`.
+pub(crate) async fn assert_pg_verifybackup_accepts(dir: &Path) -> anyhow::Result<()> {
+    let (code, out, err) =
+        pgq_testkit::run(pg_verifybackup(), &[&dir.display().to_string()]).await?;
+    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
+    Ok(())
 }
 
 /// `pg_verifybackup`, from the same directory as the server binaries.
-pub(crate) fn pg_verifybackup() -> PathBuf {
+fn pg_verifybackup() -> PathBuf {
     [
         "/usr/lib/postgresql/17/bin",
         "/usr/lib/postgresql/16/bin",
@@ -206,7 +204,8 @@ pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<
 
 /// Hands `path` (and what it holds) to the server's user, as the tests run as root.
 pub(crate) async fn chown_postgres(path: &Path) -> anyhow::Result<()> {
-    let (code, out, err) = run("chown", &["-R", "postgres", &path.display().to_string()]).await?;
+    let (code, out, err) =
+        pgq_testkit::run("chown", &["-R", "postgres", &path.display().to_string()]).await?;
     anyhow::ensure!(code == 0, "chown: {out}{err}");
     Ok(())
 }

@@ -8,9 +8,7 @@ use crate::support::{self, Scratch};
 
 #[tokio::test]
 async fn mapped_and_inplace_tablespaces() -> anyhow::Result<()> {
-    let source = support::source().await?;
-    let dsn = support::dsn(&source)?;
-    let client = dsn.connect().await?;
+    let (_source, dsn, client) = support::connected_source().await?;
     let scratch = Scratch::new("copy")?;
     let root = scratch
         .path()
@@ -63,12 +61,7 @@ async fn mapped_and_inplace_tablespaces() -> anyhow::Result<()> {
     let auto = std::fs::read_to_string(scratch.path().join("postgresql.auto.conf"))?;
     assert!(auto.contains("allow_in_place_tablespaces = on"), "{auto}");
     assert!(pgq_basebackup::verify(scratch.path())?.is_ok());
-    let (code, out, err) = support::run(
-        &support::pg_verifybackup().display().to_string(),
-        &[&scratch.path().display().to_string()],
-    )
-    .await?;
-    assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
+    support::assert_pg_verifybackup_accepts(scratch.path()).await?;
 
     let mut opts = BackupOptions::new(dsn.clone(), root.join("other"));
     opts.tablespace_mapping = vec![(root.join("nowhere"), root.join("x"))];

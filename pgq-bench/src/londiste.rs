@@ -223,7 +223,11 @@ async fn run_ours(server: &Server, run: u32, rows: u64, updates: u64) -> Result<
     };
     let added = londiste::add_tables(&config, &["public.accounts".to_owned()], &options).await?;
     let add_table_seconds = started.elapsed().as_secs_f64();
-    ensure!(added[0].state == "ok", "add-table ended {}", added[0].state);
+    ensure!(
+        added[0].state == londiste::TableState::Ok,
+        "add-table ended {}",
+        added[0].state
+    );
     cancel.cancel();
     worker.await??;
 

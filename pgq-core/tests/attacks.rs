@@ -8,8 +8,8 @@ use pgq_core::tokio_postgres::Client;
 use pgq_core::{Dsn, Error, Line};
 use pgq_testkit::{Cluster, ClusterOptions, TestDb};
 
-use crate::roles::{connect_as, login_roles, outcome};
-use crate::setup::numbered_files;
+use crate::roles::{connect_as, outcome, roles_db};
+use crate::setup::{numbered_files, unpinned_functions};
 
 /// A role that owns the test database (and may create schemas in it) but is no superuser.
 const OWNER: &str = "pgqt_attack_owner";
@@ -243,11 +243,7 @@ async fn fresh_database(cluster: &Cluster, su: &Client, name: &str) -> anyhow::R
 #[tokio::test]
 async fn admin_edits_no_meta_row_and_definer_functions_touch_only_queue_objects(
 ) -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let db = TestDb::new().await?;
-    let mut su = db.client().await?;
-    pgq_core::install(&mut su, &[Line::Pgq, Line::PgqCoop]).await?;
-    login_roles(&su).await?;
+    let (_serial, db, su) = roles_db(&[Line::Pgq, Line::PgqCoop]).await?;
     su.batch_execute(
         "SELECT pgq.create_queue('q');
          CREATE TABLE public.victim (id int);
@@ -310,11 +306,7 @@ async fn admin_edits_no_meta_row_and_definer_functions_touch_only_queue_objects(
 
 #[tokio::test]
 async fn catchup_ticker_never_uses_a_callers_temp_table() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let db = TestDb::new().await?;
-    let mut su = db.client().await?;
-    pgq_core::install(&mut su, &[Line::Pgq]).await?;
-    login_roles(&su).await?;
+    let (_serial, db, su) = roles_db(&[Line::Pgq]).await?;
     su.batch_execute(
         "SELECT pgq.create_queue('q');
          SELECT pgq.set_queue_config('q', 'ticker_max_batch', '10');",
@@ -376,18 +368,12 @@ async fn every_function_resolves_names_as_it_was_written() -> anyhow::Result<()>
     let mut su = db.client().await?;
     pgq_core::install(&mut su, &Line::ALL).await?;
     su.batch_execute("SELECT pgq.create_queue('q')").await?;
-    let unpinned: Vec<String> = su
-        .query(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p
-               JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname IN ('pgq', 'pgq_coop', 'pgq_ext', 'londiste_rs', 'pgq_rs')
-                AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unpinned = unpinned_functions(
+        &su,
+        &["pgq", "pgq_coop", "pgq_ext", "londiste_rs", "pgq_rs"],
+        false,
+    )
+    .await?;
     assert!(unpinned.is_empty(), "search_path not pinned: {unpinned:?}");
 
     // A database owner's look-alikes first in everybody's path: no function of ours may
@@ -493,11 +479,7 @@ const APP: &str = "pgqt_attack_app";
 
 #[tokio::test]
 async fn capture_needs_no_writer_and_writes_only_registered_pairs() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let db = TestDb::new().await?;
-    let mut su = db.client().await?;
-    pgq_core::install(&mut su, &[Line::Pgq, Line::PgqTriggers]).await?;
-    login_roles(&su).await?;
+    let (_serial, db, su) = roles_db(&[Line::Pgq, Line::PgqTriggers]).await?;
     pgq_testkit::create_role(&su, APP, "LOGIN").await?;
     su.batch_execute(&format!(
         "SELECT pgq.create_queue('orders_q'); SELECT pgq.create_queue('billing_q');

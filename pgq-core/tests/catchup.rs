@@ -5,7 +5,7 @@
 //! the gap was.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgq_core::tokio_postgres::Client;
 use pgq_core::{Dsn, Line};
@@ -85,43 +85,21 @@ async fn a_backlog_is_cut_into_batches_of_at_most_the_cap() -> anyhow::Result<()
                 FROM generate_series(1, 10);",
     )
     .await?;
-    let producers: Vec<_> = (0..4)
-        .map(|p| {
-            let dsn = db.dsn();
-            tokio::spawn(async move {
-                let client = Dsn::parse(&dsn)?.connect().await?;
-                let mut inserted = 0_i64;
-                for t in 0..1250_i64 {
-                    // 1 to 19 events per transaction; every 7th transaction rolls back
-                    let n = (p * 31 + t * 7) % 19 + 1;
-                    let end = if t % 7 == 3 { "ROLLBACK" } else { "COMMIT" };
-                    client
-                        .batch_execute(&format!(
-                            "BEGIN; SELECT pgq.insert_event('outage', 'e', 'x', 'p{p}t{t}', NULL, NULL, NULL)
-                                    FROM generate_series(1, {n}); {end};"
-                        ))
-                        .await?;
-                    if end == "COMMIT" {
-                        inserted += n;
-                    }
-                }
-                anyhow::Ok(inserted)
-            })
-        })
-        .collect();
-    let mut committed = 0;
-    for p in producers {
-        committed += p.await??;
-    }
+    // 1 to 19 events per transaction; every 7th transaction rolls back
+    let committed = pgq_testkit::produce_concurrently(
+        &db.dsn(),
+        "outage",
+        4,
+        1250,
+        |p, t| (p * 31 + t * 7) % 19 + 1,
+        |_, t| t % 7 == 3,
+    )
+    .await?;
 
     // the ticker comes back while `held` is still open
     let batches = drain(&admin).await?;
     let total: usize = batches.iter().map(Vec::len).sum();
-    assert_eq!(
-        total,
-        usize::try_from(committed)?,
-        "every committed event, once"
-    );
+    assert_eq!(total, committed, "every committed event, once");
     let by_tx = batch_of_each_transaction(&batches)?;
     assert!(
         !by_tx.contains_key("held"),
@@ -141,7 +119,7 @@ async fn a_backlog_is_cut_into_batches_of_at_most_the_cap() -> anyhow::Result<()
         );
     }
     assert!(
-        batches.len() >= usize::try_from(committed / CAP)?,
+        batches.len() >= committed / target,
         "the backlog was cut: {} batches",
         batches.len()
     );
@@ -208,21 +186,18 @@ async fn a_transaction_that_waited_for_a_row_lock_is_never_in_an_earlier_batch(
             .batch_execute("UPDATE account SET balance = balance + 1 WHERE id = 1; COMMIT;")
             .await
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let blockers: Vec<i32> = admin
-            .query_one("SELECT pg_blocking_pids($1)", &[&waiter_pid])
-            .await?
-            .get(0);
-        if blockers.contains(&holder_pid) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the waiter never waited for the holder"
-        );
-        tokio::task::yield_now().await;
-    }
+    pgq_testkit::wait_for(
+        "the waiter to wait for the holder",
+        Duration::from_secs(10),
+        || async {
+            let blockers: Vec<i32> = admin
+                .query_one("SELECT pg_blocking_pids($1)", &[&waiter_pid])
+                .await?
+                .get(0);
+            Ok(blockers.contains(&holder_pid))
+        },
+    )
+    .await?;
     // other traffic around them, so the backlog is well over the cap
     for t in 0..6 {
         admin

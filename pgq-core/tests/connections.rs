@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use pgq_core::Dsn;
-use pgq_testkit::{Cluster, ClusterOptions, TestDb};
+use pgq_testkit::{Cluster, ClusterOptions, Deadline, TestDb};
 
 /// Set (to `listen-address target-socket`) in the forwarder child.
 const FORWARD: &str = "PGQ_CORE_NETNS_FORWARD";
@@ -292,7 +292,7 @@ async fn a_silent_peer_is_noticed_in_time() -> Result<()> {
     };
     let with_keepalive = sleep(keepalive);
     let without = sleep(neither);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Deadline::after(Duration::from_secs(10));
     while control
         .query_one(
             "SELECT count(*) FROM pg_catalog.pg_stat_activity \
@@ -303,17 +303,12 @@ async fn a_silent_peer_is_noticed_in_time() -> Result<()> {
         .get::<_, i64>(0)
         < 2
     {
-        anyhow::ensure!(Instant::now() < deadline, "the statements did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.pause("the statements to start").await?;
     }
     // The peer acknowledges a statement that sends no answer with a delayed ACK: cut only once
     // every byte sent was acknowledged, so that the keepalive probes (which wait for that) run.
     while !all_acknowledged(&netns.peer_ip).await? {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the statements were not acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.pause("the statements to be acknowledged").await?;
     }
     netns.cut().await?;
     let cut_at = Instant::now();
@@ -374,7 +369,7 @@ async fn keepalives_are_on_by_default_on_a_real_connection() -> Result<()> {
         .get(0);
     // Right after a statement, the timer may still be the retransmission timer for bytes the
     // server has not acknowledged yet (delayed ACKs): look until the keepalive timer shows.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Deadline::after(Duration::from_secs(5));
     let timer = loop {
         let out = tokio::process::Command::new("ss")
             .args([
@@ -394,10 +389,13 @@ async fn keepalives_are_on_by_default_on_a_real_connection() -> Result<()> {
             .map(str::to_owned);
         match timer {
             Some(timer) if timer.starts_with("keepalive,") => break timer,
-            _ if Instant::now() > deadline => {
-                anyhow::bail!("no keepalive timer on the connection from port {port}: {shown}")
+            _ => {
+                deadline
+                    .pause(format!(
+                        "a keepalive timer on the connection from port {port}: {shown}"
+                    ))
+                    .await?;
             }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
     let secs: u64 = timer

@@ -7,6 +7,7 @@ use pgq_core::Line;
 use pgq_testkit::TestDb;
 
 use crate::roles::{connect_as, login_roles, outcome};
+use crate::setup::unpinned_functions;
 
 const PROVIDER: &str = "0f3c2a9e-5b1d-4c7e-9a8b-2d6e4f1a7c30";
 
@@ -26,19 +27,6 @@ async fn refusal(client: &Client, sql: &str) -> (String, String, Option<String>)
         db.message().to_owned(),
         db.detail().map(str::to_owned),
     )
-}
-
-async fn tracked(client: &Client) -> anyhow::Result<Vec<(String, String, String, Option<i64>)>> {
-    Ok(client
-        .query(
-            "SELECT provider_id::text, queue_name, consumer_name, last_batch_id
-               FROM pgq_ext.batch_tracking ORDER BY 1, 2, 3",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect())
 }
 
 async fn done(client: &Client, batch: i64) -> anyhow::Result<bool> {
@@ -128,7 +116,7 @@ async fn tracking_refusals_say_what_and_why_and_change_nothing() -> anyhow::Resu
         }
     }
     assert_eq!(
-        tracked(&client).await?,
+        pgq_testkit::batch_tracking(&client).await?,
         [(PROVIDER.to_owned(), "q".to_owned(), "c".to_owned(), Some(5))]
     );
     // The consumer-name tracking of PGQ's API is apart and unchanged.
@@ -174,7 +162,7 @@ async fn only_writers_track_batches() -> anyhow::Result<()> {
         "the row is reached only through the functions"
     );
     assert_eq!(
-        tracked(&su).await?,
+        pgq_testkit::batch_tracking(&su).await?,
         [(PROVIDER.to_owned(), "q".to_owned(), "c".to_owned(), Some(1))]
     );
     Ok(())
@@ -183,18 +171,7 @@ async fn only_writers_track_batches() -> anyhow::Result<()> {
 #[tokio::test]
 async fn every_pgq_ext_function_pins_search_path() -> anyhow::Result<()> {
     let (_db, client) = pgq_ext_db().await?;
-    let unpinned: Vec<String> = client
-        .query(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p
-               JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname = 'pgq_ext'
-                AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unpinned = unpinned_functions(&client, &["pgq_ext"], false).await?;
     assert!(unpinned.is_empty(), "search_path not pinned: {unpinned:?}");
     Ok(())
 }

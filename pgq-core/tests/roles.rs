@@ -5,6 +5,8 @@ use pgq_core::tokio_postgres::Client;
 use pgq_core::{Dsn, Line};
 use pgq_testkit::TestDb;
 
+use crate::setup::unpinned_functions;
+
 /// Login roles that are members of one PGQ role each. Roles are cluster-wide, so they are created
 /// once and an existing one is tolerated.
 pub(crate) async fn login_roles(admin: &Client) -> anyhow::Result<()> {
@@ -16,6 +18,19 @@ pub(crate) async fn login_roles(admin: &Client) -> anyhow::Result<()> {
         pgq_testkit::create_role(admin, login, &format!("LOGIN IN ROLE {member_of}")).await?;
     }
     Ok(())
+}
+
+/// A database with `lines` installed by the superuser `su` and the [`login_roles`]; the guard
+/// holds off other tests' role changes for as long as the test keeps it.
+pub(crate) async fn roles_db(
+    lines: &[Line],
+) -> anyhow::Result<(tokio::sync::MutexGuard<'static, ()>, TestDb, Client)> {
+    let serial = pgq_testkit::serial().await;
+    let db = TestDb::new().await?;
+    let mut su = db.client().await?;
+    pgq_core::install(&mut su, lines).await?;
+    login_roles(&su).await?;
+    Ok((serial, db, su))
 }
 
 pub(crate) async fn connect_as(db: &TestDb, role: &str) -> anyhow::Result<Client> {
@@ -32,11 +47,7 @@ pub(crate) async fn outcome(client: &Client, sql: &str) -> Option<SqlState> {
 
 #[tokio::test]
 async fn writers_produce_readers_consume_admins_administer() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let db = TestDb::new().await?;
-    let mut su = db.client().await?;
-    pgq_core::install(&mut su, &[Line::Pgq]).await?;
-    login_roles(&su).await?;
+    let (_serial, db, su) = roles_db(&[Line::Pgq]).await?;
     su.batch_execute(
         "SELECT pgq.create_queue('q'); SELECT pgq.register_consumer('q', 'existing');",
     )
@@ -154,18 +165,7 @@ async fn security_definer_functions_pin_search_path() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let mut su = db.client().await?;
     pgq_core::install(&mut su, &[Line::Pgq]).await?;
-    let unpinned: Vec<String> = su
-        .query(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p
-               JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname = 'pgq' AND p.prosecdef
-                AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unpinned = unpinned_functions(&su, &["pgq"], true).await?;
     assert!(
         unpinned.is_empty(),
         "SECURITY DEFINER without a pinned search_path: {unpinned:?}"

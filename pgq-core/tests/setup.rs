@@ -2,8 +2,10 @@
 
 use anyhow::Context as _;
 use pgq_core::tokio_postgres::Client;
-use pgq_core::{ConsumerName, Line, QueueName, TickId};
+use pgq_core::{Line, QueueName, TickId};
 use pgq_testkit::TestDb;
+
+pub(crate) use pgq_testkit::{consumer, queue};
 
 /// A connection to `db` with PGQ installed: the pgq-rs schema by default, the original extension
 /// with `PGQ_TEST_SCHEMA=extension` (CI runs both). `None` (after a loud `SKIPPED` line from the testkit)
@@ -29,12 +31,25 @@ pub(crate) async fn tick(client: &Client, queue: &QueueName) -> anyhow::Result<T
         .context("the ticker did not tick after force_tick")
 }
 
-pub(crate) fn queue(name: &str) -> QueueName {
-    QueueName::new(name).expect("a valid test queue name")
-}
-
-pub(crate) fn consumer(name: &str) -> ConsumerName {
-    ConsumerName::new(name).expect("a valid test consumer name")
+/// The functions of `schemas` (only the `SECURITY DEFINER` ones with `definers_only`) whose
+/// `search_path` is not pinned to `pg_catalog, pg_temp`.
+pub(crate) async fn unpinned_functions(
+    client: &Client,
+    schemas: &[&str],
+    definers_only: bool,
+) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+               JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = ANY($1) AND (p.prosecdef OR NOT $2)
+                AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)",
+            &[&schemas, &definers_only],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// The numbered migration files of `line`, in order, as a DBA applies them with psql.

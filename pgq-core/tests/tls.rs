@@ -1,10 +1,10 @@
 //! `sslmode` against a private TLS cluster whose certificate names only `localhost`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use pgq_core::{Dsn, SslMode};
-use pgq_testkit::{Cluster, ClusterOptions, SslFiles};
+use pgq_testkit::{Cluster, ClusterOptions, SslFiles, TempDir};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -40,29 +40,6 @@ fn server_files(ca: &Ca, names: &[&str]) -> Result<SslFiles> {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let dir = std::env::temp_dir().join(format!("pgq-core-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
-
-    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Connects and reports whether the session uses TLS.
@@ -104,7 +81,7 @@ async fn sslmodes() -> Result<()> {
         .tcp_dsn("postgres")
         .context("the cluster listens on TCP")?;
     let name_dsn = format!("{ip_dsn} host=localhost hostaddr=127.0.0.1");
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("pgq-core-tls")?;
     let ca_file = root(&dir.write("ca.crt", &ca.cert.pem())?);
     let other_ca_file = root(&dir.write("other-ca.crt", &other_ca.cert.pem())?);
 

@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use pgq_core::quote_conninfo_value;
@@ -60,21 +59,8 @@ pub struct Cluster {
 impl Cluster {
     /// Creates and starts a cluster; takes about a second.
     pub async fn start(opts: ClusterOptions) -> Result<Cluster, TestkitError> {
-        let tools = tools()?;
-        let base = make_base_dir(tools.as_postgres)?;
-        let mut cluster = Cluster {
-            data: base.join("data"),
-            base,
-            port: free_port()?,
-            listen_tcp: opts.listen_tcp,
-            settings: Vec::new(),
-            tools,
-        };
-        let mut stop = tools.argv("pg_ctl");
-        stop.extend(["stop", "-D"].map(OsString::from));
-        stop.push(cluster.data.clone().into_os_string());
-        stop.extend(["-m", "immediate"].map(OsString::from));
-        spawn_watchdog(Some(&cluster.base), &stop)?;
+        let mut cluster = Cluster::prepare(opts.listen_tcp)?;
+        let tools = cluster.tools;
 
         let mut initdb = tools.command("initdb");
         initdb
@@ -117,21 +103,8 @@ impl Cluster {
         data_dir: &Path,
         opts: ClusterOptions,
     ) -> Result<Cluster, TestkitError> {
-        let tools = tools()?;
-        let base = make_base_dir(tools.as_postgres)?;
-        let mut cluster = Cluster {
-            data: base.join("data"),
-            base,
-            port: free_port()?,
-            listen_tcp: opts.listen_tcp,
-            settings: Vec::new(),
-            tools,
-        };
-        let mut stop = tools.argv("pg_ctl");
-        stop.extend(["stop", "-D"].map(OsString::from));
-        stop.push(cluster.data.clone().into_os_string());
-        stop.extend(["-m", "immediate"].map(OsString::from));
-        spawn_watchdog(Some(&cluster.base), &stop)?;
+        let mut cluster = Cluster::prepare(opts.listen_tcp)?;
+        let tools = cluster.tools;
         fs::rename(data_dir, &cluster.data).map_err(|e| {
             io_error(
                 format!(
@@ -153,6 +126,27 @@ impl Cluster {
         cluster.settings.extend(opts.settings);
         cluster.append_conf(&cluster.settings)?;
         cluster.start_server().await?;
+        Ok(cluster)
+    }
+
+    /// A private directory for a cluster not made yet, and a watchdog that stops its server if
+    /// this process dies first.
+    fn prepare(listen_tcp: bool) -> Result<Cluster, TestkitError> {
+        let tools = tools()?;
+        let base = make_base_dir(tools.as_postgres)?;
+        let cluster = Cluster {
+            data: base.join("data"),
+            base,
+            port: free_port()?,
+            listen_tcp,
+            settings: Vec::new(),
+            tools,
+        };
+        let mut stop = tools.argv("pg_ctl");
+        stop.extend(["stop", "-D"].map(OsString::from));
+        stop.push(cluster.data.clone().into_os_string());
+        stop.extend(["-m", "immediate"].map(OsString::from));
+        spawn_watchdog(Some(&cluster.base), &stop)?;
         Ok(cluster)
     }
 
@@ -484,52 +478,39 @@ fn find_bindir() -> Result<PathBuf, String> {
 }
 
 /// Whether this process runs as root (initdb and pg_ctl refuse to).
-fn is_root() -> bool {
-    match std::process::Command::new("id").arg("-u").output() {
-        Ok(output) if output.status.success() => {
-            String::from_utf8_lossy(&output.stdout).trim() == "0"
-        }
-        _ => std::env::var("USER").is_ok_and(|user| user == "root"),
-    }
+pub(crate) fn is_root() -> bool {
+    static ROOT: OnceLock<bool> = OnceLock::new();
+    *ROOT.get_or_init(
+        || match std::process::Command::new("id").arg("-u").output() {
+            Ok(output) if output.status.success() => {
+                String::from_utf8_lossy(&output.stdout).trim() == "0"
+            }
+            _ => std::env::var("USER").is_ok_and(|user| user == "root"),
+        },
+    )
 }
 
 /// Creates a fresh private directory the server's user owns.
 fn make_base_dir(as_postgres: bool) -> Result<PathBuf, TestkitError> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let parent = if as_postgres {
-        PathBuf::from("/tmp")
-    } else {
-        std::env::temp_dir()
-    };
-    let pid = std::process::id();
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = parent.join(format!("pgqt-{pid}-{n}"));
-        match fs::create_dir(&dir) {
-            Ok(()) => {
-                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                    .map_err(|e| io_error(format!("chmod {}", dir.display()), e))?;
-                if as_postgres {
-                    let status = std::process::Command::new("chown")
-                        .arg("postgres")
-                        .arg(&dir)
-                        .status()
-                        .map_err(|e| io_error("running chown", e))?;
-                    if !status.success() {
-                        let _ = fs::remove_dir(&dir);
-                        return Err(TestkitError::Command {
-                            command: format!("chown postgres {}", dir.display()),
-                            status: status.to_string(),
-                            output: "is there a `postgres` user?".to_owned(),
-                        });
-                    }
-                }
-                return Ok(dir);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_error(format!("creating {}", dir.display()), e)),
+    let dir = crate::temp::unique_dir("pgqt", as_postgres)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_error(format!("chmod {}", dir.display()), e))?;
+    if as_postgres {
+        let status = std::process::Command::new("chown")
+            .arg("postgres")
+            .arg(&dir)
+            .status()
+            .map_err(|e| io_error("running chown", e))?;
+        if !status.success() {
+            let _ = fs::remove_dir(&dir);
+            return Err(TestkitError::Command {
+                command: format!("chown postgres {}", dir.display()),
+                status: status.to_string(),
+                output: "is there a `postgres` user?".to_owned(),
+            });
         }
     }
+    Ok(dir)
 }
 
 async fn chown_postgres(path: &Path) -> Result<(), TestkitError> {
@@ -621,23 +602,11 @@ if [ -n "$dir" ]; then rm -rf "$dir"; fi"#;
 mod tests {
     use super::*;
 
-    /// A fresh directory under `/tmp` for this test, removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str, mode: u32) -> Scratch {
-            let dir = PathBuf::from(format!("/tmp/pgqt-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir(&dir).unwrap();
-            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    /// A fresh directory with permissions `mode`, removed on drop.
+    fn scratch(name: &str, mode: u32) -> crate::TempDir {
+        let dir = crate::TempDir::new(name).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode)).unwrap();
+        dir
     }
 
     #[test]
@@ -655,14 +624,14 @@ mod tests {
             "{missing}"
         );
 
-        let empty = Scratch::new("empty-bin", 0o755);
-        let refused = checked_bindir(&empty.0, as_postgres).unwrap_err();
+        let empty = scratch("empty-bin", 0o755);
+        let refused = checked_bindir(empty.path(), as_postgres).unwrap_err();
         assert_eq!(
             refused,
             format!(
                 "PGQ_TEST_PG_BIN={}: no `initdb` there; it must name a PostgreSQL bin directory \
                  holding initdb, pg_ctl and postgres",
-                empty.0.display()
+                empty.path().display()
             )
         );
     }
@@ -672,20 +641,21 @@ mod tests {
     #[test]
     fn a_bin_dir_the_server_user_cannot_reach_is_refused() {
         let machine = find_bindir().expect("the machine's PostgreSQL binaries");
-        let private = Scratch::new("private-bin", 0o700);
+        let private = scratch("private-bin", 0o700);
         for program in ["initdb", "pg_ctl", "postgres"] {
-            std::os::unix::fs::symlink(machine.join(program), private.0.join(program)).unwrap();
+            std::os::unix::fs::symlink(machine.join(program), private.path().join(program))
+                .unwrap();
         }
-        let checked = checked_bindir(&private.0, is_root());
+        let checked = checked_bindir(private.path(), is_root());
         if !is_root() {
             // Without root the server runs as this user, who owns the directory.
-            assert_eq!(checked.unwrap(), private.0);
+            assert_eq!(checked.unwrap(), private.path());
             return;
         }
         let refused = checked.unwrap_err();
         let expected_start = format!(
             "PGQ_TEST_PG_BIN={}: `postgres --version` failed as user postgres (exit status: ",
-            private.0.display()
+            private.path().display()
         );
         assert!(refused.starts_with(&expected_start), "{refused}");
         assert!(

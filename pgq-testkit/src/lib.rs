@@ -27,7 +27,8 @@
 //! |----------|--------|
 //! | `PGQ_TEST_DSN` | Use this server (superuser; its database is the maintenance database) |
 //! | `PGQ_TEST_PG_BIN` | Start every private cluster from this bin directory (`initdb`, `pg_ctl`, `postgres`) instead of the machine's, e.g. another major version; an error together with `PGQ_TEST_DSN`, and never replaced by a container |
-//! | `PGQ_REQUIRE_REFERENCE=1` | [`reference_available`] fails instead of skipping |
+//! | `PGQ_REQUIRE_REFERENCE=1` | [`reference_available`] and [`reference_missing`] fail instead of skipping |
+//! | `PGQ_HIDE_REFERENCE=1` | [`reference_available`] answers no whatever is installed: a run as on a machine without the reference, to see that every comparison test still asserts our side |
 //!
 //! # Cleanup
 //!
@@ -35,18 +36,37 @@
 //! The private cluster and any container are removed by a watchdog process when the test process
 //! exits. Nothing sweeps databases kept on a `PGQ_TEST_DSN` server: drop them by hand.
 //!
+//! # Helpers
+//!
+//! Waiting with a deadline ([`wait_for`], [`Deadline`]), scratch directories
+//! ([`TempDir`]), programs run to completion ([`run`], [`output`]) or in the background
+//! ([`Process`]), names from literals ([`queue`], [`consumer`]), producers writing at once
+//! ([`produce_concurrently`]), and what remote consumers recorded ([`batch_tracking`]).
+//!
 //! Main types: [`TestDb`], [`Cluster`], [`ClusterOptions`], [`TestkitError`].
 
 mod cluster;
 mod db;
 mod dsn;
+mod names;
+mod process;
+mod produce;
 mod server;
 mod shadow;
+mod temp;
+mod tracking;
+mod wait;
 
 pub use cluster::{bin_dir, Cluster, ClusterOptions, SslFiles};
 pub use db::TestDb;
+pub use names::{consumer, queue};
+pub use process::{output, run, Process};
+pub use produce::produce_concurrently;
 pub use server::server_dsn;
 pub use shadow::{shadow_builtins, shadow_calls, SHADOW_OWNER};
+pub use temp::TempDir;
+pub use tracking::{batch_tracking, Tracked};
+pub use wait::{wait_for, Deadline, POLL};
 
 /// What can go wrong getting a database or a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -111,13 +131,21 @@ pub enum TestkitError {
         /// What it printed.
         output: String,
     },
-    /// The reference `pgq` extension is missing and `PGQ_REQUIRE_REFERENCE=1` demands it.
-    #[error(
-        "REFERENCE MISSING: the reference pgq extension is not available on the test server, and \
-         PGQ_REQUIRE_REFERENCE=1 requires it; install postgresql-15-pgq3 (the Skytools PGQ \
-         extension for the server's major version)"
-    )]
-    ReferenceMissing,
+    /// A piece of the reference (the `pgq` extension, a Skytools program) is missing and
+    /// `PGQ_REQUIRE_REFERENCE=1` demands it.
+    #[error("REFERENCE MISSING: {what}, and PGQ_REQUIRE_REFERENCE=1 requires it")]
+    ReferenceMissing {
+        /// What is missing, and which package to install.
+        what: String,
+    },
+    /// A condition a test waited for did not come in time.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        after: std::time::Duration,
+    },
 }
 
 /// Holds off other tests of this process that touch cluster-wide state (roles, `ALTER SYSTEM`)
@@ -168,12 +196,20 @@ pub async fn create_reference_extension(
         .map_err(|e| dsn::pg_error("CREATE EXTENSION pgq", e))
 }
 
-/// Whether the reference `pgq` extension (Skytools PGQ) can be created on `client`'s server.
+/// Whether the reference `pgq` extension (Skytools PGQ) can be created on `client`'s server;
+/// never with `PGQ_HIDE_REFERENCE=1`.
 ///
-/// When it cannot: with `PGQ_REQUIRE_REFERENCE=1` this is [`TestkitError::ReferenceMissing`];
-/// otherwise it prints a loud `SKIPPED` line and returns `Ok(false)`, so comparison tests return
-/// early.
+/// When it cannot: see [`reference_missing`]; comparison tests then test our side alone.
+///
+/// # Errors
+///
+/// [`TestkitError::ReferenceMissing`] with `PGQ_REQUIRE_REFERENCE=1`, and
+/// [`TestkitError::Postgres`] when the server cannot be asked.
 pub async fn reference_available(client: &tokio_postgres::Client) -> Result<bool, TestkitError> {
+    if env_flag("PGQ_HIDE_REFERENCE") {
+        reference_missing("the reference is hidden (PGQ_HIDE_REFERENCE=1)")?;
+        return Ok(false);
+    }
     let row = client
         .query_one(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = $1)",
@@ -184,12 +220,29 @@ pub async fn reference_available(client: &tokio_postgres::Client) -> Result<bool
     if row.get::<_, bool>(0) {
         return Ok(true);
     }
-    if std::env::var("PGQ_REQUIRE_REFERENCE").is_ok_and(|v| v.trim() == "1") {
-        return Err(TestkitError::ReferenceMissing);
-    }
-    eprintln!(
-        "SKIPPED: reference pgq extension missing; install postgresql-15-pgq3 \
-         (set PGQ_REQUIRE_REFERENCE=1 to fail instead)"
-    );
+    reference_missing(
+        "the reference pgq extension is not available on the test server; install \
+         postgresql-15-pgq3 (the Skytools PGQ extension for the server's major version)",
+    )?;
     Ok(false)
+}
+
+/// Reports a missing piece of the reference (`what`: what is missing and which package to
+/// install): a loud `SKIPPED` line, after which the caller skips what needs it.
+///
+/// # Errors
+///
+/// [`TestkitError::ReferenceMissing`] with `PGQ_REQUIRE_REFERENCE=1`.
+pub fn reference_missing(what: &str) -> Result<(), TestkitError> {
+    if env_flag("PGQ_REQUIRE_REFERENCE") {
+        return Err(TestkitError::ReferenceMissing {
+            what: what.to_owned(),
+        });
+    }
+    eprintln!("SKIPPED: {what} (set PGQ_REQUIRE_REFERENCE=1 to fail instead)");
+    Ok(())
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim() == "1")
 }

@@ -3,10 +3,9 @@
 use std::time::{Duration, Instant};
 
 use pgq_core::tokio_postgres::Client;
-use pgq_core::QueueName;
-use pgq_testkit::TestDb;
+use pgq_testkit::{TempDir, TestDb};
 
-use crate::setup::{ours, queue_with, run_binary, tick_count, wait_for, Binary, TempFile};
+use crate::setup::{ours, queue_with, run_binary, spawn_ticker, tick_count, ticked, wait_for};
 
 /// Waits until a pgq-ticker session of this database waits for a lock.
 async fn wait_until_blocked(client: &Client) -> anyhow::Result<()> {
@@ -44,7 +43,7 @@ async fn sigterm_in_the_middle_of_a_pass_stops_cleanly_within_a_second() -> anyh
         .await?;
 
     let dsn = db.dsn();
-    let mut daemon = Binary::spawn(&["--dsn", &dsn, "run"])?;
+    let mut daemon = spawn_ticker(&["--dsn", &dsn, "run"])?;
     wait_until_blocked(&client).await?;
     let start = Instant::now();
     daemon.signal("TERM")?;
@@ -59,10 +58,12 @@ async fn sigterm_in_the_middle_of_a_pass_stops_cleanly_within_a_second() -> anyh
     assert!(daemon.log().contains("stopping"), "{}", daemon.log());
 
     // A second signal does not wait at all (a soft stop here would wait for 30 s).
-    let config = TempFile::new(&format!(
-        "[ticker]\ndatabases = ['{dsn}']\nstop_timeout = \"30s\"\n"
-    ))?;
-    let mut impatient = Binary::spawn(&["run", "-c", &config.path().display().to_string()])?;
+    let dir = TempDir::new("pgq-ticker")?;
+    let config = dir.write(
+        "ticker.toml",
+        &format!("[ticker]\ndatabases = ['{dsn}']\nstop_timeout = \"30s\"\n"),
+    )?;
+    let mut impatient = spawn_ticker(&["run", "-c", &config.display().to_string()])?;
     wait_until_blocked(&client).await?;
     impatient.signal("TERM")?;
     wait_for("the soft stop to begin", Duration::from_secs(5), || async {
@@ -89,10 +90,14 @@ async fn config_errors_name_the_file_line_and_key() -> anyhow::Result<()> {
         "{stderr}"
     );
 
-    let file = TempFile::new(
-        "[ticker]\ndatabases = [\"host=/tmp user=u\"]\nticker_period = \"1 fortnight\"\n",
-    )?;
-    let path = file.path().display().to_string();
+    let dir = TempDir::new("pgq-ticker")?;
+    let path = dir
+        .write(
+            "fortnight.toml",
+            "[ticker]\ndatabases = [\"host=/tmp user=u\"]\nticker_period = \"1 fortnight\"\n",
+        )?
+        .display()
+        .to_string();
     let (code, _, stderr) = run_binary(&["run", "-c", &path]).await?;
     assert_eq!(code, 1);
     assert!(
@@ -100,8 +105,13 @@ async fn config_errors_name_the_file_line_and_key() -> anyhow::Result<()> {
         "{stderr}"
     );
 
-    let file = TempFile::new("[ticker]\ndatabases = [\"host=/tmp user=u\"]\nperiod = 1\n")?;
-    let path = file.path().display().to_string();
+    let path = dir
+        .write(
+            "period.toml",
+            "[ticker]\ndatabases = [\"host=/tmp user=u\"]\nperiod = 1\n",
+        )?
+        .display()
+        .to_string();
     let (code, _, stderr) = run_binary(&["run", "-c", &path]).await?;
     assert_eq!(code, 1);
     assert!(
@@ -117,8 +127,11 @@ async fn bad_databases_are_retried_or_skipped_while_good_ones_tick() -> anyhow::
     let client = ours(&good).await?;
     let q = queue_with(&client, "q", &[]).await?;
     let plain = TestDb::new().await?;
-    let config = TempFile::new(&format!(
-        "[ticker]
+    let dir = TempDir::new("pgq-ticker")?;
+    let config = dir.write(
+        "ticker.toml",
+        &format!(
+            "[ticker]
 databases = [
     '{}',
     '{}',
@@ -129,10 +142,11 @@ discovery_period = \"100ms\"
 reconnect_min = \"20ms\"
 reconnect_max = \"100ms\"
 ",
-        good.dsn(),
-        plain.dsn()
-    ))?;
-    let mut daemon = Binary::spawn(&["run", "-c", &config.path().display().to_string()])?;
+            good.dsn(),
+            plain.dsn()
+        ),
+    )?;
+    let mut daemon = spawn_ticker(&["run", "-c", &config.display().to_string()])?;
 
     let before = tick_count(&client, &q).await?;
     pgq_core::insert_event(&client, &q, "t", "1").await?;
@@ -162,16 +176,6 @@ reconnect_max = \"100ms\"
     Ok(())
 }
 
-/// Inserts an event and waits for the daemon to tick it.
-async fn ticked(client: &Client, q: &QueueName) -> anyhow::Result<()> {
-    let before = tick_count(client, q).await?;
-    pgq_core::insert_event(client, q, "t", "x").await?;
-    wait_for("a tick", Duration::from_secs(10), || async {
-        Ok(tick_count(client, q).await? > before)
-    })
-    .await
-}
-
 /// A configuration with short periods serving one database.
 fn one_database(dsn: &str) -> String {
     format!(
@@ -188,11 +192,12 @@ async fn sighup_reloads_the_configuration() -> anyhow::Result<()> {
         queue_with(&client_a, "q", &[]).await?,
         queue_with(&client_b, "q", &[]).await?,
     );
-    let config = TempFile::new(&one_database(&a.dsn()))?;
-    let mut daemon = Binary::spawn(&["run", "-c", &config.path().display().to_string()])?;
+    let dir = TempDir::new("pgq-ticker")?;
+    let config = dir.write("ticker.toml", &one_database(&a.dsn()))?;
+    let mut daemon = spawn_ticker(&["run", "-c", &config.display().to_string()])?;
     ticked(&client_a, &qa).await?;
 
-    config.rewrite(&one_database(&b.dsn()))?;
+    dir.write("ticker.toml", &one_database(&b.dsn()))?;
     daemon.signal("HUP")?;
     ticked(&client_b, &qb).await?;
     wait_for(
@@ -207,7 +212,7 @@ async fn sighup_reloads_the_configuration() -> anyhow::Result<()> {
     )
     .await?;
 
-    config.rewrite("[ticker]\nticker_period = 1\n")?;
+    dir.write("ticker.toml", "[ticker]\nticker_period = 1\n")?;
     daemon.signal("HUP")?;
     wait_for("the reload to fail", Duration::from_secs(10), || async {
         Ok(daemon.log().contains("cannot reload the configuration"))

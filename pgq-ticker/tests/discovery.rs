@@ -8,7 +8,7 @@ use pgq_testkit::{Cluster, ClusterOptions};
 use pgq_ticker::{Databases, Ticker};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{dsn, fast_config, queue_with, tick_count, wait_for};
+use crate::setup::{dsn, fast_config, queue_with, ticked};
 
 async fn connect(cluster: &Cluster, db: &str) -> anyhow::Result<Client> {
     let (client, connection) = pgq_core::tokio_postgres::connect(&cluster.dsn(db), NoTls).await?;
@@ -26,15 +26,6 @@ async fn database_with_queue(cluster: &Cluster, name: &str) -> anyhow::Result<(C
     pgq_core::install(&mut client, &[Line::Pgq]).await?;
     let q = queue_with(&client, "q", &[]).await?;
     Ok((client, q))
-}
-
-async fn ticked(client: &Client, q: &QueueName) -> anyhow::Result<()> {
-    let before = tick_count(client, q).await?;
-    pgq_core::insert_event(client, q, "t", "x").await?;
-    wait_for("a tick", Duration::from_secs(10), || async {
-        Ok(tick_count(client, q).await? > before)
-    })
-    .await
 }
 
 #[tokio::test]

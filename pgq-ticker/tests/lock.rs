@@ -8,7 +8,7 @@ use pgq_testkit::TestDb;
 use pgq_ticker::{DatabaseTicker, Databases, Ticker, TickerError};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{dsn, fast_config, ours, queue_with, wait_for};
+use crate::setup::{dsn, fast_config, ours, queue_with, ticked, wait_for, Log};
 
 /// The backend pids of sessions holding the ticker lock in this database.
 async fn lock_holders(client: &Client) -> anyhow::Result<Vec<i32>> {
@@ -56,7 +56,7 @@ async fn a_second_ticker_stands_by_until_the_first_is_gone() -> anyhow::Result<(
 async fn two_daemons_on_one_database_never_tick_together() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let client = ours(&db).await?;
-    queue_with(&client, "q", &[]).await?;
+    let q = queue_with(&client, "q", &[]).await?;
     let config = fast_config(Databases::List(vec![dsn(&db.dsn())?]))?;
 
     let first_stop = CancellationToken::new();
@@ -69,13 +69,20 @@ async fn two_daemons_on_one_database_never_tick_together() -> anyhow::Result<()>
     .await?;
     let first_pid = lock_holders(&client).await?[0];
 
+    let log = Log::default();
+    let _capture = log.capture();
     let second_stop = CancellationToken::new();
     let second = tokio::spawn(Ticker::new(config).run(second_stop.clone()));
     // The second daemon tries, fails and stands by; the first keeps ticking.
-    for _ in 0..10 {
-        assert_eq!(lock_holders(&client).await?, vec![first_pid]);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the second daemon to stand by",
+        Duration::from_secs(10),
+        || async { Ok(log.count("standing by") == 1) },
+    )
+    .await?;
+    assert_eq!(lock_holders(&client).await?, vec![first_pid]);
+    ticked(&client, &q).await?;
+    assert_eq!(lock_holders(&client).await?, vec![first_pid]);
 
     first_stop.cancel();
     tokio::time::timeout(Duration::from_secs(2), first).await??;

@@ -5,9 +5,8 @@ use std::time::Duration;
 use anyhow::bail;
 use pgq_core::tokio_postgres::Client;
 use pgq_core::QueueName;
-use pgq_testkit::TestDb;
+use pgq_testkit::{Deadline, TestDb};
 use pgq_ticker::DatabaseTicker;
-use tokio::time::Instant;
 
 use crate::setup::{consumer, cur_table, dsn, extension, ours, queue_with, take_batch, Log};
 
@@ -56,14 +55,14 @@ async fn rotate_to(
     q: &QueueName,
     table: i32,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30));
     loop {
         backdate_switch(client, q).await?;
         ticker.maintain_once().await?;
         if cur_table(client, q).await? == table {
             return Ok(());
         }
-        if Instant::now() > deadline {
+        if deadline.passed() {
             bail!("the queue did not rotate to table {table}");
         }
         advance(client, q, &["fast", "slow"]).await?;

@@ -28,30 +28,15 @@ async fn first_pass_after_an_outage_cuts_the_backlog() -> anyhow::Result<()> {
         "BEGIN; SELECT pgq.insert_event('outage', 'held', 'h', 'held', NULL, NULL, NULL);",
     )
     .await?;
-    let producers: Vec<_> = (0..4)
-        .map(|p| {
-            let dsn = db.dsn();
-            tokio::spawn(async move {
-                let client = Dsn::parse(&dsn)?.connect().await?;
-                let mut inserted = 0_usize;
-                for t in 0..250_usize {
-                    let n = (p * 13 + t * 5) % 9 + 1;
-                    client
-                        .batch_execute(&format!(
-                            "BEGIN; SELECT pgq.insert_event('outage', 'e', 'x', 'p{p}t{t}', NULL, NULL, NULL)
-                                    FROM generate_series(1, {n}); COMMIT;"
-                        ))
-                        .await?;
-                    inserted += n;
-                }
-                anyhow::Ok(inserted)
-            })
-        })
-        .collect();
-    let mut committed = 0;
-    for p in producers {
-        committed += p.await??;
-    }
+    let committed = pgq_testkit::produce_concurrently(
+        &db.dsn(),
+        "outage",
+        4,
+        250,
+        |p, t| (p * 13 + t * 5) % 9 + 1,
+        |_, _| false,
+    )
+    .await?;
 
     // the daemon comes back: one pass
     let mut ticker = DatabaseTicker::connect(&dsn(&db.dsn())?).await?;

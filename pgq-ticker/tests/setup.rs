@@ -1,22 +1,18 @@
 //! Shared helpers: databases with PGQ, polling with a deadline, the real binary.
 
-use std::future::Future;
-use std::io::{BufRead as _, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use futures_util::StreamExt as _;
 use pgq_core::maintenance::TICK_CHANNEL;
 use pgq_core::tokio_postgres::{AsyncMessage, Client, NoTls};
 use pgq_core::{ConsumerName, Dsn, Event, Line, QueueName, QueueSetting};
-use pgq_testkit::TestDb;
+use pgq_testkit::{Deadline, Process, TestDb};
 use pgq_ticker::{Databases, TickerConfig};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+
+pub(crate) use pgq_testkit::{consumer, queue, wait_for};
 
 /// A connection to `db` with the pgq-rs schema installed.
 pub(crate) async fn ours(db: &TestDb) -> anyhow::Result<Client> {
@@ -34,14 +30,6 @@ pub(crate) async fn extension(db: &TestDb) -> anyhow::Result<Option<Client>> {
     }
     pgq_testkit::create_reference_extension(&client).await?;
     Ok(Some(client))
-}
-
-pub(crate) fn queue(name: &str) -> QueueName {
-    QueueName::new(name).expect("a valid queue name")
-}
-
-pub(crate) fn consumer(name: &str) -> ConsumerName {
-    ConsumerName::new(name).expect("a valid consumer name")
 }
 
 /// Creates a queue that ticks as soon as one event waits (`ticker_max_count = 1`) and
@@ -112,40 +100,27 @@ pub(crate) async fn wait_for_events(
     consumer: &ConsumerName,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Event>> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     loop {
         match take_batch(client, queue, consumer).await? {
             Some(events) if !events.is_empty() => return Ok(events),
             Some(_) => continue,
             None => {}
         }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for events of {queue} for {consumer}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline
+            .pause(format!("events of {queue} for {consumer}"))
+            .await?;
     }
 }
 
-/// Polls `check` every 20 ms until it says yes; fails after `timeout`.
-pub(crate) async fn wait_for<F, Fut>(
-    what: &str,
-    timeout: Duration,
-    mut check: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Inserts an event and waits for the daemon to tick it.
+pub(crate) async fn ticked(client: &Client, q: &QueueName) -> anyhow::Result<()> {
+    let before = tick_count(client, q).await?;
+    pgq_core::insert_event(client, q, "t", "x").await?;
+    wait_for("a tick", Duration::from_secs(10), || async {
+        Ok(tick_count(client, q).await? > before)
+    })
+    .await
 }
 
 /// A daemon configuration with short periods, for tests.
@@ -182,133 +157,22 @@ pub(crate) async fn listen_ticks(
     Ok((client, rx))
 }
 
-/// A file removed when dropped.
-pub(crate) struct TempFile {
-    path: PathBuf,
+/// The real `pgq-ticker` binary, with no `PGQ_DSN` or `PGQ_LOG` of the caller's.
+fn ticker_binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pgq-ticker"));
+    command.env_remove("PGQ_DSN").env_remove("PGQ_LOG");
+    command
 }
 
-impl TempFile {
-    pub(crate) fn new(contents: &str) -> anyhow::Result<TempFile> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "pgq-ticker-test-{}-{}.toml",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, contents)?;
-        Ok(TempFile { path })
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub(crate) fn rewrite(&self, contents: &str) -> anyhow::Result<()> {
-        Ok(std::fs::write(&self.path, contents)?)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// The real `pgq-ticker` binary, its stderr collected as it comes.
-pub(crate) struct Binary {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Binary {
-    pub(crate) fn spawn(args: &[&str]) -> anyhow::Result<Binary> {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgq-ticker"))
-            .args(args)
-            .env_remove("PGQ_DSN")
-            .env_remove("PGQ_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting pgq-ticker")?;
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().context("stderr pipe")?;
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut text = sink
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        Ok(Binary { child, stderr })
-    }
-
-    pub(crate) fn log(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// How many log lines contain every one of `parts`.
-    pub(crate) fn count(&self, parts: &[&str]) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| parts.iter().all(|p| l.contains(p)))
-            .count()
-    }
-
-    pub(crate) fn signal(&self, name: &str) -> anyhow::Result<()> {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{name} failed");
-        Ok(())
-    }
-
-    /// Waits for the process to exit, at most `timeout`.
-    pub(crate) async fn exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pgq-ticker still running after {timeout:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the binary in the background, its stderr collected.
+pub(crate) fn spawn_ticker(args: &[&str]) -> anyhow::Result<Process> {
+    Ok(Process::spawn(ticker_binary().args(args))?)
 }
 
 /// Runs the binary to completion: exit code, stdout, stderr.
 pub(crate) async fn run_binary(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgq-ticker"))
-        .args(args)
-        .env_remove("PGQ_DSN")
-        .env_remove("PGQ_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    let mut command = tokio::process::Command::from(ticker_binary());
+    Ok(pgq_testkit::output(command.args(args)).await?)
 }
 
 /// The log lines the ticker writes while the guard lives (on this thread).

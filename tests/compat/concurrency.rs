@@ -22,13 +22,13 @@ async fn interleaved(mut ctx: Ctx) -> Result<Ctx> {
     ctx.insert(3, "c", "c1").await?;
     ctx.insert(1, "a", "a2").await?;
     ctx.tick().await?;
-    ctx.consume("c1").await?; // empty: nothing committed yet
+    ctx.take("c1", &[]).await?; // nothing committed yet
 
     ctx.commit(3).await?;
     ctx.insert(2, "b", "b2").await?;
     ctx.insert(0, "x", "x1").await?; // autocommit
     ctx.tick().await?;
-    ctx.consume("c1").await?; // c1, x1
+    ctx.take("c1", &["c1", "x1"]).await?;
 
     ctx.commit(1).await?;
     ctx.begin(3).await?;
@@ -37,15 +37,26 @@ async fn interleaved(mut ctx: Ctx) -> Result<Ctx> {
     ctx.insert(1, "a", "a3").await?;
     ctx.commit(2).await?;
     ctx.tick().await?;
-    ctx.consume("c1").await?; // a1, b1, a2, b2
+    ctx.take("c1", &["a1", "b1", "a2", "b2"]).await?;
 
     ctx.commit(1).await?;
     ctx.insert(3, "c", "c4").await?;
     ctx.tick().await?;
     ctx.commit(3).await?;
     ctx.tick().await?;
-    ctx.drain("c1").await?; // a3, then c3 c4
-    ctx.drain("c2").await?; // the same batches, as seen by a consumer that fell behind
+    ctx.drain_expecting("c1", &[&["a3"], &["c3", "c4"]]).await?;
+    // The same batches, as seen by a consumer that fell behind.
+    ctx.drain_expecting(
+        "c2",
+        &[
+            &[],
+            &["c1", "x1"],
+            &["a1", "b1", "a2", "b2"],
+            &["a3"],
+            &["c3", "c4"],
+        ],
+    )
+    .await?;
     Ok(ctx)
 }
 
@@ -64,19 +75,19 @@ async fn long_transaction(mut ctx: Ctx) -> Result<Ctx> {
     ctx.insert(1, "long", "l1").await?;
     ctx.insert(0, "short", "s1").await?;
     ctx.tick().await?;
-    ctx.consume("c").await?;
+    ctx.take("c", &["s1"]).await?;
 
     ctx.insert(1, "long", "l2").await?;
     ctx.begin(2).await?;
     ctx.insert(2, "mid", "m1").await?;
     ctx.insert(0, "short", "s2").await?;
     ctx.tick().await?;
-    ctx.consume("c").await?;
+    ctx.take("c", &["s2"]).await?;
 
     ctx.insert(2, "mid", "m2").await?;
     ctx.commit(2).await?;
     ctx.tick().await?;
-    ctx.consume("c").await?;
+    ctx.take("c", &["m1", "m2"]).await?;
 
     ctx.insert(0, "short", "s3").await?;
     ctx.tick().await?;
@@ -88,9 +99,12 @@ async fn long_transaction(mut ctx: Ctx) -> Result<Ctx> {
         &[&QUEUE],
     )
     .await?;
+    // Event positions: two ticks' worth of the sequence's steps (PGQ's reading, as the
+    // reference reports it).
+    ctx.expect_last(&json!(2002))?;
     ctx.tick().await?;
-    ctx.consume("c").await?; // s3
-    ctx.consume("c").await?; // l1 l2 l3
+    ctx.take("c", &["s3"]).await?;
+    ctx.take("c", &["l1", "l2", "l3"]).await?;
     let none = ctx.next_batch("c").await?;
     ctx.note("no more batches", json!(none.is_none()));
     ctx.expect_last(&json!(true))?;
@@ -128,10 +142,10 @@ async fn rollbacks(mut ctx: Ctx) -> Result<Ctx> {
     ctx.insert(3, "gone", "late1").await?;
     ctx.tick().await?;
     ctx.insert(3, "gone", "late2").await?;
-    ctx.consume("c").await?; // k1 k2 k3
+    ctx.take("c", &["k1", "k2", "k3"]).await?;
     ctx.rollback(3).await?;
     ctx.tick().await?;
-    ctx.consume("c").await?; // empty
+    ctx.take("c", &[]).await?;
 
     ctx.begin(1).await?;
     ctx.insert(1, "gone", "r3").await?;
@@ -142,13 +156,14 @@ async fn rollbacks(mut ctx: Ctx) -> Result<Ctx> {
     ctx.rollback(1).await?;
     ctx.insert(0, "kept", "k4").await?;
     ctx.tick().await?;
-    ctx.consume("c").await?; // k4
+    ctx.take("c", &["k4"]).await?;
     ctx.rec(
         "consumer info",
         "SELECT last_tick, current_batch, pending_events FROM pgq.get_consumer_info($1, 'c')",
         &[&QUEUE],
     )
     .await?;
+    ctx.expect_last(&json!({"last_tick": 4, "current_batch": null, "pending_events": 0}))?;
     Ok(ctx)
 }
 

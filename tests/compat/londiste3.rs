@@ -29,15 +29,12 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use pgq_core::{Dsn, Line};
-use pgq_testkit::TestDb;
-use tokio::time::Instant;
+use pgq_testkit::{Deadline, TestDb};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::queue_db;
-use super::skytools::{
-    base_connstr, pgqd_binary, python_imports, skip_without, Daemon, Scratch, PYTHON,
-};
+use super::skytools::{base_connstr, pgqd_binary, python_imports, Daemon, Scratch, PYTHON};
 
 /// londiste3's command (python3-londiste).
 const LONDISTE: &str = "/usr/bin/londiste";
@@ -53,9 +50,6 @@ const LEAF: &str = "leaf";
 
 /// The whole test's time budget, setup included.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// How often a wait looks again.
-const POLL: Duration = Duration::from_millis(50);
 
 /// pgq's meta tables, on which `pgq_admin` keeps SELECT only.
 const REVOKE_META: &str = "REVOKE INSERT, UPDATE, DELETE ON pgq.queue, pgq.consumer, pgq.tick, \
@@ -95,7 +89,8 @@ struct Reference {
     pgqd: &'static Path,
 }
 
-/// The reference's pieces when every one is installed; `None` after [`skip_without`] otherwise.
+/// The reference's pieces when every one is installed; `None` after
+/// [`pgq_testkit::reference_missing`] otherwise.
 async fn reference(client: &Client) -> Result<Option<Reference>> {
     let major: i32 = client
         .query_one(
@@ -120,7 +115,7 @@ async fn reference(client: &Client) -> Result<Option<Reference>> {
         }
     }
     if !missing.is_empty() {
-        skip_without(&format!("missing: {}; install them", missing.join(", ")))?;
+        pgq_testkit::reference_missing(&format!("missing: {}; install them", missing.join(", ")))?;
         return Ok(None);
     }
     Ok(pgqd_binary()?.map(|pgqd| Reference { contrib, pgqd }))
@@ -206,24 +201,19 @@ async fn ops_role(su: &Client) -> Result<()> {
 struct Watch<'a> {
     scratch: &'a Scratch,
     daemons: Vec<Daemon>,
-    deadline: Instant,
+    deadline: Deadline,
 }
 
 impl Watch<'_> {
-    /// Fails when a daemon has exited or the deadline has passed, else waits one [`POLL`].
+    /// Fails when a daemon has exited or the deadline has passed, else waits one
+    /// [`pgq_testkit::POLL`].
     async fn pause(&mut self, waiting_for: &str) -> Result<()> {
         for daemon in &mut self.daemons {
             daemon
                 .check(self.scratch)
                 .with_context(|| format!("while waiting for {waiting_for}"))?;
         }
-        ensure!(
-            Instant::now() < self.deadline,
-            "gave up waiting for {waiting_for}: the test's {} s are spent",
-            PATIENCE.as_secs()
-        );
-        tokio::time::sleep(POLL).await;
-        Ok(())
+        Ok(self.deadline.pause(waiting_for).await?)
     }
 
     /// `londiste <ini> args…` to completion; its stdout.
@@ -414,8 +404,8 @@ async fn rotation_state(client: &Client) -> Result<(i32, String)> {
 /// across the rotations.
 #[tokio::test]
 async fn londiste3_replicates_root_to_leaf_as_pgq_admin_member() -> Result<()> {
-    let started = Instant::now();
-    let deadline = started + PATIENCE;
+    let started = std::time::Instant::now();
+    let deadline = Deadline::after(PATIENCE);
     let probe = TestDb::new().await?;
     let Some(reference) = reference(&probe.client().await?).await? else {
         return Ok(());

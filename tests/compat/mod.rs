@@ -12,9 +12,10 @@
 //!
 //! `PGQ_COMPAT_TRACE=1` prints our schema's trace of each scenario (with `--nocapture`).
 //!
-//! Without the reference extension on the server, the scenarios still run against our schema
-//! (with their own assertions) and the comparison is reported as SKIPPED, or fails when
-//! `PGQ_REQUIRE_REFERENCE=1`.
+//! Every scenario also asserts what it observes (the events of each batch, tick decisions, return
+//! values, SQLSTATEs and PGQ's error texts), on both sides, so without the reference extension
+//! on the server (or with `PGQ_HIDE_REFERENCE=1`) it still tests our schema: the comparison is
+//! then reported as SKIPPED, or fails when `PGQ_REQUIRE_REFERENCE=1`.
 
 mod batches;
 mod concurrency;
@@ -191,50 +192,31 @@ impl Ctx {
         Ok(value)
     }
 
-    /// Runs a query on connection 0 that must fail, and records "error". Our schema must fail
-    /// with SQLSTATE `ours`; a success is recorded as such (and is an error for our schema).
+    /// Runs a query on connection 0 that must fail with PGQ's text `message`, and records the
+    /// error. Our schema must fail with SQLSTATE `ours`; a success is recorded as such (and is
+    /// an error for our schema).
     pub(crate) async fn fails(
         &mut self,
         label: &str,
         sql: &str,
         params: Params<'_>,
         ours: &str,
+        message: &str,
     ) -> Result<()> {
-        self.fails_on(0, label, sql, params, ours).await
+        self.failure(0, label, sql, params, ours, Some(message))
+            .await
     }
 
-    /// Like [`fails`](Self::fails), on connection `i`.
-    pub(crate) async fn fails_on(
+    /// Like [`fails`](Self::fails), on connection `i`; with `message` `None` only that it
+    /// fails is compared, for the few errors whose text in PGQ is an accident of its code.
+    pub(crate) async fn failure(
         &mut self,
         i: usize,
         label: &str,
         sql: &str,
         params: Params<'_>,
         ours: &str,
-    ) -> Result<()> {
-        self.failure(i, label, sql, params, ours, true).await
-    }
-
-    /// Like [`fails`](Self::fails), but only that it fails is compared, not the message: for
-    /// the few errors whose text in PGQ is an accident of its code.
-    pub(crate) async fn fails_any_message(
-        &mut self,
-        label: &str,
-        sql: &str,
-        params: Params<'_>,
-        ours: &str,
-    ) -> Result<()> {
-        self.failure(0, label, sql, params, ours, false).await
-    }
-
-    async fn failure(
-        &mut self,
-        i: usize,
-        label: &str,
-        sql: &str,
-        params: Params<'_>,
-        ours: &str,
-        compare_message: bool,
+        message: Option<&str>,
     ) -> Result<()> {
         match self.conns[i].query(sql, params).await {
             Ok(rows) => {
@@ -255,15 +237,24 @@ impl Ctx {
                         db.message()
                     );
                 }
-                let message = if compare_message {
-                    db.message()
-                } else {
-                    "(any)"
+                let message = match message {
+                    Some(expected) if db.message() != expected => bail!(
+                        "{label}: expected the error {expected:?}, got {:?} ({:?})",
+                        db.message(),
+                        self.flavor
+                    ),
+                    Some(_) => db.message(),
+                    None => "(any)",
                 };
                 self.note(label, json!({ "error": message }));
             }
         }
         Ok(())
+    }
+
+    /// The last observation.
+    pub(crate) fn last(&self) -> Result<&Value> {
+        Ok(&self.trace.last().context("empty trace")?.value)
     }
 
     /// Asserts that the last observation is `expected` (the scenario's own expectation, which
@@ -275,6 +266,25 @@ impl Ctx {
                 "{}: expected {expected}, got {} ({:?})",
                 last.label,
                 last.value,
+                self.flavor
+            );
+        }
+        Ok(())
+    }
+
+    /// Asserts that the last observation is a batch (of `next_batch` or `next_batch_custom`)
+    /// whose events are `expected` (see [`event_names`]), or with `None` that there was none.
+    pub(crate) fn expect_batch(&self, expected: Option<&[&str]>) -> Result<()> {
+        let last = self.trace.last().context("empty trace")?;
+        let got = match &last.value["events"] {
+            Value::Null => None,
+            events => Some(event_names(events)),
+        };
+        let want = expected.map(|names| names.iter().map(|n| (*n).to_owned()).collect());
+        if got != want {
+            bail!(
+                "{}: expected the events {want:?}, got {got:?} ({:?})",
+                last.label,
                 self.flavor
             );
         }
@@ -320,6 +330,18 @@ impl Ctx {
             &[&QUEUE, &consumer],
         )
         .await
+    }
+
+    /// `pgq.unregister_consumer(QUEUE, consumer)`, recorded; it must return `expected` (1 when
+    /// the consumer was registered).
+    pub(crate) async fn unregister(&mut self, consumer: &str, expected: i64) -> Result<()> {
+        self.rec(
+            &format!("unregister {consumer}"),
+            "SELECT pgq.unregister_consumer($1, $2)",
+            &[&QUEUE, &consumer],
+        )
+        .await?;
+        self.expect_last(&json!(expected))
     }
 
     /// `pgq.set_queue_config(QUEUE, param, value)`, recorded.
@@ -472,22 +494,28 @@ impl Ctx {
         .await
     }
 
-    /// Takes `consumer`'s next batch and finishes it; returns the batch id.
-    pub(crate) async fn consume(&mut self, consumer: &str) -> Result<Option<i64>> {
+    /// Takes `consumer`'s next batch, asserts that its events are `expected` (see
+    /// [`event_names`]) and finishes it; returns the batch id.
+    pub(crate) async fn take(&mut self, consumer: &str, expected: &[&str]) -> Result<i64> {
         let batch = self.next_batch(consumer).await?;
-        if let Some(batch) = batch {
-            self.finish(batch).await?;
-        }
+        self.expect_batch(Some(expected))?;
+        let batch = batch.context("a batch")?;
+        self.finish(batch).await?;
         Ok(batch)
     }
 
-    /// Consumes until `consumer` has no batch; returns how many it took.
-    pub(crate) async fn drain(&mut self, consumer: &str) -> Result<usize> {
-        let mut n = 0;
-        while self.consume(consumer).await?.is_some() {
-            n += 1;
+    /// Takes `consumer`'s batches, asserting that they hold `expected` (one list of events
+    /// each, see [`event_names`]), and that no batch follows.
+    pub(crate) async fn drain_expecting(
+        &mut self,
+        consumer: &str,
+        expected: &[&[&str]],
+    ) -> Result<()> {
+        for events in expected {
+            self.take(consumer, events).await?;
         }
-        Ok(n)
+        self.next_batch(consumer).await?;
+        self.expect_batch(None)
     }
 
     /// Waits (polling, with a deadline) until every transaction of the cluster that is not
@@ -586,6 +614,25 @@ pub(crate) fn trace_diff(ours: &Ctx, reference: &Ctx) -> Option<String> {
         }
     }
     Some(report)
+}
+
+/// The events of a recorded batch by their `ev_data`, a retried one followed by ` (retry N)`.
+pub(crate) fn event_names(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|ev| {
+                    let data = ev[2].as_str().unwrap_or("NULL");
+                    match ev[4].as_i64() {
+                        Some(retry) => format!("{data} (retry {retry})"),
+                        None => data.to_owned(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Any column type, read only for whether it is NULL.

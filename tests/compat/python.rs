@@ -12,26 +12,23 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use pgq_core::Line;
-use pgq_testkit::TestDb;
+use pgq_testkit::{Deadline, TestDb, POLL};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 use tokio_postgres::Client;
 
-use super::skytools::{python_imports, skip_without, Scratch, Worker, PYTHON};
+use super::skytools::{python_imports, Scratch, Worker, PYTHON};
 use super::{queue_db, QUEUE};
 
 /// How long a test waits for its Python workers, per phase.
 const PATIENCE: Duration = Duration::from_secs(15);
 
-/// How often the coop test's maintenance loop looks at the workers.
-const POLL: Duration = Duration::from_millis(20);
-
-/// Whether `/usr/bin/python3` can import python3-pgq; when not, see [`skip_without`].
+/// Whether `/usr/bin/python3` can import python3-pgq; when not, see
+/// [`pgq_testkit::reference_missing`].
 async fn python_pgq() -> Result<bool> {
     if python_imports("pgq, pgq.coopconsumer, pgq.remoteconsumer, psycopg2").await {
         return Ok(true);
     }
-    skip_without(&format!(
+    pgq_testkit::reference_missing(&format!(
         "python3-pgq missing ({PYTHON} cannot import pgq); install python3-pgq"
     ))?;
     Ok(false)
@@ -85,7 +82,7 @@ async fn coop_consumer_processes_every_event_once() -> Result<()> {
 
     let scratch = Scratch::new()?;
     let dsn = db.dsn();
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Deadline::after(PATIENCE);
     let mut workers = Vec::new();
     for (sub, lazy_fetch) in [("s1", "2"), ("s2", "0")] {
         let config = scratch.config(
@@ -145,7 +142,7 @@ async fn coop_consumer_processes_every_event_once() -> Result<()> {
             break;
         }
         ensure!(
-            Instant::now() < deadline,
+            !deadline.passed(),
             "the coop workers did not finish in {} s{}{}",
             PATIENCE.as_secs(),
             workers[0].stderr(),
@@ -361,7 +358,7 @@ async fn plain_consumer_reads_our_batches() -> Result<()> {
 
     let scratch = Scratch::new()?;
     let dsn = db.dsn();
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Deadline::after(PATIENCE);
     let mut workers = Vec::new();
     for (consumer, lazy_fetch, filter) in [
         ("py_eager", "0", ""),
@@ -498,7 +495,7 @@ fn remote_worker(
 /// Runs `remote_consumer.py` in drain mode for both consumers at once and checks how many
 /// batches each worked.
 async fn drain_both(scratch: &Scratch, src: &str, dst: &str, batches: usize) -> Result<()> {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Deadline::after(PATIENCE);
     let workers = [
         remote_worker(scratch, src, dst, "remote_c", "drain")?,
         remote_worker(scratch, src, dst, "serial_c", "drain")?,
@@ -561,7 +558,7 @@ async fn remote_consumer_tracks_batches_in_pgq_ext() -> Result<()> {
     }
 
     // Three batches go through; the crash batch is committed in dst, then the workers die.
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Deadline::after(PATIENCE);
     let mut crashing = [
         remote_worker(&scratch, &src_dsn, &dst_dsn, "remote_c", "crash")?,
         remote_worker(&scratch, &src_dsn, &dst_dsn, "serial_c", "crash")?,

@@ -20,6 +20,7 @@ async fn retries(mut ctx: Ctx) -> Result<Ctx> {
     ctx.tick().await?;
 
     let batch = ctx.next_batch("c1").await?.expect("a batch");
+    ctx.expect_batch(Some(&["e1", "e2", "e3"]))?;
     ctx.rec(
         "event_retry e2, 0 s",
         "SELECT pgq.event_retry($1, $2, 0)",
@@ -45,6 +46,7 @@ async fn retries(mut ctx: Ctx) -> Result<Ctx> {
         "SELECT pgq.event_retry($1, $2, 0)",
         &[&batch, &(e3 + 1000)],
         "PQE01",
+        "event not found",
     )
     .await?;
     ctx.rec(
@@ -55,8 +57,14 @@ async fn retries(mut ctx: Ctx) -> Result<Ctx> {
         &[],
     )
     .await?;
+    ctx.expect_last(&json!([
+        {"ev_id": e2, "ev_retry": 1, "ev_type": "t", "ev_data": "e2", "no_txid": true,
+         "later": false},
+        {"ev_id": e3, "ev_retry": 1, "ev_type": "t", "ev_data": "e3", "no_txid": true,
+         "later": true},
+    ]))?;
     ctx.finish(batch).await?;
-    ctx.consume("c2").await?; // e1 e2 e3, untouched by c1's retries
+    ctx.take("c2", &["e1", "e2", "e3"]).await?; // untouched by c1's retries
 
     ctx.rec("maint_retry_events", "SELECT pgq.maint_retry_events()", &[])
         .await?;
@@ -72,9 +80,10 @@ async fn retries(mut ctx: Ctx) -> Result<Ctx> {
         &[&QUEUE],
     )
     .await?;
+    ctx.expect_last(&json!(1))?;
     ctx.tick().await?;
-    ctx.consume("c1").await?; // e2, ev_retry 1
-    ctx.consume("c2").await?; // empty
+    ctx.take("c1", &["e2 (retry 1)"]).await?;
+    ctx.take("c2", &[]).await?;
 
     ctx.exec(
         0,
@@ -85,14 +94,15 @@ async fn retries(mut ctx: Ctx) -> Result<Ctx> {
         .await?;
     ctx.expect_last(&json!(1))?;
     ctx.tick().await?;
-    ctx.consume("c1").await?; // e3, ev_retry 1
-    ctx.consume("c2").await?; // empty
+    ctx.take("c1", &["e3 (retry 1)"]).await?;
+    ctx.take("c2", &[]).await?;
 
     // The whole batch back, then one of its events again once it returned.
     ctx.insert(0, "t", "e4").await?;
     let e5 = ctx.insert(0, "t", "e5").await?;
     ctx.tick().await?;
     let batch = ctx.next_batch("c1").await?.expect("a batch");
+    ctx.expect_batch(Some(&["e4", "e5"]))?;
     ctx.rec("batch_retry", "SELECT pgq.batch_retry($1, 0)", &[&batch])
         .await?;
     ctx.expect_last(&json!(2))?;
@@ -102,40 +112,44 @@ async fn retries(mut ctx: Ctx) -> Result<Ctx> {
         &[&batch],
     )
     .await?;
+    ctx.expect_last(&json!(0))?;
     ctx.finish(batch).await?;
     ctx.rec("maint_retry_events", "SELECT pgq.maint_retry_events()", &[])
         .await?;
+    ctx.expect_last(&json!(2))?;
     ctx.tick().await?;
-    let batch = ctx.next_batch("c1").await?.expect("a batch"); // e4 e5, ev_retry 1
+    let batch = ctx.next_batch("c1").await?.expect("a batch");
+    ctx.expect_batch(Some(&["e4 (retry 1)", "e5 (retry 1)"]))?;
     ctx.rec(
         "event_retry e5 once more",
         "SELECT pgq.event_retry($1, $2, 0)",
         &[&batch, &e5],
     )
     .await?;
+    ctx.expect_last(&json!(1))?;
     ctx.finish(batch).await?;
     ctx.rec("maint_retry_events", "SELECT pgq.maint_retry_events()", &[])
         .await?;
+    ctx.expect_last(&json!(1))?;
     ctx.tick().await?;
-    ctx.consume("c1").await?; // e5, ev_retry 2
-    ctx.drain("c2").await?; // e4 e5 once, never the retried copies
+    ctx.take("c1", &["e5 (retry 2)"]).await?;
+    // e4 e5 once, never the retried copies.
+    ctx.drain_expecting("c2", &[&["e4", "e5"], &[], &[]])
+        .await?;
 
     // A retried event waiting in the retry queue goes away with its consumer.
     ctx.insert(0, "t", "e6").await?;
     ctx.tick().await?;
     let batch = ctx.next_batch("c2").await?.expect("a batch");
+    ctx.expect_batch(Some(&["e6"]))?;
     ctx.rec(
         "batch_retry in an hour",
         "SELECT pgq.batch_retry($1, 3600)",
         &[&batch],
     )
     .await?;
-    ctx.rec(
-        "unregister c2",
-        "SELECT pgq.unregister_consumer($1, 'c2')",
-        &[&QUEUE],
-    )
-    .await?;
+    ctx.expect_last(&json!(1))?;
+    ctx.unregister("c2", 1).await?;
     ctx.rec(
         "retry queue after unregister",
         "SELECT count(*) FROM pgq.retry_queue",
@@ -148,6 +162,7 @@ async fn retries(mut ctx: Ctx) -> Result<Ctx> {
         "SELECT pgq.batch_retry($1, 0)",
         &[&(batch + 1000)],
         "PQB01",
+        &format!("batch_retry: batch {} not found", batch + 1000),
     )
     .await?;
     Ok(ctx)

@@ -11,12 +11,11 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, ensure, Context as _, Result};
+use pgq_testkit::{Deadline, TempDir};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::time::Instant;
 
 /// The interpreter python3-pgq and python3-londiste are installed for.
 pub(crate) const PYTHON: &str = "/usr/bin/python3";
@@ -35,17 +34,6 @@ const LOG_PROBLEMS: usize = 20;
 /// What marks a log line as reporting a problem.
 const PROBLEM_MARKS: [&str; 4] = ["ERROR", "FATAL", "WARNING", "Error:"];
 
-/// Reports a missing piece of the reference: with `PGQ_REQUIRE_REFERENCE=1` an error, else a
-/// loud `SKIPPED` line. `what` says what is missing and which package to install.
-pub(crate) fn skip_without(what: &str) -> Result<()> {
-    ensure!(
-        !std::env::var("PGQ_REQUIRE_REFERENCE").is_ok_and(|v| v.trim() == "1"),
-        "REFERENCE MISSING: {what}, and PGQ_REQUIRE_REFERENCE=1 requires it"
-    );
-    eprintln!("SKIPPED: {what} (set PGQ_REQUIRE_REFERENCE=1 to fail instead)");
-    Ok(())
-}
-
 /// Whether `/usr/bin/python3` can import `modules` (as written after `import`).
 pub(crate) async fn python_imports(modules: &str) -> bool {
     Command::new(PYTHON)
@@ -59,13 +47,14 @@ pub(crate) async fn python_imports(modules: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// `pgqd` when installed; `None` (after [`skip_without`]) when missing and not required.
+/// `pgqd` when installed; `None` (after [`pgq_testkit::reference_missing`]) when missing and
+/// not required.
 pub(crate) fn pgqd_binary() -> Result<Option<&'static Path>> {
     let path = Path::new(PGQD);
     if path.is_file() {
         return Ok(Some(path));
     }
-    skip_without(&format!("{PGQD} not found; install the pgqd package"))?;
+    pgq_testkit::reference_missing(&format!("{PGQD} not found; install the pgqd package"))?;
     Ok(None)
 }
 
@@ -79,21 +68,14 @@ pub(crate) fn base_connstr(dsn: &str) -> String {
 
 /// A directory for one test's Skytools configs, pid files and logs.
 pub(crate) struct Scratch {
-    dir: PathBuf,
+    dir: TempDir,
     removed: bool,
 }
 
 impl Scratch {
     pub(crate) fn new() -> Result<Scratch> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pgq-skytools-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Scratch {
-            dir,
+            dir: TempDir::new("pgq-skytools")?,
             removed: false,
         })
     }
@@ -139,9 +121,7 @@ impl Scratch {
     }
 
     fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
-        let path = self.path(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(path)
+        Ok(self.dir.write(name, text)?)
     }
 
     /// The last lines of `name` in this directory (empty when it does not exist).
@@ -157,18 +137,18 @@ impl Scratch {
         &self,
         program: &str,
         args: &[&str],
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<String> {
         let shown = format!("{program} {}", args.join(" "));
         let child = Command::new(program)
             .args(args)
-            .current_dir(&self.dir)
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .output();
-        let out = tokio::time::timeout_at(deadline, child)
+        let out = tokio::time::timeout_at(deadline.instant(), child)
             .await
             .map_err(|_| anyhow::anyhow!("`{shown}` did not finish in time"))?
             .with_context(|| format!("starting `{shown}`"))?;
@@ -200,7 +180,7 @@ impl Scratch {
             std::fs::File::create(self.path(&out)).with_context(|| format!("creating {out}"))?;
         let child = Command::new(program)
             .args(args)
-            .current_dir(&self.dir)
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -218,18 +198,18 @@ impl Scratch {
     pub(crate) fn remove(mut self) -> Result<()> {
         self.stop_daemonized();
         self.removed = true;
-        std::fs::remove_dir_all(&self.dir)
-            .with_context(|| format!("removing {}", self.dir.display()))
+        std::fs::remove_dir_all(self.dir.path())
+            .with_context(|| format!("removing {}", self.dir.path().display()))
     }
 
     /// Sends SIGTERM to every process that left a pid file in this directory and whose command
     /// line names a file of it: the ones a Skytools program daemonized (its own children are
     /// killed when their handles drop).
     fn stop_daemonized(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
             return;
         };
-        let dir = self.dir.display().to_string();
+        let dir = self.dir.path().display().to_string();
         for entry in entries.flatten() {
             let path = entry.path();
             if !path
@@ -261,7 +241,8 @@ impl Drop for Scratch {
         if self.removed {
             return;
         }
-        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+        self.dir.keep();
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
             .into_iter()
             .flatten()
             .flatten()
@@ -291,7 +272,6 @@ impl Drop for Scratch {
                 self.tail(&name)
             );
         }
-        eprintln!("Skytools configs and logs kept in {}", self.dir.display());
     }
 }
 
@@ -361,8 +341,8 @@ impl Worker {
     }
 
     /// The next line the worker prints, or an error when it exits or the deadline passes first.
-    pub(crate) async fn line(&mut self, deadline: Instant) -> Result<String> {
-        match tokio::time::timeout_at(deadline, self.stdout.next_line()).await {
+    pub(crate) async fn line(&mut self, deadline: Deadline) -> Result<String> {
+        match tokio::time::timeout_at(deadline.instant(), self.stdout.next_line()).await {
             Ok(Ok(Some(line))) => Ok(line),
             Ok(Ok(None)) => bail!(
                 "{}: exited before printing a line{}",
@@ -384,10 +364,10 @@ impl Worker {
     }
 
     /// Waits for the worker to exit successfully and returns the lines it printed from now on.
-    pub(crate) async fn finish(mut self, deadline: Instant) -> Result<Vec<String>> {
+    pub(crate) async fn finish(mut self, deadline: Deadline) -> Result<Vec<String>> {
         let mut lines = Vec::new();
         loop {
-            match tokio::time::timeout_at(deadline, self.stdout.next_line()).await {
+            match tokio::time::timeout_at(deadline.instant(), self.stdout.next_line()).await {
                 Ok(Ok(Some(line))) => lines.push(line),
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => {
@@ -400,7 +380,7 @@ impl Worker {
                 ),
             }
         }
-        let status = tokio::time::timeout_at(deadline, self.child.wait())
+        let status = tokio::time::timeout_at(deadline.instant(), self.child.wait())
             .await
             .map_err(|_| anyhow::anyhow!("{}: did not exit in time", self.name))??;
         ensure!(status.success(), "{}: {status}{}", self.name, self.stderr());

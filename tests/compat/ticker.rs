@@ -3,7 +3,7 @@
 //! (max_lag/2, twice the previous gap, idle_period), paused and externally ticked queues.
 
 use anyhow::Result;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{compare, Ctx, QUEUE};
 
@@ -82,6 +82,7 @@ async fn tick_rule(mut ctx: Ctx) -> Result<Ctx> {
 
     ctx.rec("force_tick", "SELECT pgq.force_tick($1)", &[&QUEUE])
         .await?;
+    ctx.expect_last(&json!(8))?; // the last tick so far
     let t9 = ticker(&mut ctx, "after force_tick", true)
         .await?
         .expect("tick");
@@ -115,6 +116,7 @@ async fn tick_rule(mut ctx: Ctx) -> Result<Ctx> {
         "SELECT pgq.ticker($1)",
         &[&QUEUE],
         "PQT01",
+        "Ticker has been paused for this queue",
     )
     .await?;
     ctx.rec(
@@ -123,12 +125,14 @@ async fn tick_rule(mut ctx: Ctx) -> Result<Ctx> {
         &[&QUEUE],
     )
     .await?;
+    ctx.expect_last(&json!(11))?;
     ctx.rec(
         "ev_new after force_tick of a paused queue",
         "SELECT ev_new FROM pgq.get_queue_info($1)",
         &[&QUEUE],
     )
     .await?;
+    ctx.expect_last(&json!(0))?;
     ctx.config("ticker_paused", "false").await?;
     ctx.config("external_ticker", "true").await?;
     ctx.fails(
@@ -136,6 +140,7 @@ async fn tick_rule(mut ctx: Ctx) -> Result<Ctx> {
         "SELECT pgq.ticker($1)",
         &[&QUEUE],
         "PQT01",
+        "This queue has external tick source.",
     )
     .await?;
     ctx.rec(
@@ -144,18 +149,21 @@ async fn tick_rule(mut ctx: Ctx) -> Result<Ctx> {
         &[&QUEUE],
     )
     .await?;
+    ctx.expect_last(&json!(100))?;
     ctx.rec(
         "queue info after the external tick",
         "SELECT ev_new, last_tick_id FROM pgq.get_queue_info($1)",
         &[&QUEUE],
     )
     .await?;
+    ctx.expect_last(&json!({"ev_new": 0, "last_tick_id": 100}))?;
     ctx.insert(0, "t", "after external tick").await?;
     ctx.fails(
         "external tick on a queue ticked here",
         "SELECT pgq.ticker('q2', 100, now(), 5000)",
         &[],
         "PQT01",
+        "queue not found or ticker disabled: q2",
     )
     .await?;
     ctx.rec(
@@ -164,6 +172,7 @@ async fn tick_rule(mut ctx: Ctx) -> Result<Ctx> {
         &[],
     )
     .await?;
+    ctx.expect_last(&json!(0))?;
     ctx.rec(
         "ticks",
         "SELECT tick_queue, tick_id, greatest(tick_event_seq, 1) AS tick_event_seq
@@ -171,6 +180,33 @@ async fn tick_rule(mut ctx: Ctx) -> Result<Ctx> {
         &[],
     )
     .await?;
+    // Each tick's event position: the two first events count as one (a fresh sequence's
+    // last_value), the force_tick moves the sequence on, the external tick sets it.
+    let ticks = |queue: i32, ticks: &[(i64, i64)]| {
+        ticks
+            .iter()
+            .map(|(id, seq)| json!({"tick_queue": queue, "tick_id": id, "tick_event_seq": seq}))
+            .collect::<Vec<_>>()
+    };
+    let mut expected = ticks(
+        1,
+        &[
+            (1, 1),
+            (2, 1),
+            (3, 2),
+            (4, 2),
+            (5, 2),
+            (6, 5),
+            (7, 6),
+            (8, 7),
+            (9, 1014),
+            (10, 1015),
+            (11, 1015),
+            (100, 5000),
+        ],
+    );
+    expected.extend(ticks(2, &[(1, 1), (2, 1)]));
+    ctx.expect_last(&Value::Array(expected))?;
     Ok(ctx)
 }
 

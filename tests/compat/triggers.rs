@@ -296,6 +296,190 @@ async fn scenario(side: &mut Side) -> Result<()> {
     Ok(())
 }
 
+/// A statement's outcome as the argument sets are checked on: how many events it queued, or
+/// its error's SQLSTATE and message.
+fn outcome(recorded: &Value) -> Value {
+    match recorded.get("events") {
+        Some(events) => json!(events.as_array().map_or(0, Vec::len)),
+        None => recorded["error"].clone(),
+    }
+}
+
+/// The statements run under `kind` with `args`, and what each recorded.
+fn block<'a>(
+    trace: &'a [(String, Value)],
+    kind: &str,
+    args: Option<&[&str]>,
+) -> Vec<&'a (String, Value)> {
+    let header = format!("== {kind} {args:?}");
+    trace
+        .iter()
+        .skip_while(|(sql, _)| *sql != header)
+        .skip(1)
+        .take_while(|(sql, _)| !sql.starts_with("== "))
+        .collect()
+}
+
+fn error(message: &str) -> Value {
+    json!(["XX000", message])
+}
+
+const PKEY_UPDATE: &str = "primary key update not allowed";
+const NO_PKEY: &str = "Update/Delete on table without pkey";
+const EXPR_TRUNCATE: &str = "Custom expressions do not make sense for truncater trigger";
+
+/// The outcomes of [`STATEMENTS`] and the statement-level trigger's insert without trigger
+/// arguments: the events per row, key updates and keyless updates refused.
+#[rustfmt::skip]
+fn plain_outcomes() -> Vec<Value> {
+    let (pkey, no_pkey) = (error(PKEY_UPDATE), error(NO_PKEY));
+    let n = |events: usize| json!(events);
+    vec![
+        // t_int, t_big, t_text, t_comp
+        n(3), n(2), n(1), n(1), pkey.clone(), n(1),
+        n(2), n(2), n(4), n(1), n(1),
+        n(3), n(1), pkey.clone(), n(1),
+        n(2), n(1), n(2), n(1), pkey, n(1),
+        // "Other Schema"."MiXed", s2.t, t_nopk, t_magic
+        n(2), n(1), n(1),
+        n(2), n(1), n(2),
+        n(2), no_pkey.clone(), no_pkey,
+        n(2), n(1), n(1),
+        // TRUNCATE: an event per table; then the statement-level trigger
+        n(8),
+        error("pgq Ins/Upd/Del trigger must be fired FOR EACH ROW"),
+    ]
+}
+
+/// Asserts what each trigger argument does, on one side's trace: its own expectations of
+/// the events queued and the errors, whatever the other side says.
+fn expect_argument_semantics(trace: &[(String, Value)]) -> Result<()> {
+    let statements = STATEMENTS.len() + 1;
+    for kind in KINDS {
+        let outcomes = |args: Option<&[&str]>| -> Vec<Value> {
+            block(trace, kind, args)
+                .iter()
+                .map(|(_, v)| outcome(v))
+                .collect()
+        };
+        ensure!(
+            outcomes(Some(&[])) == plain_outcomes(),
+            "{kind} without arguments: {:?}",
+            outcomes(Some(&[]))
+        );
+        // Arguments that change no event count; TRUNCATE refuses them.
+        for (args, truncate) in [
+            (
+                &["backup"][..],
+                "Backup does not make sense for truncate trigger",
+            ),
+            (
+                &["ev_data=NULL", "ev_extra2='x'", "ev_extra3='y'"],
+                EXPR_TRUNCATE,
+            ),
+        ] {
+            let mut expected = plain_outcomes();
+            expected[STATEMENTS.len() - 1] = error(truncate);
+            ensure!(
+                outcomes(Some(args)) == expected,
+                "{kind} {args:?}: {:?}",
+                outcomes(Some(args))
+            );
+        }
+        // Arguments that refuse every change: each INSERT and TRUNCATE fails (nothing else
+        // finds a row), and no event is queued.
+        let deny = |op: &str, message: &str| {
+            message.starts_with("Table '")
+                && message.ends_with(&format!(" to queue 'q': change not allowed ({op})"))
+        };
+        for (args, refusal) in [
+            (Some(&["deny"][..]), None),
+            (
+                Some(&["SKIP"]),
+                Some("SKIP does not work in AFTER trigger."),
+            ),
+            (Some(&["bogus"]), Some("bad param to pgq trigger")),
+            (Some(&["Backup"]), Some("bad param to pgq trigger")),
+            (
+                None,
+                Some("pgq trigger must have destination queue as argument"),
+            ),
+        ] {
+            for (sql, recorded) in block(trace, kind, args).into_iter().take(statements) {
+                let op = sql.split_whitespace().next().unwrap_or_default();
+                let got = outcome(recorded);
+                let refused = got[0] == "XX000"
+                    && got[1].as_str().is_some_and(|message| match refusal {
+                        Some(refusal) => message == refusal,
+                        None => deny(op, message),
+                    });
+                ensure!(
+                    if op == "INSERT" || op == "TRUNCATE" {
+                        refused
+                    } else {
+                        got == json!(0)
+                    },
+                    "{kind} {args:?}: {sql} => {got}"
+                );
+            }
+        }
+        // Filters: an update of ignored columns only, and rows `when=` leaves out.
+        let ignoring = outcomes(Some(&["ignore=c,txt,\"Val ue\",Val ue,v"]));
+        ensure!(
+            ignoring[17] == json!(0),
+            "{kind}: an update of ignored columns queued {}",
+            ignoring[17]
+        );
+        let when = outcomes(Some(&["when=v IS DISTINCT FROM 'skip'"]));
+        ensure!(
+            when[24] == json!(1),
+            "{kind}: when= let {} of 2 rows through, 1 expected",
+            when[24]
+        );
+        // Expressions for the event's fields; PGQ's magic columns.
+        let recorded = |args: Option<&[&str]>, i: usize| block(trace, kind, args)[i].1.clone();
+        let fields: Vec<Value> = recorded(
+            Some(&["ev_extra4=v", "ev_type='T:'||id", "ev_extra1=upper(v)"]),
+            24,
+        )["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|ev| json!([ev[0], ev[2], ev[5]]))
+            .collect();
+        ensure!(
+            fields == [json!(["T:1", "A", "a"]), json!(["T:2", "SKIP", "skip"])],
+            "{kind}: ev_type, ev_extra1, ev_extra4 from expressions: {fields:?}"
+        );
+        ensure!(
+            recorded(Some(&[]), 30)
+                == json!({ "events": [["T", "D", "E1", null, null, "E4"],
+                                      [null, null, null, null, null, null]] }),
+            "{kind}: magic columns"
+        );
+        // After the argument sets: a TRUNCATE trigger with an expression, a NULL when=, and
+        // session_replication_role = local (silent, deny included) and origin.
+        let tail: Vec<Value> = block(trace, kind, None)
+            .iter()
+            .skip(statements)
+            .map(|(_, v)| outcome(v))
+            .collect();
+        ensure!(
+            tail == [
+                error(EXPR_TRUNCATE),
+                json!(1),
+                error("when= should not be NULL"),
+                json!(0),
+                json!(1),
+                json!(0),
+                error("Table 's2.t' to queue 'q': change not allowed (INSERT)"),
+            ],
+            "{kind}: {tail:?}"
+        );
+    }
+    Ok(())
+}
+
 /// Both traces, the differing entries marked, or None when they are equal.
 fn diff(ours: &[(String, Value)], reference: &[(String, Value)]) -> Option<String> {
     if ours == reference {
@@ -322,6 +506,11 @@ fn diff(ours: &[(String, Value)], reference: &[(String, Value)]) -> Option<Strin
 async fn same_events_and_errors_as_the_c_triggers() -> Result<()> {
     let mut ours = Side::new(Flavor::Ours).await?;
     scenario(&mut ours).await.context("our schema")?;
+    if std::env::var_os("PGQ_COMPAT_TRACE").is_some() {
+        for (i, (sql, outcome)) in ours.trace.iter().enumerate() {
+            eprintln!("{i:4} {sql} => {outcome}");
+        }
+    }
     // Our own expectations, whatever the reference: a few events and errors of the trace.
     let find = |sql: &str, nth: usize| {
         ours.trace
@@ -346,12 +535,14 @@ async fn same_events_and_errors_as_the_c_triggers() -> Result<()> {
         find(STATEMENTS[4], 0),
         Some(json!({ "error": ["XX000", "primary key update not allowed"] }))
     );
+    expect_argument_semantics(&ours.trace).context("our schema")?;
     let Some(mut reference) = reference_side().await? else {
         return Ok(());
     };
     scenario(&mut reference)
         .await
         .context("reference extension")?;
+    expect_argument_semantics(&reference.trace).context("reference extension")?;
     if let Some(report) = diff(&ours.trace, &reference.trace) {
         panic!("{report}");
     }
