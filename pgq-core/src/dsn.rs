@@ -1,5 +1,6 @@
 //! Connection settings read the way libpq reads them, with TLS through rustls; see [`Dsn`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs;
 use std::io::BufReader;
@@ -571,24 +572,65 @@ pub enum PasswordSource {
     File(PathBuf),
 }
 
-impl fmt::Display for Dsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Dsn {
+    /// The settings as a libpq keyword/value string for a child process (`psql`, `pgqd`, a
+    /// Python consumer), without the password: hand that over in `PGPASSWORD`, so it stays out
+    /// of command lines and configuration files.
+    pub fn conninfo(&self) -> String {
+        self.conninfo_showing(Password::Omitted)
+    }
+
+    /// The settings as a libpq keyword/value string, the password included (the given one or
+    /// the password file's): for a child that has no other way to get it. The string is a
+    /// secret; never log it.
+    pub fn conninfo_with_password(&self) -> String {
+        self.conninfo_showing(Password::Revealed)
+    }
+
+    fn conninfo_showing(&self, password: Password) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_conninfo(&mut out, password);
+        out
+    }
+
+    /// Writes every effective setting as `key=value`, values quoted where libpq needs it.
+    fn write_conninfo(&self, out: &mut impl fmt::Write, password: Password) -> fmt::Result {
         let mut first = true;
         for (i, (key, _)) in KEYWORDS.iter().enumerate() {
             let value = if *key == "password" {
-                self.config.get_password().map(|_| REDACTED)
+                let given = self.config.get_password();
+                match password {
+                    Password::Omitted => None,
+                    Password::Redacted => given.map(|_| Cow::Borrowed(REDACTED)),
+                    Password::Revealed => given.map(String::from_utf8_lossy),
+                }
             } else {
-                self.params.values[i].as_deref()
+                self.params.values[i].as_deref().map(Cow::Borrowed)
             };
             let Some(value) = value else { continue };
             if !first {
-                f.write_str(" ")?;
+                out.write_str(" ")?;
             }
             first = false;
-            write!(f, "{key}=")?;
-            write_quoted(f, value)?;
+            write!(out, "{key}=")?;
+            write_quoted(out, &value)?;
         }
         Ok(())
+    }
+}
+
+/// How a conninfo string shows the password.
+#[derive(Clone, Copy)]
+enum Password {
+    Omitted,
+    Redacted,
+    Revealed,
+}
+
+impl fmt::Display for Dsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_conninfo(f, Password::Redacted)
     }
 }
 
@@ -1025,7 +1067,7 @@ fn hex(digit: u8) -> Option<u8> {
 
 /// Writes a value the way libpq reads it back: bare when possible, else in single quotes with
 /// `'` and `\` escaped.
-fn write_quoted(f: &mut fmt::Formatter<'_>, value: &str) -> fmt::Result {
+fn write_quoted(f: &mut impl fmt::Write, value: &str) -> fmt::Result {
     let needs_quotes = value.is_empty()
         || value
             .chars()
@@ -1937,6 +1979,32 @@ mod tests {
         assert_eq!(again.config().get_application_name(), Some("it's"));
         let without_password = Dsn::parse("host=db1 user=alice").unwrap();
         assert!(!without_password.to_string().contains("password"));
+    }
+
+    #[test]
+    fn conninfo_for_child_processes() {
+        let _env = TestEnv::new(&[]);
+        let dsn = Dsn::parse("host=db1 user=alice password='hunter 2' dbname='my db'").unwrap();
+        assert_eq!(
+            dsn.conninfo(),
+            "host=db1 port=5432 user=alice dbname='my db' sslmode=prefer"
+        );
+        assert_eq!(
+            dsn.conninfo_with_password(),
+            "host=db1 port=5432 user=alice password='hunter 2' dbname='my db' sslmode=prefer"
+        );
+        let again = Dsn::parse(&dsn.conninfo_with_password()).unwrap();
+        assert_eq!(again.config().get_password(), Some(&b"hunter 2"[..]));
+        assert_eq!(again.dbname(), "my db");
+        assert_eq!(
+            Dsn::parse(&dsn.conninfo()).unwrap().config().get_password(),
+            None
+        );
+        let without_password = Dsn::parse("host=db1 user=alice").unwrap();
+        assert_eq!(
+            without_password.conninfo_with_password(),
+            without_password.conninfo()
+        );
     }
 
     #[test]
