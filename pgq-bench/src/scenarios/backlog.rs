@@ -8,25 +8,22 @@
 //! original extension. The clock runs from the daemon's start until the consumer has
 //! processed every event.
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{ensure, Context as _, Result};
-use pgq_consumer::{async_trait, BatchHandle, Consumer, ConsumerConfig, HandlerError, Runner};
-use pgq_core::tokio_postgres::Transaction;
-use pgq_core::{ConsumerName, Dsn, Event, Line, QueueName};
+use anyhow::{ensure, Result};
+use pgq_consumer::{ConsumerConfig, Runner};
+use pgq_core::{ConsumerName, Dsn, QueueName};
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::process::Command;
+use tokio_postgres::Client;
 
-use crate::cli::Plan;
-use crate::reference::{connstr, extension_available, python_can_import, PYTHON};
-use crate::report::{median_of_sorted, Measure, Ratio, Report, Sample, Series};
-use crate::server::Server;
-use crate::ticker::{ticker_binary, Daemon};
+use crate::harness::{
+    median_of_sorted, reference, skytools_config, Bench, Counter, Daemon, Part, PythonWorker, Side,
+    WorkDir, PYTHON,
+};
+use crate::report::{Measures, Ratio, Report, Sample, Series};
 
 /// The queue.
 const QUEUE: &str = "backlog";
@@ -51,62 +48,10 @@ const REFERENCE: &str = "reference (pgqd + python3-pgq Consumer)";
 // language=SQL
 const PRODUCE: &str = "SELECT count(pgq.insert_event($1, 't', lpad(g::text, $2::int, 'x'))) \
      FROM generate_series($3::int8, $4::int8) g";
-// language=SQL
-const CREATE_QUEUE: &str = "SELECT pgq.create_queue($1)";
-// language=SQL
-const REGISTER: &str = "SELECT pgq.register_consumer($1, $2)";
 
-/// Which side drains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Ours,
-    Reference,
-}
-
-impl Side {
-    fn label(self) -> &'static str {
-        match self {
-            Side::Ours => OURS,
-            Side::Reference => REFERENCE,
-        }
-    }
-}
-
-/// What one drain did.
-struct Drained {
-    seconds: f64,
-    sizes: Vec<u64>,
-    /// Ours: the time spent in batches (from taking each to its commit), in seconds.
-    busy_seconds: Option<f64>,
-    peak_rss_kb: Option<u64>,
-}
-
-/// Figures per side, over runs.
-struct Figures {
-    samples: Vec<Sample>,
-    batches: Vec<f64>,
-    median_batch: Vec<f64>,
-    max_batch: Vec<f64>,
-    busy: Vec<f64>,
-    rss_mb: Vec<f64>,
-}
-
-/// Runs the scenario on scratch databases of `server`.
-pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
-    let events: u64 = if plan.small { 20_000 } else { 500_000 };
-    let work_dir = std::env::temp_dir().join(format!("pgq-bench-backlog-{}", std::process::id()));
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("creating {}", work_dir.display()))?;
-    let result = run_in(server, plan, events, &work_dir).await;
-    if let Err(err) = std::fs::remove_dir_all(&work_dir) {
-        tracing::warn!(%err, dir = %work_dir.display(), "cannot remove the work directory");
-    }
-    result
-}
-
-async fn run_in(server: &Server, plan: Plan, events: u64, work_dir: &Path) -> Result<Report> {
-    let ticker_bin = ticker_binary().await?;
-    let mut notes = vec![
+/// How the figures are made.
+fn method(events: u64) -> Vec<String> {
+    vec![
         format!(
             "Outage: no ticker runs while {PRODUCERS} producers insert {events} events of \
              {DATA_BYTES} bytes in transactions of {PER_TX} events; the consumer was \
@@ -123,102 +68,86 @@ async fn run_in(server: &Server, plan: Plan, events: u64, work_dir: &Path) -> Re
              original extension and `python/backlog_consumer.py` under {PYTHON} (default \
              pgq_lazy_fetch, polling every 5 ms); peak RSS is the worker's VmHWM."
         ),
-    ];
-    let reference = extension_available(server).await?
-        && Path::new("/usr/bin/pgqd").is_file()
-        && python_can_import("pgq").await;
-    if !reference {
-        let note = "REFERENCE MISSING: the pgq extension, /usr/bin/pgqd or python3-pgq under \
-                    /usr/bin/python3 is not available; the reference is skipped.";
-        eprintln!("\n*** {note} ***\n");
-        notes.push(format!("**{note}**"));
-    }
-    let sides: Vec<Side> = [Side::Ours, Side::Reference]
-        .into_iter()
-        .filter(|&s| reference || s == Side::Ours)
-        .collect();
-    let mut figures: Vec<Figures> = sides
-        .iter()
-        .map(|_| Figures {
-            samples: Vec::new(),
-            batches: Vec::new(),
-            median_batch: Vec::new(),
-            max_batch: Vec::new(),
-            busy: Vec::new(),
-            rss_mb: Vec::new(),
-        })
-        .collect();
-    for run in 1..=plan.runs {
+    ]
+}
+
+/// What one drain did.
+struct Drained {
+    seconds: f64,
+    sizes: Vec<u64>,
+    /// Ours: the time spent in batches (from taking each to its commit), in seconds.
+    busy_seconds: Option<f64>,
+    peak_rss_kb: Option<u64>,
+}
+
+/// Runs the scenario on scratch databases of the bench's server, a fresh one per side and run.
+pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
+    let events: u64 = if bench.plan.small { 20_000 } else { 500_000 };
+    let ticker_bin = bench.ticker_binary()?;
+    let work_dir = WorkDir::new("backlog")?;
+    let mut notes = method(events);
+    let parts = [Part::Extension, Part::Pgqd, Part::PythonPgq];
+    let sides = if reference(bench.server, &parts, "the reference is skipped", &mut notes).await? {
+        vec![Side::Ours, Side::Reference]
+    } else {
+        vec![Side::Ours]
+    };
+
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); sides.len()];
+    let mut measures = Measures::default();
+    for run in 1..=bench.plan.runs {
         for (i, &side) in sides.iter().enumerate() {
-            let dsn = prepare(server, side, run, events).await?;
+            let variant = side.pick(OURS, REFERENCE);
+            let dsn = prepare(bench, side, run, events).await?;
+            let watch = bench.server.maintenance().connect().await?;
             let drained = match side {
-                Side::Ours => drain_ours(server, &dsn, &ticker_bin, events, work_dir).await?,
-                Side::Reference => drain_reference(server, &dsn, events, work_dir).await?,
+                Side::Ours => drain_ours(&dsn, &watch, &ticker_bin, events, &work_dir).await?,
+                Side::Reference => drain_reference(&dsn, &watch, events, &work_dir).await?,
             };
             let total: u64 = drained.sizes.iter().sum();
             ensure!(
                 total == events,
-                "{}: {total} events drained, {events} expected",
-                side.label()
+                "{variant}: {total} events drained, {events} expected"
             );
             let mut sizes: Vec<f64> = drained.sizes.iter().map(|&s| s as f64).collect();
             sizes.sort_unstable_by(f64::total_cmp);
             tracing::info!(
                 run,
-                side = side.label(),
+                side = variant,
                 seconds = drained.seconds,
                 batches = sizes.len(),
                 "drained"
             );
-            let f = &mut figures[i];
-            f.samples.push(Sample {
-                run,
-                events,
-                seconds: drained.seconds,
-                events_per_sec: events as f64 / drained.seconds,
-            });
-            f.batches.push(sizes.len() as f64);
-            f.median_batch.push(median_of_sorted(&sizes));
-            f.max_batch.push(sizes.last().copied().unwrap_or(0.0));
+            samples[i].push(Sample::new(run, events, drained.seconds));
+            let mut push = |what, metric, value| measures.push(what, variant, metric, value);
+            push("drain time", "s", drained.seconds);
+            push("batches", "batches", sizes.len() as f64);
+            push("median batch size", "events", median_of_sorted(&sizes));
+            push(
+                "max batch size",
+                "events",
+                sizes.last().copied().unwrap_or(0.0),
+            );
             if let Some(busy) = drained.busy_seconds {
-                f.busy.push(busy);
+                push("consumer time in batches", "s", busy);
             }
             if let Some(kb) = drained.peak_rss_kb {
-                f.rss_mb.push(kb as f64 / 1024.0);
+                push("consumer peak RSS", "MB", kb as f64 / 1024.0);
             }
         }
     }
 
-    let mut series = Vec::new();
-    let mut measures = Vec::new();
-    for (side, f) in sides.iter().zip(figures) {
-        let variant = side.label();
-        let drain_seconds = f.samples.iter().map(|s| s.seconds).collect();
-        series.push(Series {
+    let series: Vec<Series> = sides
+        .iter()
+        .zip(samples)
+        .map(|(side, samples)| Series {
             shape: SHAPE,
-            variant,
+            variant: side.pick(OURS, REFERENCE),
             reps: 1,
             events_per_rep: events,
-            samples: f.samples,
-        });
-        for (what, metric, samples) in [
-            ("drain time", "s", drain_seconds),
-            ("batches", "batches", f.batches),
-            ("median batch size", "events", f.median_batch),
-            ("max batch size", "events", f.max_batch),
-            ("consumer time in batches", "s", f.busy),
-            ("consumer peak RSS", "MB", f.rss_mb),
-        ] {
-            if !samples.is_empty() {
-                measures.push(Measure {
-                    what: what.to_owned(),
-                    variant,
-                    metric,
-                    samples,
-                });
-            }
-        }
-    }
+            samples,
+        })
+        .collect();
     let find = |variant: &str| series.iter().find(|s| s.variant == variant);
     let ratios = vec![Ratio::of(
         format!("{OURS} / {REFERENCE}"),
@@ -231,35 +160,20 @@ async fn run_in(server: &Server, plan: Plan, events: u64, work_dir: &Path) -> Re
         notes,
         series,
         ratios,
-        measures,
+        measures: measures.into_vec(),
         limits: Vec::new(),
     })
 }
 
 /// A fresh database of `side` with the queue, its registered consumer and the backlog,
 /// inserted with no ticker running.
-async fn prepare(server: &Server, side: Side, run: u32, events: u64) -> Result<Dsn> {
-    let role = match side {
-        Side::Ours => format!("backlog_ours_r{run}"),
-        Side::Reference => format!("backlog_ref_r{run}"),
-    };
-    let dsn = server.scratch_db(&role).await?;
-    let mut client = dsn.connect().await?;
-    match side {
-        Side::Ours => {
-            pgq_core::install(&mut client, &[Line::Pgq])
-                .await
-                .context("installing our pgq schema")?;
-        }
-        Side::Reference => {
-            client
-                .batch_execute("CREATE EXTENSION pgq")
-                .await
-                .context("creating the pgq extension")?;
-        }
-    }
-    client.query_one(CREATE_QUEUE, &[&QUEUE]).await?;
-    client.query_one(REGISTER, &[&QUEUE, &CONSUMER]).await?;
+async fn prepare(bench: &Bench<'_>, side: Side, run: u32, events: u64) -> Result<Dsn> {
+    let (dsn, client) = side
+        .database(bench.server, &format!("backlog_r{run}"))
+        .await?;
+    let queue = QueueName::new(QUEUE)?;
+    pgq_core::create_queue(&client, &queue).await?;
+    pgq_core::register_consumer(&client, &queue, &ConsumerName::new(CONSUMER)?).await?;
 
     let started = Instant::now();
     let transactions = events.div_ceil(PER_TX);
@@ -293,68 +207,34 @@ async fn prepare(server: &Server, side: Side, run: u32, events: u64) -> Result<D
     tracing::info!(
         events,
         seconds = started.elapsed().as_secs_f64(),
-        side = side.label(),
+        side = side.pick(OURS, REFERENCE),
         "backlog inserted"
     );
     Ok(dsn)
 }
 
-/// Counts events and remembers each batch's size.
-#[derive(Debug, Default)]
-struct Count {
-    events: AtomicU64,
-}
-
-impl Count {
-    fn add(&self, events: &[Event]) {
-        let bytes: usize = events
-            .iter()
-            .map(|e| e.ev_data.as_ref().map_or(0, String::len))
-            .sum();
-        std::hint::black_box(bytes);
-        self.events
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-    }
-}
-
-#[async_trait]
-impl Consumer for Count {
-    async fn process_batch(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
-        while let Some(events) = batch.next_chunk().await? {
-            self.add(&events);
-        }
-        Ok(())
-    }
-
-    async fn process_event(&self, _: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
-        self.add(std::slice::from_ref(event));
-        Ok(())
-    }
-}
-
 /// Starts our daemon and drains with our Runner.
 async fn drain_ours(
-    server: &Server,
     dsn: &Dsn,
+    watch: &Client,
     ticker_bin: &Path,
     events: u64,
-    work_dir: &Path,
+    work_dir: &WorkDir,
 ) -> Result<Drained> {
-    let watch = server.maintenance().connect().await?;
-    let count = Arc::new(Count::default());
+    let counter = Arc::new(Counter::default());
     let config = ConsumerConfig::builder(QueueName::new(QUEUE)?, ConsumerName::new(CONSUMER)?)
         .register(false)
         .build();
-    let mut runner = Runner::connect(dsn, config, count.clone()).await?;
+    let mut runner = Runner::connect(dsn, config, counter.clone()).await?;
     let started = Instant::now();
-    let daemon = Daemon::ours(ticker_bin, dsn, PERIOD_OURS, work_dir).await?;
+    let daemon = Daemon::ours(ticker_bin, dsn, PERIOD_OURS, work_dir.path()).await?;
     let result = async {
         let (mut sizes, mut busy) = (Vec::new(), Duration::ZERO);
-        while count.events.load(Ordering::Relaxed) < events {
+        while counter.events() < events {
             ensure!(
                 started.elapsed() < DRAIN_TIMEOUT,
                 "{} of {events} events drained",
-                count.events.load(Ordering::Relaxed)
+                counter.events()
             );
             match runner.process_next_batch().await? {
                 Some(report) => {
@@ -369,7 +249,7 @@ async fn drain_ours(
     .await;
     let seconds = started.elapsed().as_secs_f64();
     drop(runner);
-    daemon.stop(&watch).await?;
+    daemon.stop(watch).await?;
     let (sizes, busy) = result?;
     Ok(Drained {
         seconds,
@@ -379,7 +259,7 @@ async fn drain_ours(
     })
 }
 
-/// What the Python worker printed at the end.
+/// What the Python worker prints at the end.
 #[derive(Debug, Deserialize)]
 struct PythonDone {
     sizes: Vec<u64>,
@@ -389,61 +269,33 @@ struct PythonDone {
 
 /// Starts pgqd and drains with python3-pgq's Consumer.
 async fn drain_reference(
-    server: &Server,
     dsn: &Dsn,
+    watch: &Client,
     events: u64,
-    work_dir: &Path,
+    work_dir: &WorkDir,
 ) -> Result<Drained> {
-    let watch = server.maintenance().connect().await?;
-    let config = work_dir.join(format!("{}.ini", dsn.dbname()));
-    let text = format!(
-        "[backlog_consumer]\njob_name = {name}\nlogfile = {log}\npidfile = {pid}\ndb = {db}\n\
-         queue_name = {QUEUE}\nconsumer_name = {CONSUMER}\n",
-        name = dsn.dbname(),
-        log = work_dir.join("backlog_consumer.log").display(),
-        pid = work_dir.join("backlog_consumer.pid").display(),
-        db = connstr(dsn),
-    );
-    std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/backlog_consumer.py");
-    let mut command = Command::new(PYTHON);
-    command
-        .arg(&script)
-        .arg(&config)
-        .arg(events.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    if let Some(password) = dsn.config().get_password() {
-        command.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
-    }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("starting {PYTHON} {}", script.display()))?;
-    let mut stdin = child.stdin.take().context("the worker's stdin")?;
-    let mut stdout = BufReader::new(child.stdout.take().context("the worker's stdout")?).lines();
-    let ready = stdout.next_line().await?;
-    ensure!(
-        ready.as_deref() == Some("ready"),
-        "the python worker did not get ready: {ready:?}"
-    );
-
+    let config = skytools_config(
+        work_dir.path(),
+        "backlog_consumer",
+        dsn.dbname(),
+        dsn,
+        &[("queue_name", QUEUE), ("consumer_name", CONSUMER)],
+    )?;
+    let events = events.to_string();
+    let mut worker = PythonWorker::start(
+        "backlog_consumer.py",
+        [config.as_os_str(), OsStr::new(&events)],
+        dsn,
+    )
+    .await?;
     let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
-    let daemon = Daemon::pgqd(dsn, PERIOD_PGQD, work_dir).await?;
+    let daemon = Daemon::pgqd(dsn, PERIOD_PGQD, work_dir.path()).await?;
     let result = async {
-        stdin.write_all(b"go\n").await?;
-        stdin.flush().await?;
-        let line = tokio::time::timeout(DRAIN_TIMEOUT, stdout.next_line())
-            .await
-            .context("the python worker did not finish in time")??
-            .context("the python worker exited early")?;
-        let status = child.wait().await?;
-        ensure!(status.success(), "python worker: {status}");
-        anyhow::Ok(serde_json::from_str::<PythonDone>(&line)?)
+        worker.go().await?;
+        worker.done::<PythonDone>(DRAIN_TIMEOUT).await
     }
     .await;
-    daemon.stop(&watch).await?;
+    daemon.stop(watch).await?;
     let done = result?;
     Ok(Drained {
         seconds: done.end - started,

@@ -11,17 +11,15 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{ensure, Result};
 use pgq_consumer::{
     async_trait, BatchHandle, CancellationToken, Consumer, ConsumerConfig, HandlerError, Runner,
 };
 use pgq_core::tokio_postgres::Transaction;
-use pgq_core::{ConsumerName, Event, Line, QueueName};
+use pgq_core::{ConsumerName, Event, QueueName};
 
-use crate::cli::Plan;
+use crate::harness::{percentile, Bench, Daemon, Side, WorkDir};
 use crate::report::{Limit, Measure, Report};
-use crate::server::Server;
-use crate::ticker::{percentile, ticker_binary, Daemon};
 
 /// The queue.
 const QUEUE: &str = "latency";
@@ -56,6 +54,20 @@ struct Load {
 impl Load {
     fn events(self) -> usize {
         usize::try_from(self.per_second * self.seconds).unwrap_or(usize::MAX)
+    }
+
+    fn new(small: bool) -> Load {
+        if small {
+            Load {
+                per_second: 200,
+                seconds: 3,
+            }
+        } else {
+            Load {
+                per_second: 1_000,
+                seconds: 20,
+            }
+        }
     }
 }
 
@@ -127,80 +139,59 @@ impl Consumer for Clock {
     }
 }
 
-/// Runs the scenario on a scratch database of `server`.
-pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
-    let load = if plan.small {
-        Load {
-            per_second: 200,
-            seconds: 3,
-        }
-    } else {
-        Load {
-            per_second: 1_000,
-            seconds: 20,
-        }
-    };
-    let work_dir = std::env::temp_dir().join(format!("pgq-bench-latency-{}", std::process::id()));
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("creating {}", work_dir.display()))?;
-    let result = run_in(server, plan, load, &work_dir).await;
-    if let Err(err) = std::fs::remove_dir_all(&work_dir) {
-        tracing::warn!(%err, dir = %work_dir.display(), "cannot remove the work directory");
-    }
-    result
+/// How the figures are made.
+fn method(load: Load) -> Vec<String> {
+    vec![
+        format!(
+            "A producer inserts one event per transaction at {} events/s for {} s into a \
+             queue of our schema with `ticker_max_lag` = '{PERIOD_MS} ms' and \
+             `ticker_idle_period` = '{IDLE_PERIOD}'; the `pgq-ticker run` daemon ticks it \
+             with a {PERIOD_MS} ms period; one `Runner` (LISTEN pgq_tick, default polling \
+             fallback) processes the batches.",
+            load.per_second, load.seconds
+        ),
+        "Latency per event: from the instant the producer's commit returned to the \
+         instant the handler saw the event, on one in-process monotonic clock (the commit \
+         acknowledgement's trip is not counted). Percentiles are nearest-rank over all \
+         events of a run; the table shows the median over runs."
+            .to_owned(),
+        "Ours only: no reference variant is measured (PgQue, a pure-SQL PGQ, reports a \
+         52 ms median)."
+            .to_owned(),
+    ]
 }
 
-async fn run_in(
-    server: &Server,
-    plan: Plan,
-    load: Load,
-    work_dir: &std::path::Path,
-) -> Result<Report> {
-    let ticker_bin = ticker_binary().await?;
-    let mut p50 = Measure {
-        what: "commit-to-processed p50".to_owned(),
-        variant: OURS,
-        metric: "ms",
-        samples: Vec::new(),
-    };
-    let mut p99 = Measure {
-        what: "commit-to-processed p99".to_owned(),
-        variant: OURS,
-        metric: "ms",
-        samples: Vec::new(),
-    };
-    for run in 1..=plan.runs {
-        let mut ms = measure(server, load, run, &ticker_bin, work_dir).await?;
+/// Runs the scenario on a scratch database of the bench's server per run.
+pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
+    let load = Load::new(bench.plan.small);
+    let ticker_bin = bench.ticker_binary()?;
+    let work_dir = WorkDir::new("latency")?;
+    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    for run in 1..=bench.plan.runs {
+        let mut ms = measure(bench, load, run, &ticker_bin, &work_dir).await?;
         ms.sort_unstable_by(f64::total_cmp);
         let (a, b) = (percentile(&ms, 50), percentile(&ms, 99));
         tracing::info!(run, p50_ms = a, p99_ms = b, "latency");
-        p50.samples.push(a);
-        p99.samples.push(b);
+        p50.push(a);
+        p99.push(b);
     }
+    let measure = |what: &str, samples| Measure {
+        what: what.to_owned(),
+        variant: OURS,
+        metric: "ms",
+        samples,
+    };
+    let (p50, p99) = (
+        measure("commit-to-processed p50", p50),
+        measure("commit-to-processed p99", p99),
+    );
     let limits = vec![
         Limit::of("ours p50 (ms)", Some(&p50), P50_MAX_MS),
         Limit::of("ours p99 (ms)", Some(&p99), P99_MAX_MS),
     ];
     Ok(Report {
         scenario: "latency",
-        notes: vec![
-            format!(
-                "A producer inserts one event per transaction at {} events/s for {} s into a \
-                 queue of our schema with `ticker_max_lag` = '{PERIOD_MS} ms' and \
-                 `ticker_idle_period` = '{IDLE_PERIOD}'; the `pgq-ticker run` daemon ticks it \
-                 with a {PERIOD_MS} ms period; one `Runner` (LISTEN pgq_tick, default polling \
-                 fallback) processes the batches.",
-                load.per_second, load.seconds
-            ),
-            "Latency per event: from the instant the producer's commit returned to the \
-             instant the handler saw the event, on one in-process monotonic clock (the commit \
-             acknowledgement's trip is not counted). Percentiles are nearest-rank over all \
-             events of a run; the table shows the median over runs."
-                .to_owned(),
-            "Ours only: no reference variant is measured (PgQue, a pure-SQL PGQ, reports a \
-             52 ms median)."
-                .to_owned(),
-        ],
+        notes: method(load),
         series: Vec::new(),
         ratios: Vec::new(),
         measures: vec![p50, p99],
@@ -210,17 +201,15 @@ async fn run_in(
 
 /// One run on a fresh database: every event's commit-to-processed latency, in ms.
 async fn measure(
-    server: &Server,
+    bench: &Bench<'_>,
     load: Load,
     run: u32,
     ticker_bin: &std::path::Path,
-    work_dir: &std::path::Path,
+    work_dir: &WorkDir,
 ) -> Result<Vec<f64>> {
-    let dsn = server.scratch_db(&format!("latency_r{run}")).await?;
-    let mut client = dsn.connect().await?;
-    pgq_core::install(&mut client, &[Line::Pgq])
-        .await
-        .context("installing our pgq schema")?;
+    let (dsn, client) = Side::Ours
+        .database(bench.server, &format!("latency_r{run}"))
+        .await?;
     let queue = QueueName::new(QUEUE)?;
     pgq_core::create_queue(&client, &queue).await?;
     client
@@ -233,7 +222,8 @@ async fn measure(
     let clock = Arc::new(Clock::new(events));
     let config = ConsumerConfig::builder(queue, ConsumerName::new(CONSUMER)?).build();
     let runner = Runner::connect(&dsn, config, clock.clone()).await?;
-    let daemon = Daemon::ours(ticker_bin, &dsn, &format!("{PERIOD_MS}ms"), work_dir).await?;
+    let period = format!("{PERIOD_MS}ms");
+    let daemon = Daemon::ours(ticker_bin, &dsn, &period, work_dir.path()).await?;
     let cancel = CancellationToken::new();
     let consuming = tokio::spawn(runner.run(cancel.clone()));
 
@@ -264,7 +254,7 @@ async fn measure(
     cancel.cancel();
     let consumed = consuming.await;
     drop(client);
-    let watch = server.maintenance().connect().await?;
+    let watch = bench.server.maintenance().connect().await?;
     daemon.stop(&watch).await?;
     result?;
     consumed??;
