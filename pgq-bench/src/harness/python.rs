@@ -36,7 +36,9 @@ where
         .arg(script(name))
         .args(args)
         .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // The scripts import `python/bench_worker.py`: no `__pycache__` in the source tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1");
     pass_password(&mut command, dsn);
     command
 }
