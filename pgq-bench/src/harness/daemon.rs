@@ -68,14 +68,15 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `pgq-ticker run` (binary `bin`) on `db` with this ticker period (`"10ms"`); its
+    /// Starts `pgq-ticker run` (binary `bin`) on `db` with this ticker period; its
     /// configuration and log go to `dir`.
-    pub(crate) async fn ours(bin: &Path, db: &Dsn, period: &str, dir: &Path) -> Result<Daemon> {
+    pub(crate) async fn ours(bin: &Path, db: &Dsn, period: Duration, dir: &Path) -> Result<Daemon> {
+        let period = format!("{}ms", period.as_millis());
         let config = dir.join(format!("ticker-{period}.toml"));
         let text = format!(
             "[ticker]\ndatabases = [{}]\nticker_period = {}\n",
             serde_json::to_string(&db.conninfo())?,
-            serde_json::to_string(period)?
+            serde_json::to_string(&period)?
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log = dir.join(format!("ticker-{period}.log"));
@@ -90,9 +91,9 @@ impl Daemon {
         Daemon::spawn(command, TICKER_BIN, db, log).await
     }
 
-    /// Starts `pgqd` on `db` with this ticker period (seconds, `"0.01"`); its configuration and
-    /// log go to `dir`.
-    pub(crate) async fn pgqd(db: &Dsn, period: &str, dir: &Path) -> Result<Daemon> {
+    /// Starts `pgqd` on `db` with this ticker period; its configuration and log go to `dir`.
+    pub(crate) async fn pgqd(db: &Dsn, period: Duration, dir: &Path) -> Result<Daemon> {
+        let period = period.as_secs_f64();
         let config = dir.join("pgqd.ini");
         let log = dir.join("pgqd.log");
         // pgqd appends `dbname=` to base_connstr; libpq takes the last of a repeated keyword.

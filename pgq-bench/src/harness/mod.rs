@@ -1,10 +1,11 @@
 //! What the scenarios share: the server and its scratch databases, a work directory, the
 //! checks for the original PGQ stack, the daemons and the Python workers they are compared
-//! with, CPU sampling, statistics and a counting consumer.
+//! with, concurrent producers, CPU sampling, statistics and a counting consumer.
 
 mod counter;
 mod cpu;
 mod daemon;
+mod fill;
 mod python;
 mod reference;
 mod server;
@@ -18,6 +19,7 @@ use anyhow::Result;
 pub(crate) use counter::Counter;
 pub(crate) use cpu::{Cpu, CpuClock};
 pub(crate) use daemon::Daemon;
+pub(crate) use fill::Producer;
 pub(crate) use python::{command as python_command, skytools_config, PythonWorker, PYTHON};
 pub(crate) use reference::{reference, Part, Side};
 pub(crate) use server::Server;

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use tokio_postgres::Client;
 
 use crate::harness::{
-    median_of_sorted, reference, skytools_config, Bench, Counter, Daemon, Part, PythonWorker, Side,
-    WorkDir, PYTHON,
+    median_of_sorted, reference, skytools_config, Bench, Counter, Daemon, Part, Producer,
+    PythonWorker, Side, WorkDir, PYTHON,
 };
 use crate::report::{Measures, Ratio, Report, Sample, Series};
 
@@ -35,9 +35,8 @@ const PRODUCERS: u64 = 4;
 const PER_TX: u64 = 100;
 /// Bytes of `ev_data` per event.
 const DATA_BYTES: i32 = 100;
-/// Both daemons' ticker period: ours as a duration, pgqd's in seconds.
-const PERIOD_OURS: &str = "100ms";
-const PERIOD_PGQD: &str = "0.1";
+/// Both daemons' ticker period.
+const PERIOD: Duration = Duration::from_millis(100);
 /// How long a drain may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -45,9 +44,12 @@ const SHAPE: &str = "drain after outage";
 const OURS: &str = "ours (pgq-ticker + Runner)";
 const REFERENCE: &str = "reference (pgqd + python3-pgq Consumer)";
 
-// language=SQL
-const PRODUCE: &str = "SELECT count(pgq.insert_event($1, 't', lpad(g::text, $2::int, 'x'))) \
-     FROM generate_series($3::int8, $4::int8) g";
+/// What the producers insert.
+const PRODUCER: Producer = Producer {
+    queue: QUEUE,
+    data_bytes: DATA_BYTES,
+    per_tx: PER_TX,
+};
 
 /// How the figures are made.
 fn method(events: u64) -> Vec<String> {
@@ -55,9 +57,10 @@ fn method(events: u64) -> Vec<String> {
         format!(
             "Outage: no ticker runs while {PRODUCERS} producers insert {events} events of \
              {DATA_BYTES} bytes in transactions of {PER_TX} events; the consumer was \
-             registered before. Then the daemon starts (ticker period {PERIOD_OURS}) and one \
+             registered before. Then the daemon starts (ticker period {}ms) and one \
              consumer drains; the clock runs from the daemon's start to the last event \
-             processed. Each side gets a fresh database per run."
+             processed. Each side gets a fresh database per run.",
+            PERIOD.as_millis()
         ),
         format!(
             "`{OURS}`: `pgq-ticker run` on our schema and our `Runner` in this process \
@@ -176,34 +179,7 @@ async fn prepare(bench: &Bench<'_>, side: Side, run: u32, events: u64) -> Result
     pgq_core::register_consumer(&client, &queue, &ConsumerName::new(CONSUMER)?).await?;
 
     let started = Instant::now();
-    let transactions = events.div_ceil(PER_TX);
-    let mut producers = tokio::task::JoinSet::new();
-    for producer in 0..PRODUCERS {
-        let dsn = dsn.clone();
-        producers.spawn(async move {
-            let client = dsn.connect().await?;
-            let produce = client.prepare(PRODUCE).await?;
-            let mut inserted = 0_i64;
-            for tx in (producer..transactions).step_by(usize::try_from(PRODUCERS)?) {
-                let first = i64::try_from(tx * PER_TX + 1)?;
-                let last = i64::try_from(((tx + 1) * PER_TX).min(events))?;
-                let n: i64 = client
-                    .query_one(&produce, &[&QUEUE, &DATA_BYTES, &first, &last])
-                    .await?
-                    .get(0);
-                inserted += n;
-            }
-            anyhow::Ok(inserted)
-        });
-    }
-    let mut inserted = 0_i64;
-    while let Some(done) = producers.join_next().await {
-        inserted += done??;
-    }
-    ensure!(
-        u64::try_from(inserted)? == events,
-        "{inserted} events inserted, {events} expected"
-    );
+    PRODUCER.fill(&dsn, events, PRODUCERS).await?;
     tracing::info!(
         events,
         seconds = started.elapsed().as_secs_f64(),
@@ -227,7 +203,7 @@ async fn drain_ours(
         .build();
     let mut runner = Runner::connect(dsn, config, counter.clone()).await?;
     let started = Instant::now();
-    let daemon = Daemon::ours(ticker_bin, dsn, PERIOD_OURS, work_dir.path()).await?;
+    let daemon = Daemon::ours(ticker_bin, dsn, PERIOD, work_dir.path()).await?;
     let result = async {
         let (mut sizes, mut busy) = (Vec::new(), Duration::ZERO);
         while counter.events() < events {
@@ -289,7 +265,7 @@ async fn drain_reference(
     )
     .await?;
     let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
-    let daemon = Daemon::pgqd(dsn, PERIOD_PGQD, work_dir.path()).await?;
+    let daemon = Daemon::pgqd(dsn, PERIOD, work_dir.path()).await?;
     let result = async {
         worker.go().await?;
         worker.done::<PythonDone>(DRAIN_TIMEOUT).await

@@ -28,7 +28,7 @@ use pgq_core::{ConsumerName, Dsn, QueueName};
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
-use crate::harness::{reference, Bench, Counter, Daemon, Part, Server, Side, WorkDir};
+use crate::harness::{reference, Bench, Counter, Daemon, Part, Producer, Server, Side, WorkDir};
 use crate::report::{Limit, Measure, Ratio, Report, Sample, Series};
 
 /// The queue.
@@ -41,9 +41,8 @@ const PRODUCERS: u64 = 2;
 const PER_TX: u64 = 500;
 /// Bytes of `ev_data` per event.
 const DATA_BYTES: i32 = 100;
-/// Both daemons' ticker period: ours as a duration, pgqd's in seconds.
-const PERIOD_OURS: &str = "100ms";
-const PERIOD_PGQD: &str = "0.1";
+/// Both daemons' ticker period.
+const PERIOD: Duration = Duration::from_millis(100);
 /// How long the consumer waits when there is no batch, and producers when the backlog is full.
 const IDLE: Duration = Duration::from_millis(5);
 /// Upper bound on dead tuples the meta tables may gain per batch taken, ours: `next_batch` and
@@ -57,9 +56,12 @@ const LATE: &str = "drain, late window";
 const OURS: &str = "ours (pgq-ticker + Runner)";
 const REFERENCE: &str = "reference (pgqd + Rust batch loop)";
 
-// language=SQL
-const PRODUCE: &str = "SELECT count(pgq.insert_event($1, 't', lpad(g::text, $2::int, 'x'))) \
-     FROM generate_series($3::int8, $4::int8) g";
+/// What the producers insert.
+const PRODUCER: Producer = Producer {
+    queue: QUEUE,
+    data_bytes: DATA_BYTES,
+    per_tx: PER_TX,
+};
 // language=SQL
 const AVAILABLE: &str =
     "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = $1)";
@@ -169,9 +171,10 @@ fn method(backlog: u64, hold: Duration, timing: Timing, exact: bool) -> Vec<Stri
         format!(
             "A session runs `BEGIN; SELECT txid_current();` first and stays idle in that \
              transaction until the end, so nothing dead can be removed. The daemon ticks \
-             every {PERIOD_OURS}; {PRODUCERS} producers fill a backlog of {backlog} events of \
+             every {}ms; {PRODUCERS} producers fill a backlog of {backlog} events of \
              {DATA_BYTES} bytes, then keep it topped up in transactions of {PER_TX} while one \
              consumer drains. Each variant runs {} s per run on a fresh database.",
+            PERIOD.as_millis(),
             hold.as_secs()
         ),
         format!(
@@ -422,13 +425,14 @@ async fn measure(setup: &Setup<'_>, side: Side, run: u32) -> Result<Held> {
 
     let watch = server.maintenance().connect().await?;
     let daemon = match side {
-        Side::Ours => Daemon::ours(ticker_bin, &dsn, PERIOD_OURS, work_dir).await?,
-        Side::Reference => Daemon::pgqd(&dsn, PERIOD_PGQD, work_dir).await?,
+        Side::Ours => Daemon::ours(ticker_bin, &dsn, PERIOD, work_dir).await?,
+        Side::Reference => Daemon::pgqd(&dsn, PERIOD, work_dir).await?,
     };
     let counters = Arc::new(Counters::default());
     let mut tasks = JoinSet::new();
     let result = async {
-        fill(&dsn, &counters, backlog).await?;
+        PRODUCER.fill(&dsn, backlog, PRODUCERS).await?;
+        counters.produced.store(backlog, Ordering::Relaxed);
         let start = dead_tuples(&client, exact).await?;
         match side {
             Side::Ours => tasks.spawn(drain_ours(dsn.clone(), counters.clone())),
@@ -538,58 +542,9 @@ async fn consumed_at(
     Ok(counters.consumed.events())
 }
 
-/// Inserts events `first..=last`.
-async fn produce(client: &Client, first: u64, last: u64) -> Result<u64> {
-    let n: i64 = client
-        .query_one(
-            PRODUCE,
-            &[
-                &QUEUE,
-                &DATA_BYTES,
-                &i64::try_from(first)?,
-                &i64::try_from(last)?,
-            ],
-        )
-        .await?
-        .get(0);
-    Ok(u64::try_from(n)?)
-}
-
-/// Fills the backlog with [`PRODUCERS`] concurrent producers, each taking every
-/// [`PRODUCERS`]th transaction.
-async fn fill(dsn: &Dsn, counters: &Arc<Counters>, backlog: u64) -> Result<()> {
-    let transactions = backlog.div_ceil(PER_TX);
-    let mut producers = JoinSet::new();
-    for producer in 0..PRODUCERS {
-        let (dsn, counters) = (dsn.clone(), counters.clone());
-        producers.spawn(async move {
-            let client = dsn.connect().await?;
-            for tx in (producer..transactions).step_by(usize::try_from(PRODUCERS)?) {
-                let (first, last) = (tx * PER_TX + 1, ((tx + 1) * PER_TX).min(backlog));
-                let n = produce(&client, first, last).await?;
-                ensure!(
-                    n == last + 1 - first,
-                    "{n} events inserted in a transaction"
-                );
-                counters.produced.fetch_add(n, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = producers.join_next().await {
-        done??;
-    }
-    let produced = counters.produced.load(Ordering::Relaxed);
-    ensure!(
-        produced == backlog,
-        "{produced} events inserted, {backlog} expected"
-    );
-    Ok(())
-}
-
 /// Keeps the backlog (events produced, not yet processed) at `backlog` until told to stop.
 async fn top_up(dsn: Dsn, counters: Arc<Counters>, backlog: u64) -> Result<()> {
-    let client = dsn.connect().await?;
+    let producing = PRODUCER.connect(&dsn).await?;
     while !counters.stop.load(Ordering::Relaxed) {
         let consumed = counters.consumed.events();
         let produced = counters.produced.load(Ordering::Relaxed);
@@ -598,8 +553,7 @@ async fn top_up(dsn: Dsn, counters: Arc<Counters>, backlog: u64) -> Result<()> {
             continue;
         }
         let first = counters.produced.fetch_add(PER_TX, Ordering::Relaxed);
-        let n = produce(&client, first + 1, first + PER_TX).await?;
-        ensure!(n == PER_TX, "{n} events inserted, {PER_TX} expected");
+        producing.insert(first + 1, first + PER_TX).await?;
     }
     Ok(())
 }

@@ -222,8 +222,8 @@ async fn measure(
     let clock = Arc::new(Clock::new(events));
     let config = ConsumerConfig::builder(queue, ConsumerName::new(CONSUMER)?).build();
     let runner = Runner::connect(&dsn, config, clock.clone()).await?;
-    let period = format!("{PERIOD_MS}ms");
-    let daemon = Daemon::ours(ticker_bin, &dsn, &period, work_dir.path()).await?;
+    let period = Duration::from_millis(PERIOD_MS);
+    let daemon = Daemon::ours(ticker_bin, &dsn, period, work_dir.path()).await?;
     let cancel = CancellationToken::new();
     let consuming = tokio::spawn(runner.run(cancel.clone()));
 

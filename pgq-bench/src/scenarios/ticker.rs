@@ -53,6 +53,8 @@ const LATENCY_SAMPLES: usize = 200;
 const LATENCY_SAMPLES_SMALL: usize = 20;
 /// The longest wait for one tick notification.
 const LATENCY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The daemons' default ticker period.
+const DEFAULT_PERIOD: Duration = Duration::from_secs(1);
 /// The fast setting: ticker period and the latency queue's `ticker_max_lag`.
 const FAST_PERIOD_MS: u64 = 10;
 /// The latency queue's `ticker_idle_period`: it bounds the wait of an event whose commit the
@@ -308,7 +310,7 @@ async fn measure(setup: &mut Setup, plan: Plan, work_dir: &WorkDir) -> Result<(M
     let idle_what = format!("idle daemon, {n_idle} queues, period 1 s");
     let fast_what = format!("idle daemon, {n_idle} queues, period {FAST_PERIOD_MS} ms");
     let lat_what = format!("commit → tick notification, period {FAST_PERIOD_MS} ms");
-    let fast_period = format!("{FAST_PERIOD_MS}ms");
+    let fast_period = Duration::from_millis(FAST_PERIOD_MS);
     let dir = work_dir.path();
     let mut m = Measures::default();
     let mut backends_seen = true;
@@ -345,7 +347,7 @@ async fn measure(setup: &mut Setup, plan: Plan, work_dir: &WorkDir) -> Result<(M
         }
 
         let setup = &*setup;
-        let daemon = Daemon::ours(&setup.ticker_bin, &setup.idle_ours, "1s", dir).await?;
+        let daemon = Daemon::ours(&setup.ticker_bin, &setup.idle_ours, DEFAULT_PERIOD, dir).await?;
         push_cpu(
             &mut m,
             &idle_what,
@@ -353,7 +355,7 @@ async fn measure(setup: &mut Setup, plan: Plan, work_dir: &WorkDir) -> Result<(M
             setup.idle_cpu(daemon).await?,
         );
         if let Some(db) = &setup.idle_reference {
-            let daemon = Daemon::pgqd(db, "1", dir).await?;
+            let daemon = Daemon::pgqd(db, DEFAULT_PERIOD, dir).await?;
             push_cpu(
                 &mut m,
                 &idle_what,
@@ -363,7 +365,7 @@ async fn measure(setup: &mut Setup, plan: Plan, work_dir: &WorkDir) -> Result<(M
         }
 
         let mut daemon =
-            Daemon::ours(&setup.ticker_bin, &setup.idle_ours, &fast_period, dir).await?;
+            Daemon::ours(&setup.ticker_bin, &setup.idle_ours, fast_period, dir).await?;
         let measured = async {
             let cpu = daemon
                 .idle_cpu(&setup.watch, &setup.clock, sizes.settle, sizes.window)
@@ -382,7 +384,7 @@ async fn measure(setup: &mut Setup, plan: Plan, work_dir: &WorkDir) -> Result<(M
         let (cpu, latencies) = measured?;
         push_cpu(&mut m, &fast_what, OURS_DAEMON, cpu);
         if let Some(db) = &setup.idle_reference {
-            let daemon = Daemon::pgqd(db, "0.01", dir).await?;
+            let daemon = Daemon::pgqd(db, fast_period, dir).await?;
             push_cpu(
                 &mut m,
                 &fast_what,
