@@ -54,6 +54,30 @@ impl Variant {
     }
 }
 
+/// How the figures are made, for a cluster filled at `scale` to `source_mib` MiB.
+fn method(scale: u32, source_mib: f64) -> Vec<String> {
+    vec![
+        format!(
+            "A private cluster (wal_level=replica, fsync=off on the source) filled with \
+             `pgbench -i -s {scale}`, then CHECKPOINT: data directory {source_mib:.0} MiB."
+        ),
+        format!(
+            "Each run copies it once per variant, in the order {}; the copy is removed \
+             and `sync` run before the next one.",
+            variants()
+                .iter()
+                .map(|v| v.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "MiB/s = bytes of the resulting copy / wall-clock time; every variant's time \
+         includes making its copy durable (ours and pg_basebackup fsync, cp is followed by \
+         `sync -f`). Ours and pg_basebackup use a fast checkpoint; ours connects over TCP \
+         like pg_basebackup."
+            .to_owned(),
+    ]
+}
+
 /// Runs the scenario on its own private cluster (a `--dsn` server is not used: the scenario
 /// needs the data directory and a server whose size it controls).
 pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
@@ -154,27 +178,7 @@ pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
 
     Ok(Report {
         scenario: "basebackup",
-        notes: vec![
-            format!(
-                "A private cluster (wal_level=replica, fsync=off on the source) filled with \
-                 `pgbench -i -s {scale}`, then CHECKPOINT: data directory {:.0} MiB.",
-                mib(source_bytes)
-            ),
-            format!(
-                "Each run copies it once per variant, in the order {}; the copy is removed \
-                 and `sync` run before the next one.",
-                variants()
-                    .iter()
-                    .map(|v| v.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            "MiB/s = bytes of the resulting copy / wall-clock time; every variant's time \
-             includes making its copy durable (ours and pg_basebackup fsync, cp is followed by \
-             `sync -f`). Ours and pg_basebackup use a fast checkpoint; ours connects over TCP \
-             like pg_basebackup."
-                .to_owned(),
-        ],
+        notes: method(scale, mib(source_bytes)),
         series: Vec::new(),
         ratios,
         measures,

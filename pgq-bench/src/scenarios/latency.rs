@@ -71,74 +71,6 @@ impl Load {
     }
 }
 
-/// Commit instants by sequence number, and the latencies the handler saw.
-#[derive(Debug)]
-struct Clock {
-    committed: Mutex<Vec<Option<Instant>>>,
-    latencies_ms: Mutex<Vec<f64>>,
-}
-
-impl Clock {
-    fn new(events: usize) -> Clock {
-        Clock {
-            committed: Mutex::new(vec![None; events]),
-            latencies_ms: Mutex::new(Vec::with_capacity(events)),
-        }
-    }
-
-    fn commit(&self, seq: usize, at: Instant) {
-        self.committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)[seq] = Some(at);
-    }
-
-    fn processed(&self) -> usize {
-        self.latencies_ms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    fn record(&self, events: &[Event]) -> Result<(), HandlerError> {
-        let now = Instant::now();
-        let committed = self
-            .committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut latencies = self
-            .latencies_ms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for event in events {
-            let seq: usize = event
-                .ev_data
-                .as_deref()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|err| format!("bad ev_data: {err}"))?;
-            // The producer notes the instant once its commit returned; the event may reach
-            // the handler a moment earlier, which counts as zero.
-            let at = committed.get(seq).copied().flatten().unwrap_or(now);
-            latencies.push(now.saturating_duration_since(at).as_secs_f64() * 1e3);
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Consumer for Clock {
-    async fn process_batch(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
-        while let Some(events) = batch.next_chunk().await? {
-            self.record(&events)?;
-        }
-        Ok(())
-    }
-
-    async fn process_event(&self, _: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
-        self.record(std::slice::from_ref(event))
-    }
-}
-
 /// How the figures are made.
 fn method(load: Load) -> Vec<String> {
     vec![
@@ -270,4 +202,72 @@ async fn measure(
         ms.len()
     );
     Ok(ms)
+}
+
+/// Commit instants by sequence number, and the latencies the handler saw.
+#[derive(Debug)]
+struct Clock {
+    committed: Mutex<Vec<Option<Instant>>>,
+    latencies_ms: Mutex<Vec<f64>>,
+}
+
+impl Clock {
+    fn new(events: usize) -> Clock {
+        Clock {
+            committed: Mutex::new(vec![None; events]),
+            latencies_ms: Mutex::new(Vec::with_capacity(events)),
+        }
+    }
+
+    fn commit(&self, seq: usize, at: Instant) {
+        self.committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)[seq] = Some(at);
+    }
+
+    fn processed(&self) -> usize {
+        self.latencies_ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn record(&self, events: &[Event]) -> Result<(), HandlerError> {
+        let now = Instant::now();
+        let committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut latencies = self
+            .latencies_ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for event in events {
+            let seq: usize = event
+                .ev_data
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|err| format!("bad ev_data: {err}"))?;
+            // The producer notes the instant once its commit returned; the event may reach
+            // the handler a moment earlier, which counts as zero.
+            let at = committed.get(seq).copied().flatten().unwrap_or(now);
+            latencies.push(now.saturating_duration_since(at).as_secs_f64() * 1e3);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for Clock {
+    async fn process_batch(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
+        while let Some(events) = batch.next_chunk().await? {
+            self.record(&events)?;
+        }
+        Ok(())
+    }
+
+    async fn process_event(&self, _: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
+        self.record(std::slice::from_ref(event))
+    }
 }
