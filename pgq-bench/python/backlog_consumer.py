@@ -9,19 +9,12 @@ up) until it has seen EVENTS events, and prints one JSON line: {"events", "sizes
 "peak_rss_kb"}; sizes lists the events of each batch and end is wall-clock seconds since
 the epoch. Each event's ev_data is read, as a real handler would.
 """
-import json
 import sys
 import time
 
 import pgq
 
-
-def peak_rss_kb():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return None
+import bench_worker
 
 
 class Drain(pgq.Consumer):
@@ -41,18 +34,12 @@ def main():
     conf, wanted = sys.argv[1], int(sys.argv[2])
     consumer = Drain("backlog_consumer", "db", [conf])
     consumer.get_database("db")
-    print("ready", flush=True)
-    sys.stdin.readline()
+    bench_worker.wait_for_go()
     while consumer.events < wanted:
         if not consumer.work():
             time.sleep(0.005)
     end = time.time()
-    print(json.dumps({
-        "events": consumer.events,
-        "sizes": consumer.sizes,
-        "end": end,
-        "peak_rss_kb": peak_rss_kb(),
-    }), flush=True)
+    bench_worker.report(events=consumer.events, sizes=consumer.sizes, end=end)
     return 0
 
 

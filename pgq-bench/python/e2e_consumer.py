@@ -10,19 +10,12 @@ is none left and prints one JSON line: {"events", "bytes", "batches", "start", "
 caller can time several workers together. Each event's ev_data is read (its length
 summed), as a real handler would.
 """
-import json
 import sys
 import time
 
 import pgq
 
-
-def peak_rss_kb():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return None
+import bench_worker
 
 
 class Tally:
@@ -47,21 +40,14 @@ def main():
     kind, conf = sys.argv[1], sys.argv[2]
     consumer = {"plain": Plain, "coop": Coop}[kind]("e2e_consumer", "db", [conf])
     consumer.get_database("db")
-    print("ready", flush=True)
-    sys.stdin.readline()
+    bench_worker.wait_for_go()
     batches = 0
     start = time.time()
     while consumer.work():
         batches += 1
     end = time.time()
-    print(json.dumps({
-        "events": consumer.events,
-        "bytes": consumer.bytes,
-        "batches": batches,
-        "start": start,
-        "end": end,
-        "peak_rss_kb": peak_rss_kb(),
-    }), flush=True)
+    bench_worker.report(events=consumer.events, bytes=consumer.bytes, batches=batches,
+                        start=start, end=end)
     return 0
 
 

@@ -10,6 +10,10 @@ use clap::{Parser, ValueEnum};
 /// Without `--dsn` (nor `PGQ_DSN`, `DATABASE_URL` or libpq's `PG*` variables) it starts a
 /// private throwaway cluster and connects to it over TCP. With one, it creates scratch databases
 /// `pgq_bench_*` on that server (superuser needed) and drops them at the end.
+///
+/// The scenarios ticker, latency, backlog and held-xmin start the `pgq-ticker` binary found
+/// beside this one: build both with `cargo build --release -p pgq-ticker -p pgq-bench`, then
+/// run `target/release/pgq-bench`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pgq-bench", version)]
 pub struct Cli {
@@ -42,6 +46,10 @@ pub struct Cli {
     /// charts `DIR/benchmarks/*.svg` linked from it.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+
+    /// The `pgq-ticker` binary to start [default: the one beside pgq-bench].
+    #[arg(long, value_name = "PATH", env = "PGQ_BENCH_TICKER")]
+    pub ticker_bin: Option<PathBuf>,
 
     /// How long `held-xmin` runs each variant with the xmin horizon held [default: 300, 60
     /// with --quick].

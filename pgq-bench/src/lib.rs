@@ -16,24 +16,18 @@
 //! }
 //! ```
 //!
-//! A scenario is a [`Scenario`] variant, a module with `async fn run(&Server, Plan) ->
-//! Result<Report>`, and one arm in the dispatch below.
+//! A scenario is a [`Scenario`] variant, a module of `scenarios/` with `async fn run(&Bench)
+//! -> Result<Report>` (set up, measure, report), and one arm in its dispatch. What scenarios
+//! share (scratch databases, work directories, the reference checks, daemons, CPU sampling,
+//! statistics, the counting consumer) is in `harness/`.
 //!
 //! Main items: [`run`], [`Cli`], [`Scenario`], [`Report`].
 
-mod backlog;
-mod basebackup;
 mod cli;
-mod e2e;
-mod held_xmin;
-mod latency;
-mod londiste;
+mod harness;
 mod out;
-mod produce;
-mod reference;
 mod report;
-mod server;
-mod ticker;
+mod scenarios;
 
 use anyhow::{Context as _, Result};
 use pgq_core::Dsn;
@@ -42,7 +36,10 @@ pub use cli::{Cli, Scenario};
 pub use report::{Limit, Measure, Ratio, Report, Sample, Series};
 
 use cli::Plan;
-use server::Server;
+use harness::{Bench, Server};
+
+/// How to build the binaries a run needs: pgq-bench and the `pgq-ticker` it starts.
+const BUILD: &str = "cargo build --release -p pgq-ticker -p pgq-bench";
 
 /// Runs the scenarios `cli` asks for (all when none), printing a markdown report of each to
 /// stdout; writes every report as JSON to `cli.json` when given, and `BENCHMARKS.md`, the JSON
@@ -67,7 +64,8 @@ pub async fn run(cli: Cli) -> Result<Vec<Report>> {
         None => Dsn::from_env()?,
     };
     let server = Server::open(dsn).await?;
-    let result = run_on(&server, plan, &scenarios).await;
+    let bench = Bench::new(&server, plan, cli.ticker_bin.as_deref());
+    let result = run_on(&bench, &scenarios).await;
     let dropped = server.drop_scratch().await;
     let (description, reports) = result?;
     dropped?;
@@ -82,6 +80,7 @@ pub async fn run(cli: Cli) -> Result<Vec<Report>> {
     }
     if let Some(dir) = &cli.out {
         let doc = out::Document {
+            build: BUILD,
             invocation: command(&cli, &cli.scenarios, true),
             commands: reports
                 .iter()
@@ -99,10 +98,11 @@ pub async fn run(cli: Cli) -> Result<Vec<Report>> {
     Ok(reports)
 }
 
-/// The `cargo run` command line running `scenarios` (all when empty) with `cli`'s settings,
-/// without the server (which may hold a password) and the output files unless `with_out`.
+/// The command line running `scenarios` (all when empty) with `cli`'s settings, once [`BUILD`]
+/// has built the binaries, without the server (which may hold a password) and the output files
+/// unless `with_out`.
 fn command(cli: &Cli, scenarios: &[Scenario], with_out: bool) -> String {
-    let mut words = vec!["cargo run --release -p pgq-bench --".to_owned()];
+    let mut words = vec!["target/release/pgq-bench".to_owned()];
     words.extend(scenarios.iter().map(|s| s.name().to_owned()));
     if cli.quick {
         words.push("--quick".to_owned());
@@ -125,27 +125,15 @@ fn command(cli: &Cli, scenarios: &[Scenario], with_out: bool) -> String {
 }
 
 /// Describes the server, then runs and prints each scenario.
-async fn run_on(
-    server: &Server,
-    plan: Plan,
-    scenarios: &[Scenario],
-) -> Result<(String, Vec<Report>)> {
-    let description = server.describe().await?;
+async fn run_on(bench: &Bench<'_>, scenarios: &[Scenario]) -> Result<(String, Vec<Report>)> {
+    let description = bench.server.describe().await?;
     println!("# pgq-bench\n\n{description}\n");
     let mut reports = Vec::with_capacity(scenarios.len());
     for &scenario in scenarios {
         tracing::info!(scenario = scenario.name(), "running");
-        let report = match scenario {
-            Scenario::Produce => produce::run(server, plan).await,
-            Scenario::Ticker => ticker::run(server, plan).await,
-            Scenario::Basebackup => basebackup::run(plan).await,
-            Scenario::E2e => e2e::run(server, plan).await,
-            Scenario::Latency => latency::run(server, plan).await,
-            Scenario::Backlog => backlog::run(server, plan).await,
-            Scenario::HeldXmin => held_xmin::run(server, plan).await,
-            Scenario::Londiste => londiste::run(server, plan).await,
-        }
-        .with_context(|| format!("scenario {}", scenario.name()))?;
+        let report = scenarios::run(scenario, bench)
+            .await
+            .with_context(|| format!("scenario {}", scenario.name()))?;
         println!("{report}");
         reports.push(report);
     }

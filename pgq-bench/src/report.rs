@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::harness::median_of_sorted;
+
 /// One scenario's results: a series of timed blocks per variant, and ratios of their medians;
 /// or figures other than throughput (times, CPU shares) with their upper limits.
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +91,18 @@ pub struct Ratio {
     pub met: Option<bool>,
 }
 
+impl Sample {
+    /// `events` in `seconds`, in run `run`.
+    pub(crate) fn new(run: u32, events: u64, seconds: f64) -> Sample {
+        Sample {
+            run,
+            events,
+            seconds,
+            events_per_sec: events as f64 / seconds,
+        }
+    }
+}
+
 impl Series {
     /// The slowest block's events per second.
     pub fn min(&self) -> f64 {
@@ -130,6 +144,39 @@ impl Measure {
     }
 }
 
+/// Measures collected run by run, in first-measured order.
+#[derive(Debug, Default)]
+pub(crate) struct Measures(Vec<Measure>);
+
+impl Measures {
+    /// Appends `value` to the measure of `what`, `variant` and `metric`, creating it first.
+    pub(crate) fn push(
+        &mut self,
+        what: &str,
+        variant: &'static str,
+        metric: &'static str,
+        value: f64,
+    ) {
+        match self
+            .0
+            .iter_mut()
+            .find(|m| m.what == what && m.variant == variant && m.metric == metric)
+        {
+            Some(m) => m.samples.push(value),
+            None => self.0.push(Measure {
+                what: what.to_owned(),
+                variant,
+                metric,
+                samples: vec![value],
+            }),
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<Measure> {
+        self.0
+    }
+}
+
 impl Limit {
     /// `measure`'s median held against `max`; `None` when it was not measured.
     pub(crate) fn of(label: impl Into<String>, measure: Option<&Measure>, max: f64) -> Limit {
@@ -143,15 +190,6 @@ impl Limit {
     }
 }
 
-/// The median of sorted values (the mean of the middle two for an even count); NaN when empty.
-pub(crate) fn median_of_sorted(values: &[f64]) -> f64 {
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 impl Ratio {
     /// `numerator`'s median over `denominator`'s, when both were measured.
     pub(crate) fn of(
@@ -160,9 +198,22 @@ impl Ratio {
         denominator: Option<&Series>,
         target: Option<f64>,
     ) -> Ratio {
-        let value = numerator
-            .zip(denominator)
-            .map(|(n, d)| n.median() / d.median());
+        Ratio::of_values(
+            label,
+            numerator.map(Series::median),
+            denominator.map(Series::median),
+            target,
+        )
+    }
+
+    /// `numerator` over `denominator`, when both were measured.
+    pub(crate) fn of_values(
+        label: impl Into<String>,
+        numerator: Option<f64>,
+        denominator: Option<f64>,
+        target: Option<f64>,
+    ) -> Ratio {
+        let value = numerator.zip(denominator).map(|(n, d)| n / d);
         Ratio {
             label: label.into(),
             value,
@@ -274,7 +325,7 @@ pub(crate) fn figure(x: f64) -> String {
 }
 
 /// A non-negative figure rounded to a whole number, with `,` between thousands.
-fn thousands(x: f64) -> String {
+pub(crate) fn thousands(x: f64) -> String {
     if !x.is_finite() {
         return "n/a".to_owned();
     }
@@ -289,27 +340,33 @@ fn thousands(x: f64) -> String {
     out
 }
 
+/// A series of one block of 1,000 events per rate, one run each.
+#[cfg(test)]
+pub(crate) fn series(shape: &'static str, variant: &'static str, rates: &[f64]) -> Series {
+    Series {
+        shape,
+        variant,
+        reps: 1,
+        events_per_rep: 1000,
+        samples: rates
+            .iter()
+            .zip(1..)
+            .map(|(&r, run)| Sample {
+                run,
+                events: 1000,
+                seconds: 1000.0 / r,
+                events_per_sec: r,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn series(rates: &[f64]) -> Series {
-        Series {
-            shape: "server",
-            variant: "v",
-            reps: 1,
-            events_per_rep: 1000,
-            samples: rates
-                .iter()
-                .zip(1..)
-                .map(|(&r, run)| Sample {
-                    run,
-                    events: 1000,
-                    seconds: 1000.0 / r,
-                    events_per_sec: r,
-                })
-                .collect(),
-        }
+        super::series("server", "v", rates)
     }
 
     #[test]

@@ -1,34 +1,83 @@
 //! Runs each scenario on tiny sizes against the test server, so the benchmarks cannot rot.
 //! The scenarios run one at a time: each checks that the process left no scratch database.
+//!
+//! The daemon scenarios start the `pgq-ticker` binary the build put in the target directory:
+//! `cargo test --workspace` builds it; alone, run `cargo build -p pgq-ticker` first.
 
 use clap::Parser as _;
+use pgq_bench::{Measure, Report};
+use tokio_postgres::Client;
+
+/// The test server, held by one test at a time.
+struct Smoke {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    dsn: String,
+    maintenance: Client,
+}
+
+impl Smoke {
+    async fn new() -> anyhow::Result<Smoke> {
+        let serial = pgq_testkit::serial().await;
+        let dsn = pgq_testkit::server_dsn().await?;
+        let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
+        Ok(Smoke {
+            _serial: serial,
+            dsn,
+            maintenance,
+        })
+    }
+
+    /// Whether the server has the original extension.
+    async fn extension(&self) -> anyhow::Result<bool> {
+        Ok(pgq_testkit::reference_available(&self.maintenance).await?)
+    }
+
+    /// Whether the server has the original extension and this machine `pgqd`.
+    async fn extension_and_pgqd(&self) -> anyhow::Result<bool> {
+        Ok(self.extension().await? && std::path::Path::new("/usr/bin/pgqd").is_file())
+    }
+
+    /// Runs `pgq-bench <args> --dsn <the server>`: one report, of scenario `args[0]`, and no
+    /// scratch database left behind.
+    async fn run(&self, args: &[&str]) -> anyhow::Result<Report> {
+        let dsn = ["--dsn", self.dsn.as_str()];
+        let words = ["pgq-bench"].iter().chain(args).chain(&dsn);
+        let mut reports = pgq_bench::run(pgq_bench::Cli::parse_from(words)).await?;
+
+        assert_eq!(reports.len(), 1);
+        let report = reports.remove(0);
+        assert_eq!(report.scenario, args[0]);
+        let prefix = format!("pgq_bench_{}_", std::process::id());
+        let left: i64 = self
+            .maintenance
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_database WHERE starts_with(datname, $1)",
+                &[&prefix],
+            )
+            .await?
+            .get(0);
+        assert_eq!(left, 0, "scratch databases were not dropped");
+        Ok(report)
+    }
+}
+
+/// The measure of `report` whose `what` starts with `what`, of `variant` and `metric`.
+fn measure<'a>(report: &'a Report, what: &str, variant: &str, metric: &str) -> Option<&'a Measure> {
+    report
+        .measures
+        .iter()
+        .find(|m| m.what.starts_with(what) && m.variant == variant && m.metric == metric)
+}
 
 #[tokio::test]
 async fn produce_runs_on_tiny_sizes() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let dsn = pgq_testkit::server_dsn().await?;
-    let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
-    let with_reference = pgq_testkit::reference_available(&maintenance).await?;
+    let smoke = Smoke::new().await?;
+    let with_reference = smoke.extension().await?;
     let json = std::env::temp_dir().join(format!("pgq-bench-smoke-{}.json", std::process::id()));
     let json_arg = json.to_str().expect("temporary directory is UTF-8");
+    let args = ["produce", "--runs", "1", "--reps", "2", "--json", json_arg];
+    let report = smoke.run(&args).await?;
 
-    let cli = pgq_bench::Cli::parse_from([
-        "pgq-bench",
-        "produce",
-        "--runs",
-        "1",
-        "--reps",
-        "2",
-        "--dsn",
-        &dsn,
-        "--json",
-        json_arg,
-    ]);
-    let reports = pgq_bench::run(cli).await?;
-
-    assert_eq!(reports.len(), 1);
-    let report = &reports[0];
-    assert_eq!(report.scenario, "produce");
     let mut measured: Vec<(&str, &str)> =
         report.series.iter().map(|s| (s.shape, s.variant)).collect();
     measured.sort_unstable();
@@ -77,49 +126,17 @@ async fn produce_runs_on_tiny_sizes() -> anyhow::Result<()> {
         written["reports"][0]["series"].as_array().map(Vec::len),
         Some(report.series.len())
     );
-
-    let prefix = format!("pgq_bench_{}_", std::process::id());
-    let left: i64 = maintenance
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_database WHERE starts_with(datname, $1)",
-            &[&prefix],
-        )
-        .await?
-        .get(0);
-    assert_eq!(left, 0, "scratch databases were not dropped");
     Ok(())
 }
 
 #[tokio::test]
 async fn ticker_runs_on_tiny_sizes() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let dsn = pgq_testkit::server_dsn().await?;
-    let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
-    let with_reference = pgq_testkit::reference_available(&maintenance).await?;
-    let with_pgqd = with_reference && std::path::Path::new("/usr/bin/pgqd").is_file();
+    let smoke = Smoke::new().await?;
+    let with_reference = smoke.extension().await?;
+    let with_pgqd = smoke.extension_and_pgqd().await?;
+    let report = smoke.run(&["ticker", "--runs", "1", "--reps", "1"]).await?;
 
-    let cli = pgq_bench::Cli::parse_from([
-        "pgq-bench",
-        "ticker",
-        "--runs",
-        "1",
-        "--reps",
-        "1",
-        "--dsn",
-        &dsn,
-    ]);
-    let reports = pgq_bench::run(cli).await?;
-
-    assert_eq!(reports.len(), 1);
-    let report = &reports[0];
-    assert_eq!(report.scenario, "ticker");
     assert!(report.series.is_empty());
-    let find = |what: &str, variant: &str, metric: &str| {
-        report
-            .measures
-            .iter()
-            .find(|m| m.what.starts_with(what) && m.variant == variant && m.metric == metric)
-    };
     let mut pass_variants = vec!["ours"];
     if with_reference {
         pass_variants.push("reference");
@@ -128,13 +145,13 @@ async fn ticker_runs_on_tiny_sizes() -> anyhow::Result<()> {
         let what = format!("ticker pass, 20 queues, {case}");
         for variant in &pass_variants {
             for metric in ["server total ms", "server self ms", "wall ms"] {
-                let m = find(&what, variant, metric)
+                let m = measure(&report, &what, variant, metric)
                     .unwrap_or_else(|| panic!("no {what} / {variant} / {metric}"));
                 assert_eq!(m.samples.len(), 1);
                 assert!(m.samples[0] > 0.0, "{m:?}");
             }
-            let total = find(&what, variant, "server total ms").map(|m| m.samples[0]);
-            let wall = find(&what, variant, "wall ms").map(|m| m.samples[0]);
+            let total = measure(&report, &what, variant, "server total ms").map(|m| m.samples[0]);
+            let wall = measure(&report, &what, variant, "wall ms").map(|m| m.samples[0]);
             assert!(
                 total <= wall,
                 "server time above wall time: {total:?} > {wall:?}"
@@ -150,15 +167,15 @@ async fn ticker_runs_on_tiny_sizes() -> anyhow::Result<()> {
         daemons.push(("idle daemon, 10 queues, period 10 ms", "reference (pgqd)"));
     }
     for (what, variant) in daemons {
-        let total = find(what, variant, "process + backends % of a core")
+        let total = measure(&report, what, variant, "process + backends % of a core")
             .unwrap_or_else(|| panic!("no CPU for {what} / {variant}"));
         assert!(
             total.samples[0] >= 0.0 && total.samples[0] < 100.0,
             "{total:?}"
         );
     }
-    let p50 = find("commit → tick", "ours (pgq-ticker)", "p50 ms").expect("no latency");
-    let p99 = find("commit → tick", "ours (pgq-ticker)", "p99 ms").expect("no p99");
+    let p50 = measure(&report, "commit → tick", "ours (pgq-ticker)", "p50 ms").expect("no latency");
+    let p99 = measure(&report, "commit → tick", "ours (pgq-ticker)", "p99 ms").expect("no p99");
     assert!(
         p50.samples[0] > 0.0 && p50.samples[0] <= p99.samples[0],
         "{p50:?} {p99:?}"
@@ -174,29 +191,14 @@ async fn ticker_runs_on_tiny_sizes() -> anyhow::Result<()> {
         text.contains("| ticker pass, 20 queues, all tick | ours | server total ms |"),
         "{text}"
     );
-
-    let prefix = format!("pgq_bench_{}_", std::process::id());
-    let left: i64 = maintenance
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_database WHERE starts_with(datname, $1)",
-            &[&prefix],
-        )
-        .await?
-        .get(0);
-    assert_eq!(left, 0, "scratch databases were not dropped");
     Ok(())
 }
 
 #[tokio::test]
 async fn basebackup_runs_on_a_small_cluster() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let dsn = pgq_testkit::server_dsn().await?;
-    let cli = pgq_bench::Cli::parse_from(["pgq-bench", "basebackup", "--quick", "--dsn", &dsn]);
-    let reports = pgq_bench::run(cli).await?;
+    let smoke = Smoke::new().await?;
+    let report = smoke.run(&["basebackup", "--quick"]).await?;
 
-    assert_eq!(reports.len(), 1);
-    let report = &reports[0];
-    assert_eq!(report.scenario, "basebackup");
     let variants: Vec<&str> = report.measures.iter().map(|m| m.variant).collect();
     assert_eq!(
         variants,
@@ -237,15 +239,9 @@ async fn basebackup_runs_on_a_small_cluster() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn e2e_runs_on_a_small_backlog() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let dsn = pgq_testkit::server_dsn().await?;
-    let cli =
-        pgq_bench::Cli::parse_from(["pgq-bench", "e2e", "--quick", "--runs", "1", "--dsn", &dsn]);
-    let reports = pgq_bench::run(cli).await?;
+    let smoke = Smoke::new().await?;
+    let report = smoke.run(&["e2e", "--quick", "--runs", "1"]).await?;
 
-    assert_eq!(reports.len(), 1);
-    let report = &reports[0];
-    assert_eq!(report.scenario, "e2e");
     let ours: Vec<&str> = report
         .series
         .iter()
@@ -271,22 +267,9 @@ async fn e2e_runs_on_a_small_backlog() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn latency_runs_for_a_few_seconds() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let dsn = pgq_testkit::server_dsn().await?;
-    let cli = pgq_bench::Cli::parse_from([
-        "pgq-bench",
-        "latency",
-        "--quick",
-        "--runs",
-        "1",
-        "--dsn",
-        &dsn,
-    ]);
-    let reports = pgq_bench::run(cli).await?;
+    let smoke = Smoke::new().await?;
+    let report = smoke.run(&["latency", "--quick", "--runs", "1"]).await?;
 
-    assert_eq!(reports.len(), 1);
-    let report = &reports[0];
-    assert_eq!(report.scenario, "latency");
     let measured: Vec<&str> = report.measures.iter().map(|m| m.what.as_str()).collect();
     assert_eq!(
         measured,
@@ -308,27 +291,13 @@ async fn latency_runs_for_a_few_seconds() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let dsn = pgq_testkit::server_dsn().await?;
-    let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
-    let with_reference = pgq_testkit::reference_available(&maintenance).await?
-        && std::path::Path::new("/usr/bin/pgqd").is_file();
-    let cli = pgq_bench::Cli::parse_from([
-        "pgq-bench",
-        "backlog",
-        "--quick",
-        "--runs",
-        "1",
-        "--dsn",
-        &dsn,
-    ]);
-    let reports = pgq_bench::run(cli).await?;
+    let smoke = Smoke::new().await?;
+    let with_reference = smoke.extension_and_pgqd().await?;
+    let report = smoke.run(&["backlog", "--quick", "--runs", "1"]).await?;
 
-    assert_eq!(reports.len(), 1);
-    let report = &reports[0];
-    assert_eq!(report.scenario, "backlog");
+    let ours = "ours (pgq-ticker + Runner)";
     let variants: Vec<&str> = report.series.iter().map(|s| s.variant).collect();
-    assert_eq!(variants[0], "ours (pgq-ticker + Runner)");
+    assert_eq!(variants[0], ours);
     if with_reference {
         assert_eq!(variants.len(), 2, "{variants:?}");
     }
@@ -337,17 +306,9 @@ async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
         assert_eq!(sample.events, 20_000, "{s:?}");
         assert!(sample.events_per_sec > 0.0, "{s:?}");
     }
-    let batches = report
-        .measures
-        .iter()
-        .find(|m| m.what == "batches" && m.variant == "ours (pgq-ticker + Runner)")
-        .expect("our batch count");
+    let batches = measure(&report, "batches", ours, "batches").expect("our batch count");
     assert!(batches.samples[0] >= 1.0, "{batches:?}");
-    let max = report
-        .measures
-        .iter()
-        .find(|m| m.what == "max batch size" && m.variant == "ours (pgq-ticker + Runner)")
-        .expect("our largest batch");
+    let max = measure(&report, "max batch size", ours, "events").expect("our largest batch");
     assert!(
         max.samples[0] >= 1.0 && max.samples[0] <= 20_000.0,
         "{max:?}"
@@ -357,25 +318,10 @@ async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn held_xmin_runs_for_a_few_seconds() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let dsn = pgq_testkit::server_dsn().await?;
-    let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
-    let with_reference = pgq_testkit::reference_available(&maintenance).await?
-        && std::path::Path::new("/usr/bin/pgqd").is_file();
-    let cli = pgq_bench::Cli::parse_from([
-        "pgq-bench",
-        "held-xmin",
-        "--quick",
-        "--hold",
-        "3",
-        "--dsn",
-        &dsn,
-    ]);
-    let reports = pgq_bench::run(cli).await?;
+    let smoke = Smoke::new().await?;
+    let with_reference = smoke.extension_and_pgqd().await?;
+    let report = smoke.run(&["held-xmin", "--quick", "--hold", "3"]).await?;
 
-    assert_eq!(reports.len(), 1);
-    let report = &reports[0];
-    assert_eq!(report.scenario, "held-xmin");
     let ours = "ours (pgq-ticker + Runner)";
     let reference = "reference (pgqd + Rust batch loop)";
     let mut variants = vec![ours];
@@ -436,35 +382,19 @@ async fn held_xmin_runs_for_a_few_seconds() -> anyhow::Result<()> {
         report.limits
     );
     assert_eq!(report.limits[1].met, Some(true), "{:?}", report.limits[1]);
-
-    let prefix = format!("pgq_bench_{}_", std::process::id());
-    let left: i64 = maintenance
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_database WHERE starts_with(datname, $1)",
-            &[&prefix],
-        )
-        .await?
-        .get(0);
-    assert_eq!(left, 0, "scratch databases were not dropped");
     Ok(())
 }
 
 #[tokio::test]
 async fn londiste_runs_on_small_sizes() -> anyhow::Result<()> {
-    let _serial = pgq_testkit::serial().await;
-    let dsn = pgq_testkit::server_dsn().await?;
-    let maintenance = pgq_core::Dsn::parse(&dsn)?.connect().await?;
-    let with_reference = pgq_testkit::reference_available(&maintenance).await?
-        && std::path::Path::new("/usr/bin/pgqd").is_file()
+    let smoke = Smoke::new().await?;
+    let with_reference = smoke.extension_and_pgqd().await?
         && std::process::Command::new("/usr/bin/python3")
             .args(["-c", "import londiste"])
             .status()
             .is_ok_and(|s| s.success());
-    let cli = pgq_bench::Cli::parse_from(["pgq-bench", "londiste", "--quick", "--dsn", &dsn]);
-    let reports = pgq_bench::run(cli).await?;
+    let report = smoke.run(&["londiste", "--quick"]).await?;
 
-    let report = &reports[0];
-    assert_eq!(report.scenario, "londiste");
     let variants: Vec<&str> = report.series.iter().map(|s| s.variant).collect();
     let mut expected = vec!["ours batch-update apply", "ours per-event apply"];
     if with_reference {

@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use pgq_core::{quote_ident, Dsn, Line};
+use pgq_core::{quote_ident, QueueName};
 use tokio_postgres::{Client, Statement};
 
 use crate::cli::Plan;
+use crate::harness::{reference, Bench, Part, Server, Side};
 use crate::report::{Ratio, Report, Sample, Series};
-use crate::server::Server;
 
 /// The queue events go to, in our database and the reference's.
 const QUEUE: &str = "bench";
@@ -25,13 +25,6 @@ const EVENTS: i32 = 1000;
 /// Bytes of `ev_data` per event.
 const DATA_BYTES: i32 = 100;
 
-// language=SQL
-const CREATE_QUEUE: &str = "SELECT pgq.create_queue($1)";
-// language=SQL
-const REFERENCE_AVAILABLE: &str =
-    "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'pgq')";
-// language=SQL
-const CREATE_REFERENCE: &str = "CREATE EXTENSION pgq";
 /// The queue's parent event table (its event tables inherit from it), schema and name.
 // language=SQL
 const QUEUE_TABLE: &str = "
@@ -85,18 +78,18 @@ const REFERENCE: &str = "reference insert_event";
 const PLAIN: &str = "plain INSERT";
 const BULK: &str = "ours insert_event_bulk";
 
-/// Runs the scenario on scratch databases of `server`.
-pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
-    let mut notes = vec![
+/// How the figures are made.
+fn method(runs: u32) -> Vec<String> {
+    vec![
         format!(
             "Each repetition inserts {EVENTS} events with {DATA_BYTES}-byte ev_data into queue \
              `{QUEUE}` (or table `{PLAIN_TABLE}`); a timed block is one variant's repetitions, \
              and its events/s is one sample."
         ),
         format!(
-            "{} run(s); within a run the variants alternate in the order listed; before every \
-             block (untimed) the event tables are truncated; after it their rows are counted.",
-            plan.runs
+            "{runs} run(s); within a run the variants alternate in the order listed; before \
+             every block (untimed) the event tables are truncated; after it their rows are \
+             counted."
         ),
         format!(
             "{ROUND_TRIP}: {EVENTS} prepared statements one by one in one transaction; \
@@ -106,20 +99,25 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
             "{SERVER}: one statement inserting {EVENTS} rows from generate_series; `{BULK}` \
              gets arrays built server-side with array_fill."
         ),
-    ];
+    ]
+}
 
-    let mut dbs = vec![Db::ours(server).await?];
-    match Db::reference(server).await? {
-        Some(db) => dbs.push(db),
-        None => {
-            let note = "REFERENCE MISSING: the original pgq extension is not available on this \
-                        server (install postgresql-15-pgq3); its variants are skipped.";
-            eprintln!("\n*** {note} ***\n");
-            notes.push(format!("**{note}**"));
-        }
+/// Runs the scenario on scratch databases of the bench's server.
+pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
+    let plan = bench.plan;
+    let mut notes = method(plan.runs);
+    let mut dbs = vec![Db::queue(bench.server, Side::Ours).await?];
+    if reference(
+        bench.server,
+        &[Part::Extension],
+        "its variants are skipped",
+        &mut notes,
+    )
+    .await?
+    {
+        dbs.push(Db::queue(bench.server, Side::Reference).await?);
     }
-    dbs.push(Db::plain(server).await?);
-
+    dbs.push(Db::plain(bench.server).await?);
     let mut variants = Vec::new();
     for shape in [Shape::RoundTrip, Shape::Server] {
         for (i, db) in dbs.iter().enumerate() {
@@ -127,13 +125,37 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
         }
         variants.push(Variant::prepare(shape, Method::Bulk, 0, &dbs[0]).await?);
     }
-    let work = Work::new();
 
-    for v in &mut variants {
+    measure(&mut dbs, &mut variants, plan).await?;
+
+    let series: Vec<Series> = variants
+        .into_iter()
+        .map(|v| Series {
+            shape: v.shape.name(),
+            variant: v.label,
+            reps: v.reps,
+            events_per_rep: EVENTS.unsigned_abs().into(),
+            samples: v.samples,
+        })
+        .collect();
+    Ok(Report {
+        scenario: "produce",
+        notes,
+        ratios: ratios(&series),
+        series,
+        measures: Vec::new(),
+        limits: Vec::new(),
+    })
+}
+
+/// Warms every variant up, then runs a block of each per run, alternating.
+async fn measure(dbs: &mut [Db], variants: &mut [Variant], plan: Plan) -> Result<()> {
+    let work = Work::new();
+    for v in variants.iter_mut() {
         v.warm_up(&mut dbs[v.db], &work, plan).await?;
     }
     for run in 1..=plan.runs {
-        for v in &mut variants {
+        for v in variants.iter_mut() {
             let db = &mut dbs[v.db];
             let sample = v.block(db, &work, run).await?;
             tracing::info!(
@@ -146,24 +168,18 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
             v.samples.push(sample);
         }
     }
+    Ok(())
+}
 
-    let series: Vec<Series> = variants
-        .into_iter()
-        .map(|v| Series {
-            shape: v.shape.name(),
-            variant: v.label,
-            reps: v.reps,
-            events_per_rep: EVENTS.unsigned_abs().into(),
-            samples: v.samples,
-        })
-        .collect();
+/// The ratios of medians the scenario reports, three with a target.
+fn ratios(series: &[Series]) -> Vec<Ratio> {
     let find = |shape: Shape, variant: &str| {
         series
             .iter()
             .find(|s| s.shape == shape.name() && s.variant == variant)
     };
     let (rt, sv) = (Shape::RoundTrip, Shape::Server);
-    let ratios = vec![
+    vec![
         Ratio::of(
             format!("{OURS} / {PLAIN} ({ROUND_TRIP})"),
             find(rt, OURS),
@@ -200,15 +216,7 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
             find(sv, REFERENCE),
             None,
         ),
-    ];
-    Ok(Report {
-        scenario: "produce",
-        notes,
-        series,
-        ratios,
-        measures: Vec::new(),
-        limits: Vec::new(),
-    })
+    ]
 }
 
 /// Which database a [`Db`] is.
@@ -241,45 +249,11 @@ struct Db {
 }
 
 impl Db {
-    async fn ours(server: &Server) -> Result<Db> {
-        let mut client = connect(server, "produce_ours").await?;
-        pgq_core::install(&mut client, &[Line::Pgq])
-            .await
-            .context("installing our pgq schema")?;
-        Db::with_queue(Kind::Ours, client).await
-    }
-
-    /// The reference database, or `None` when the extension is not available.
-    async fn reference(server: &Server) -> Result<Option<Db>> {
-        let client = connect(server, "produce_reference").await?;
-        let available: bool = client.query_one(REFERENCE_AVAILABLE, &[]).await?.get(0);
-        if !available {
-            return Ok(None);
-        }
-        client
-            .batch_execute(CREATE_REFERENCE)
-            .await
-            .context("creating the reference pgq extension")?;
-        Db::with_queue(Kind::Reference, client).await.map(Some)
-    }
-
-    async fn plain(server: &Server) -> Result<Db> {
-        let client = connect(server, "produce_plain").await?;
-        client
-            .batch_execute(CREATE_PLAIN)
-            .await
-            .context("creating the plain event table")?;
-        Ok(Db {
-            kind: Kind::Plain,
-            client,
-            table: quote_ident(PLAIN_TABLE),
-        })
-    }
-
-    /// Creates [`QUEUE`] and finds its parent event table.
-    async fn with_queue(kind: Kind, client: Client) -> Result<Db> {
-        client
-            .query_one(CREATE_QUEUE, &[&QUEUE])
+    /// A database of `side` with queue [`QUEUE`], and its parent event table.
+    async fn queue(server: &Server, side: Side) -> Result<Db> {
+        let (_, client) = side.database(server, "produce").await?;
+        let kind = side.pick(Kind::Ours, Kind::Reference);
+        pgq_core::create_queue(&client, &QueueName::new(QUEUE)?)
             .await
             .with_context(|| format!("creating queue {QUEUE} ({kind:?})"))?;
         let row = client.query_one(QUEUE_TABLE, &[&QUEUE]).await?;
@@ -292,6 +266,23 @@ impl Db {
             kind,
             client,
             table,
+        })
+    }
+
+    async fn plain(server: &Server) -> Result<Db> {
+        let dsn = server.scratch_db("produce_plain").await?;
+        let client = dsn
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", dsn.dbname()))?;
+        client
+            .batch_execute(CREATE_PLAIN)
+            .await
+            .context("creating the plain event table")?;
+        Ok(Db {
+            kind: Kind::Plain,
+            client,
+            table: quote_ident(PLAIN_TABLE),
         })
     }
 
@@ -308,13 +299,6 @@ impl Db {
         let sql = format!("SELECT count(*) FROM {}", self.table);
         Ok(self.client.query_one(&sql, &[]).await?.get(0))
     }
-}
-
-async fn connect(server: &Server, role: &str) -> Result<Client> {
-    let dsn: Dsn = server.scratch_db(role).await?;
-    dsn.connect()
-        .await
-        .with_context(|| format!("connecting to {}", dsn.dbname()))
 }
 
 /// How the 1,000 events of a repetition travel.
@@ -442,12 +426,7 @@ impl Variant {
             self.shape.name(),
             db.table
         );
-        Ok(Sample {
-            run,
-            events,
-            seconds,
-            events_per_sec: events as f64 / seconds,
-        })
+        Ok(Sample::new(run, events, seconds))
     }
 
     /// Inserts [`EVENTS`] events once.

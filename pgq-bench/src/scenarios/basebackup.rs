@@ -12,6 +12,7 @@ use pgq_testkit::{Cluster, ClusterOptions};
 use tokio::process::Command;
 
 use crate::cli::Plan;
+use crate::harness::{Bench, WorkDir};
 use crate::report::{Measure, Ratio, Report};
 
 /// pgbench scale factor of the full run (about 1.5 GB) and of a quick one.
@@ -53,9 +54,34 @@ impl Variant {
     }
 }
 
+/// How the figures are made, for a cluster filled at `scale` to `source_mib` MiB.
+fn method(scale: u32, source_mib: f64) -> Vec<String> {
+    vec![
+        format!(
+            "A private cluster (wal_level=replica, fsync=off on the source) filled with \
+             `pgbench -i -s {scale}`, then CHECKPOINT: data directory {source_mib:.0} MiB."
+        ),
+        format!(
+            "Each run copies it once per variant, in the order {}; the copy is removed \
+             and `sync` run before the next one.",
+            variants()
+                .iter()
+                .map(|v| v.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "MiB/s = bytes of the resulting copy / wall-clock time; every variant's time \
+         includes making its copy durable (ours and pg_basebackup fsync, cp is followed by \
+         `sync -f`). Ours and pg_basebackup use a fast checkpoint; ours connects over TCP \
+         like pg_basebackup."
+            .to_owned(),
+    ]
+}
+
 /// Runs the scenario on its own private cluster (a `--dsn` server is not used: the scenario
 /// needs the data directory and a server whose size it controls).
-pub(crate) async fn run(plan: Plan) -> Result<Report> {
+pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
+    let plan = bench.plan;
     let scale = if plan.small { SMALL_SCALE } else { SCALE };
     let cluster = Cluster::start(ClusterOptions {
         listen_tcp: true,
@@ -104,13 +130,9 @@ pub(crate) async fn run(plan: Plan) -> Result<Report> {
     let source_bytes = tree_bytes(cluster.data_dir())?;
     tracing::info!(scale, mib = mib(source_bytes), elapsed = ?fill.elapsed(), "cluster filled");
 
-    let scratch = std::env::temp_dir().join(format!("pgq-bench-basebackup-{}", std::process::id()));
-    let measured = measure_all(&plan, &dsn, &bindir, &port, cluster.data_dir(), &scratch).await;
-    if scratch.exists() {
-        std::fs::remove_dir_all(&scratch)
-            .with_context(|| format!("removing {}", scratch.display()))?;
-    }
-    let measures = measured?;
+    let work_dir = WorkDir::new("basebackup")?;
+    let measures = measure_all(&plan, &dsn, &bindir, &port, cluster.data_dir(), &work_dir).await?;
+    drop(work_dir);
 
     let median = |name: &str| {
         measures
@@ -118,27 +140,18 @@ pub(crate) async fn run(plan: Plan) -> Result<Report> {
             .find(|m| m.variant == name)
             .map(Measure::median)
     };
-    let ratio = |label: String, num: Option<f64>, den: Option<f64>, target: Option<f64>| {
-        let value = num.zip(den).map(|(n, d)| n / d);
-        Ratio {
-            label,
-            value,
-            target,
-            met: value.zip(target).map(|(v, t)| v >= t),
-        }
-    };
     let base = median(PG_BASEBACKUP);
     let best = JOBS
         .iter()
         .filter_map(|&j| median(Variant::Ours(j).name()).map(|v| (j, v)))
         .max_by(|a, b| a.1.total_cmp(&b.1));
-    let mut ratios = vec![ratio(
+    let mut ratios = vec![Ratio::of_values(
         format!("ours -j 1 / {PG_BASEBACKUP}"),
         median(Variant::Ours(1).name()),
         base,
         Some(0.8),
     )];
-    ratios.push(ratio(
+    ratios.push(Ratio::of_values(
         format!(
             "best ours (-j {}) / {PG_BASEBACKUP}",
             best.map_or(0, |(j, _)| j)
@@ -149,14 +162,14 @@ pub(crate) async fn run(plan: Plan) -> Result<Report> {
     ));
     for &jobs in &JOBS[1..] {
         let name = Variant::Ours(jobs).name();
-        ratios.push(ratio(
+        ratios.push(Ratio::of_values(
             format!("{name} / {PG_BASEBACKUP}"),
             median(name),
             base,
             None,
         ));
     }
-    ratios.push(ratio(
+    ratios.push(Ratio::of_values(
         format!("{PG_BASEBACKUP} / {CP}"),
         base,
         median(CP),
@@ -165,27 +178,7 @@ pub(crate) async fn run(plan: Plan) -> Result<Report> {
 
     Ok(Report {
         scenario: "basebackup",
-        notes: vec![
-            format!(
-                "A private cluster (wal_level=replica, fsync=off on the source) filled with \
-                 `pgbench -i -s {scale}`, then CHECKPOINT: data directory {:.0} MiB.",
-                mib(source_bytes)
-            ),
-            format!(
-                "Each run copies it once per variant, in the order {}; the copy is removed \
-                 and `sync` run before the next one.",
-                variants()
-                    .iter()
-                    .map(|v| v.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            "MiB/s = bytes of the resulting copy / wall-clock time; every variant's time \
-             includes making its copy durable (ours and pg_basebackup fsync, cp is followed by \
-             `sync -f`). Ours and pg_basebackup use a fast checkpoint; ours connects over TCP \
-             like pg_basebackup."
-                .to_owned(),
-        ],
+        notes: method(scale, mib(source_bytes)),
         series: Vec::new(),
         ratios,
         measures,
@@ -200,7 +193,7 @@ async fn measure_all(
     bindir: &Path,
     port: &str,
     data: &Path,
-    scratch: &Path,
+    work_dir: &WorkDir,
 ) -> Result<Vec<Measure>> {
     let variants = variants();
     let mut measures: Vec<Measure> = variants
@@ -214,14 +207,12 @@ async fn measure_all(
         .collect();
     for run in 1..=plan.runs {
         for (variant, measure) in variants.iter().zip(&mut measures) {
-            if scratch.exists() {
-                std::fs::remove_dir_all(scratch)
-                    .with_context(|| format!("removing {}", scratch.display()))?;
+            let dest = work_dir.join("copy");
+            if dest.exists() {
+                std::fs::remove_dir_all(&dest)
+                    .with_context(|| format!("removing {}", dest.display()))?;
             }
-            std::fs::create_dir_all(scratch)
-                .with_context(|| format!("creating {}", scratch.display()))?;
             run_tool(&mut Command::new("sync"), "sync").await?;
-            let dest = scratch.join("copy");
             let started = Instant::now();
             copy_once(*variant, dsn, bindir, port, data, &dest)
                 .await

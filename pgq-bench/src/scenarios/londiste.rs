@@ -9,7 +9,6 @@
 //! batch-update apply and with per-event apply; the reference is `python/londiste_ref.py`
 //! (londiste3 with pgqd, its default handler and its bulk handler) on the same server.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,12 +19,9 @@ use londiste::{AddTableOptions, ApplyMode, Config, Worker};
 use pgq_consumer::CancellationToken;
 use pgq_core::{ConsumerName, Dsn, QueueName};
 use serde::Deserialize;
-use tokio::process::Command;
 
-use crate::cli::Plan;
-use crate::reference::{python_can_import, PYTHON};
+use crate::harness::{python_command, reference, Bench, Part, Server, WorkDir, PYTHON};
 use crate::report::{Limit, Measure, Ratio, Report, Sample, Series};
-use crate::server::Server;
 
 /// Updates per provider transaction.
 const TXN_SIZE: u64 = 100;
@@ -60,15 +56,9 @@ struct ReferenceRun {
     seconds: f64,
 }
 
-/// Runs the scenario on scratch databases of `server`.
-pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
-    let (rows, updates) = if plan.small {
-        (10_000, 20_000)
-    } else {
-        (100_000, 200_000)
-    };
-    let reference = reference_available().await;
-    let mut notes = vec![
+/// How the figures are made.
+fn method(rows: u64, updates: u64) -> Vec<String> {
+    vec![
         format!(
             "accounts(aid int primary key, bid int, abalance int, filler char(84)), {rows} rows. \
              add-table to ok: from `add-table --create` (one copy connection) to state ok, with \
@@ -77,20 +67,28 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
              100 ms), the worker stopped; then the worker starts and the clock runs until it \
              reached the last tick. Source events applied per second."
         ),
-        "Ours: `londiste::Worker` in this process over TCP, default settings (chunk 5,000 \
-         events, 64 MiB merge limit). Reference: `python/londiste_ref.py` under /usr/bin/python3 \
-         (londiste3 3.11 with pgqd at a 0.1 s period and the same queue settings; its bulk \
-         handler after `change-handler --handler=bulk`). Each side gets fresh databases per run."
-            .to_owned(),
-    ];
-    if !reference {
-        let note = "REFERENCE MISSING: python3-londiste, pgqd or the londiste/pgq extensions are \
-                    not installed; the reference is skipped.";
-        eprintln!("\n*** {note} ***\n");
-        notes.push(format!("**{note}**"));
-    }
-    let work_dir = std::env::temp_dir().join(format!("pgq-bench-londiste-{}", std::process::id()));
-    std::fs::create_dir_all(&work_dir)?;
+        format!(
+            "Ours: `londiste::Worker` in this process over TCP, default settings (chunk 5,000 \
+             events, 64 MiB merge limit). Reference: `python/londiste_ref.py` under {PYTHON} \
+             (londiste3 3.11 with pgqd at a 0.1 s period and the same queue settings; its bulk \
+             handler after `change-handler --handler=bulk`). Each side gets fresh databases per \
+             run."
+        ),
+    ]
+}
+
+/// Runs the scenario on scratch databases of the bench's server.
+pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
+    let (plan, server) = (bench.plan, bench.server);
+    let (rows, updates) = if plan.small {
+        (10_000, 20_000)
+    } else {
+        (100_000, 200_000)
+    };
+    let mut notes = method(rows, updates);
+    let parts = [Part::Pgqd, Part::PythonLondiste];
+    let with_reference = reference(server, &parts, "the reference is skipped", &mut notes).await?;
+    let work_dir = WorkDir::new("londiste")?;
     let mut batch = Vec::new();
     let mut per_event = Vec::new();
     let mut ref_default = Vec::new();
@@ -100,22 +98,16 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
     for run in 1..=plan.runs {
         let ours = run_ours(server, run, rows, updates).await?;
         add_ours.push(ours.add_table_seconds);
-        batch.push(sample(run, updates, ours.batch_seconds));
-        per_event.push(sample(run, updates, ours.per_event_seconds));
-        if reference {
+        batch.push(Sample::new(run, updates, ours.batch_seconds));
+        per_event.push(Sample::new(run, updates, ours.per_event_seconds));
+        if with_reference {
             let r = run_reference(server, run, rows, updates, &work_dir).await?;
             ensure!(r.md5_match, "londiste3 left the tables different");
             add_ref.push(r.add_table_to_ok_s);
-            ref_default.push(sample(
-                run,
-                r.replay.default.events,
-                r.replay.default.seconds,
-            ));
-            ref_bulk.push(sample(run, r.replay.bulk.events, r.replay.bulk.seconds));
+            let (default, bulk) = (&r.replay.default, &r.replay.bulk);
+            ref_default.push(Sample::new(run, default.events, default.seconds));
+            ref_bulk.push(Sample::new(run, bulk.events, bulk.seconds));
         }
-    }
-    if let Err(err) = std::fs::remove_dir_all(&work_dir) {
-        tracing::warn!(%err, "cannot remove the work directory");
     }
     let series_of = |variant: &'static str, samples: Vec<Sample>| Series {
         shape: SHAPE,
@@ -125,7 +117,7 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
         samples,
     };
     let mut series = vec![series_of(BATCH, batch), series_of(PER_EVENT, per_event)];
-    if reference {
+    if with_reference {
         series.push(series_of(REF_DEFAULT, ref_default));
         series.push(series_of(REF_BULK, ref_bulk));
     }
@@ -156,7 +148,7 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
         metric: "seconds",
         samples: add_ours,
     }];
-    if reference {
+    if with_reference {
         measures.push(Measure {
             what: format!("add-table to ok, {rows} rows"),
             variant: "londiste3",
@@ -173,15 +165,6 @@ pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
         measures,
         limits,
     })
-}
-
-fn sample(run: u32, events: u64, seconds: f64) -> Sample {
-    Sample {
-        run,
-        events,
-        seconds,
-        events_per_sec: events as f64 / seconds,
-    }
 }
 
 struct Ours {
@@ -339,42 +322,35 @@ async fn run_reference(
     run: u32,
     rows: u64,
     updates: u64,
-    work_dir: &Path,
+    work_dir: &WorkDir,
 ) -> Result<Reference> {
     let provider = server.scratch_db(&format!("rp{run}")).await?;
     let subscriber = server.scratch_db(&format!("rs{run}")).await?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/londiste_ref.py");
     let dir = work_dir.join(format!("ref{run}"));
-    let mut command = Command::new(PYTHON);
-    command
-        .arg(&script)
-        .args(["--provider", &provider.conninfo()])
-        .args(["--subscriber", &subscriber.conninfo()])
+    let (rows, updates) = (rows.to_string(), updates.to_string());
+    let args = [
+        "--provider",
+        &provider.conninfo(),
+        "--subscriber",
+        &subscriber.conninfo(),
+        "--rows",
+        &rows,
+        "--updates",
+        &updates,
+        "--create",
+        "--skip-trigger-tps",
+    ];
+    let out = python_command("londiste_ref.py", args, &provider)
         .arg("--workdir")
         .arg(&dir)
-        .args([
-            "--rows",
-            &rows.to_string(),
-            "--updates",
-            &updates.to_string(),
-        ])
-        .args(["--create", "--skip-trigger-tps"])
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    if let Some(password) = provider.config().get_password() {
-        command.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
-    }
-    let out = command.output().await.context("running londiste_ref.py")?;
+        .output()
+        .await
+        .context("running londiste_ref.py")?;
     ensure!(
         out.status.success(),
         "londiste_ref.py failed: {}",
         out.status
     );
     serde_json::from_slice(&out.stdout).context("reading londiste_ref.py's JSON")
-}
-
-/// Whether python3-londiste, pgqd and the extensions are installed.
-async fn reference_available() -> bool {
-    Path::new("/usr/bin/pgqd").is_file() && python_can_import("londiste, pgq").await
 }

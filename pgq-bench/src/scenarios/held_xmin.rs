@@ -23,16 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
-use pgq_consumer::{async_trait, BatchHandle, Consumer, ConsumerConfig, HandlerError, Runner};
-use pgq_core::tokio_postgres::Transaction;
-use pgq_core::{ConsumerName, Dsn, Event, Line, QueueName};
+use pgq_consumer::{ConsumerConfig, Runner};
+use pgq_core::{ConsumerName, Dsn, QueueName};
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
-use crate::cli::Plan;
+use crate::harness::{reference, Bench, Counter, Daemon, Part, Producer, Server, Side, WorkDir};
 use crate::report::{Limit, Measure, Ratio, Report, Sample, Series};
-use crate::server::Server;
-use crate::ticker::{ticker_binary, Daemon};
 
 /// The queue.
 const QUEUE: &str = "held";
@@ -44,9 +41,8 @@ const PRODUCERS: u64 = 2;
 const PER_TX: u64 = 500;
 /// Bytes of `ev_data` per event.
 const DATA_BYTES: i32 = 100;
-/// Both daemons' ticker period: ours as a duration, pgqd's in seconds.
-const PERIOD_OURS: &str = "100ms";
-const PERIOD_PGQD: &str = "0.1";
+/// Both daemons' ticker period.
+const PERIOD: Duration = Duration::from_millis(100);
 /// How long the consumer waits when there is no batch, and producers when the backlog is full.
 const IDLE: Duration = Duration::from_millis(5);
 /// Upper bound on dead tuples the meta tables may gain per batch taken, ours: `next_batch` and
@@ -60,13 +56,12 @@ const LATE: &str = "drain, late window";
 const OURS: &str = "ours (pgq-ticker + Runner)";
 const REFERENCE: &str = "reference (pgqd + Rust batch loop)";
 
-// language=SQL
-const PRODUCE: &str = "SELECT count(pgq.insert_event($1, 't', lpad(g::text, $2::int, 'x'))) \
-     FROM generate_series($3::int8, $4::int8) g";
-// language=SQL
-const CREATE_QUEUE: &str = "SELECT pgq.create_queue($1)";
-// language=SQL
-const REGISTER: &str = "SELECT pgq.register_consumer($1, $2)";
+/// What the producers insert.
+const PRODUCER: Producer = Producer {
+    queue: QUEUE,
+    data_bytes: DATA_BYTES,
+    per_tx: PER_TX,
+};
 // language=SQL
 const AVAILABLE: &str =
     "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = $1)";
@@ -91,22 +86,6 @@ const REF_NEXT: &str = "SELECT pgq.next_batch($1, $2)";
 const REF_EVENTS: &str = "SELECT ev_id, ev_data FROM pgq.get_batch_events($1)";
 // language=SQL
 const REF_FINISH: &str = "SELECT pgq.finish_batch($1)";
-
-/// Which side drains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Ours,
-    Reference,
-}
-
-impl Side {
-    fn label(self) -> &'static str {
-        match self {
-            Side::Ours => OURS,
-            Side::Reference => REFERENCE,
-        }
-    }
-}
 
 /// When each measurement happens, from the consumer's start.
 #[derive(Debug, Clone, Copy)]
@@ -178,40 +157,25 @@ struct Held {
 #[derive(Debug, Default)]
 struct Counters {
     produced: AtomicU64,
-    consumed: AtomicU64,
+    /// The consumer: it counts the events processed.
+    consumed: Arc<Counter>,
     batches: AtomicU64,
     stop: AtomicBool,
 }
 
-/// Runs the scenario on scratch databases of `server`.
-pub(crate) async fn run(server: &Server, plan: Plan) -> Result<Report> {
-    let work_dir = std::env::temp_dir().join(format!("pgq-bench-held-xmin-{}", std::process::id()));
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("creating {}", work_dir.display()))?;
-    let result = run_in(server, plan, &work_dir).await;
-    if let Err(err) = std::fs::remove_dir_all(&work_dir) {
-        tracing::warn!(%err, dir = %work_dir.display(), "cannot remove the work directory");
-    }
-    result
-}
-
-async fn run_in(server: &Server, plan: Plan, work_dir: &Path) -> Result<Report> {
-    let backlog: u64 = if plan.small { 20_000 } else { 100_000 };
-    let timing = Timing::new(plan.hold);
-    let ticker_bin = ticker_binary().await?;
-    let maintenance = server.maintenance().connect().await?;
-    let exact = available(&maintenance, "pgstattuple").await?;
-    let reference = available(&maintenance, "pgq").await? && Path::new("/usr/bin/pgqd").is_file();
-    drop(maintenance);
+/// How the figures are made: `backlog` events kept, held `hold` with these windows; dead tuples
+/// counted `exact`ly or not.
+fn method(backlog: u64, hold: Duration, timing: Timing, exact: bool) -> Vec<String> {
     let (early, late) = (timing.early(), timing.late());
-    let mut notes = vec![
+    vec![
         format!(
             "A session runs `BEGIN; SELECT txid_current();` first and stays idle in that \
              transaction until the end, so nothing dead can be removed. The daemon ticks \
-             every {PERIOD_OURS}; {PRODUCERS} producers fill a backlog of {backlog} events of \
+             every {}ms; {PRODUCERS} producers fill a backlog of {backlog} events of \
              {DATA_BYTES} bytes, then keep it topped up in transactions of {PER_TX} while one \
              consumer drains. Each variant runs {} s per run on a fresh database.",
-            plan.hold.as_secs()
+            PERIOD.as_millis(),
+            hold.as_secs()
         ),
         format!(
             "Drain rate: events processed in the early window ({}–{}) and the late window \
@@ -244,34 +208,43 @@ async fn run_in(server: &Server, plan: Plan, work_dir: &Path) -> Result<Report> 
                  by a second)"
             }
         ),
-    ];
-    if !reference {
-        let note = "REFERENCE MISSING: the pgq extension or /usr/bin/pgqd is not available; \
-                    the reference is skipped.";
-        eprintln!("\n*** {note} ***\n");
-        notes.push(format!("**{note}**"));
-    }
-    let sides: Vec<Side> = [Side::Ours, Side::Reference]
-        .into_iter()
-        .filter(|&s| reference || s == Side::Ours)
-        .collect();
+    ]
+}
+
+/// Runs the scenario on scratch databases of the bench's server, a fresh one per side and run.
+pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
+    let plan = bench.plan;
+    let backlog: u64 = if plan.small { 20_000 } else { 100_000 };
+    let timing = Timing::new(plan.hold);
+    let ticker_bin = bench.ticker_binary()?;
+    let work_dir = WorkDir::new("held-xmin")?;
+    let maintenance = bench.server.maintenance().connect().await?;
+    let exact = available(&maintenance, "pgstattuple").await?;
+    drop(maintenance);
+    let mut notes = method(backlog, plan.hold, timing, exact);
+    let parts = [Part::Extension, Part::Pgqd];
+    let sides = if reference(bench.server, &parts, "the reference is skipped", &mut notes).await? {
+        vec![Side::Ours, Side::Reference]
+    } else {
+        vec![Side::Ours]
+    };
     let setup = Setup {
-        server,
+        server: bench.server,
         backlog,
         timing,
         exact,
         ticker_bin: &ticker_bin,
-        work_dir,
+        work_dir: work_dir.path(),
     };
     let mut results: Vec<Vec<Held>> = sides.iter().map(|_| Vec::new()).collect();
     for run in 1..=plan.runs {
         for (i, &side) in sides.iter().enumerate() {
             let held = measure(&setup, side, run)
                 .await
-                .with_context(|| format!("{} run {run}", side.label()))?;
+                .with_context(|| format!("{} run {run}", side.pick(OURS, REFERENCE)))?;
             tracing::info!(
                 run,
-                side = side.label(),
+                side = side.pick(OURS, REFERENCE),
                 early = held.early.events_per_sec,
                 late = held.late.events_per_sec,
                 meta_dead_start = held.start.meta(),
@@ -283,10 +256,15 @@ async fn run_in(server: &Server, plan: Plan, work_dir: &Path) -> Result<Report> 
         }
     }
 
+    Ok(report(notes, backlog, &sides, &results))
+}
+
+/// The report: drain rates per window, the figures of every run, ratios and limits.
+fn report(notes: Vec<String>, backlog: u64, sides: &[Side], results: &[Vec<Held>]) -> Report {
     let mut series = Vec::new();
     let mut measures = Vec::new();
-    for (side, runs) in sides.iter().zip(&results) {
-        let variant = side.label();
+    for (side, runs) in sides.iter().zip(results) {
+        let variant = side.pick(OURS, REFERENCE);
         for (shape, pick) in [
             (EARLY, (|h: &Held| h.early) as fn(&Held) -> Sample),
             (LATE, |h: &Held| h.late),
@@ -395,14 +373,14 @@ async fn run_in(server: &Server, plan: Plan, work_dir: &Path) -> Result<Report> 
             EVENT_DEAD_MAX,
         ),
     ];
-    Ok(Report {
+    Report {
         scenario: "held-xmin",
         notes,
         series,
         ratios,
         measures,
         limits,
-    })
+    }
 }
 
 /// `m:ss` of a duration.
@@ -432,28 +410,13 @@ async fn measure(setup: &Setup<'_>, side: Side, run: u32) -> Result<Held> {
         ticker_bin,
         work_dir,
     } = *setup;
-    let role = match side {
-        Side::Ours => format!("held_ours_r{run}"),
-        Side::Reference => format!("held_ref_r{run}"),
-    };
-    let dsn = server.scratch_db(&role).await?;
-    let mut client = dsn.connect().await?;
-    match side {
-        Side::Ours => {
-            pgq_core::install(&mut client, &[Line::Pgq])
-                .await
-                .context("installing our pgq schema")?;
-        }
-        Side::Reference => client
-            .batch_execute("CREATE EXTENSION pgq")
-            .await
-            .context("creating the pgq extension")?,
-    }
+    let (dsn, client) = side.database(server, &format!("held_r{run}")).await?;
     if exact {
         client.batch_execute("CREATE EXTENSION pgstattuple").await?;
     }
-    client.query_one(CREATE_QUEUE, &[&QUEUE]).await?;
-    client.query_one(REGISTER, &[&QUEUE, &CONSUMER]).await?;
+    let queue = QueueName::new(QUEUE)?;
+    pgq_core::create_queue(&client, &queue).await?;
+    pgq_core::register_consumer(&client, &queue, &ConsumerName::new(CONSUMER)?).await?;
 
     let hold = dsn.connect().await?;
     hold.batch_execute(HOLD).await?;
@@ -462,13 +425,14 @@ async fn measure(setup: &Setup<'_>, side: Side, run: u32) -> Result<Held> {
 
     let watch = server.maintenance().connect().await?;
     let daemon = match side {
-        Side::Ours => Daemon::ours(ticker_bin, &dsn, PERIOD_OURS, work_dir).await?,
-        Side::Reference => Daemon::pgqd(&dsn, PERIOD_PGQD, work_dir).await?,
+        Side::Ours => Daemon::ours(ticker_bin, &dsn, PERIOD, work_dir).await?,
+        Side::Reference => Daemon::pgqd(&dsn, PERIOD, work_dir).await?,
     };
     let counters = Arc::new(Counters::default());
     let mut tasks = JoinSet::new();
     let result = async {
-        fill(&dsn, &counters, backlog).await?;
+        PRODUCER.fill(&dsn, backlog, PRODUCERS).await?;
+        counters.produced.store(backlog, Ordering::Relaxed);
         let start = dead_tuples(&client, exact).await?;
         match side {
             Side::Ours => tasks.spawn(drain_ours(dsn.clone(), counters.clone())),
@@ -508,15 +472,9 @@ async fn measure(setup: &Setup<'_>, side: Side, run: u32) -> Result<Held> {
     let ((early, early_s, backlog_early), (late, late_s, backlog_late), batches, ticks, start, end) =
         result?;
     stopped?;
-    let sample = |events: u64, seconds: f64| Sample {
-        run,
-        events,
-        seconds,
-        events_per_sec: events as f64 / seconds,
-    };
     Ok(Held {
-        early: sample(early, early_s),
-        late: sample(late, late_s),
+        early: Sample::new(run, early, early_s),
+        late: Sample::new(run, late, late_s),
         backlog_early,
         backlog_late,
         batches,
@@ -581,104 +539,23 @@ async fn consumed_at(
             anyhow::bail!("a producer or the consumer stopped early");
         }
     }
-    Ok(counters.consumed.load(Ordering::Relaxed))
-}
-
-/// Inserts events `first..=last`.
-async fn produce(client: &Client, first: u64, last: u64) -> Result<u64> {
-    let n: i64 = client
-        .query_one(
-            PRODUCE,
-            &[
-                &QUEUE,
-                &DATA_BYTES,
-                &i64::try_from(first)?,
-                &i64::try_from(last)?,
-            ],
-        )
-        .await?
-        .get(0);
-    Ok(u64::try_from(n)?)
-}
-
-/// Fills the backlog with [`PRODUCERS`] concurrent producers, each taking every
-/// [`PRODUCERS`]th transaction.
-async fn fill(dsn: &Dsn, counters: &Arc<Counters>, backlog: u64) -> Result<()> {
-    let transactions = backlog.div_ceil(PER_TX);
-    let mut producers = JoinSet::new();
-    for producer in 0..PRODUCERS {
-        let (dsn, counters) = (dsn.clone(), counters.clone());
-        producers.spawn(async move {
-            let client = dsn.connect().await?;
-            for tx in (producer..transactions).step_by(usize::try_from(PRODUCERS)?) {
-                let (first, last) = (tx * PER_TX + 1, ((tx + 1) * PER_TX).min(backlog));
-                let n = produce(&client, first, last).await?;
-                ensure!(
-                    n == last + 1 - first,
-                    "{n} events inserted in a transaction"
-                );
-                counters.produced.fetch_add(n, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = producers.join_next().await {
-        done??;
-    }
-    let produced = counters.produced.load(Ordering::Relaxed);
-    ensure!(
-        produced == backlog,
-        "{produced} events inserted, {backlog} expected"
-    );
-    Ok(())
+    Ok(counters.consumed.events())
 }
 
 /// Keeps the backlog (events produced, not yet processed) at `backlog` until told to stop.
 async fn top_up(dsn: Dsn, counters: Arc<Counters>, backlog: u64) -> Result<()> {
-    let client = dsn.connect().await?;
+    let producing = PRODUCER.connect(&dsn).await?;
     while !counters.stop.load(Ordering::Relaxed) {
-        let consumed = counters.consumed.load(Ordering::Relaxed);
+        let consumed = counters.consumed.events();
         let produced = counters.produced.load(Ordering::Relaxed);
         if produced.saturating_sub(consumed) >= backlog {
             tokio::time::sleep(IDLE).await;
             continue;
         }
         let first = counters.produced.fetch_add(PER_TX, Ordering::Relaxed);
-        let n = produce(&client, first + 1, first + PER_TX).await?;
-        ensure!(n == PER_TX, "{n} events inserted, {PER_TX} expected");
+        producing.insert(first + 1, first + PER_TX).await?;
     }
     Ok(())
-}
-
-/// Counts the events it is handed.
-struct Count(Arc<Counters>);
-
-impl Count {
-    fn add(&self, events: &[Event]) {
-        let bytes: usize = events
-            .iter()
-            .map(|e| e.ev_data.as_ref().map_or(0, String::len))
-            .sum();
-        std::hint::black_box(bytes);
-        self.0
-            .consumed
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-    }
-}
-
-#[async_trait]
-impl Consumer for Count {
-    async fn process_batch(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
-        while let Some(events) = batch.next_chunk().await? {
-            self.add(&events);
-        }
-        Ok(())
-    }
-
-    async fn process_event(&self, _: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
-        self.add(std::slice::from_ref(event));
-        Ok(())
-    }
 }
 
 /// Ours: our Runner, one batch at a time, until told to stop.
@@ -686,7 +563,7 @@ async fn drain_ours(dsn: Dsn, counters: Arc<Counters>) -> Result<()> {
     let config = ConsumerConfig::builder(QueueName::new(QUEUE)?, ConsumerName::new(CONSUMER)?)
         .register(false)
         .build();
-    let mut runner = Runner::connect(&dsn, config, Arc::new(Count(counters.clone()))).await?;
+    let mut runner = Runner::connect(&dsn, config, counters.consumed.clone()).await?;
     while !counters.stop.load(Ordering::Relaxed) {
         match runner.process_next_batch().await? {
             Some(_) => {
@@ -714,16 +591,13 @@ async fn drain_reference(dsn: Dsn, counters: Arc<Counters>) -> Result<()> {
             continue;
         };
         let rows = tx.query(&events, &[&batch]).await?;
-        let bytes: usize = rows
+        let bytes = rows
             .iter()
             .map(|r| r.get::<_, Option<&str>>(1).map_or(0, str::len))
             .sum();
-        std::hint::black_box(bytes);
         tx.query_one(&finish, &[&batch]).await?;
         tx.commit().await?;
-        counters
-            .consumed
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        counters.consumed.add(rows.len(), bytes);
         counters.batches.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
