@@ -223,9 +223,9 @@ pub async fn next_batch_custom(
     batch_from(client, queue, consumer, row).await
 }
 
-/// Reads a `next_batch_info` row; no row means no subscription, and a read-only look-up tells
-/// which half is missing.
-async fn batch_from(
+/// Reads a `next_batch_info` row (of `pgq` or `pgq_coop`); no row means no subscription, and a
+/// read-only look-up tells which half is missing.
+pub(crate) async fn batch_from(
     client: &impl GenericClient,
     queue: &QueueName,
     consumer: &ConsumerName,

@@ -1,4 +1,4 @@
-//! What consumers are doing (`pgq.get_consumer_info`).
+//! What consumers are doing (`pgq.get_consumer_info`), and whether one is registered.
 
 use chrono::TimeDelta;
 use tokio_postgres::types::Type;
@@ -15,6 +15,15 @@ SELECT queue_name, consumer_name,
        (extract(epoch FROM last_seen) * 1000000)::int8,
        last_tick, current_batch, next_tick, pending_events
   FROM pgq.get_consumer_info($1, $2)";
+
+// It runs in consumers' sessions, which keep the user's search_path: operators are qualified.
+// language=SQL
+const IS_REGISTERED: &str = "\
+SELECT EXISTS (SELECT 1
+                 FROM pgq.queue q
+                 JOIN pgq.subscription s ON s.sub_queue OPERATOR(pg_catalog.=) q.queue_id
+                 JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
+                WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)";
 
 /// A consumer's registration on a queue, as `pgq.get_consumer_info` describes it. Field docs
 /// name the PGQ column.
@@ -82,4 +91,29 @@ pub async fn consumer_info(
             })
         })
         .collect()
+}
+
+/// Whether the consumer is registered on the queue (an unknown queue has none).
+///
+/// # Errors
+///
+/// [`Error::Db`](crate::Error::Db) when the statement fails.
+pub async fn consumer_registered(
+    client: &impl GenericClient,
+    queue: &QueueName,
+    consumer: &ConsumerName,
+) -> Result<bool> {
+    const OP: &str = "checking the registration";
+    client
+        .query_typed_one(
+            IS_REGISTERED,
+            &[
+                (&queue.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
+            ],
+        )
+        .await
+        .op(OP)?
+        .try_get(0)
+        .op(OP)
 }

@@ -46,15 +46,20 @@
 //!
 //! Main items: [`install`] and [`Line`] (schema), [`QueueName`] and [`ConsumerName`],
 //! [`create_queue`], [`insert_event`] / [`insert_events`], [`next_batch`], [`EventCursor`],
-//! [`finish_batch`], [`queue_info`], [`consumer_info`], [`queue_backlog`], [`Error`].
+//! [`finish_batch`], [`queue_info`], [`consumer_info`], [`queue_backlog`], [`Error`]; the
+//! modules [`coop`] (cooperative consumers), [`ext`] (batch tracking in a target database) and
+//! [`failed`] (failed events) hold the rest of PGQ's consumer API.
 
 mod backlog;
 mod backoff;
 mod batch;
 mod config_file;
 mod consumer_info;
+pub mod coop;
 mod dsn;
 mod error;
+pub mod ext;
+pub mod failed;
 mod ident;
 mod ids;
 mod producer;
@@ -68,7 +73,7 @@ pub use batch::{
     next_batch_custom, Batch, BatchInfo, Event, EventCursor,
 };
 pub use config_file::{toml_error_position, toml_key_position};
-pub use consumer_info::{consumer_info, ConsumerInfo};
+pub use consumer_info::{consumer_info, consumer_registered, ConsumerInfo};
 pub use dsn::{Dsn, PasswordSource, SslMode};
 pub use error::{Error, Result};
 pub use ident::{quote_ident, quote_literal, ConsumerName, QueueName};
