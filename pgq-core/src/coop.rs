@@ -13,10 +13,10 @@
 
 use std::time::Duration;
 
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 
-use crate::batch::{batch_from, Batch};
+use crate::batch::{next_batch_sql, take_batch, Batch};
 use crate::error::{DbContext, Error, Result};
 use crate::ident::{ConsumerName, QueueName};
 use crate::ids::BatchId;
@@ -30,19 +30,12 @@ SELECT pgq_coop.register_subconsumer(q.queue_name, $2, $3) FROM pgq.queue q
 // language=SQL
 const UNREGISTER: &str = "SELECT pgq_coop.unregister_subconsumer($1, $2, $3, $4)";
 
-// The group's subscription first: no row means an unknown queue or group.
+// No row: an unknown queue or group.
 // language=SQL
-const NEXT_BATCH: &str = "\
-WITH sub AS MATERIALIZED (
-    SELECT q.queue_name, c.co_name
-      FROM pgq.queue q
-      JOIN pgq.subscription s ON s.sub_queue OPERATOR(pg_catalog.=) q.queue_id
-      JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
-     WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)
-SELECT f.batch_id, f.cur_tick_id, f.prev_tick_id, f.cur_tick_time, f.prev_tick_time,
-       f.cur_tick_event_seq, f.prev_tick_event_seq
-  FROM sub CROSS JOIN LATERAL pgq_coop.next_batch_custom_info(sub.queue_name, sub.co_name, $3,
-           NULL, NULL, NULL, pg_catalog.make_interval(secs => $4)) f";
+const NEXT_BATCH: &str = next_batch_sql!(
+    "pgq_coop.next_batch_custom_info(sub.queue_name, sub.co_name, $3, NULL, NULL, NULL, \
+     pg_catalog.make_interval(secs => $4))"
+);
 
 // language=SQL
 const LOCK_BATCH: &str = "\
@@ -160,19 +153,17 @@ pub async fn next_batch(
     dead_interval: Option<Duration>,
 ) -> Result<Option<Batch>> {
     let dead = dead_interval.map(|d| d.as_secs_f64());
-    let row = client
-        .query_typed_opt(
-            NEXT_BATCH,
-            &[
-                (&queue.as_str(), Type::TEXT),
-                (&consumer.as_str(), Type::TEXT),
-                (&subconsumer.as_str(), Type::TEXT),
-                (&dead, Type::FLOAT8),
-            ],
-        )
-        .await
-        .op("pgq_coop.next_batch")?;
-    batch_from(client, queue, consumer, row).await
+    let sub = subconsumer.as_str();
+    let more: [(&(dyn ToSql + Sync), Type); 2] = [(&sub, Type::TEXT), (&dead, Type::FLOAT8)];
+    take_batch(
+        client,
+        NEXT_BATCH,
+        queue,
+        consumer,
+        &more,
+        "pgq_coop.next_batch",
+    )
+    .await
 }
 
 /// Locks the sub-consumer's subscription row for the rest of the transaction, if it still holds

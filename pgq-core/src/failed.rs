@@ -6,8 +6,8 @@
 //! missing, the statements fail with SQLSTATE `42883` (undefined function) as [`Error::Db`].
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::types::Type;
-use tokio_postgres::GenericClient;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{GenericClient, Row};
 
 use crate::batch::Event;
 use crate::error::{DbContext, Error, Result};
@@ -112,16 +112,7 @@ pub async fn failed_events(
     consumer: &ConsumerName,
 ) -> Result<Vec<FailedEvent>> {
     const OP: &str = "pgq.failed_event_list";
-    let rows = client
-        .query_typed(
-            LIST,
-            &[
-                (&queue.as_str(), Type::TEXT),
-                (&consumer.as_str(), Type::TEXT),
-            ],
-        )
-        .await
-        .map_err(|source| refused(queue, consumer, OP, source))?;
+    let rows = call(client, LIST, queue, consumer, None, OP).await?;
     rows.iter()
         .map(|row| {
             Ok(FailedEvent {
@@ -155,18 +146,8 @@ pub async fn failed_event_count(
     consumer: &ConsumerName,
 ) -> Result<u64> {
     const OP: &str = "pgq.failed_event_count";
-    let row = client
-        .query_typed_one(
-            COUNT,
-            &[
-                (&queue.as_str(), Type::TEXT),
-                (&consumer.as_str(), Type::TEXT),
-            ],
-        )
-        .await
-        .map_err(|source| refused(queue, consumer, OP, source))?;
-    let n: i32 = row.try_get(0).op(OP)?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    let rows = call(client, COUNT, queue, consumer, None, OP).await?;
+    Ok(u64::try_from(answer(&rows, OP)?.unwrap_or(0)).unwrap_or(0))
 }
 
 /// Requeues a failed event (`pgq.failed_event_retry`): it goes to the retry queue, due now,
@@ -182,15 +163,9 @@ pub async fn requeue_failed_event(
     consumer: &ConsumerName,
     event: EventId,
 ) -> Result<bool> {
-    one(
-        client,
-        REQUEUE,
-        queue,
-        consumer,
-        event,
-        "pgq.failed_event_retry",
-    )
-    .await
+    const OP: &str = "pgq.failed_event_retry";
+    let rows = call(client, REQUEUE, queue, consumer, Some(event), OP).await?;
+    Ok(answer(&rows, OP)? == Some(1))
 }
 
 /// Deletes a failed event (`pgq.failed_event_delete`). `false` when there is no such failed
@@ -205,51 +180,45 @@ pub async fn delete_failed_event(
     consumer: &ConsumerName,
     event: EventId,
 ) -> Result<bool> {
-    one(
-        client,
-        DELETE,
-        queue,
-        consumer,
-        event,
-        "pgq.failed_event_delete",
-    )
-    .await
+    const OP: &str = "pgq.failed_event_delete";
+    let rows = call(client, DELETE, queue, consumer, Some(event), OP).await?;
+    Ok(answer(&rows, OP)? == Some(1))
 }
 
-async fn one(
+/// Runs a `failed_event_*` statement with (queue, consumer[, event]) as its parameters; an
+/// unknown queue or consumer (SQLSTATE `PQF01`) becomes [`Error::ConsumerNotRegistered`].
+async fn call(
     client: &impl GenericClient,
     sql: &str,
     queue: &QueueName,
     consumer: &ConsumerName,
-    event: EventId,
+    event: Option<EventId>,
     op: &'static str,
-) -> Result<bool> {
-    let row = client
-        .query_typed_one(
-            sql,
-            &[
-                (&queue.as_str(), Type::TEXT),
-                (&consumer.as_str(), Type::TEXT),
-                (&event.0, Type::INT8),
-            ],
-        )
+) -> Result<Vec<Row>> {
+    let (queue_name, consumer_name, event) =
+        (queue.as_str(), consumer.as_str(), event.map(|e| e.0));
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+        vec![(&queue_name, Type::TEXT), (&consumer_name, Type::TEXT)];
+    if let Some(event) = &event {
+        params.push((event, Type::INT8));
+    }
+    client
+        .query_typed(sql, &params)
         .await
-        .map_err(|source| refused(queue, consumer, op, source))?;
-    Ok(row.try_get::<_, Option<i32>>(0).op(op)? == Some(1))
+        .map_err(|source| match source.code() {
+            Some(code) if code.code() == NOT_REGISTERED => Error::ConsumerNotRegistered {
+                queue: queue.to_string(),
+                consumer: consumer.to_string(),
+            },
+            _ => Error::Db { op, source },
+        })
 }
 
-/// Classifies a failed `failed_event_*` call by SQLSTATE.
-fn refused(
-    queue: &QueueName,
-    consumer: &ConsumerName,
-    op: &'static str,
-    source: tokio_postgres::Error,
-) -> Error {
-    match source.code() {
-        Some(code) if code.code() == NOT_REGISTERED => Error::ConsumerNotRegistered {
-            queue: queue.to_string(),
-            consumer: consumer.to_string(),
-        },
-        _ => Error::Db { op, source },
-    }
+/// The integer a function call answered.
+fn answer(rows: &[Row], op: &'static str) -> Result<Option<i32>> {
+    rows.first()
+        .map(|row| row.try_get::<_, Option<i32>>(0))
+        .transpose()
+        .op(op)
+        .map(Option::flatten)
 }
