@@ -68,9 +68,8 @@ SELECT s.sub_batch, e.ev_id, e.ev_time, e.ev_txid, e.ev_retry, e.ev_type, e.ev_d
        e.ev_extra1, e.ev_extra2, e.ev_extra3, e.ev_extra4
   FROM (SELECT $1::pg_catalog.int8) AS x(batch_id)
   LEFT JOIN pgq.subscription s ON s.sub_batch OPERATOR(pg_catalog.=) x.batch_id
-  LEFT JOIN LATERAL (SELECT * FROM pgq.get_batch_cursor(s.sub_batch, $2, $3)
-                      WHERE s.sub_batch IS NOT NULL) e ON true
- ORDER BY e.ev_id";
+  LEFT JOIN LATERAL (SELECT * FROM pgq.get_batch_cursor(s.sub_batch, $2, $3, NULL)
+                      WHERE s.sub_batch IS NOT NULL) e ON true";
 
 // language=SQL
 const BATCH_EVENTS: &str = "\
