@@ -1,17 +1,15 @@
 //! The batch a handler gets, and the processing the runners share: batch mode with the
-//! no-silent-skip check, and per-event mode with savepoints.
+//! no-silent-skip check, per-event mode with savepoints once a batch failed repeatedly, and
+//! which failures count towards that.
 
 use std::time::Duration;
 
-use pgq_core::tokio_postgres::types::Type;
 use pgq_core::tokio_postgres::Transaction;
-use pgq_core::{Batch, BatchId, Event, EventCursor};
+use pgq_core::{Batch, BatchId, Event, EventCursor, TickId};
 
+use crate::config::ConsumerConfig;
 use crate::consumer::Consumer;
 use crate::error::{handler_failed, ConsumerError, DbContext, Result};
-
-// language=SQL
-const EVENT_FAILED: &str = "SELECT pgq.event_failed($1, $2, $3)";
 
 // language=SQL
 const SAVEPOINT: &str = "SAVEPOINT pgq_rs_event";
@@ -33,6 +31,17 @@ pub(crate) struct RetryPolicy {
     pub(crate) failed_queue: bool,
     /// Events per cursor round trip.
     pub(crate) chunk_size: u32,
+}
+
+impl RetryPolicy {
+    pub(crate) fn new(config: &ConsumerConfig, failed_queue: bool) -> Self {
+        RetryPolicy {
+            max_retries: config.max_event_retries,
+            delay: config.event_retry_delay,
+            failed_queue,
+            chunk_size: config.chunk_size,
+        }
+    }
 }
 
 /// What became of an event handed back by [`BatchHandle::retry_event`] or
@@ -196,19 +205,8 @@ impl<'a, 'c> BatchHandle<'a, 'c> {
                 EventDisposal::AlreadyHandedBack
             });
         }
-        let row = self
-            .queue_tx
-            .query_typed_one(
-                EVENT_FAILED,
-                &[
-                    (&self.batch.id.0, Type::INT8),
-                    (&event.id.0, Type::INT8),
-                    (&reason, Type::TEXT),
-                ],
-            )
-            .await
-            .op("event_failed")?;
-        let inserted = row.try_get::<_, Option<i32>>(0).op("event_failed")? == Some(1);
+        let inserted =
+            pgq_core::failed::event_failed(self.queue_tx, self.batch.id, event.id, reason).await?;
         tracing::warn!(event_id = %event.id, reason, "event moved to the failed events");
         if inserted {
             self.failed += 1;
@@ -262,9 +260,86 @@ pub(crate) struct Counts {
     pub(crate) failed: u64,
 }
 
+/// Counts failures of one batch, identified by its ticks (a rolled-back batch comes back
+/// under a new id).
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
+    key: Option<(TickId, TickId)>,
+    count: u32,
+}
+
+impl Failures {
+    pub(crate) fn count(&self, batch: &Batch) -> u32 {
+        if self.key == Some((batch.prev_tick, batch.cur_tick)) {
+            self.count
+        } else {
+            0
+        }
+    }
+
+    fn record(&mut self, batch: &Batch) {
+        let key = Some((batch.prev_tick, batch.cur_tick));
+        if self.key == key {
+            self.count += 1;
+        } else {
+            self.key = key;
+            self.count = 1;
+        }
+    }
+
+    /// Settles a batch whose processing failed with `err`, once its transactions were rolled
+    /// back (`rolled_back`: every rollback reached the server). A rollback that could not reach the
+    /// server means the handler failed because (or while) a connection was lost: the batch is not
+    /// counted as failed and the error says so ([`ConsumerError::ConnectionLost`]), so the runner
+    /// reconnects instead of pushing the batch towards per-event mode. Other handler failures count
+    /// (the batch comes again; after N, event by event).
+    pub(crate) fn settle(
+        &mut self,
+        err: ConsumerError,
+        rolled_back: bool,
+        batch: &Batch,
+    ) -> ConsumerError {
+        if err.is_connection_lost() {
+            return err;
+        }
+        if !rolled_back {
+            let source = match err {
+                ConsumerError::Handler { source, .. } => source,
+                other => Box::new(other),
+            };
+            return ConsumerError::ConnectionLost {
+                batch_id: batch.id,
+                source,
+            };
+        }
+        if matches!(
+            err,
+            ConsumerError::Handler { .. } | ConsumerError::UnreadEvents { .. }
+        ) {
+            self.record(batch);
+        }
+        err
+    }
+}
+
+/// Runs the handler over the batch in batch or per-event mode.
+pub(crate) async fn process(
+    consumer: &dyn Consumer,
+    mut handle: BatchHandle<'_, '_>,
+    per_event: bool,
+) -> Result<Counts> {
+    if per_event {
+        let batch_id = handle.id();
+        tracing::warn!(%batch_id, "batch failed repeatedly: processing it event by event");
+        process_per_event(consumer, &mut handle).await
+    } else {
+        process_whole(consumer, &mut handle).await
+    }
+}
+
 /// Runs the handler on the batch until every event was handed to it; refuses (rolls back,
 /// through the caller) when a call leaves events unread without reading any.
-pub(crate) async fn process_whole(
+async fn process_whole(
     consumer: &dyn Consumer,
     handle: &mut BatchHandle<'_, '_>,
 ) -> Result<Counts> {
@@ -287,7 +362,7 @@ pub(crate) async fn process_whole(
 
 /// Processes the batch event by event, each in a savepoint of the work transaction: a failed
 /// event is rolled back alone and handed back for a retry (or failed).
-pub(crate) async fn process_per_event(
+async fn process_per_event(
     consumer: &dyn Consumer,
     handle: &mut BatchHandle<'_, '_>,
 ) -> Result<Counts> {
@@ -320,21 +395,6 @@ pub(crate) fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Whether the failed events function (the pgq line's version 3) is installed.
-pub(crate) async fn has_failed_queue(
-    client: &impl pgq_core::tokio_postgres::GenericClient,
-) -> Result<bool> {
-    // language=SQL
-    const PROBE: &str =
-        "SELECT pg_catalog.to_regprocedure('pgq.event_failed(bigint,bigint,pg_catalog.text)') \
-         IS NOT NULL";
-    let row = client
-        .query_typed_one(PROBE, &[])
-        .await
-        .op("probing pgq.event_failed")?;
-    row.try_get(0).op("probing pgq.event_failed")
 }
 
 #[cfg(test)]

@@ -1,9 +1,8 @@
-//! The traits users implement: [`Consumer`] and its typed variant [`TypedConsumer`].
+//! The trait users implement: [`Consumer`] (its typed variant is beside the typed producer).
 
 use async_trait::async_trait;
 use pgq_core::tokio_postgres::Transaction;
 use pgq_core::Event;
-use serde::de::DeserializeOwned;
 
 use crate::batch::BatchHandle;
 use crate::error::HandlerError;
@@ -59,61 +58,4 @@ pub trait Consumer: Send + Sync {
     /// In batch mode an error fails the batch; in per-event mode it hands the event back for
     /// a retry.
     async fn process_event(&self, tx: &Transaction<'_>, event: &Event) -> Result<(), HandlerError>;
-}
-
-/// A consumer of JSON events: `ev_data` is decoded into [`TypedConsumer::Payload`] with
-/// serde_json. Run it wrapped in [`Typed`].
-#[async_trait]
-pub trait TypedConsumer: Send + Sync {
-    /// The decoded `ev_data`.
-    type Payload: DeserializeOwned + Send;
-
-    /// Processes one decoded event in `tx`.
-    ///
-    /// # Errors
-    ///
-    /// As for [`Consumer::process_event`].
-    async fn process(
-        &self,
-        tx: &Transaction<'_>,
-        event: &Event,
-        payload: Self::Payload,
-    ) -> Result<(), HandlerError>;
-}
-
-/// Runs a [`TypedConsumer`] as a [`Consumer`]. An event whose `ev_data` does not decode goes
-/// to the failed events with the decode error (retried instead where the failed events table
-/// is missing), and the rest of the batch proceeds.
-#[derive(Debug, Clone, Default)]
-pub struct Typed<C>(pub C);
-
-/// Decodes an event's `ev_data`.
-fn decode<T: DeserializeOwned>(event: &Event) -> Result<T, HandlerError> {
-    let data = event
-        .ev_data
-        .as_deref()
-        .ok_or_else(|| HandlerError::from("ev_data is NULL"))?;
-    serde_json::from_str(data).map_err(|err| HandlerError::from(format!("decoding ev_data: {err}")))
-}
-
-#[async_trait]
-impl<C: TypedConsumer> Consumer for Typed<C> {
-    async fn process_batch(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
-        while let Some(events) = batch.next_chunk().await? {
-            for event in &events {
-                match decode::<C::Payload>(event) {
-                    Ok(payload) => self.0.process(batch.tx(), event, payload).await?,
-                    Err(err) => {
-                        batch.fail_event(event, &err.to_string()).await?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn process_event(&self, tx: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
-        let payload = decode::<C::Payload>(event)?;
-        self.0.process(tx, event, payload).await
-    }
 }

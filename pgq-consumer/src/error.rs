@@ -7,8 +7,8 @@ use pgq_core::BatchId;
 /// What a [`Consumer`](crate::Consumer) handler returns when it fails: any error.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What went wrong while consuming. Every variant names the queue, consumer or batch it is
-/// about.
+/// What went wrong while consuming (or producing typed events). Every variant names the
+/// queue, consumer or batch it is about.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsumerError {
@@ -84,6 +84,23 @@ pub enum ConsumerError {
         /// The batch.
         batch_id: BatchId,
     },
+    /// A [`TypedProducer`](crate::TypedProducer)'s payload did not serialize to JSON; nothing
+    /// was inserted.
+    #[error(
+        "payload {index} of a {ev_type:?} event for queue {queue:?} does not serialize to JSON; \
+         nothing was inserted"
+    )]
+    Encode {
+        /// The queue.
+        queue: String,
+        /// The event type.
+        ev_type: String,
+        /// Which payload of those given (0 for a single one).
+        index: usize,
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The hard-stop timeout expired during shutdown; the batch in hand was rolled back.
     #[error("shutdown timeout expired; the batch in hand was rolled back")]
     HardStopped,
@@ -149,6 +166,26 @@ impl ConsumerError {
             ConsumerError::Core(err) => err.is_connection_lost(),
             ConsumerError::Db { source, .. } => pgq_core::connection_lost(source),
             _ => false,
+        }
+    }
+
+    /// Errors no retry can fix: unknown queue or consumer, bad names, schema problems.
+    pub(crate) fn is_fatal(&self) -> bool {
+        matches!(self, ConsumerError::Core(core)
+            if !matches!(core, pgq_core::Error::Db { .. }) && !core.is_connection_lost())
+    }
+
+    /// The runner's error for pgq-core's refusal to lock, record or finish a batch.
+    pub(crate) fn refused(err: pgq_core::Error) -> ConsumerError {
+        match err {
+            pgq_core::Error::BatchNotFound { batch_id } => ConsumerError::FinishFailed { batch_id },
+            pgq_core::Error::BatchTakenOver { batch_id } => {
+                ConsumerError::BatchTakenOver { batch_id }
+            }
+            pgq_core::Error::BatchAlreadyDone { batch_id } => {
+                ConsumerError::BatchDoneElsewhere { batch_id }
+            }
+            other => other.into(),
         }
     }
 

@@ -9,7 +9,9 @@
 //! backoff; a batch that keeps failing is processed event by event, and an event that keeps
 //! failing goes to the failed events ([`failed_events`]) for an operator. [`CoopRunner`] runs
 //! one sub-consumer of a cooperative group (`pgq_coop`), [`RemoteRunner`] does the work in
-//! another database and records the batch there (`pgq_ext`).
+//! another database and records the batch there (`pgq_ext`): all three are the one
+//! [`ConsumerRunner`], in a different [`Mode`]. [`TypedProducer`] writes the JSON events a
+//! [`TypedConsumer`] reads.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -49,31 +51,32 @@
 //! }
 //! ```
 //!
-//! Main items: [`Consumer`], [`TypedConsumer`], [`BatchHandle`], [`Runner`], [`CoopRunner`],
-//! [`RemoteRunner`], [`ConsumerConfig`], [`failed_events`], [`ConsumerError`].
+//! Main items: [`Consumer`], [`TypedConsumer`], [`TypedProducer`], [`BatchHandle`], [`Runner`],
+//! [`CoopRunner`], [`RemoteRunner`], [`ConsumerConfig`], [`failed_events`], [`ConsumerError`].
 
 mod batch;
 mod config;
 mod consumer;
 mod coop;
 mod error;
-mod failed;
 mod metrics;
 mod remote;
 mod runner;
 mod session;
+mod typed;
 
 pub use async_trait::async_trait;
 pub use batch::{BatchHandle, EventDisposal};
 pub use config::{ConsumerConfig, ConsumerConfigBuilder};
-pub use consumer::{Consumer, Typed, TypedConsumer};
-pub use coop::{run_coop_group, CoopRunner};
+pub use consumer::Consumer;
+pub use coop::{run_coop_group, Coop, CoopRunner};
 pub use error::{ConsumerError, HandlerError, Postpone, Result};
-pub use failed::{
+pub use metrics::{BatchReport, ConsumerMetrics, MetricsSnapshot};
+pub use pgq_core::failed::{
     delete_failed_event, failed_event_count, failed_events, requeue_failed_event, FailedEvent,
 };
-pub use metrics::{ConsumerMetrics, MetricsSnapshot};
 pub use pgq_core::maintenance::TICK_CHANNEL;
-pub use remote::RemoteRunner;
-pub use runner::{BatchReport, Runner};
+pub use remote::{Remote, RemoteRunner};
+pub use runner::{ConsumerRunner, Local, Mode, Runner};
 pub use tokio_util::sync::CancellationToken;
+pub use typed::{Typed, TypedConsumer, TypedProducer};

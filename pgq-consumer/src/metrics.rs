@@ -1,9 +1,54 @@
-//! Counters a runner keeps: batches, events, retries, failures, and lag.
+//! What a batch step did, and the counters a runner keeps of them: batches, events, retries,
+//! failures, and lag.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::runner::BatchReport;
+use pgq_core::{Batch, BatchId, TickId};
+
+use crate::batch::Counts;
+
+/// What one batch step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchReport {
+    /// The batch.
+    pub batch_id: BatchId,
+    /// The tick the consumer is at now.
+    pub cur_tick: TickId,
+    /// Events handed to the handler.
+    pub events: u64,
+    /// Events handed back for a retry.
+    pub retried: u64,
+    /// Events moved to the failed events.
+    pub failed: u64,
+    /// The batch was processed event by event (after repeated failures).
+    pub per_event: bool,
+    /// A remote consumer found the batch done already and only finished it.
+    pub already_done: bool,
+    /// Time from taking the batch to the commit.
+    pub elapsed: Duration,
+    /// The age of the batch's end tick at the commit.
+    pub lag: Duration,
+}
+
+impl BatchReport {
+    pub(crate) fn new(batch: &Batch, counts: Counts, per_event: bool, start: Instant) -> Self {
+        BatchReport {
+            batch_id: batch.id,
+            cur_tick: batch.cur_tick,
+            events: counts.events,
+            retried: counts.retried,
+            failed: counts.failed,
+            per_event,
+            already_done: false,
+            elapsed: start.elapsed(),
+            lag: (chrono::Utc::now() - batch.cur_tick_time)
+                .to_std()
+                .unwrap_or_default(),
+        }
+    }
+}
 
 /// A runner's counters, shared with whoever exports them (take them with `metrics()` before
 /// calling `run`). Updated after each committed batch.
@@ -44,7 +89,20 @@ impl ConsumerMetrics {
         }
     }
 
+    /// Counts a committed batch, and records its completion fields on the current span.
     pub(crate) fn record(&self, report: &BatchReport) {
+        let span = tracing::Span::current();
+        span.record("events", report.events);
+        span.record(
+            "elapsed_ms",
+            u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+        );
+        tracing::debug!(
+            retried = report.retried,
+            failed = report.failed,
+            per_event = report.per_event,
+            "batch finished"
+        );
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.events.fetch_add(report.events, Ordering::Relaxed);
         self.retried.fetch_add(report.retried, Ordering::Relaxed);

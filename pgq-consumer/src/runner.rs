@@ -1,223 +1,21 @@
-//! The local runner (work and `finish_batch` in one transaction on the queue's database) and
-//! the loop every runner shares: wake-ups, backoff, reconnects, two-stage shutdown.
+//! The one runner: its connections, the loop (wake-ups, backoff, reconnects, two-stage stop) and
+//! the batch step, generic over the [`Mode`] that takes, works and finishes a batch.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgq_core::tokio_postgres::{GenericClient, Transaction};
-use pgq_core::{Batch, BatchId, Dsn, TickId};
+use pgq_core::tokio_postgres::Client;
+use pgq_core::{Backoff, Dsn, Line};
 use tokio_util::sync::CancellationToken;
 use tracing::{field, Instrument as _};
 
-use crate::batch::{process_per_event, process_whole, BatchHandle, Counts, RetryPolicy};
+use crate::batch::{error_text, process, BatchHandle, Counts, Failures, RetryPolicy};
 use crate::config::ConsumerConfig;
 use crate::consumer::Consumer;
 use crate::error::{ConsumerError, DbContext, Result};
-use crate::metrics::ConsumerMetrics;
-use crate::session::Session;
-use pgq_core::Backoff;
-
-/// What one batch step did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BatchReport {
-    /// The batch.
-    pub batch_id: BatchId,
-    /// The tick the consumer is at now.
-    pub cur_tick: TickId,
-    /// Events handed to the handler.
-    pub events: u64,
-    /// Events handed back for a retry.
-    pub retried: u64,
-    /// Events moved to the failed events.
-    pub failed: u64,
-    /// The batch was processed event by event (after repeated failures).
-    pub per_event: bool,
-    /// A remote consumer found the batch done already and only finished it.
-    pub already_done: bool,
-    /// Time from taking the batch to the commit.
-    pub elapsed: Duration,
-    /// The age of the batch's end tick at the commit.
-    pub lag: Duration,
-}
-
-impl BatchReport {
-    pub(crate) fn new(batch: &Batch, counts: Counts, per_event: bool, start: Instant) -> Self {
-        BatchReport {
-            batch_id: batch.id,
-            cur_tick: batch.cur_tick,
-            events: counts.events,
-            retried: counts.retried,
-            failed: counts.failed,
-            per_event,
-            already_done: false,
-            elapsed: start.elapsed(),
-            lag: (chrono::Utc::now() - batch.cur_tick_time)
-                .to_std()
-                .unwrap_or_default(),
-        }
-    }
-}
-
-/// Counts failures of one batch, identified by its ticks (a rolled-back batch comes back
-/// under a new id).
-#[derive(Debug, Default)]
-pub(crate) struct Failures {
-    key: Option<(TickId, TickId)>,
-    count: u32,
-}
-
-impl Failures {
-    pub(crate) fn count(&self, batch: &Batch) -> u32 {
-        if self.key == Some((batch.prev_tick, batch.cur_tick)) {
-            self.count
-        } else {
-            0
-        }
-    }
-
-    pub(crate) fn record(&mut self, batch: &Batch) {
-        let key = Some((batch.prev_tick, batch.cur_tick));
-        if self.key == key {
-            self.count += 1;
-        } else {
-            self.key = key;
-            self.count = 1;
-        }
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.key = None;
-        self.count = 0;
-    }
-}
-
-/// Settles a batch whose processing failed with `err`, once its transactions were rolled back
-/// (`rolled_back`: every rollback reached the server). A rollback that could not reach the
-/// server means the handler failed because (or while) a connection was lost: the batch is not
-/// counted as failed and the error says so ([`ConsumerError::ConnectionLost`]), so the runner
-/// reconnects instead of pushing the batch towards per-event mode. Other handler failures count
-/// (the batch comes again; after N, event by event).
-pub(crate) fn settle_failure(
-    err: ConsumerError,
-    rolled_back: bool,
-    failures: &mut Failures,
-    batch: &Batch,
-) -> ConsumerError {
-    if err.is_connection_lost() {
-        return err;
-    }
-    if !rolled_back {
-        let source = match err {
-            ConsumerError::Handler { source, .. } => source,
-            other => Box::new(other),
-        };
-        return ConsumerError::ConnectionLost {
-            batch_id: batch.id,
-            source,
-        };
-    }
-    if matches!(
-        err,
-        ConsumerError::Handler { .. } | ConsumerError::UnreadEvents { .. }
-    ) {
-        failures.record(batch);
-    }
-    err
-}
-
-/// The span of one batch, with the fixed field names.
-pub(crate) fn batch_span(queue: &str, consumer: &str, batch_id: BatchId) -> tracing::Span {
-    tracing::info_span!(
-        "batch",
-        queue,
-        consumer,
-        %batch_id,
-        events = field::Empty,
-        elapsed_ms = field::Empty
-    )
-}
-
-/// Records the completion fields on the current span and counts the batch.
-pub(crate) fn record_done(report: &BatchReport, metrics: &ConsumerMetrics) {
-    metrics.record(report);
-    let span = tracing::Span::current();
-    span.record("events", report.events);
-    span.record(
-        "elapsed_ms",
-        u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
-    );
-    tracing::debug!(
-        retried = report.retried,
-        failed = report.failed,
-        per_event = report.per_event,
-        "batch finished"
-    );
-}
-
-/// Runs the handler over the batch in batch or per-event mode.
-pub(crate) async fn process(
-    consumer: &dyn Consumer,
-    queue_tx: &Transaction<'_>,
-    work_tx: &Transaction<'_>,
-    batch: &Batch,
-    policy: RetryPolicy,
-    per_event: bool,
-) -> Result<Counts> {
-    let mut handle = BatchHandle::new(queue_tx, work_tx, batch.clone(), policy);
-    if per_event {
-        tracing::warn!(batch_id = %batch.id, "batch failed repeatedly: processing it event by event");
-        process_per_event(consumer, &mut handle).await
-    } else {
-        process_whole(consumer, &mut handle).await
-    }
-}
-
-/// Registers the consumer as the settings say (at `register_at` only when new).
-pub(crate) async fn register(client: &impl GenericClient, config: &ConsumerConfig) -> Result<()> {
-    if !config.register {
-        return Ok(());
-    }
-    match config.register_at {
-        Some(tick) => {
-            if !pgq_core::is_registered(client, &config.queue, &config.consumer).await? {
-                pgq_core::register_consumer_at(client, &config.queue, &config.consumer, tick)
-                    .await?;
-            }
-        }
-        None => {
-            pgq_core::register_consumer(client, &config.queue, &config.consumer).await?;
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn policy(config: &ConsumerConfig, session: &Session) -> RetryPolicy {
-    RetryPolicy {
-        max_retries: config.max_event_retries,
-        delay: config.event_retry_delay,
-        failed_queue: session.failed_queue,
-        chunk_size: config.chunk_size,
-    }
-}
-
-/// What the shared loop needs of a runner.
-pub(crate) trait Step {
-    fn config(&self) -> &ConsumerConfig;
-    fn connected(&self) -> bool;
-    fn disconnect(&mut self);
-    /// Gives up the batch in hand at a hard stop.
-    fn abandon(&mut self);
-    fn reconnect(&mut self) -> impl Future<Output = Result<()>> + Send;
-    fn step(&mut self) -> impl Future<Output = Result<Option<BatchReport>>> + Send;
-    fn wait(
-        &mut self,
-        timeout: Duration,
-        cancel: &CancellationToken,
-    ) -> impl Future<Output = ()> + Send;
-    fn stopping(&mut self) -> impl Future<Output = ()> + Send;
-}
+use crate::metrics::{BatchReport, ConsumerMetrics};
+use crate::session::{cancel_in_background, Session};
+use sealed::{Held, Steps, Take, Taken};
 
 /// Sleeps for `wait` unless `cancel` fires first.
 async fn pause(wait: Duration, cancel: &CancellationToken) {
@@ -227,172 +25,213 @@ async fn pause(wait: Duration, cancel: &CancellationToken) {
     }
 }
 
-/// The loop: step, wait for a tick when idle, back off after failures, reconnect after a lost
-/// connection; stop softly between batches when `cancel` fires, and roll back the batch in
-/// hand when it runs `shutdown_timeout` past that.
-pub(crate) async fn run_loop<S: Step + Send>(
-    runner: &mut S,
-    cancel: CancellationToken,
-) -> Result<()> {
-    let config = runner.config().clone();
-    let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
-    let hard = {
-        let cancel = cancel.clone();
-        async move {
-            cancel.cancelled().await;
-            tokio::time::sleep(config.shutdown_timeout).await;
+/// How a [`ConsumerRunner`] takes, works and finishes a batch: [`Local`],
+/// [`Coop`](crate::Coop) or [`Remote`](crate::Remote). Sealed.
+pub trait Mode: Steps {}
+
+impl<M: Steps> Mode for M {}
+
+pub(crate) mod sealed {
+    use std::future::Future;
+
+    use pgq_core::tokio_postgres::{Client, Transaction};
+    use pgq_core::{Batch, BatchId, Dsn, InstallationId};
+
+    use crate::config::ConsumerConfig;
+    use crate::error::{ConsumerError, DbContext, Result};
+
+    /// What differs between the modes. The defaults are the local mode's.
+    pub trait Steps: std::fmt::Debug + Send + Sync + 'static {
+        /// The mode's own field of the running runner's span, e.g. `("subconsumer", "s1")`.
+        fn span_field(&self) -> Option<(&'static str, String)> {
+            None
         }
-    };
-    tokio::pin!(hard);
-    tracing::info!("consumer started");
-    loop {
-        if cancel.is_cancelled() {
-            runner.stopping().await;
-            tracing::info!("consumer stopped");
-            return Ok(());
+
+        /// What a new session on the queue's database does first (registration, ids).
+        fn opened(
+            &mut self,
+            client: &Client,
+            config: &ConsumerConfig,
+        ) -> impl Future<Output = Result<()>> + Send {
+            crate::session::register(client, config)
         }
-        if !runner.connected() {
-            match runner.reconnect().await {
-                Ok(()) => {
-                    backoff.reset();
-                    tracing::info!("reconnected");
+
+        /// The database the work is done in, when it is not the queue's (with `pgq_ext`).
+        fn target(&self) -> Option<&Dsn> {
+            None
+        }
+
+        /// Takes the next batch and the transactions to work it in (none: the target has it done
+        /// already, and it was finished); `None` when there is no batch.
+        fn take<'a>(
+            &'a mut self,
+            on: Take<'a>,
+        ) -> impl Future<Output = Result<Taken<'a>>> + Send + 'a;
+
+        /// Finishes the batch on the queue's database, in its transaction.
+        fn finish(
+            tx: &Transaction<'_>,
+            batch: BatchId,
+        ) -> impl Future<Output = pgq_core::Result<()>> + Send {
+            pgq_core::finish_batch(tx, batch)
+        }
+
+        /// At a soft stop, on the queue's session.
+        fn stopping(
+            &self,
+            _client: &Client,
+            _config: &ConsumerConfig,
+        ) -> impl Future<Output = ()> + Send {
+            async {}
+        }
+    }
+
+    /// What a mode takes a batch with: the session on the queue's database, the connection to
+    /// [`Steps::target`] when the mode has one, and the settings.
+    pub struct Take<'a> {
+        pub(crate) client: &'a mut Client,
+        pub(crate) target: Option<&'a mut Client>,
+        pub(crate) config: &'a ConsumerConfig,
+    }
+
+    /// A batch taken, with the transactions to work it in.
+    pub(crate) type Taken<'a> = Option<(Batch, Option<Held<'a>>)>;
+
+    /// The transactions a batch is worked in: on the queue's database (which finishes it),
+    /// and for a remote consumer on the target, with the queue database's installation id.
+    pub struct Held<'a> {
+        pub(crate) queue: Transaction<'a>,
+        pub(crate) target: Option<(Transaction<'a>, &'a InstallationId)>,
+    }
+
+    impl<'a> Held<'a> {
+        /// Work and finish in one transaction on the queue's database.
+        pub(crate) fn local(queue: Transaction<'a>) -> Self {
+            Held {
+                queue,
+                target: None,
+            }
+        }
+
+        pub(crate) fn work(&self) -> &Transaction<'a> {
+            self.target.as_ref().map_or(&self.queue, |(tx, _)| tx)
+        }
+
+        /// Rolls back; `true` when every rollback reached the server.
+        pub(crate) async fn rollback(self) -> bool {
+            let target = match self.target {
+                Some((tx, _)) => tx.rollback().await.is_ok(),
+                None => true,
+            };
+            self.queue.rollback().await.is_ok() && target
+        }
+
+        /// Records the batch on the target and commits there, then finishes it on the queue's
+        /// database and commits; rolls back what is open when either refuses.
+        pub(crate) async fn finish<M: Steps>(
+            self,
+            config: &ConsumerConfig,
+            batch: BatchId,
+        ) -> Result<()> {
+            let Held { queue, target } = self;
+            if let Some((target, provider)) = target {
+                let key = (&config.queue, &config.consumer);
+                if let Err(err) =
+                    pgq_core::ext::set_batch_done(&target, provider, key.0, key.1, batch).await
+                {
+                    let _ = target.rollback().await;
+                    let _ = queue.rollback().await;
+                    return Err(ConsumerError::refused(err));
                 }
-                Err(err) if is_fatal(&err) => return Err(err),
-                Err(err) => {
-                    let wait = backoff.next_wait();
-                    tracing::warn!(error = %crate::batch::error_text(&err), ?wait, "reconnecting");
-                    pause(wait, &cancel).await;
-                }
+                target.commit().await.op("commit on the target")?;
             }
-            continue;
-        }
-        let result = tokio::select! {
-            result = runner.step() => Some(result),
-            () = &mut hard => None,
-        };
-        let Some(result) = result else {
-            runner.abandon();
-            tracing::warn!("shutdown timeout expired: batch in hand rolled back");
-            return Err(ConsumerError::HardStopped);
-        };
-        match result {
-            Ok(Some(_)) => backoff.reset(),
-            Ok(None) => {
-                backoff.reset();
-                runner.wait(config.poll_interval, &cancel).await;
+            if let Err(err) = M::finish(&queue, batch).await {
+                let _ = queue.rollback().await;
+                return Err(ConsumerError::refused(err));
             }
-            Err(err) if err.is_connection_lost() => {
-                runner.disconnect();
-                let wait = backoff.next_wait();
-                tracing::warn!(error = %crate::batch::error_text(&err), ?wait, "connection lost");
-                pause(wait, &cancel).await;
-            }
-            Err(err) if is_fatal(&err) => return Err(err),
-            Err(ConsumerError::Postponed { reason, wait, .. }) => {
-                tracing::debug!(reason, ?wait, "batch postponed");
-                pause(wait, &cancel).await;
-            }
-            Err(err) => {
-                let wait = backoff.next_wait();
-                tracing::warn!(error = %crate::batch::error_text(&err), ?wait, "batch failed; retrying");
-                pause(wait, &cancel).await;
-            }
+            queue.commit().await.op("commit")
         }
     }
 }
 
-/// Errors no retry can fix: unknown queue or consumer (`pgq_coop`'s `PQS02` too), bad names,
-/// schema problems.
-fn is_fatal(err: &ConsumerError) -> bool {
-    match err {
-        ConsumerError::Core(core) => {
-            !matches!(core, pgq_core::Error::Db { .. }) && !core.is_connection_lost()
-        }
-        ConsumerError::Db { source, .. } => source.code().is_some_and(|c| c.code() == "PQS02"),
-        _ => false,
-    }
-}
-
-/// A consumer that does its work on the queue's database: each batch's work and its
-/// `finish_batch` commit in one transaction, so each batch is processed exactly once.
-///
-/// ```no_run
-/// use std::sync::Arc;
-///
-/// use pgq_consumer::{async_trait, Consumer, ConsumerConfig, HandlerError, Runner};
-/// use pgq_core::tokio_postgres::Transaction;
-/// use pgq_core::{ConsumerName, Dsn, Event, QueueName};
-/// use tokio_util::sync::CancellationToken;
-///
-/// struct Count;
-///
-/// #[async_trait]
-/// impl Consumer for Count {
-///     async fn process_event(&self, tx: &Transaction<'_>, _: &Event) -> Result<(), HandlerError> {
-///         tx.execute("UPDATE counter SET n = n + 1", &[]).await?;
-///         Ok(())
-///     }
-/// }
-///
-/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-/// let dsn = Dsn::parse("host=localhost dbname=app")?;
-/// let config = ConsumerConfig::builder(QueueName::new("orders")?, ConsumerName::new("count")?)
-///     .build();
-/// let runner = Runner::connect(&dsn, config, Arc::new(Count)).await?;
-/// runner.run(CancellationToken::new()).await?;
-/// # Ok(())
-/// # }
-/// ```
-pub struct Runner {
+/// The runner of every mode; use it as [`Runner`], [`CoopRunner`](crate::CoopRunner) or
+/// [`RemoteRunner`](crate::RemoteRunner).
+pub struct ConsumerRunner<M: Mode> {
     dsn: Dsn,
     config: ConsumerConfig,
+    /// The name the session's lock is held under: the consumer's, or `group.subconsumer`.
+    name: String,
     consumer: Arc<dyn Consumer>,
     session: Option<Session>,
+    /// The connection to [`Steps::target`].
+    target: Option<Client>,
     failures: Failures,
     metrics: Arc<ConsumerMetrics>,
+    mode: M,
 }
 
-impl std::fmt::Debug for Runner {
+impl<M: Mode> std::fmt::Debug for ConsumerRunner<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner")
+        f.debug_struct("ConsumerRunner")
             .field("queue", &self.config.queue)
-            .field("consumer", &self.config.consumer)
+            .field("consumer", &self.name)
             .field("connected", &self.session.is_some())
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
 
-impl Runner {
-    /// Opens the runner's dedicated connection, takes the consumer's lock, LISTENs for ticks
-    /// and registers the consumer (unless [`ConsumerConfig::register`] is off).
-    ///
-    /// # Errors
-    ///
-    /// [`ConsumerError::ConsumerBusy`] at once when another runner holds the lock;
-    /// [`ConsumerError::Core`] for an unknown queue or a failed connection.
-    pub async fn connect(
+impl<M: Mode> ConsumerRunner<M> {
+    /// Makes the runner and opens its session.
+    pub(crate) async fn start(
         dsn: &Dsn,
         config: ConsumerConfig,
+        name: String,
         consumer: Arc<dyn Consumer>,
-    ) -> Result<Runner> {
-        let mut runner = Runner {
+        mode: M,
+    ) -> Result<Self> {
+        let mut runner = ConsumerRunner {
             dsn: dsn.clone(),
             config,
+            name,
             consumer,
             session: None,
+            target: None,
             failures: Failures::default(),
             metrics: Arc::default(),
+            mode,
         };
         runner.open().await?;
         Ok(runner)
     }
 
     async fn open(&mut self) -> Result<()> {
-        let session =
-            Session::open(&self.dsn, &self.config.queue, self.config.consumer.as_str()).await?;
-        register(&session.client, &self.config).await?;
-        self.session = Some(session);
+        if self.session.is_none() {
+            let session = Session::open(&self.dsn, &self.config.queue, &self.name).await?;
+            self.mode.opened(&session.client, &self.config).await?;
+            self.session = Some(session);
+        }
+        // With the session open, not connected means no usable target connection.
+        if let (Some(dsn), false) = (self.mode.target(), self.connected()) {
+            let target = dsn.connect().await?;
+            pgq_core::check(&target, &[Line::PgqExt]).await?;
+            self.target = Some(target);
+        }
         Ok(())
+    }
+
+    fn connected(&self) -> bool {
+        let target = self.target.as_ref().is_some_and(|t| !t.is_closed());
+        self.session.is_some() && (self.mode.target().is_none() || target)
+    }
+
+    fn abandon(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.abandon(&self.dsn);
+        }
+        if let (Some(target), Some(dsn)) = (self.target.take(), self.mode.target()) {
+            cancel_in_background(dsn, &target);
+        }
     }
 
     /// The runner's counters; they stay readable while `run` consumes the runner.
@@ -400,65 +239,70 @@ impl Runner {
         Arc::clone(&self.metrics)
     }
 
-    /// One step: takes the next batch, hands it to the consumer and finishes it in the same
-    /// transaction. `Ok(None)` when there is no batch (wait for the ticker). After a handler
-    /// failure the batch is rolled back and comes again on the next call; after
-    /// [`ConsumerConfig::batch_failures_before_per_event`] failures it is processed event by
-    /// event.
+    /// One step: takes the next batch, hands it to the consumer and finishes it, as the mode
+    /// says. `Ok(None)` when there is no batch (wait for the ticker). A failed batch is rolled
+    /// back and comes again; after [`ConsumerConfig::batch_failures_before_per_event`] failures
+    /// it is processed event by event.
     ///
     /// # Errors
     ///
-    /// [`ConsumerError::Handler`] or [`ConsumerError::UnreadEvents`] (rolled back);
-    /// [`ConsumerError::ConnectionLost`] when the connection was lost while the handler ran
-    /// (not counted as a failure of the batch; reconnect and take it again);
-    /// [`ConsumerError::FinishFailed`] when another session finished the batch first (rolled
-    /// back); [`ConsumerError::Core`] for an unknown queue or consumer and database errors.
+    /// Each rolled back: [`ConsumerError::Handler`], [`ConsumerError::UnreadEvents`];
+    /// [`ConsumerError::ConnectionLost`] (no failure of the batch: reconnect and take it again);
+    /// [`ConsumerError::FinishFailed`] (another session finished it first);
+    /// [`ConsumerError::BatchTakenOver`] (a sibling sub-consumer took it);
+    /// [`ConsumerError::BatchDoneElsewhere`] (a remote target has it recorded; found done next
+    /// time). [`ConsumerError::Core`]: unknown queue or consumer, database errors.
     pub async fn process_next_batch(&mut self) -> Result<Option<BatchReport>> {
-        if self.session.is_none() {
+        if !self.connected() {
             self.open().await?;
         }
         let Some(session) = self.session.as_mut() else {
             return Ok(None);
         };
-        let policy = policy(&self.config, session);
+        let policy = RetryPolicy::new(&self.config, session.failed_queue);
         let start = Instant::now();
-        let tx = session.client.transaction().await.op("begin")?;
-        let Some(batch) =
-            pgq_core::next_batch(&tx, &self.config.queue, &self.config.consumer).await?
+        let (client, target, config) = (&mut session.client, self.target.as_mut(), &self.config);
+        let Some((batch, held)) = self
+            .mode
+            .take(Take {
+                client,
+                target,
+                config,
+            })
+            .await?
         else {
-            tx.commit().await.op("commit")?;
             return Ok(None);
         };
-        let span = batch_span(
-            self.config.queue.as_str(),
-            self.config.consumer.as_str(),
-            batch.id,
+        let span = tracing::info_span!(
+            "batch",
+            queue = self.config.queue.as_str(),
+            consumer = self.name.as_str(),
+            batch_id = %batch.id,
+            events = field::Empty,
+            elapsed_ms = field::Empty
         );
         let per_event = self.failures.count(&batch) >= self.config.batch_failures_before_per_event;
-        let consumer = &*self.consumer;
-        let failures = &mut self.failures;
-        let metrics = &*self.metrics;
+        let (consumer, failures) = (&*self.consumer, &mut self.failures);
+        let (metrics, config) = (&*self.metrics, &self.config);
         async move {
-            let result = process(consumer, &tx, &tx, &batch, policy, per_event).await;
-            let counts = match result {
+            let Some(held) = held else {
+                tracing::info!("batch already done on the target: finished without redoing it");
+                let mut report = BatchReport::new(&batch, Counts::default(), false, start);
+                report.already_done = true;
+                return Ok(Some(report));
+            };
+            let handle = BatchHandle::new(&held.queue, held.work(), batch.clone(), policy);
+            let counts = match process(consumer, handle, per_event).await {
                 Ok(counts) => counts,
                 Err(err) => {
-                    let rolled_back = tx.rollback().await.is_ok();
-                    return Err(settle_failure(err, rolled_back, failures, &batch));
+                    let rolled_back = held.rollback().await;
+                    return Err(failures.settle(err, rolled_back, &batch));
                 }
             };
-            match pgq_core::finish_batch(&tx, batch.id).await {
-                Ok(()) => {}
-                Err(pgq_core::Error::BatchNotFound { batch_id }) => {
-                    let _ = tx.rollback().await;
-                    return Err(ConsumerError::FinishFailed { batch_id });
-                }
-                Err(err) => return Err(err.into()),
-            }
-            tx.commit().await.op("commit")?;
-            failures.clear();
+            held.finish::<M>(config, batch.id).await?;
+            *failures = Failures::default();
             let report = BatchReport::new(&batch, counts, per_event, start);
-            record_done(&report, metrics);
+            metrics.record(&report);
             Ok(Some(report))
         }
         .instrument(span)
@@ -479,46 +323,128 @@ impl Runner {
         let span = tracing::info_span!(
             "consumer",
             queue = %self.config.queue,
-            consumer = %self.config.consumer
+            consumer = %self.config.consumer,
+            subconsumer = field::Empty,
+            db = field::Empty
         );
-        run_loop(&mut self, cancel).instrument(span).await
+        if let Some((name, value)) = self.mode.span_field() {
+            span.record(name, value.as_str());
+        }
+        self.run_loop(cancel).instrument(span).await
+    }
+
+    async fn run_loop(&mut self, cancel: CancellationToken) -> Result<()> {
+        let config = self.config.clone();
+        let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+        let hard = {
+            let cancel = cancel.clone();
+            async move {
+                cancel.cancelled().await;
+                tokio::time::sleep(config.shutdown_timeout).await;
+            }
+        };
+        tokio::pin!(hard);
+        tracing::info!("consumer started");
+        loop {
+            if cancel.is_cancelled() {
+                if let Some(session) = &self.session {
+                    self.mode.stopping(&session.client, &self.config).await;
+                }
+                tracing::info!("consumer stopped");
+                return Ok(());
+            }
+            if !self.connected() {
+                match self.open().await {
+                    Ok(()) => {
+                        backoff.reset();
+                        tracing::info!("reconnected");
+                    }
+                    Err(err) if err.is_fatal() => return Err(err),
+                    Err(err) => {
+                        let wait = backoff.next_wait();
+                        tracing::warn!(error = %error_text(&err), ?wait, "reconnecting");
+                        pause(wait, &cancel).await;
+                    }
+                }
+                continue;
+            }
+            let result = tokio::select! {
+                result = self.process_next_batch() => Some(result),
+                () = &mut hard => None,
+            };
+            let Some(result) = result else {
+                self.abandon();
+                tracing::warn!("shutdown timeout expired: batch in hand rolled back");
+                return Err(ConsumerError::HardStopped);
+            };
+            let wait = match result {
+                Ok(found) => {
+                    backoff.reset();
+                    if let (None, Some(session)) = (found, self.session.as_mut()) {
+                        session
+                            .wait_for_tick(&config.queue, config.poll_interval, &cancel)
+                            .await;
+                    }
+                    continue;
+                }
+                Err(err) if err.is_connection_lost() => {
+                    self.session = None;
+                    self.target = None;
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %error_text(&err), ?wait, "connection lost");
+                    wait
+                }
+                Err(err) if err.is_fatal() => return Err(err),
+                Err(ConsumerError::Postponed { reason, wait, .. }) => {
+                    tracing::debug!(reason, ?wait, "batch postponed");
+                    wait
+                }
+                Err(err) => {
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %error_text(&err), ?wait, "batch failed; retrying");
+                    wait
+                }
+            };
+            pause(wait, &cancel).await;
+        }
     }
 }
 
-impl Step for Runner {
-    fn config(&self) -> &ConsumerConfig {
-        &self.config
-    }
+/// The local mode: each batch's work and its `finish_batch` commit in one transaction on the
+/// queue's database.
+#[derive(Debug)]
+pub struct Local;
 
-    fn connected(&self) -> bool {
-        self.session.is_some()
+impl Steps for Local {
+    async fn take<'a>(&'a mut self, on: Take<'a>) -> Result<Taken<'a>> {
+        let (tx, config) = (on.client.transaction().await.op("begin")?, on.config);
+        let Some(batch) = pgq_core::next_batch(&tx, &config.queue, &config.consumer).await? else {
+            tx.commit().await.op("commit")?;
+            return Ok(None);
+        };
+        Ok(Some((batch, Some(Held::local(tx)))))
     }
+}
 
-    fn disconnect(&mut self) {
-        self.session = None;
+/// A consumer that does its work on the queue's database: each batch's work and its
+/// `finish_batch` commit in one transaction, so each batch is processed exactly once. The crate
+/// docs show it at work.
+pub type Runner = ConsumerRunner<Local>;
+
+impl Runner {
+    /// Opens the runner's dedicated connection, takes the consumer's lock, LISTENs for ticks
+    /// and registers the consumer (unless [`ConsumerConfig::register`] is off).
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumerError::ConsumerBusy`] at once when another runner holds the lock;
+    /// [`ConsumerError::Core`] for an unknown queue or a failed connection.
+    pub async fn connect(
+        dsn: &Dsn,
+        config: ConsumerConfig,
+        consumer: Arc<dyn Consumer>,
+    ) -> Result<Runner> {
+        let name = config.consumer.to_string();
+        Self::start(dsn, config, name, consumer, Local).await
     }
-
-    fn abandon(&mut self) {
-        if let Some(session) = self.session.take() {
-            session.abandon(&self.dsn);
-        }
-    }
-
-    async fn reconnect(&mut self) -> Result<()> {
-        self.open().await
-    }
-
-    async fn step(&mut self) -> Result<Option<BatchReport>> {
-        self.process_next_batch().await
-    }
-
-    async fn wait(&mut self, timeout: Duration, cancel: &CancellationToken) {
-        if let Some(session) = self.session.as_mut() {
-            session
-                .wait_for_tick(&self.config.queue, timeout, cancel)
-                .await;
-        }
-    }
-
-    async fn stopping(&mut self) {}
 }

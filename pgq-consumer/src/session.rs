@@ -1,5 +1,5 @@
-//! The runner's dedicated connection: it holds the consumer's advisory lock, LISTENs for ticks
-//! and runs the batch transactions.
+//! The runner's dedicated connection: it holds the consumer's advisory lock, LISTENs for ticks,
+//! registers the consumer and runs the batch transactions.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use pgq_core::{Dsn, QueueName};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::has_failed_queue;
+use crate::config::ConsumerConfig;
 use crate::error::{ConsumerError, DbContext, Result};
 
 // language=SQL
@@ -42,7 +42,7 @@ impl Session {
             });
         }
         pgq_core::maintenance::listen_ticks(&client).await?;
-        let failed_queue = has_failed_queue(&client).await?;
+        let failed_queue = pgq_core::failed::is_installed(&client).await?;
         Ok(Session {
             client,
             notifications,
@@ -86,6 +86,23 @@ impl Session {
             }
         }
     }
+}
+
+/// Registers the consumer as the settings say (at `register_at` only when new).
+pub(crate) async fn register(client: &Client, config: &ConsumerConfig) -> Result<()> {
+    let (queue, consumer) = (&config.queue, &config.consumer);
+    match config.register_at {
+        _ if !config.register => {}
+        Some(tick) => {
+            if !pgq_core::is_registered(client, queue, consumer).await? {
+                pgq_core::register_consumer_at(client, queue, consumer, tick).await?;
+            }
+        }
+        None => {
+            pgq_core::register_consumer(client, queue, consumer).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Asks the server to cancel `client`'s running statement (best effort, in the background),

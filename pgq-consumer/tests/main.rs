@@ -10,3 +10,4 @@ mod memory;
 mod remote;
 mod search_path;
 mod tls;
+mod typed;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Row, Transaction};
 
 use crate::error::{DbContext, Error, Result};
@@ -23,8 +23,13 @@ use crate::ident::{quote_ident, ConsumerName, QueueName};
 use crate::ids::{BatchId, EventId, TickId};
 use crate::queue::{queue_exists, queue_not_found};
 
-// language=SQL
-const NEXT_BATCH: &str = "\
+/// A statement that takes a batch with `$call`, a function of `sub.queue_name` and
+/// `sub.co_name` with `pgq.next_batch_info`'s columns, for the subscription of ($1, $2) only:
+/// no row means no such subscription.
+macro_rules! next_batch_sql {
+    ($call:literal) => {
+        concat!(
+            "\
 WITH sub AS MATERIALIZED (
     SELECT q.queue_name, c.co_name
       FROM pgq.queue q
@@ -33,20 +38,22 @@ WITH sub AS MATERIALIZED (
      WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)
 SELECT f.batch_id, f.cur_tick_id, f.prev_tick_id, f.cur_tick_time, f.prev_tick_time,
        f.cur_tick_event_seq, f.prev_tick_event_seq
-  FROM sub CROSS JOIN LATERAL pgq.next_batch_info(sub.queue_name, sub.co_name) f";
+  FROM sub CROSS JOIN LATERAL ",
+            $call,
+            " f"
+        )
+    };
+}
+pub(crate) use next_batch_sql;
 
 // language=SQL
-const NEXT_BATCH_CUSTOM: &str = "\
-WITH sub AS MATERIALIZED (
-    SELECT q.queue_name, c.co_name
-      FROM pgq.queue q
-      JOIN pgq.subscription s ON s.sub_queue OPERATOR(pg_catalog.=) q.queue_id
-      JOIN pgq.consumer c ON c.co_id OPERATOR(pg_catalog.=) s.sub_consumer
-     WHERE q.queue_name OPERATOR(pg_catalog.=) $1 AND c.co_name OPERATOR(pg_catalog.=) $2)
-SELECT f.batch_id, f.cur_tick_id, f.prev_tick_id, f.cur_tick_time, f.prev_tick_time,
-       f.cur_tick_event_seq, f.prev_tick_event_seq
-  FROM sub CROSS JOIN LATERAL pgq.next_batch_custom(sub.queue_name, sub.co_name,
-           pg_catalog.make_interval(secs => $3), $4, pg_catalog.make_interval(secs => $5)) f";
+const NEXT_BATCH: &str = next_batch_sql!("pgq.next_batch_info(sub.queue_name, sub.co_name)");
+
+// language=SQL
+const NEXT_BATCH_CUSTOM: &str = next_batch_sql!(
+    "pgq.next_batch_custom(sub.queue_name, sub.co_name, pg_catalog.make_interval(secs => $3), \
+     $4, pg_catalog.make_interval(secs => $5))"
+);
 
 // language=SQL
 const BATCH_INFO: &str = "\
@@ -61,9 +68,8 @@ SELECT s.sub_batch, e.ev_id, e.ev_time, e.ev_txid, e.ev_retry, e.ev_type, e.ev_d
        e.ev_extra1, e.ev_extra2, e.ev_extra3, e.ev_extra4
   FROM (SELECT $1::pg_catalog.int8) AS x(batch_id)
   LEFT JOIN pgq.subscription s ON s.sub_batch OPERATOR(pg_catalog.=) x.batch_id
-  LEFT JOIN LATERAL (SELECT * FROM pgq.get_batch_cursor(s.sub_batch, $2, $3)
-                      WHERE s.sub_batch IS NOT NULL) e ON true
- ORDER BY e.ev_id";
+  LEFT JOIN LATERAL (SELECT * FROM pgq.get_batch_cursor(s.sub_batch, $2, $3, NULL)
+                      WHERE s.sub_batch IS NOT NULL) e ON true";
 
 // language=SQL
 const BATCH_EVENTS: &str = "\
@@ -176,17 +182,7 @@ pub async fn next_batch(
     queue: &QueueName,
     consumer: &ConsumerName,
 ) -> Result<Option<Batch>> {
-    let row = client
-        .query_typed_opt(
-            NEXT_BATCH,
-            &[
-                (&queue.as_str(), Type::TEXT),
-                (&consumer.as_str(), Type::TEXT),
-            ],
-        )
-        .await
-        .op("next_batch_info")?;
-    batch_from(client, queue, consumer, row).await
+    take_batch(client, NEXT_BATCH, queue, consumer, &[], "next_batch_info").await
 }
 
 /// Like [`next_batch`], with PGQ's tuning (`pgq.next_batch_custom`): skip ticks until the
@@ -207,31 +203,39 @@ pub async fn next_batch_custom(
     let min_lag = min_lag.map(|d| d.as_secs_f64());
     let min_count = min_count.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
     let min_interval = min_interval.map(|d| d.as_secs_f64());
-    let row = client
-        .query_typed_opt(
-            NEXT_BATCH_CUSTOM,
-            &[
-                (&queue.as_str(), Type::TEXT),
-                (&consumer.as_str(), Type::TEXT),
-                (&min_lag, Type::FLOAT8),
-                (&min_count, Type::INT4),
-                (&min_interval, Type::FLOAT8),
-            ],
-        )
-        .await
-        .op("next_batch_custom")?;
-    batch_from(client, queue, consumer, row).await
+    let tuning: [(&(dyn ToSql + Sync), Type); 3] = [
+        (&min_lag, Type::FLOAT8),
+        (&min_count, Type::INT4),
+        (&min_interval, Type::FLOAT8),
+    ];
+    take_batch(
+        client,
+        NEXT_BATCH_CUSTOM,
+        queue,
+        consumer,
+        &tuning,
+        "next_batch_custom",
+    )
+    .await
 }
 
-/// Reads a `next_batch_info` row; no row means no subscription, and a read-only look-up tells
-/// which half is missing.
-async fn batch_from(
+/// Runs `sql`, a `next_batch_info`-shaped query (of `pgq` or `pgq_coop`) guarded by the
+/// subscription of (`queue`, `consumer`), its first parameters, then `more`. No row means no
+/// subscription, and a read-only look-up tells which half is missing.
+pub(crate) async fn take_batch(
     client: &impl GenericClient,
+    sql: &str,
     queue: &QueueName,
     consumer: &ConsumerName,
-    row: Option<Row>,
+    more: &[(&(dyn ToSql + Sync), Type)],
+    op: &'static str,
 ) -> Result<Option<Batch>> {
     const OP: &str = "reading next_batch_info";
+    let (queue_name, consumer_name) = (queue.as_str(), consumer.as_str());
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+        vec![(&queue_name, Type::TEXT), (&consumer_name, Type::TEXT)];
+    params.extend_from_slice(more);
+    let row = client.query_typed_opt(sql, &params).await.op(op)?;
     let Some(row) = row else {
         if queue_exists(client, queue).await? {
             return Err(Error::ConsumerNotRegistered {

@@ -66,6 +66,29 @@ pub enum Error {
         /// The tick asked for.
         target: TickId,
     },
+    /// A cooperative sub-consumer's batch was taken over by a sibling (after it looked dead):
+    /// the work done for it must roll back.
+    #[error("batch {batch_id} was taken over by another sub-consumer")]
+    BatchTakenOver {
+        /// The batch id.
+        batch_id: BatchId,
+    },
+    /// The target database has this batch, or a later one, recorded as done for the
+    /// consumer (`pgq_ext`): another worker applied it, and the work done for it must roll
+    /// back.
+    #[error("batch {batch_id} is recorded as done already on the target")]
+    BatchAlreadyDone {
+        /// The batch id.
+        batch_id: BatchId,
+    },
+    /// A cooperative sub-consumer holds a batch, so it was not unregistered.
+    #[error("sub-consumer {subconsumer:?} on queue {queue:?} holds a batch; kept registered")]
+    SubconsumerHasBatch {
+        /// The queue name.
+        queue: String,
+        /// The sub-consumer's full name, `group.subconsumer`.
+        subconsumer: String,
+    },
     /// The queue refuses inserts (`queue_disable_insert`).
     #[error("queue {queue:?} is disabled for inserts")]
     InsertDisabled {

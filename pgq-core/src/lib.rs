@@ -47,16 +47,21 @@
 //! Main items: [`install`] and [`Line`] (schema), [`QueueName`] and [`ConsumerName`],
 //! [`create_queue`], [`insert_event`] / [`insert_events`], [`next_batch`], [`EventCursor`],
 //! [`finish_batch`], [`queue_info`], [`consumer_info`], [`queue_backlog`], [`Error`]; the
-//! ticker's side of the SQL API (ticks, the ticker lock, maintenance) is in [`maintenance`]. Every
-//! SQL function of the schema and its wrapper are listed in `docs/sql-api.md`.
+//! ticker's side of the SQL API (ticks, the ticker lock, maintenance) is in [`maintenance`]; the
+//! modules [`coop`] (cooperative consumers), [`ext`] (batch tracking in a target database) and
+//! [`failed`] (failed events) hold the rest of PGQ's consumer API. Every SQL function of the
+//! schema and its wrapper are listed in `docs/sql-api.md`.
 
 mod backlog;
 mod backoff;
 mod batch;
 mod config_file;
 mod consumer_info;
+pub mod coop;
 mod dsn;
 mod error;
+pub mod ext;
+pub mod failed;
 mod ident;
 mod ids;
 pub mod maintenance;

@@ -141,6 +141,57 @@ async fn cursor_edges() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Two producers interleave: the later transaction commits first and holds the middle event, so
+/// the event table's txid order (the index the batch is read by) is not `ev_id` order. Every
+/// chunk, the first (which comes with the cursor) too, is in `ev_id` order.
+#[tokio::test]
+async fn chunks_are_in_ev_id_order_when_transactions_interleave() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let Some(mut client) = setup(&db).await? else {
+        return Ok(());
+    };
+    let (q, c) = (queue("interleaved"), consumer("reader"));
+    pgq_core::create_queue(&client, &q).await?;
+    pgq_core::register_consumer(&client, &q, &c).await?;
+    let mut early = db.client().await?;
+    let mut late = db.client().await?;
+    let early_tx = early.transaction().await?;
+    let late_tx = late.transaction().await?;
+    let mut ids = Vec::new();
+    for (tx, data) in [
+        (&early_tx, "a"),
+        (&late_tx, "b"),
+        (&early_tx, "c"),
+        (&late_tx, "d"),
+    ] {
+        ids.push(pgq_core::insert_event(tx, &q, "t", data).await?);
+    }
+    late_tx.commit().await?;
+    early_tx.commit().await?;
+    tick(&client, &q).await?;
+
+    let tx = client.transaction().await?;
+    let batch = pgq_core::next_batch(&tx, &q, &c).await?.expect("a batch");
+    let by_txid: Vec<i64> = tx
+        .query(
+            "SELECT ev_id FROM pgq.get_batch_events($1) ORDER BY ev_txid, ev_id",
+            &[&batch.id.0],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(by_txid, [ids[0].0, ids[2].0, ids[1].0, ids[3].0]);
+    for chunk in [1, 3, 4, 10] {
+        assert_eq!(
+            read_all(&tx, batch.id, chunk).await?.1,
+            ids,
+            "chunks of {chunk}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn unknown_queue_or_consumer() -> anyhow::Result<()> {
     let db = TestDb::new().await?;

@@ -42,8 +42,6 @@ const PY_COOP2: &str = "python3-pgq CoopConsumer ×2";
 const RAW: &str = "raw SELECT";
 
 // language=SQL
-const REGISTER_SUB: &str = "SELECT pgq_coop.register_subconsumer($1, $2, $3)";
-// language=SQL
 const FILL_TICK: &str = "SELECT count(*) FROM pgq.insert_event_bulk($1, \
      array_fill('t'::text, ARRAY[$2::int]), \
      ARRAY(SELECT lpad(g::text, $3::int, 'x') FROM generate_series($4::int8, $4::int8 + $2::int - 1) g))";
@@ -345,13 +343,18 @@ impl<'a> Filled<'a> {
     /// Registers group `name` at the tick before the backlog, with sub-consumers `s1`..`sN`.
     async fn register_group(&self, name: &str, subs: u32) -> Result<Vec<String>> {
         self.register(name).await?;
+        let group = ConsumerName::new(name)?;
         let mut names = Vec::new();
         for i in 1..=subs {
             let sub = format!("s{i}");
-            self.client
-                .execute(REGISTER_SUB, &[&QUEUE, &name, &sub])
-                .await
-                .with_context(|| format!("registering {name}.{sub}"))?;
+            pgq_core::coop::register_subconsumer(
+                &self.client,
+                &self.queue,
+                &group,
+                &ConsumerName::new(&sub)?,
+            )
+            .await
+            .with_context(|| format!("registering {name}.{sub}"))?;
             names.push(sub);
         }
         Ok(names)
