@@ -65,6 +65,8 @@ pub mod failed;
 mod ident;
 mod ids;
 pub mod maintenance;
+#[cfg(feature = "monitor")]
+pub mod monitor;
 mod producer;
 mod queue;
 mod schema;

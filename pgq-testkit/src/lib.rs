@@ -28,6 +28,8 @@
 //! | `PGQ_TEST_DSN` | Use this server (superuser; its database is the maintenance database) |
 //! | `PGQ_TEST_PG_BIN` | Start every private cluster from this bin directory (`initdb`, `pg_ctl`, `postgres`) instead of the machine's, e.g. another major version; an error together with `PGQ_TEST_DSN`, and never replaced by a container |
 //! | `PGQ_REQUIRE_REFERENCE=1` | [`reference_available`] and [`reference_missing`] fail instead of skipping |
+//! | `PGQ_REQUIRE_BROWSER=1` | [`browser`] fails instead of skipping when no headless Chromium is installed |
+//! | `PGQ_TEST_ARTIFACTS` | Where [`Browser::screenshot`] keeps its pictures (default: `pgq-test-artifacts` in the temporary directory) |
 //! | `PGQ_HIDE_REFERENCE=1` | [`reference_available`] answers no whatever is installed: a run as on a machine without the reference, to see that every comparison test still asserts our side |
 //!
 //! # Cleanup
@@ -40,11 +42,13 @@
 //!
 //! Waiting with a deadline ([`wait_for`], [`Deadline`]), scratch directories
 //! ([`TempDir`]), programs run to completion ([`run`], [`output`]) or in the background
-//! ([`Process`]), names from literals ([`queue`], [`consumer`]), producers writing at once
-//! ([`produce_concurrently`]), and what remote consumers recorded ([`batch_tracking`]).
+//! ([`Process`]), a headless browser for status pages ([`browser`]), names from literals
+//! ([`queue`], [`consumer`]), producers writing at once ([`produce_concurrently`]), and what
+//! remote consumers recorded ([`batch_tracking`]).
 //!
 //! Main types: [`TestDb`], [`Cluster`], [`ClusterOptions`], [`TestkitError`].
 
+mod browser;
 mod cluster;
 mod db;
 mod dsn;
@@ -57,6 +61,7 @@ mod temp;
 mod tracking;
 mod wait;
 
+pub use browser::{browser, Browser};
 pub use cluster::{bin_dir, Cluster, ClusterOptions, SslFiles};
 pub use db::TestDb;
 pub use names::{consumer, queue};
@@ -243,6 +248,6 @@ pub fn reference_missing(what: &str) -> Result<(), TestkitError> {
     Ok(())
 }
 
-fn env_flag(name: &str) -> bool {
+pub(crate) fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v.trim() == "1")
 }

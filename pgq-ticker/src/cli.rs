@@ -43,6 +43,10 @@ pub(crate) enum Command {
         /// The configuration file (TOML, see docs/ticker.md).
         #[arg(short, long, env = "PGQ_TICKER_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve /metrics, /health and a status page on this address (`host:port`); overrides
+        /// the file's `listen`.
+        #[arg(long, env = "PGQ_TICKER_LISTEN")]
+        listen: Option<String>,
     },
     /// Print the SQL a DBA applies by hand (`psql -v ON_ERROR_STOP=1 -f FILE`), without
     /// connecting: each line's current schema for a fresh installation, or with --from the

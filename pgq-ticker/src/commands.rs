@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use pgq_core::monitor::Monitor;
 use pgq_core::tokio_postgres::Client;
 use pgq_core::{ConsumerName, Dsn, Line, QueueName, QueueSetting, SkipTarget, TickId};
 use pgq_ticker::config::parse_duration;
@@ -17,7 +18,7 @@ use crate::output::{json, opt, out, period, secs, Table};
 /// Runs the command; `Err` is printed as a chain of causes and exits with 1.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config } => daemon(config, &cli.conn).await,
+        Command::Run { config, listen } => daemon(config, listen, &cli.conn).await,
         Command::Sql { lines, from } => {
             for line in lines {
                 out!("{}", pgq_core::migrations_sql(line.into(), from));
@@ -49,20 +50,38 @@ impl ConnectArgs {
 }
 
 /// The daemon in the foreground, until SIGTERM or SIGINT; SIGHUP reloads the configuration.
-async fn daemon(path: Option<PathBuf>, conn: &ConnectArgs) -> anyhow::Result<ExitCode> {
+async fn daemon(
+    path: Option<PathBuf>,
+    listen: Option<String>,
+    conn: &ConnectArgs,
+) -> anyhow::Result<ExitCode> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let load = || -> anyhow::Result<TickerConfig> {
-        Ok(match &path {
+        let config = match &path {
             Some(path) => TickerConfig::load(path)?,
             None => TickerConfig::builder(Databases::List(vec![conn.dsn()?])).build()?,
+        };
+        Ok(match &listen {
+            Some(address) => config.to_builder().listen(address.clone()).build()?,
+            None => config,
         })
     };
     let mut config = load()?;
     loop {
         let cancel = CancellationToken::new();
-        let mut running = tokio::spawn(Ticker::new(config.clone()).run(cancel.clone()));
+        let ticker = Ticker::new(config.clone());
+        // Bound before the ticker starts: a bad or taken address stops the daemon here.
+        let server = match config.listen() {
+            Some(address) => {
+                let monitor = Monitor::bind(address).await?;
+                tracing::info!(listen = %monitor.local_addr()?, "serving /metrics, /health and /");
+                Some(ticker.serve_monitor(monitor, cancel.clone()))
+            }
+            None => None,
+        };
+        let mut running = tokio::spawn(ticker.run(cancel.clone()));
         let mut stopping = false;
         let mut reload = None;
         loop {
@@ -99,6 +118,9 @@ async fn daemon(path: Option<PathBuf>, conn: &ConnectArgs) -> anyhow::Result<Exi
             stopping = true;
             reload = None;
             cancel.cancel();
+        }
+        if let Some(server) = server {
+            server.await.context("the monitoring endpoint failed")?;
         }
         match reload {
             Some(new) => config = new,

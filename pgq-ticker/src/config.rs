@@ -8,6 +8,7 @@
 //! ticker_period = "1s"
 //! maint_period = "2m"
 //! max_connections = 50
+//! listen = "127.0.0.1:9187"    # /metrics, /health and a status page; off unless set
 //! ```
 //!
 //! Periods are strings of a number and a unit (`500ms`, `1s`, `1.5 seconds`, `2m`, `1h`, `1d`)
@@ -39,6 +40,8 @@ pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Default [`TickerConfig::stop_timeout`]: half a second.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default [`TickerConfig::observe_period`]: 10 seconds.
+pub const DEFAULT_OBSERVE_PERIOD: Duration = Duration::from_secs(10);
 
 /// Which databases the ticker serves.
 // One value per configuration: the size difference between the variants does not matter.
@@ -66,6 +69,8 @@ pub struct TickerConfig {
     reconnect_min: Duration,
     reconnect_max: Duration,
     stop_timeout: Duration,
+    observe_period: Duration,
+    listen: Option<String>,
 }
 
 impl TickerConfig {
@@ -82,7 +87,16 @@ impl TickerConfig {
                 reconnect_min: DEFAULT_RECONNECT_MIN,
                 reconnect_max: DEFAULT_RECONNECT_MAX,
                 stop_timeout: DEFAULT_STOP_TIMEOUT,
+                observe_period: DEFAULT_OBSERVE_PERIOD,
+                listen: None,
             },
+        }
+    }
+
+    /// A builder that starts from this configuration, to change some of it.
+    pub fn to_builder(&self) -> TickerConfigBuilder {
+        TickerConfigBuilder {
+            config: self.clone(),
         }
     }
 
@@ -182,6 +196,18 @@ impl TickerConfig {
     pub fn stop_timeout(&self) -> Duration {
         self.stop_timeout
     }
+
+    /// How often each database's queues and consumers are read for the metrics, `/health` and
+    /// the status page (cheap queries: tick positions, no event table scan).
+    pub fn observe_period(&self) -> Duration {
+        self.observe_period
+    }
+
+    /// Where to serve `/metrics`, `/health` and the status page (`host:port`); `None`: not
+    /// served.
+    pub fn listen(&self) -> Option<&str> {
+        self.listen.as_deref()
+    }
 }
 
 /// Builds a [`TickerConfig`]; every setting starts at its default.
@@ -235,6 +261,18 @@ impl TickerConfigBuilder {
         self
     }
 
+    /// Sets [`TickerConfig::observe_period`].
+    pub fn observe_period(mut self, period: Duration) -> Self {
+        self.config.observe_period = period;
+        self
+    }
+
+    /// Sets [`TickerConfig::listen`].
+    pub fn listen(mut self, address: impl Into<String>) -> Self {
+        self.config.listen = Some(address.into());
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
@@ -254,9 +292,18 @@ impl TickerConfigBuilder {
             ("retry_period", c.retry_period),
             ("discovery_period", c.discovery_period),
             ("reconnect_min", c.reconnect_min),
+            ("observe_period", c.observe_period),
         ] {
             if period.is_zero() {
                 return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        if let Some(listen) = &c.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "listen",
+                    "must be an address and port such as \"127.0.0.1:9187\"",
+                ));
             }
         }
         if c.max_connections == 0 {
@@ -300,6 +347,8 @@ struct TickerTable {
     reconnect_min: Option<Period>,
     reconnect_max: Option<Period>,
     stop_timeout: Option<Period>,
+    observe_period: Option<Period>,
+    listen: Option<String>,
 }
 
 impl TickerTable {
@@ -341,6 +390,12 @@ impl TickerTable {
         b = b.reconnect_backoff(min, max);
         if let Some(p) = self.stop_timeout {
             b = b.stop_timeout(p.0);
+        }
+        if let Some(p) = self.observe_period {
+            b = b.observe_period(p.0);
+        }
+        if let Some(listen) = self.listen {
+            b = b.listen(listen);
         }
         b.build()
     }

@@ -170,6 +170,7 @@ impl DatabaseTicker {
     /// [`TickerError::Db`] when the connection is lost, the pass is cancelled or the queues
     /// cannot be listed; a failing queue is counted in [`TickReport::failed`] instead.
     pub async fn tick_once(&mut self) -> Result<TickReport> {
+        let started = std::time::Instant::now();
         let report = if self.failing.is_empty() {
             match self.pass_whole().await {
                 Ok(report) => report,
@@ -190,7 +191,33 @@ impl DatabaseTicker {
             );
         }
         tracing::debug!(db = %self.db, ticks = report.ticks, queues = report.queues, failed = report.failed, "ticker pass");
+        let db = self.db.clone();
+        metrics::histogram!("pgq_ticker_pass_seconds", "db" => db.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("pgq_ticker_ticks_total", "db" => db.clone()).increment(report.ticks);
+        metrics::counter!("pgq_ticker_cut_ticks_total", "db" => db.clone())
+            .increment(report.catchup_ticks);
+        metrics::counter!("pgq_ticker_failed_queues_total", "db" => db).increment(report.failed);
         Ok(report)
+    }
+
+    /// Reads the queues and consumers as `pgq.get_queue_info()` and `pgq.get_consumer_info()`
+    /// report them (tick positions and ages; no event table is scanned), for the metrics,
+    /// `/health` and the status page.
+    ///
+    /// # Errors
+    ///
+    /// [`TickerError::Db`] when a statement fails.
+    pub async fn observe(
+        &mut self,
+    ) -> Result<(Vec<pgq_core::QueueInfo>, Vec<pgq_core::ConsumerInfo>)> {
+        let queues = pgq_core::queue_info(&self.client, None)
+            .await
+            .in_db(&self.db)?;
+        let consumers = pgq_core::consumer_info(&self.client, None, None)
+            .await
+            .in_db(&self.db)?;
+        Ok((queues, consumers))
     }
 
     /// Every queue in one transaction.

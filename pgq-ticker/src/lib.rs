@@ -58,6 +58,7 @@
 //! Main items: [`Ticker`], [`TickerConfig`], [`DatabaseTicker`], [`database_status`],
 //! [`TickerError`].
 
+mod board;
 pub mod config;
 mod database;
 mod error;

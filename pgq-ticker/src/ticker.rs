@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::board::{Board, DbState};
 use crate::config::{Databases, TickerConfig};
 use crate::database::{Canceller, DatabaseTicker};
 use crate::error::{Chain, DbContext as _, Result, TickerError};
@@ -32,14 +33,29 @@ SELECT datname FROM pg_catalog.pg_database
 #[derive(Debug, Clone)]
 pub struct Ticker {
     config: Arc<TickerConfig>,
+    board: Arc<Board>,
 }
 
 impl Ticker {
     /// A ticker with this configuration; nothing connects before [`run`](Self::run).
     pub fn new(config: TickerConfig) -> Ticker {
         Ticker {
+            board: Arc::new(Board::new(config.observe_period())),
             config: Arc::new(config),
         }
+    }
+
+    /// Serves `/metrics`, `/health` and the status page on `monitor` from what this ticker
+    /// observes, until `cancel` fires. Bind the monitor first ([`Monitor::bind`]): a bad or
+    /// taken address is an error before anything starts.
+    ///
+    /// [`Monitor::bind`]: pgq_core::monitor::Monitor::bind
+    pub fn serve_monitor(
+        &self,
+        monitor: pgq_core::monitor::Monitor,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        monitor.serve(Arc::clone(&self.board), cancel)
     }
 
     /// The configuration.
@@ -70,6 +86,7 @@ impl Ticker {
             config: Arc::clone(&self.config),
             budget,
             tracker: tracker.clone(),
+            board: Arc::clone(&self.board),
         };
         match self.config.databases() {
             Databases::List(list) => {
@@ -99,6 +116,7 @@ struct Tasks {
     config: Arc<TickerConfig>,
     budget: Arc<Semaphore>,
     tracker: TaskTracker,
+    board: Arc<Board>,
 }
 
 /// A condition logged once when it starts, not at every retry.
@@ -116,6 +134,7 @@ enum Step {
     Maintain,
     Retry,
     Refresh,
+    Observe,
 }
 
 impl Step {
@@ -125,6 +144,7 @@ impl Step {
             Step::Maintain => "maintenance",
             Step::Retry => "retry events",
             Step::Refresh => "schema check",
+            Step::Observe => "observation",
         }
     }
 }
@@ -157,6 +177,7 @@ impl Tasks {
                         if !keep {
                             tracing::info!(db = %name, "database gone");
                             token.cancel();
+                            self.board.forget(name);
                         }
                         keep
                     });
@@ -229,6 +250,8 @@ impl Tasks {
     /// Serves one database until cancelled: connect, tick, reconnect.
     async fn serve(&self, dsn: Dsn, cancel: CancellationToken) {
         let config = &self.config;
+        let db = dsn.dbname().to_owned();
+        self.board.set_state(&db, DbState::Starting);
         let mut backoff = Backoff::new(config.reconnect_min(), config.reconnect_max());
         let mut condition: Option<Condition> = None;
         let mut attempt = 0u32;
@@ -250,9 +273,12 @@ impl Tasks {
                     condition = None;
                     attempt = 0;
                     backoff.reset();
+                    self.board.set_state(&db, DbState::Ticking);
                     match self.serve_connected(ticker, &cancel).await {
                         Ok(()) => return,
                         Err(err) => {
+                            self.board
+                                .set_state(&db, DbState::Unreachable(Chain(&err).to_string()));
                             let wait = backoff.next_wait();
                             tracing::warn!(
                                 error = %Chain(&err),
@@ -264,6 +290,7 @@ impl Tasks {
                     }
                 }
                 Err(TickerError::SchemaMissing { .. }) => {
+                    self.board.set_state(&db, DbState::NoSchema);
                     if condition != Some(Condition::SchemaMissing) {
                         tracing::info!(
                             check_every_ms = millis(config.discovery_period()),
@@ -274,6 +301,7 @@ impl Tasks {
                     config.discovery_period()
                 }
                 Err(TickerError::AlreadyTicked { .. }) => {
+                    self.board.set_state(&db, DbState::StandingBy);
                     if condition != Some(Condition::AlreadyTicked) {
                         tracing::warn!(
                             retry_every_ms = millis(config.reconnect_max()),
@@ -286,6 +314,8 @@ impl Tasks {
                 Err(err) => {
                     attempt += 1;
                     condition = Some(Condition::Unreachable);
+                    self.board
+                        .set_state(&db, DbState::Unreachable(Chain(&err).to_string()));
                     let wait = backoff.next_wait();
                     tracing::warn!(
                         error = %Chain(&err),
@@ -319,9 +349,14 @@ impl Tasks {
         let mut next_maint = start;
         let mut next_retry = start + config.retry_period();
         let mut next_refresh = start + config.discovery_period();
+        let mut next_observe = start;
         let mut last_error: Option<String> = None;
         loop {
-            let due = next_tick.min(next_maint).min(next_retry).min(next_refresh);
+            let due = next_tick
+                .min(next_maint)
+                .min(next_retry)
+                .min(next_refresh)
+                .min(next_observe);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ok(()),
@@ -339,6 +374,9 @@ impl Tasks {
             } else if now >= next_retry {
                 next_retry = now + config.retry_period();
                 Step::Retry
+            } else if now >= next_observe {
+                next_observe = now + config.observe_period();
+                Step::Observe
             } else {
                 next_refresh = now + config.discovery_period();
                 Step::Refresh
@@ -354,6 +392,13 @@ impl Tasks {
                     .await
                     .map(|r| r.map(drop)),
                 Step::Refresh => guarded(ticker.refresh(), &canceller, cancel, patience).await,
+                Step::Observe => guarded(ticker.observe(), &canceller, cancel, patience)
+                    .await
+                    .map(|r| {
+                        r.map(|(queues, consumers)| {
+                            self.board.observed(ticker.db(), queues, consumers);
+                        })
+                    }),
             };
             match outcome {
                 None => {

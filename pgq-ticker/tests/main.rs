@@ -7,6 +7,7 @@ mod discovery;
 mod isolation;
 mod lock;
 mod maintenance;
+mod monitor;
 mod outage;
 mod resilience;
 mod search_path;

@@ -1,0 +1,213 @@
+//! The daemon's monitoring endpoint: `/metrics` in Prometheus' text format (parsed here by a
+//! Prometheus text parser), `/health` flipping to 503 while the database is gone and back to
+//! 200, the status page in a real browser, and the start-up errors of a bad `listen`.
+
+use std::time::Duration;
+
+use pgq_core::monitor::Monitor;
+use pgq_core::tokio_postgres::Client;
+use pgq_testkit::TestDb;
+use pgq_ticker::{Databases, Ticker, TickerConfig};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::setup::{dsn, ours, queue_with, run_binary};
+
+/// `GET path` on `address`: the status code and the body.
+async fn get(address: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {head}"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// A ticker daemon on `db` observing every 100 ms, serving on a port of the system's choice.
+async fn daemon(db: &TestDb) -> anyhow::Result<(std::net::SocketAddr, CancellationToken)> {
+    let config = TickerConfig::builder(Databases::List(vec![dsn(&db.dsn())?]))
+        .ticker_period(Duration::from_millis(50))
+        .observe_period(Duration::from_millis(100))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .build()?;
+    let monitor = Monitor::bind("127.0.0.1:0").await?;
+    let address = monitor.local_addr()?;
+    let cancel = CancellationToken::new();
+    let ticker = Ticker::new(config);
+    ticker.serve_monitor(monitor, cancel.clone());
+    tokio::spawn(ticker.run(cancel.clone()));
+    Ok((address, cancel))
+}
+
+async fn wait_for_health(address: std::net::SocketAddr, code: u16) -> anyhow::Result<String> {
+    let deadline = pgq_testkit::Deadline::after(Duration::from_secs(20));
+    loop {
+        let (got, body) = get(address, "/health").await?;
+        if got == code {
+            return Ok(body);
+        }
+        deadline
+            .pause(format!(
+                "/health to answer {code}; it answers {got}: {body}"
+            ))
+            .await?;
+    }
+}
+
+async fn produce(client: &Client, n: usize) -> anyhow::Result<()> {
+    for i in 0..n {
+        client
+            .execute(
+                "SELECT pgq.insert_event('orders', 't', $1)",
+                &[&i.to_string()],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_parse_and_health_follows_the_database() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let client = ours(&db).await?;
+    queue_with(&client, "orders", &["mailer"]).await?;
+    produce(&client, 30).await?;
+    let (address, cancel) = daemon(&db).await?;
+
+    assert!(wait_for_health(address, 200).await?.starts_with("ok"));
+    let (code, text) = get(address, "/metrics").await?;
+    assert_eq!(code, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
+    let sample = |name: &str, label: (&str, &str)| {
+        scrape.samples.iter().find(|s| {
+            s.metric == name
+                && s.labels.get("db") == Some(db.name())
+                && s.labels.get(label.0) == Some(label.1)
+        })
+    };
+    assert!(
+        sample("pgq_ticker_ticks_total", ("db", db.name())).is_some(),
+        "{text}"
+    );
+    assert!(
+        sample("pgq_queue_tick_age_seconds", ("queue", "orders")).is_some(),
+        "{text}"
+    );
+    assert!(
+        sample("pgq_consumer_lag_seconds", ("consumer", "mailer")).is_some(),
+        "{text}"
+    );
+    assert!(
+        sample("pgq_consumer_pending_events", ("consumer", "mailer")).is_some(),
+        "{text}"
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("pgq_ticker_pass_seconds")),
+        "{text}"
+    );
+
+    // The database goes away: no connections, the ticker's own cut off.
+    let admin = pgq_core::Dsn::parse(&db.dsn())?
+        .with_dbname("postgres")
+        .connect()
+        .await?;
+    let name = pgq_core::quote_ident(db.name());
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
+        ))
+        .await?;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&db.name()],
+        )
+        .await?;
+    let body = wait_for_health(address, 503).await?;
+    assert!(
+        body.contains(&format!("{}: not connected", db.name())),
+        "{body}"
+    );
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
+        ))
+        .await?;
+    wait_for_health(address, 200).await?;
+    cancel.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_status_page_shows_queues_and_consumers_in_a_browser() -> anyhow::Result<()> {
+    let Some(browser) = pgq_testkit::browser()? else {
+        return Ok(());
+    };
+    let db = TestDb::new().await?;
+    let client = ours(&db).await?;
+    queue_with(&client, "orders", &["mailer", "<script>x</script>"]).await?;
+    produce(&client, 10).await?;
+    let (address, cancel) = daemon(&db).await?;
+    wait_for_health(address, 200).await?;
+
+    let url = format!("http://{address}/");
+    let page = browser.dump_dom(&url).await?;
+    for text in [
+        "pgq-ticker",
+        db.name(),
+        "orders",
+        "mailer",
+        "&lt;script&gt;x&lt;/script&gt;",
+    ] {
+        assert!(page.contains(text), "{text} missing from the page:\n{page}");
+    }
+    assert!(!page.contains("<script>x"), "a name was not escaped");
+    let shot = browser.screenshot(&url, "pgq-ticker-status.png").await?;
+    assert!(std::fs::metadata(&shot)?.len() > 1000, "{}", shot.display());
+    cancel.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_or_taken_listen_address_stops_the_daemon_at_start() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let client = ours(&db).await?;
+    let q = queue_with(&client, "orders", &[]).await?;
+    let dsn = db.dsn();
+
+    let (code, _, stderr) =
+        run_binary(&["--dsn", &dsn, "run", "--listen", "not-an-address"]).await?;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("ticker.listen: must be an address and port"),
+        "{stderr}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.to_string();
+    let before = crate::setup::tick_count(&client, &q).await?;
+    let (code, _, stderr) = run_binary(&["--dsn", &dsn, "run", "--listen", &port]).await?;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {port}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        crate::setup::tick_count(&client, &q).await?,
+        before,
+        "nothing started: no tick"
+    );
+    Ok(())
+}
