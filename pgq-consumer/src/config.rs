@@ -40,6 +40,10 @@ pub struct ConsumerConfig {
     pub backoff_min: Duration,
     /// The longest wait between attempts. Default 30 s.
     pub backoff_max: Duration,
+    /// How often the running runner asks the queue how far behind it is, for the gauges
+    /// `pgq_runner_pending_events` and `pgq_runner_oldest_event_age_seconds` (one cheap
+    /// `pgq.get_consumer_info` call). Default 10 s.
+    pub observe_period: Duration,
 }
 
 impl ConsumerConfig {
@@ -59,6 +63,7 @@ impl ConsumerConfig {
                 batch_failures_before_per_event: 3,
                 backoff_min: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(30),
+                observe_period: Duration::from_secs(10),
             },
         }
     }
@@ -124,6 +129,12 @@ impl ConsumerConfigBuilder {
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.config.backoff_min = min;
         self.config.backoff_max = max.max(min);
+        self
+    }
+
+    /// See [`ConsumerConfig::observe_period`]; zero counts as 1 ms.
+    pub fn observe_period(mut self, period: Duration) -> Self {
+        self.config.observe_period = period.max(Duration::from_millis(1));
         self
     }
 

@@ -1,10 +1,11 @@
 //! What a batch step did, and the counters a runner keeps of them: batches, events, retries,
-//! failures, and lag.
+//! failures, and lag. The same figures go to the `metrics` facade (names `pgq_runner_*`, labels
+//! `queue` and `consumer`), so a service that embeds a runner sees them in its own exporter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pgq_core::{Batch, BatchId, TickId};
+use pgq_core::{Batch, BatchId, ConsumerInfo, TickId};
 
 use crate::batch::Counts;
 
@@ -52,8 +53,11 @@ impl BatchReport {
 
 /// A runner's counters, shared with whoever exports them (take them with `metrics()` before
 /// calling `run`). Updated after each committed batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConsumerMetrics {
+    /// The facade's labels: the queue, and the consumer (`group.subconsumer` for a
+    /// cooperative one).
+    labels: [(&'static str, String); 2],
     batches: AtomicU64,
     events: AtomicU64,
     retried: AtomicU64,
@@ -78,6 +82,20 @@ pub struct MetricsSnapshot {
 }
 
 impl ConsumerMetrics {
+    pub(crate) fn new(queue: &str, consumer: &str) -> ConsumerMetrics {
+        ConsumerMetrics {
+            labels: [
+                ("queue", queue.to_owned()),
+                ("consumer", consumer.to_owned()),
+            ],
+            batches: AtomicU64::default(),
+            events: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            lag_ms: AtomicU64::default(),
+        }
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
@@ -111,5 +129,29 @@ impl ConsumerMetrics {
             u64::try_from(report.lag.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        let labels = &self.labels;
+        ::metrics::counter!("pgq_runner_batches_total", labels).increment(1);
+        ::metrics::counter!("pgq_runner_events_total", labels).increment(report.events);
+        ::metrics::counter!("pgq_runner_retried_events_total", labels).increment(report.retried);
+        ::metrics::counter!("pgq_runner_failed_events_total", labels).increment(report.failed);
+        ::metrics::histogram!("pgq_runner_batch_seconds", labels)
+            .record(report.elapsed.as_secs_f64());
+        ::metrics::gauge!("pgq_runner_lag_seconds", labels).set(report.lag.as_secs_f64());
+    }
+
+    /// Sets the gauges of how far behind the consumer is, from `pgq.get_consumer_info`: the
+    /// pending events (PGQ's estimate from the event sequence), and the age of its position
+    /// tick while events are pending (every unconsumed event is younger: an upper bound, within
+    /// one tick of the oldest one's age), else 0.
+    pub(crate) fn observed(&self, info: &ConsumerInfo) {
+        let pending = info.pending_events.unwrap_or(0).max(0);
+        let oldest = match info.lag {
+            Some(lag) if pending > 0 => lag.to_std().unwrap_or_default().as_secs_f64(),
+            _ => 0.0,
+        };
+        let labels = &self.labels;
+        #[allow(clippy::cast_precision_loss)] // a gauge; exact below 2^53 events
+        ::metrics::gauge!("pgq_runner_pending_events", labels).set(pending as f64);
+        ::metrics::gauge!("pgq_runner_oldest_event_age_seconds", labels).set(oldest);
     }
 }

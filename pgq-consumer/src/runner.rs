@@ -192,13 +192,13 @@ impl<M: Mode> ConsumerRunner<M> {
     ) -> Result<Self> {
         let mut runner = ConsumerRunner {
             dsn: dsn.clone(),
+            metrics: Arc::new(ConsumerMetrics::new(config.queue.as_str(), &name)),
             config,
             name,
             consumer,
             session: None,
             target: None,
             failures: Failures::default(),
-            metrics: Arc::default(),
             mode,
         };
         runner.open().await?;
@@ -333,6 +333,23 @@ impl<M: Mode> ConsumerRunner<M> {
         self.run_loop(cancel).instrument(span).await
     }
 
+    /// Sets the how-far-behind gauges ([`ConsumerMetrics`]). A failure only skips this
+    /// observation: a lost connection shows at the next batch.
+    async fn observe(&self) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let (queue, consumer) = (&self.config.queue, &self.config.consumer);
+        match pgq_core::consumer_info(&session.client, Some(queue), Some(consumer)).await {
+            Ok(infos) => {
+                if let Some(info) = infos.first() {
+                    self.metrics.observed(info);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "could not observe the consumer's backlog"),
+        }
+    }
+
     async fn run_loop(&mut self, cancel: CancellationToken) -> Result<()> {
         let config = self.config.clone();
         let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
@@ -345,6 +362,7 @@ impl<M: Mode> ConsumerRunner<M> {
         };
         tokio::pin!(hard);
         tracing::info!("consumer started");
+        let mut observed_at: Option<Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 if let Some(session) = &self.session {
@@ -380,6 +398,10 @@ impl<M: Mode> ConsumerRunner<M> {
             let wait = match result {
                 Ok(found) => {
                     backoff.reset();
+                    if observed_at.map_or(true, |at| at.elapsed() >= config.observe_period) {
+                        observed_at = Some(Instant::now());
+                        self.observe().await;
+                    }
                     if let (None, Some(session)) = (found, self.session.as_mut()) {
                         session
                             .wait_for_tick(&config.queue, config.poll_interval, &cancel)

@@ -7,6 +7,7 @@ mod kill;
 mod local;
 mod lost;
 mod memory;
+mod metrics;
 mod remote;
 mod search_path;
 mod tls;
