@@ -37,14 +37,19 @@ const SET_PER_TX_LIMIT: &str = "UPDATE pgq.queue SET queue_per_tx_limit = $2 WHE
 
 // language=SQL
 const QUEUE_INFO: &str = "\
-SELECT queue_name, queue_ntables, queue_cur_table,
-       (extract(epoch FROM queue_rotation_period) * 1000000)::int8,
-       queue_switch_time, queue_external_ticker, queue_ticker_paused, queue_ticker_max_count,
-       (extract(epoch FROM queue_ticker_max_lag) * 1000000)::int8,
-       (extract(epoch FROM queue_ticker_idle_period) * 1000000)::int8,
-       (extract(epoch FROM ticker_lag) * 1000000)::int8,
-       ev_per_sec, ev_new, last_tick_id
-  FROM pgq.get_queue_info($1)";
+SELECT i.queue_name, i.queue_ntables, i.queue_cur_table,
+       (extract(epoch FROM i.queue_rotation_period) * 1000000)::int8,
+       i.queue_switch_time, i.queue_external_ticker, i.queue_ticker_paused,
+       i.queue_ticker_max_count,
+       (extract(epoch FROM i.queue_ticker_max_lag) * 1000000)::int8,
+       (extract(epoch FROM i.queue_ticker_idle_period) * 1000000)::int8,
+       (extract(epoch FROM i.ticker_lag) * 1000000)::int8,
+       i.ev_per_sec, i.ev_new, i.last_tick_id,
+       -- NULL where there is no batch cap (the original extension)
+       (pg_catalog.to_jsonb(q) ->> 'queue_ticker_max_batch')::int4
+  FROM pgq.get_queue_info($1) i
+  LEFT JOIN pgq.queue q ON q.queue_name = i.queue_name
+ ORDER BY i.queue_name";
 
 // language=SQL
 const TICKER: &str = "SELECT pgq.ticker(q.queue_name) FROM pgq.queue q WHERE q.queue_name = $1";
@@ -292,6 +297,9 @@ pub struct QueueInfo {
     pub ev_new: Option<i64>,
     /// `last_tick_id`: the newest tick.
     pub last_tick_id: Option<TickId>,
+    /// `queue_ticker_max_batch` (not in `pgq.get_queue_info`): the batch cap; `None` on the
+    /// original extension, which has none.
+    pub ticker_max_batch: Option<i32>,
 }
 
 /// Describes one queue, or all queues (ordered by name) with `None` (`pgq.get_queue_info`).
@@ -331,6 +339,7 @@ pub async fn queue_info(
                 ev_per_sec: row.try_get(11).op(OP)?,
                 ev_new: row.try_get(12).op(OP)?,
                 last_tick_id: row.try_get::<_, Option<i64>>(13).op(OP)?.map(TickId),
+                ticker_max_batch: row.try_get(14).op(OP)?,
             })
         })
         .collect()

@@ -174,8 +174,14 @@ pub async fn create_role(
     options: &str,
 ) -> Result<(), TestkitError> {
     let sql = format!("CREATE ROLE {} {options}", pgq_core::quote_ident(name));
+    // Two tests creating the same role at once: the later one fails on the catalog's unique
+    // index instead of with DUPLICATE_OBJECT.
+    let exists = [
+        tokio_postgres::error::SqlState::DUPLICATE_OBJECT,
+        tokio_postgres::error::SqlState::UNIQUE_VIOLATION,
+    ];
     match client.batch_execute(&sql).await {
-        Err(err) if err.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+        Err(err) if !err.code().is_some_and(|c| exists.contains(c)) => {
             Err(dsn::pg_error(format!("creating role {name}"), err))
         }
         _ => Ok(()),

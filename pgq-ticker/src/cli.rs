@@ -89,8 +89,8 @@ pub(crate) enum Admin {
     },
     /// Show a queue's settings, or change them with key=value pairs.
     ///
-    /// Keys: ticker_max_count, ticker_max_lag, ticker_idle_period, ticker_paused,
-    /// rotation_period, external_ticker, disable_insert, per_tx_limit. Periods as `3s`,
+    /// Keys: ticker_max_count, ticker_max_batch, ticker_max_lag, ticker_idle_period,
+    /// ticker_paused, rotation_period, external_ticker, disable_insert, per_tx_limit. Periods as `3s`,
     /// `500ms`, `2h`.
     Config {
         /// The queue name.

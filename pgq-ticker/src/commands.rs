@@ -252,8 +252,8 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
                     "last tick",
                     "lag",
                     "ready ticks",
-                    "events waiting",
-                    "not yet ticked",
+                    "~events waiting",
+                    "~not yet ticked",
                     "batch cap",
                     "~batches",
                 ]);
@@ -357,6 +357,7 @@ async fn show_config(client: &Client, queue: &QueueName) -> anyhow::Result<()> {
     let mut table = Table::new(&["setting", "value"]);
     for (key, value) in [
         ("ticker_max_count", info.ticker_max_count.to_string()),
+        ("ticker_max_batch", opt(info.ticker_max_batch)),
         ("ticker_max_lag", period(info.ticker_max_lag)),
         ("ticker_idle_period", period(info.ticker_idle_period)),
         ("ticker_paused", info.ticker_paused.to_string()),
@@ -381,6 +382,7 @@ fn parse_setting(pair: &str) -> anyhow::Result<QueueSetting> {
     let period = || parse_duration(value).map_err(anyhow::Error::msg);
     Ok(match key {
         "ticker_max_count" => QueueSetting::TickerMaxCount(value.parse()?),
+        "ticker_max_batch" => QueueSetting::TickerMaxBatch(value.parse()?),
         "ticker_max_lag" => QueueSetting::TickerMaxLag(period()?),
         "ticker_idle_period" => QueueSetting::TickerIdlePeriod(period()?),
         "ticker_paused" => QueueSetting::TickerPaused(parse_bool(value)?),
@@ -392,8 +394,9 @@ fn parse_setting(pair: &str) -> anyhow::Result<QueueSetting> {
             n => Some(n.parse()?),
         }),
         other => anyhow::bail!(
-            "unknown setting {other:?} (ticker_max_count, ticker_max_lag, ticker_idle_period, \
-             ticker_paused, rotation_period, external_ticker, disable_insert, per_tx_limit)"
+            "unknown setting {other:?} (ticker_max_count, ticker_max_batch, ticker_max_lag, \
+             ticker_idle_period, ticker_paused, rotation_period, external_ticker, \
+             disable_insert, per_tx_limit)"
         ),
     })
 }
@@ -433,7 +436,7 @@ fn print_status(status: &pgq_ticker::DatabaseStatus) -> std::io::Result<()> {
         "newest tick",
         "tick age",
         "events/s",
-        "not yet ticked",
+        "~not yet ticked",
         "max count",
         "ticker",
     ]);
@@ -444,7 +447,7 @@ fn print_status(status: &pgq_ticker::DatabaseStatus) -> std::io::Result<()> {
         "last seen",
         "last tick",
         "batch",
-        "pending events",
+        "~pending events",
     ]);
     for q in &status.queues {
         let ticker = if q.external_ticker {

@@ -41,7 +41,7 @@ pub struct TickReport {
     /// `ticker_idle_period`).
     pub queues: u64,
     /// Of [`ticks`](Self::ticks), the cuts written by `pgq.catchup_ticker()` so that a
-    /// backlog is split into batches of about `ticker_max_count` events.
+    /// backlog is split into batches of at most the queue's `ticker_max_batch` events.
     pub catchup_ticks: u64,
     /// Queues whose tick failed (logged once per distinct error; retried next pass). The
     /// other queues of the database were ticked all the same.

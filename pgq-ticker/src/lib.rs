@@ -7,9 +7,9 @@
 //! one database at once; it reconnects with capped exponential backoff after a lost
 //! connection. [`DatabaseTicker`] is one database's ticker, with the one-step functions the
 //! daemon repeats ([`DatabaseTicker::tick_once`], [`DatabaseTicker::maintain_once`]). On the
-//! pgq-rs schema a pass also writes catch-up ticks, so that a backlog left by an outage comes
-//! back in batches of about `ticker_max_count` events instead of one giant batch; the
-//! original PGQ extension is ticked too, with plain ticks.
+//! pgq-rs schema a pass also writes catch-up ticks, so that a backlog left by any gap (an
+//! outage, a restart) comes back in batches of at most the queue's `ticker_max_batch` events
+//! instead of one giant batch; the original PGQ extension is ticked too, with plain ticks.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -126,13 +126,22 @@ async fn admin_commands_on_our_schema() -> anyhow::Result<()> {
             "orders",
             "ticker_max_count=100",
             "queue_ticker_max_lag=2s",
+            "ticker_max_batch=5000",
         ],
         0,
     )
     .await?;
     cli(&db, &["config", "orders", "no_such_setting=1"], 1).await?;
+    let (code, _, stderr) =
+        run_binary(&["--dsn", &db.dsn(), "config", "orders", "ticker_max_batch=0"]).await?;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("queue_ticker_max_batch_positive"),
+        "{stderr}"
+    );
     let settings = cli(&db, &["config", "orders"], 0).await?;
     assert!(settings.contains("ticker_max_count    100"), "{settings}");
+    assert!(settings.contains("ticker_max_batch    5000"), "{settings}");
     assert!(settings.contains("ticker_max_lag      2s"), "{settings}");
 
     let client = db.client().await?;

@@ -211,3 +211,92 @@ async fn a_bad_or_taken_listen_address_stops_the_daemon_at_start() -> anyhow::Re
     );
     Ok(())
 }
+
+/// The metric names in `text` that start with one of the project's prefixes.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("pgq_") || word.starts_with("londiste_"))
+        .map(|word| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word)
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Every metric the crates record (the name given to a `metrics` macro).
+fn recorded_metrics(root: &std::path::Path) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut names = std::collections::BTreeSet::new();
+    for dir in std::fs::read_dir(root)? {
+        let src = dir?.path().join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        let mut pending = vec![src];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path)?;
+                    for call in ["counter!(", "gauge!(", "histogram!("] {
+                        for (at, _) in text.match_indices(call) {
+                            let rest = text[at + call.len()..].trim_start();
+                            if let Some(name) =
+                                rest.strip_prefix('"').and_then(|r| r.split('"').next())
+                            {
+                                names.insert(name.to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+#[test]
+fn the_operations_guide_and_the_dashboard_name_what_is_recorded() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guide = std::fs::read_to_string(root.join("docs/operations.md"))?;
+    let documented: std::collections::BTreeSet<String> = guide
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|cell| cell.split(['`', '{']).next())
+        .filter(|name| name.starts_with("pgq_") || name.starts_with("londiste_"))
+        .map(str::to_owned)
+        .collect();
+    let recorded = recorded_metrics(&root)?;
+    assert_eq!(
+        documented, recorded,
+        "docs/operations.md's tables and the metrics the code records differ"
+    );
+
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        root.join("docs/grafana/pgq-rs.json"),
+    )?)?;
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut used = std::collections::BTreeSet::new();
+    for target in panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().expect("targets"))
+    {
+        used.extend(metric_names(target["expr"].as_str().expect("expr")));
+    }
+    let unknown: Vec<_> = used.difference(&recorded).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard uses unknown metrics {unknown:?}"
+    );
+    assert!(
+        used.len() * 10 >= recorded.len() * 8,
+        "the dashboard shows {} of {} metrics",
+        used.len(),
+        recorded.len()
+    );
+    Ok(())
+}
