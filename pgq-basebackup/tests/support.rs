@@ -161,23 +161,13 @@ impl Scratch {
 
 /// Asserts that `pg_verifybackup` accepts the backup in `dir`.
 pub(crate) async fn assert_pg_verifybackup_accepts(dir: &Path) -> anyhow::Result<()> {
-    let (code, out, err) =
-        pgq_testkit::run(pg_verifybackup(), &[&dir.display().to_string()]).await?;
+    let (code, out, err) = pgq_testkit::run(
+        pgq_testkit::client_program("pg_verifybackup"),
+        &[&dir.display().to_string()],
+    )
+    .await?;
     assert_eq!(code, 0, "pg_verifybackup: {out}{err}");
     Ok(())
-}
-
-/// `pg_verifybackup`, from the same directory as the server binaries.
-fn pg_verifybackup() -> PathBuf {
-    [
-        "/usr/lib/postgresql/17/bin",
-        "/usr/lib/postgresql/16/bin",
-        "/usr/lib/postgresql/15/bin",
-    ]
-    .iter()
-    .map(|d| Path::new(d).join("pg_verifybackup"))
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| PathBuf::from("pg_verifybackup"))
 }
 
 /// Files under `dir` (links not followed) whose bytes contain `needle`.

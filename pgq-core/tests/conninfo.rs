@@ -50,7 +50,7 @@ async fn password_cluster() -> Result<Cluster> {
 /// `current_user`, `current_database()` and `application_name` as `psql` sees them when run with
 /// `conninfo` (and `PGPASSWORD` when given).
 async fn psql(conninfo: &str, password: Option<&str>) -> Result<String> {
-    let mut command = tokio::process::Command::new(pgq_testkit::bin_dir()?.join("psql"));
+    let mut command = tokio::process::Command::new(pgq_testkit::client_program("psql"));
     command
         .args(["-X", "-A", "-t", "-w", "-c"])
         .arg("SELECT current_user || '|' || current_database() || '|' || current_setting('application_name')")

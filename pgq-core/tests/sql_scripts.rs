@@ -2,35 +2,12 @@
 //! output must equal the `.out` file beside it, on our schema and, for `pgq_coop`, on the
 //! original extension too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use pgq_core::Line;
 use pgq_testkit::TestDb;
 use tokio::io::AsyncWriteExt;
-
-/// `psql` from PATH, else from the highest installed PostgreSQL's bin directory.
-fn psql() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|dir| dir.join("psql"))
-        .find(|p| p.is_file());
-    on_path.unwrap_or_else(|| {
-        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join("bin/psql"))
-            .filter(|p| p.is_file())
-            .collect();
-        found.sort();
-        found
-            .pop()
-            .expect("psql not found on PATH or under /usr/lib/postgresql")
-    })
-}
 
 /// Runs `migrations/tests/<name>.sql` through psql against `db` the way its `.out` file was
 /// made (script on standard input, stderr merged into stdout) and compares the two.
@@ -40,7 +17,7 @@ async fn run_script(db: &TestDb, name: &str) -> anyhow::Result<()> {
     let expected = std::fs::read_to_string(dir.join(format!("{name}.out")))?;
     let mut child = tokio::process::Command::new("sh")
         .args(["-c", "exec \"$0\" -X -a -q -d \"$1\" 2>&1"])
-        .arg(psql())
+        .arg(pgq_testkit::client_program("psql"))
         .arg(db.dsn())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -394,6 +394,34 @@ pub fn bin_dir() -> Result<&'static Path, TestkitError> {
     tools().map(|tools| tools.bindir.as_path())
 }
 
+/// A PostgreSQL client program such as `psql` or `pg_verifybackup`: from [`bin_dir`] when it is
+/// there, else from the highest `/usr/lib/postgresql/<version>/bin` holding it, else from
+/// `PATH`. Server-only bin directories (the relocatable builds in `PGQ_TEST_PG_BIN`) ship no
+/// client programs, and a client speaks to every newer or older server.
+pub fn client_program(name: &str) -> PathBuf {
+    let own = bin_dir().ok().map(|dir| dir.join(name));
+    let mut packaged: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin").join(name)))
+        })
+        .collect();
+    packaged.sort();
+    let on_path = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .collect::<Vec<_>>();
+    own.into_iter()
+        .chain(packaged.into_iter().rev().map(|(_, path)| path))
+        .chain(on_path)
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// `PGQ_TEST_PG_BIN`, unless unset or empty.
 pub(crate) fn pg_bin_var() -> Option<OsString> {
     std::env::var_os(PG_BIN_VAR).filter(|dir| !dir.is_empty())

@@ -62,7 +62,7 @@ mod tracking;
 mod wait;
 
 pub use browser::{browser, Browser};
-pub use cluster::{bin_dir, Cluster, ClusterOptions, SslFiles};
+pub use cluster::{bin_dir, client_program, Cluster, ClusterOptions, SslFiles};
 pub use db::TestDb;
 pub use names::{consumer, queue};
 pub use process::{output, run, Process};
