@@ -41,17 +41,7 @@ pub(crate) fn pack(dir: &Path, level: i32, threads: usize) -> Result<()> {
             fs::remove_file(&path).io_context(|| format!("removing {}", path.display()))?;
         }
     };
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads.max(1)).map(|_| scope.spawn(worker)).collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect::<Result<Vec<()>>>()
-    })?;
-    Ok(())
+    crate::on_threads(threads, worker)
 }
 
 /// Unpacks a compressed copy `src` into `dest` (which must not exist or be empty), then

@@ -47,3 +47,19 @@ pub use lsn::Lsn;
 pub use manifest::{verify, Problem, VerifyReport, MANIFEST};
 pub use options::{BackupOptions, Checkpoint, Progress, StopHook, DEFAULT_CHUNK_SIZE};
 pub use throttle::parse_rate;
+
+/// Runs `worker` on `threads` threads at once (at least one) until each returns; the first
+/// error is returned, a panic is passed on.
+fn on_threads(threads: usize, worker: impl Fn() -> Result<()> + Sync) -> Result<()> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1)).map(|_| scope.spawn(&worker)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
+}

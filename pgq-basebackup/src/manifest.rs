@@ -151,16 +151,7 @@ fn scan(dir: &Path, known: &KnownSums) -> Result<BTreeMap<String, (FileEntry, Da
                 .insert(rel_path.clone(), (FileEntry { size, checksum }, *mtime));
         }
     };
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2).map(|_| scope.spawn(worker)).collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect::<Result<Vec<()>>>()
-    })?;
+    crate::on_threads(2, worker)?;
     Ok(found.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 

@@ -9,6 +9,8 @@ use pgq_consumer::{
 use pgq_core::tokio_postgres::{Client, Transaction};
 use pgq_core::{ConsumerName, Dsn, Event, Line, QueueName};
 use pgq_testkit::TestDb;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub(crate) const QUEUE: &str = "q";
 
@@ -112,6 +114,56 @@ pub(crate) async fn wait_count(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `applied` holds `rows` rows, then stops the runner `task` through `cancel` and
+/// returns how it ended.
+pub(crate) async fn stop_once_applied(
+    client: &Client,
+    rows: i64,
+    cancel: CancellationToken,
+    task: JoinHandle<pgq_consumer::Result<()>>,
+) -> anyhow::Result<()> {
+    wait_count(
+        client,
+        "SELECT count(*) FROM applied",
+        rows,
+        Duration::from_secs(10),
+    )
+    .await?;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await???;
+    Ok(())
+}
+
+/// Registers sub-consumers `s1` .. `s{count}` of the cooperative consumer `group` on queue `q`.
+pub(crate) async fn register_subconsumers(client: &Client, count: i32) -> anyhow::Result<()> {
+    client
+        .execute(
+            "SELECT pgq_coop.register_subconsumer('q', 'group', 's' || i)
+               FROM generate_series(1, $1) i",
+            &[&count],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Asserts that each producer transaction's events in `applied` were applied by one work
+/// transaction: no batch was split between two.
+pub(crate) async fn assert_each_transaction_in_one_work_transaction(
+    client: &Client,
+) -> anyhow::Result<()> {
+    let split = count(
+        client,
+        "SELECT count(*) FROM (SELECT ev_txid FROM applied GROUP BY ev_txid
+                               HAVING count(DISTINCT work_xid) > 1) x",
+    )
+    .await?;
+    anyhow::ensure!(
+        split == 0,
+        "{split} producer transactions were applied in parts"
+    );
+    Ok(())
 }
 
 /// Retries while a killed predecessor's session still holds the lock.

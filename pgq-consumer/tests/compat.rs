@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgq_consumer::{ConsumerError, CoopRunner, RemoteRunner, Runner, Typed};
+use pgq_core::tokio_postgres::Client;
 use pgq_core::{ConsumerName, Dsn, Line, QueueName};
 use pgq_testkit::TestDb;
 
@@ -11,13 +12,9 @@ use crate::common::{config, count, create_applied, produce, produce_data, tick, 
 
 #[tokio::test]
 async fn runners_work_on_the_original_extension() -> anyhow::Result<()> {
-    let db = TestDb::new().await?;
-    let mut client = db.client().await?;
-    if !pgq_testkit::reference_available(&client).await? {
-        println!("SKIPPED: the original pgq extension is not installed on this server");
+    let Some((db, mut client)) = with_the_extension().await? else {
         return Ok(());
-    }
-    pgq_testkit::create_reference_extension(&client).await?;
+    };
     pgq_core::install(&mut client, &[Line::Pgq, Line::PgqCoop, Line::PgqExt]).await?;
     let queue = QueueName::new(crate::common::QUEUE)?;
     pgq_core::create_queue(&client, &queue).await?;
@@ -66,13 +63,9 @@ async fn runners_work_on_the_original_extension() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_remote_runner_needs_the_providers_installation_id() -> anyhow::Result<()> {
-    let db = TestDb::new().await?;
-    let mut client = db.client().await?;
-    if !pgq_testkit::reference_available(&client).await? {
-        println!("SKIPPED: the original pgq extension is not installed on this server");
+    let Some((db, mut client)) = with_the_extension().await? else {
         return Ok(());
-    }
-    pgq_testkit::create_reference_extension(&client).await?;
+    };
     let queue = QueueName::new(crate::common::QUEUE)?;
     pgq_core::create_queue(&client, &queue).await?;
     let dsn = Dsn::parse(&db.dsn())?;
@@ -106,4 +99,17 @@ async fn a_remote_runner_needs_the_providers_installation_id() -> anyhow::Result
         5
     );
     Ok(())
+}
+
+/// A fresh database with the original pgq extension created, or `None` (the test skips) where
+/// the server does not have it.
+async fn with_the_extension() -> anyhow::Result<Option<(TestDb, Client)>> {
+    let db = TestDb::new().await?;
+    let client = db.client().await?;
+    if !pgq_testkit::reference_available(&client).await? {
+        println!("SKIPPED: the original pgq extension is not installed on this server");
+        return Ok(None);
+    }
+    pgq_testkit::create_reference_extension(&client).await?;
+    Ok(Some((db, client)))
 }

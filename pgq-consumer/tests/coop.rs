@@ -12,19 +12,17 @@ use pgq_core::{ConsumerName, Event};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{config, count, produce, setup, tick, wait_count, Apply};
+use crate::common::{
+    assert_each_transaction_in_one_work_transaction, config, count, produce, register_subconsumers,
+    setup, tick, wait_count, Apply,
+};
 
 #[tokio::test]
 async fn four_subconsumers_process_every_transaction_once_in_one_batch() -> anyhow::Result<()> {
     const TXS: u32 = 2_000;
     const PER_TX: u32 = 100;
     let s = setup().await?;
-    s.client
-        .batch_execute(
-            "SELECT pgq_coop.register_subconsumer('q', 'group', 's' || i)
-               FROM generate_series(1, 4) i",
-        )
-        .await?;
+    register_subconsumers(&s.client, 4).await?;
     for _ in 0..TXS / 20 {
         produce(&s.client, 20, PER_TX).await?;
         tick(&s.client).await?;
@@ -68,15 +66,7 @@ async fn four_subconsumers_process_every_transaction_once_in_one_batch() -> anyh
         total
     );
     // Each producer transaction's events were applied by one work transaction.
-    assert_eq!(
-        count(
-            &s.client,
-            "SELECT count(*) FROM (SELECT ev_txid FROM applied GROUP BY ev_txid
-                                   HAVING count(DISTINCT work_xid) > 1) x"
-        )
-        .await?,
-        0
-    );
+    assert_each_transaction_in_one_work_transaction(&s.client).await?;
     // Batches ran concurrently: work transactions of different sessions overlapped in time.
     let overlaps = count(
         &s.client,

@@ -18,7 +18,8 @@ use pgq_testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    apply_chunk, config, count, create_applied, produce, setup, tick, until_free, wait_count, Apply,
+    apply_chunk, assert_each_transaction_in_one_work_transaction, config, count, create_applied,
+    produce, register_subconsumers, setup, tick, until_free, wait_count, Apply,
 };
 
 const CHILD_MODE: &str = "PGQ_CONSUMER_KILL_CHILD";
@@ -131,6 +132,16 @@ impl Rng {
     }
 }
 
+/// Starts the child with `vars` and kills it 30 to 150 ms later, `KILLS` times over.
+async fn kill_repeatedly(vars: &[(&str, &str)], rng: &mut Rng) -> anyhow::Result<()> {
+    for _ in 0..KILLS {
+        let mut child = spawn_child(vars)?;
+        tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
+        child.kill().await?;
+    }
+    Ok(())
+}
+
 fn spawn_child(vars: &[(&str, &str)]) -> anyhow::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
     cmd.args([
@@ -180,6 +191,17 @@ async fn assert_work_left(client: &Client, seed_note: &str, total: i64) -> anyho
     Ok(())
 }
 
+/// Waits up to 30 s until `applied` holds `total` distinct events.
+async fn wait_all_applied(client: &Client, total: i64) -> anyhow::Result<()> {
+    wait_count(
+        client,
+        "SELECT count(DISTINCT ev_id) FROM applied",
+        total,
+        Duration::from_secs(30),
+    )
+    .await
+}
+
 async fn assert_once(client: &Client, seed_note: &str, total: i64) -> anyhow::Result<()> {
     assert_eq!(
         count(client, "SELECT count(DISTINCT ev_id) FROM applied").await?,
@@ -206,20 +228,10 @@ async fn local_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
         (CHILD_DSN, dsn.as_str()),
         (CHILD_PAUSE_MS, PAUSE_MS),
     ];
-    for _ in 0..KILLS {
-        let mut child = spawn_child(&vars)?;
-        tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
-        child.kill().await?;
-    }
+    kill_repeatedly(&vars, &mut rng).await?;
     assert_work_left(&s.client, "local", TOTAL).await?;
     let mut child = spawn_child(&vars)?;
-    let done = wait_count(
-        &s.client,
-        "SELECT count(DISTINCT ev_id) FROM applied",
-        TOTAL,
-        Duration::from_secs(30),
-    )
-    .await;
+    let done = wait_all_applied(&s.client, TOTAL).await;
     child.kill().await?;
     done?;
     assert_once(&s.client, "local", TOTAL).await
@@ -229,12 +241,7 @@ async fn local_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
 async fn coop_group_exactly_once_under_sigkill_and_takeover() -> anyhow::Result<()> {
     let mut rng = Rng::new("coop kill test");
     let s = setup().await?;
-    s.client
-        .batch_execute(
-            "SELECT pgq_coop.register_subconsumer('q', 'group', 's' || i)
-               FROM generate_series(1, 4) i",
-        )
-        .await?;
+    register_subconsumers(&s.client, 4).await?;
     fill(&s.client, TXS).await?;
     let dsn = s.db.dsn();
     let subs = ["s1", "s2", "s3", "s4"];
@@ -259,27 +266,13 @@ async fn coop_group_exactly_once_under_sigkill_and_takeover() -> anyhow::Result<
     assert_work_left(&s.client, "coop", TOTAL).await?;
     // s4 dies for good, maybe with a batch open: the others take it over after dead_interval.
     children[3].kill().await?;
-    let done = wait_count(
-        &s.client,
-        "SELECT count(DISTINCT ev_id) FROM applied",
-        TOTAL,
-        Duration::from_secs(30),
-    )
-    .await;
+    let done = wait_all_applied(&s.client, TOTAL).await;
     for child in &mut children[..3] {
         child.kill().await?;
     }
     done?;
     assert_once(&s.client, "coop", TOTAL).await?;
-    assert_eq!(
-        count(
-            &s.client,
-            "SELECT count(*) FROM (SELECT ev_txid FROM applied GROUP BY ev_txid
-                                   HAVING count(DISTINCT work_xid) > 1) x"
-        )
-        .await?,
-        0
-    );
+    assert_each_transaction_in_one_work_transaction(&s.client).await?;
     Ok(())
 }
 
@@ -300,20 +293,10 @@ async fn remote_consumer_exactly_once_under_sigkill() -> anyhow::Result<()> {
         (CHILD_TARGET, target_dsn.as_str()),
         (CHILD_PAUSE_MS, PAUSE_MS),
     ];
-    for _ in 0..KILLS {
-        let mut child = spawn_child(&vars)?;
-        tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
-        child.kill().await?;
-    }
+    kill_repeatedly(&vars, &mut rng).await?;
     assert_work_left(&target, "remote", TOTAL).await?;
     let mut child = spawn_child(&vars)?;
-    let done = wait_count(
-        &target,
-        "SELECT count(DISTINCT ev_id) FROM applied",
-        TOTAL,
-        Duration::from_secs(30),
-    )
-    .await;
+    let done = wait_all_applied(&target, TOTAL).await;
     child.kill().await?;
     done?;
     assert_once(&target, "remote", TOTAL).await
@@ -404,13 +387,7 @@ async fn two_remote_workers_exactly_once_when_the_active_ones_queue_connection_i
         hits += count(&s.client, KILL_LOCK_HOLDER).await?;
     }
     assert_work_left(target, "remote takeover", TAKEOVER_TOTAL).await?;
-    let done = wait_count(
-        target,
-        "SELECT count(DISTINCT ev_id) FROM applied",
-        TAKEOVER_TOTAL,
-        Duration::from_secs(30),
-    )
-    .await;
+    let done = wait_all_applied(target, TAKEOVER_TOTAL).await;
     cancel.cancel();
     for worker in workers {
         worker.await??;

@@ -10,7 +10,9 @@ use pgq_core::tokio_postgres::Transaction;
 use pgq_core::{ConsumerName, Event};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{config, count, produce, produce_data, setup, tick, wait_count, Apply};
+use crate::common::{
+    config, count, produce, produce_data, setup, stop_once_applied, tick, wait_count, Apply,
+};
 
 #[tokio::test]
 async fn processes_batches_and_finishes_them() -> anyhow::Result<()> {
@@ -361,15 +363,7 @@ async fn run_reconnects_after_its_connection_is_killed() -> anyhow::Result<()> {
     assert_eq!(killed, 1);
     produce(&s.client, 2, 5).await?;
     tick(&s.client).await?;
-    wait_count(
-        &s.client,
-        "SELECT count(*) FROM applied",
-        10,
-        Duration::from_secs(10),
-    )
-    .await?;
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await???;
+    stop_once_applied(&s.client, 10, cancel, task).await?;
     assert_eq!(count(&s.client, "SELECT count(*) FROM applied").await?, 10);
     Ok(())
 }

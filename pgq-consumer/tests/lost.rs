@@ -17,7 +17,9 @@ use pgq_testkit::TestDb;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{config, count, create_applied, produce, setup, tick, wait_count, Apply};
+use crate::common::{
+    config, count, create_applied, produce, setup, stop_once_applied, tick, Apply,
+};
 
 /// Which connection of the batch the test kills.
 #[derive(Clone, Copy)]
@@ -121,16 +123,7 @@ where
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run(cancel.clone()));
     kill_inside(killer, pid, killed).await?;
-    wait_count(
-        applied,
-        "SELECT count(*) FROM applied",
-        10,
-        Duration::from_secs(10),
-    )
-    .await?;
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await???;
-    Ok(())
+    stop_once_applied(applied, 10, cancel, task).await
 }
 
 /// What every scenario must show on the database that holds `applied` and on the queue's.

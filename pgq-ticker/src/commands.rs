@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Admin, Cli, Command, ConnectArgs};
-use crate::output::{json, opt, out, period, secs, Table};
+use crate::output::{json, opt, out, period, rows, secs, Table};
 
 /// Runs the command; `Err` is printed as a chain of causes and exits with 1.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -209,32 +209,27 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
             json: as_json,
         } => {
             let queue = queue.map(QueueName::new).transpose()?;
-            let rows = pgq_core::consumer_backlog_exact(&*client, queue.as_ref(), None).await?;
-            if as_json {
-                json(&rows)?;
-            } else {
-                let mut table = Table::new(&[
-                    "queue",
-                    "consumer",
-                    "last tick",
-                    "ticked",
-                    "not yet ticked",
-                    "retry",
-                    "events",
-                ]);
-                for b in rows {
-                    table.row(vec![
-                        b.queue_name,
-                        b.consumer_name,
-                        b.last_tick_id.to_string(),
-                        b.ticked_events.to_string(),
-                        b.unticked_events.to_string(),
-                        b.retry_events.to_string(),
-                        b.pending_events.to_string(),
-                    ]);
-                }
-                table.print()?;
-            }
+            let backlog = pgq_core::consumer_backlog_exact(&*client, queue.as_ref(), None).await?;
+            let headers = [
+                "queue",
+                "consumer",
+                "last tick",
+                "ticked",
+                "not yet ticked",
+                "retry",
+                "events",
+            ];
+            rows(&backlog, as_json, &headers, |b| {
+                vec![
+                    b.queue_name.clone(),
+                    b.consumer_name.clone(),
+                    b.last_tick_id.to_string(),
+                    b.ticked_events.to_string(),
+                    b.unticked_events.to_string(),
+                    b.retry_events.to_string(),
+                    b.pending_events.to_string(),
+                ]
+            })?;
         }
         Admin::Backlog {
             queue,
@@ -242,37 +237,32 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
             json: as_json,
         } => {
             let queue = queue.map(QueueName::new).transpose()?;
-            let rows = pgq_core::backlog_report(&*client, queue.as_ref()).await?;
-            if as_json {
-                json(&rows)?;
-            } else {
-                let mut table = Table::new(&[
-                    "queue",
-                    "consumer",
-                    "last tick",
-                    "lag",
-                    "ready ticks",
-                    "~events waiting",
-                    "~not yet ticked",
-                    "batch cap",
-                    "~batches",
-                ]);
-                let now = chrono::Utc::now();
-                for b in rows {
-                    table.row(vec![
-                        b.queue,
-                        b.consumer,
-                        b.last_tick.to_string(),
-                        secs(b.last_tick_time.map(|t| seconds_since(now, t))),
-                        b.pending_ticks.to_string(),
-                        opt(b.events_since_last_tick),
-                        opt(b.events_since_newest_tick),
-                        opt(b.ticker_max_batch.map(i64::from)),
-                        b.batches.to_string(),
-                    ]);
-                }
-                table.print()?;
-            }
+            let backlog = pgq_core::backlog_report(&*client, queue.as_ref()).await?;
+            let headers = [
+                "queue",
+                "consumer",
+                "last tick",
+                "lag",
+                "ready ticks",
+                "~events waiting",
+                "~not yet ticked",
+                "batch cap",
+                "~batches",
+            ];
+            let now = chrono::Utc::now();
+            rows(&backlog, as_json, &headers, |b| {
+                vec![
+                    b.queue.clone(),
+                    b.consumer.clone(),
+                    b.last_tick.to_string(),
+                    secs(b.last_tick_time.map(|t| seconds_since(now, t))),
+                    b.pending_ticks.to_string(),
+                    opt(b.events_since_last_tick),
+                    opt(b.events_since_newest_tick),
+                    opt(b.ticker_max_batch.map(i64::from)),
+                    b.batches.to_string(),
+                ]
+            })?;
         }
         Admin::Ticks {
             queue,
@@ -281,21 +271,16 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
         } => {
             let queue = QueueName::new(queue)?;
             let ticks = pgq_core::recent_ticks(&*client, &queue, limit).await?;
-            if as_json {
-                json(&ticks)?;
-            } else {
-                let mut table = Table::new(&["tick", "time", "event seq", "events", "snapshot"]);
-                for t in ticks {
-                    table.row(vec![
-                        t.tick_id.to_string(),
-                        t.tick_time.format("%Y-%m-%d %H:%M:%S%.3f%:z").to_string(),
-                        t.event_seq.to_string(),
-                        opt(t.events),
-                        shorten(&t.snapshot, 48),
-                    ]);
-                }
-                table.print()?;
-            }
+            let headers = ["tick", "time", "event seq", "events", "snapshot"];
+            rows(&ticks, as_json, &headers, |t| {
+                vec![
+                    t.tick_id.to_string(),
+                    t.tick_time.format("%Y-%m-%d %H:%M:%S%.3f%:z").to_string(),
+                    t.event_seq.to_string(),
+                    opt(t.events),
+                    shorten(&t.snapshot, 48),
+                ]
+            })?;
         }
         Admin::Skip {
             queue,

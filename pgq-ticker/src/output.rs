@@ -65,6 +65,23 @@ pub(crate) fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `rows` as pretty JSON, or as a table under `headers` with the cells `cells` gives.
+pub(crate) fn rows<T: serde::Serialize>(
+    rows: &[T],
+    as_json: bool,
+    headers: &[&'static str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if as_json {
+        return json(&rows);
+    }
+    let mut table = Table::new(headers);
+    for row in rows {
+        table.row(cells(row));
+    }
+    Ok(table.print()?)
+}
+
 /// A cell for an optional value; `-` when absent.
 pub(crate) fn opt(value: Option<impl Display>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
