@@ -1,6 +1,7 @@
 //! `docs/sql-api.md` against the schema: after an install of every line, the functions of
 //! schemas `pgq`, `pgq_coop` and `pgq_ext` are exactly the ones the page lists (name and
-//! argument types), and each row's "defined in" file holds the function's current definition.
+//! argument types), each row's "defined in" file holds the function's current definition, and
+//! every function a migration file of those lines creates (and none drops) has a row.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -181,6 +182,86 @@ fn migration_number(path: &Path) -> Option<u32> {
     (rest.ends_with(".sql") && number.len() == 4)
         .then(|| number.parse().ok())
         .flatten()
+}
+
+/// The migration files of our schemas' lines (numbered and current), relative to the
+/// repository, with their normalized SQL.
+fn migration_files(root: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    for line in ["current", "pgq", "pgq_coop", "pgq_ext", "pgq_triggers"] {
+        let dir = root.join("migrations").join(line);
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "sql") {
+                let sql = std::fs::read_to_string(&path)?;
+                let name = path.strip_prefix(root)?.display().to_string();
+                files.push((name, normalized(&sql)));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Functions of schemas `pgq`, `pgq_coop` and `pgq_ext` that a file creates and no file
+/// drops, whose name no row of the page has: "file: schema.name" each.
+fn unlisted(files: &[(String, String)], rows: &[Row]) -> Vec<String> {
+    let listed: BTreeSet<&str> = rows.iter().map(Row::name).collect();
+    let named_after = |sql: &str, prefix: &str| -> Vec<String> {
+        sql.match_indices(prefix)
+            .filter_map(|(at, _)| {
+                let rest = &sql[at + prefix.len()..];
+                let name = &rest[..rest.find(['(', ' ', ';'])?];
+                ["pgq.", "pgq_coop.", "pgq_ext."]
+                    .iter()
+                    .any(|schema| name.starts_with(schema))
+                    .then(|| name.to_owned())
+            })
+            .collect()
+    };
+    let dropped: BTreeSet<String> = files
+        .iter()
+        .flat_map(|(_, sql)| named_after(sql, "drop function "))
+        .collect();
+    let mut out = BTreeSet::new();
+    for (file, sql) in files {
+        for prefix in ["create function ", "create or replace function "] {
+            for name in named_after(sql, prefix) {
+                if !listed.contains(name.as_str()) && !dropped.contains(&name) {
+                    out.insert(format!("{file}: {name}"));
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[test]
+fn every_function_a_migration_creates_has_a_row() -> anyhow::Result<()> {
+    let root = repository();
+    let rows = rows()?;
+    let mut files = migration_files(&root)?;
+    assert!(files.len() >= 14, "{files:?}");
+    let problems = unlisted(&files, &rows);
+    assert!(
+        problems.is_empty(),
+        "not in docs/sql-api.md:\n{}",
+        problems.join("\n")
+    );
+
+    // A function added to a numbered migration alone, as a later file would add it.
+    files.push((
+        "migrations/pgq/0099_probe.sql".to_owned(),
+        normalized(
+            "CREATE OR REPLACE FUNCTION pgq.added_later (i integer) RETURNS integer
+                 LANGUAGE sql AS $$ SELECT i $$;",
+        ),
+    ));
+    assert_eq!(
+        unlisted(&files, &rows),
+        ["migrations/pgq/0099_probe.sql: pgq.added_later"]
+    );
+    Ok(())
 }
 
 #[tokio::test]
