@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pgq_core::{Batch, BatchId, ConsumerInfo, TickId};
+use pgq_core::tokio_postgres::GenericClient;
+use pgq_core::{Batch, BatchId, ConsumerInfo, ConsumerName, QueueName, TickId};
 
 use crate::batch::Counts;
 
@@ -139,11 +140,28 @@ impl ConsumerMetrics {
         ::metrics::gauge!("pgq_runner_lag_seconds", labels).set(report.lag.as_secs_f64());
     }
 
-    /// Sets the gauges of how far behind the consumer is, from `pgq.get_consumer_info`: the
+    /// Sets the gauges of how far behind `consumer` is, from `pgq.get_consumer_info`: the
     /// pending events (PGQ's estimate from the event sequence), and the age of its position
     /// tick while events are pending (every unconsumed event is younger: an upper bound, within
-    /// one tick of the oldest one's age), else 0.
-    pub(crate) fn observed(&self, info: &ConsumerInfo) {
+    /// one tick of the oldest one's age), else 0. A failure only skips this observation: a lost
+    /// connection shows at the next batch.
+    pub(crate) async fn observe(
+        &self,
+        client: &impl GenericClient,
+        queue: &QueueName,
+        consumer: &ConsumerName,
+    ) {
+        match pgq_core::consumer_info(client, Some(queue), Some(consumer)).await {
+            Ok(infos) => {
+                if let Some(info) = infos.first() {
+                    self.observed(info);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "could not observe the consumer's backlog"),
+        }
+    }
+
+    fn observed(&self, info: &ConsumerInfo) {
         let pending = info.pending_events.unwrap_or(0).max(0);
         let oldest = match info.lag {
             Some(lag) if pending > 0 => lag.to_std().unwrap_or_default().as_secs_f64(),

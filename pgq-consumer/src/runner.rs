@@ -2,7 +2,7 @@
 //! the batch step, generic over the [`Mode`] that takes, works and finishes a batch.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pgq_core::tokio_postgres::Client;
 use pgq_core::{Backoff, Dsn, Line};
@@ -14,16 +14,8 @@ use crate::config::ConsumerConfig;
 use crate::consumer::Consumer;
 use crate::error::{ConsumerError, DbContext, Result};
 use crate::metrics::{BatchReport, ConsumerMetrics};
-use crate::session::{cancel_in_background, Session};
+use crate::session::{cancel_in_background, pause, Session};
 use sealed::{Held, Steps, Take, Taken};
-
-/// Sleeps for `wait` unless `cancel` fires first.
-async fn pause(wait: Duration, cancel: &CancellationToken) {
-    tokio::select! {
-        () = tokio::time::sleep(wait) => {}
-        () = cancel.cancelled() => {}
-    }
-}
 
 /// How a [`ConsumerRunner`] takes, works and finishes a batch: [`Local`],
 /// [`Coop`](crate::Coop) or [`Remote`](crate::Remote). Sealed.
@@ -333,23 +325,6 @@ impl<M: Mode> ConsumerRunner<M> {
         self.run_loop(cancel).instrument(span).await
     }
 
-    /// Sets the how-far-behind gauges ([`ConsumerMetrics`]). A failure only skips this
-    /// observation: a lost connection shows at the next batch.
-    async fn observe(&self) {
-        let Some(session) = &self.session else {
-            return;
-        };
-        let (queue, consumer) = (&self.config.queue, &self.config.consumer);
-        match pgq_core::consumer_info(&session.client, Some(queue), Some(consumer)).await {
-            Ok(infos) => {
-                if let Some(info) = infos.first() {
-                    self.metrics.observed(info);
-                }
-            }
-            Err(err) => tracing::debug!(error = %err, "could not observe the consumer's backlog"),
-        }
-    }
-
     async fn run_loop(&mut self, cancel: CancellationToken) -> Result<()> {
         let config = self.config.clone();
         let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
@@ -400,7 +375,10 @@ impl<M: Mode> ConsumerRunner<M> {
                     backoff.reset();
                     if observed_at.map_or(true, |at| at.elapsed() >= config.observe_period) {
                         observed_at = Some(Instant::now());
-                        self.observe().await;
+                        if let Some(session) = &self.session {
+                            let (queue, consumer) = (&config.queue, &config.consumer);
+                            self.metrics.observe(&session.client, queue, consumer).await;
+                        }
                     }
                     if let (None, Some(session)) = (found, self.session.as_mut()) {
                         session

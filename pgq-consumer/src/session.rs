@@ -74,17 +74,22 @@ impl Session {
                     Some(_) => {}
                     None => {
                         // The connection ended: poll until the timeout shows the loss.
-                        tokio::select! {
-                            () = &mut deadline => {}
-                            () = cancel.cancelled() => {}
-                        }
-                        return;
+                        let left = deadline.deadline() - tokio::time::Instant::now();
+                        return pause(left, cancel).await;
                     }
                 },
                 () = &mut deadline => return,
                 () = cancel.cancelled() => return,
             }
         }
+    }
+}
+
+/// Sleeps for `wait` unless `cancel` fires first.
+pub(crate) async fn pause(wait: Duration, cancel: &CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = cancel.cancelled() => {}
     }
 }
 
