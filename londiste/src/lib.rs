@@ -45,6 +45,7 @@ mod copy;
 mod decode;
 mod error;
 mod meta;
+mod monitor;
 mod state;
 mod worker;
 
@@ -53,7 +54,10 @@ pub use admin::{
     AddedTable, ResyncOptions, Status, TableStatus,
 };
 pub use compare::{compare, Comparison};
-pub use config::{default_consumer, ApplyMode, Config, DEFAULT_CONSUMER_PREFIX};
+pub use config::{
+    default_consumer, ApplyMode, Config, DEFAULT_CONSUMER_PREFIX, DEFAULT_MAX_LAG,
+    DEFAULT_OBSERVE_PERIOD,
+};
 pub use copy::CopyProgress;
 pub use error::{LondisteError, Result};
 pub use state::TableState;
