@@ -11,7 +11,7 @@
 //! apply = "batch"                # or "per-event": one statement per event, for comparison
 //! memory_limit_mb = 64           # merged rows held before an early flush
 //! chunk_size = 5000              # events fetched per round trip
-//! listen = "127.0.0.1:9187"      # /metrics, /health and a status page; off unless set
+//! listen = "127.0.0.1:9188"      # /metrics, /health and a status page; off unless set
 //! observe_period = "10s"         # how often the lag, backlog and tables are read for them
 //! max_lag = "5m"                 # /health fails when the worker's lag is over this
 //! ```
@@ -50,7 +50,7 @@ pub enum ApplyMode {
 /// apply = "batch"                # or "per-event": one statement per event, for comparison
 /// memory_limit_mb = 64           # merged rows held before an early flush
 /// chunk_size = 5000              # events fetched per round trip
-/// listen = "127.0.0.1:9187"      # /metrics, /health and a status page; off unless set
+/// listen = "127.0.0.1:9188"      # /metrics, /health and a status page; off unless set
 /// observe_period = "10s"         # how often the lag, backlog and tables are read for them
 /// max_lag = "5m"                 # /health fails when the worker's lag is over this
 /// ```

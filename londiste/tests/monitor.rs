@@ -221,7 +221,7 @@ async fn the_status_page_shows_the_worker_and_its_tables_in_a_browser() -> anyho
         "replica",
         "&lt;script&gt;x&lt;/script&gt;",
         "public.paged_orders",
-        "ok",
+        "<td>ok</td>",
         "Healthy.",
         "<svg",
     ] {
