@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pgq_consumer::CancellationToken;
-use pgq_core::monitor::{escape, sparkline, Status};
+use pgq_core::monitor::{escape, problems_html, sparkline, Status};
 use pgq_core::{ConsumerName, Dsn};
 use tokio_postgres::Client;
 
@@ -197,21 +197,12 @@ impl Status for Board {
     }
 
     fn page(&self) -> String {
-        let problems = self.problems();
         let mut page = format!(
             "<h1>londiste worker</h1><p>queue <b>{}</b>, consumer <b>{}</b></p>",
             escape(&self.queue),
             escape(&self.consumer)
         );
-        if problems.is_empty() {
-            page.push_str("<p>Healthy.</p>");
-        } else {
-            page.push_str("<ul class=\"bad\">");
-            for p in &problems {
-                let _ = write!(page, "<li>{}</li>", escape(p));
-            }
-            page.push_str("</ul>");
-        }
+        page.push_str(&problems_html(&self.problems()));
         self.with(|view| {
             let now = Instant::now();
             let points: Vec<(f64, f64)> = view

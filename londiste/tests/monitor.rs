@@ -72,29 +72,10 @@ async fn replay(pair: &Pair, sql: &str, table: &str, rows: i64) -> anyhow::Resul
 /// Takes `db` away (no new connections, every session cut off), waits for `/health` to fail
 /// naming `side`, gives it back and waits for 200.
 async fn outage(address: SocketAddr, db: &TestDb, side: &str) -> anyhow::Result<()> {
-    let admin = pgq_core::Dsn::parse(&db.dsn())?
-        .with_dbname("postgres")
-        .connect()
-        .await?;
-    let name = pgq_core::quote_ident(db.name());
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
-        ))
-        .await?;
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            &[&db.name()],
-        )
-        .await?;
+    db.allow_connections(false).await?;
     let body = pgq_testkit::wait_for_health(address, 503, HEALTH_WAIT).await?;
     assert!(body.contains(&format!("{side}: not connected")), "{body}");
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
-        ))
-        .await?;
+    db.allow_connections(true).await?;
     pgq_testkit::wait_for_health(address, 200, HEALTH_WAIT).await?;
     Ok(())
 }
@@ -136,24 +117,10 @@ async fn metrics_count_the_rows_replayed_and_health_follows_both_databases() -> 
 
     let (code, text) = http_get(address, "/metrics").await?;
     assert_eq!(code, 200);
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
     let value = |name: &str, labels: &[(&str, &str)]| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| {
-                s.metric == name
-                    && s.labels.get("queue") == Some("replica")
-                    && s.labels.get("consumer") == Some("monitored")
-                    && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-            })
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                ref other => panic!("{name}: {other:?}"),
-            })
-            .unwrap_or_else(|| panic!("{name} {labels:?} missing:\n{text}"))
+        let mut all = vec![("queue", "replica"), ("consumer", "monitored")];
+        all.extend_from_slice(labels);
+        pgq_testkit::prometheus_value(&text, name, &all)
     };
     let applied = |op| {
         value(
@@ -162,23 +129,23 @@ async fn metrics_count_the_rows_replayed_and_health_follows_both_databases() -> 
         )
     };
     assert_eq!(
-        (applied("I"), applied("U"), applied("D")),
+        (applied("I")?, applied("U")?, applied("D")?),
         (30.0, 10.0, 5.0),
         "{text}"
     );
-    assert_eq!(value("pgq_runner_events_total", &[]), 45.0, "{text}");
-    let batches = value("pgq_londiste_batches_total", &[]);
+    assert_eq!(value("pgq_runner_events_total", &[])?, 45.0, "{text}");
+    let batches = value("pgq_londiste_batches_total", &[])?;
     assert!(batches >= 3.0, "{text}");
-    assert_eq!(value("pgq_londiste_apply_seconds_count", &[]), batches);
-    assert!(value("pgq_londiste_lag_seconds", &[]) >= 0.0);
-    assert!(value("pgq_londiste_pending_events", &[]) >= 0.0);
+    assert_eq!(value("pgq_londiste_apply_seconds_count", &[])?, batches);
+    assert!(value("pgq_londiste_lag_seconds", &[])? >= 0.0);
+    assert!(value("pgq_londiste_pending_events", &[])? >= 0.0);
     assert_eq!(
-        value("pgq_londiste_tables", &[("state", "ok")]),
+        value("pgq_londiste_tables", &[("state", "ok")])?,
         1.0,
         "{text}"
     );
     assert_eq!(
-        value("pgq_londiste_connected", &[("db", "subscriber")]),
+        value("pgq_londiste_connected", &[("db", "subscriber")])?,
         1.0
     );
 

@@ -42,21 +42,10 @@ async fn a_backup_counts_the_bytes_and_files_it_writes() -> anyhow::Result<()> {
     let summary = pgq_basebackup::backup(opts).await?;
 
     let text = handle.render();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
-    let value = |name: &str| {
-        let sample = scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name)
-            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
-        match sample.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name}: {other:?}"),
-        }
-    };
+    let value = |name: &str| pgq_testkit::prometheus_value(&text, name, &[]);
     #[allow(clippy::cast_precision_loss)] // a few MiB
     let bytes = summary.bytes as f64;
-    assert_eq!(value("pgq_basebackup_bytes_total"), bytes, "{summary:?}");
+    assert_eq!(value("pgq_basebackup_bytes_total")?, bytes, "{summary:?}");
 
     // Every file of the copy was written by the copy or the WAL fetcher, but the label and
     // manifest written at the end and the configuration files that live elsewhere.
@@ -67,7 +56,7 @@ async fn a_backup_counts_the_bytes_and_files_it_writes() -> anyhow::Result<()> {
     let written_after = 2 + summary.config_written.len() as u64;
     #[allow(clippy::cast_precision_loss)] // a few thousand files
     let files = (data - written_after + wal) as f64;
-    assert_eq!(value("pgq_basebackup_files_total"), files, "{summary:?}");
+    assert_eq!(value("pgq_basebackup_files_total")?, files, "{summary:?}");
     assert!(files > 100.0, "{files}");
     Ok(())
 }

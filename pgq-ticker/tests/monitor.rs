@@ -88,32 +88,13 @@ async fn metrics_parse_and_health_follows_the_database() -> anyhow::Result<()> {
     );
 
     // The database goes away: no connections, the ticker's own cut off.
-    let admin = pgq_core::Dsn::parse(&db.dsn())?
-        .with_dbname("postgres")
-        .connect()
-        .await?;
-    let name = pgq_core::quote_ident(db.name());
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
-        ))
-        .await?;
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            &[&db.name()],
-        )
-        .await?;
+    db.allow_connections(false).await?;
     let body = wait_for_health(address, 503).await?;
     assert!(
         body.contains(&format!("{}: not connected", db.name())),
         "{body}"
     );
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
-        ))
-        .await?;
+    db.allow_connections(true).await?;
     wait_for_health(address, 200).await?;
     cancel.cancel();
     Ok(())
