@@ -166,6 +166,30 @@ async fn metrics_count_the_rows_replayed_and_health_follows_both_databases() -> 
 }
 
 #[tokio::test]
+async fn health_fails_while_the_lag_is_over_max_lag() -> anyhow::Result<()> {
+    let mut pair = pair_with("laggard", "lagged").await?;
+    // Any lag is too much: the age of the worker's last tick is never zero.
+    pair.config.max_lag = Duration::ZERO;
+    let (address, cancel) = serve(&pair).await?;
+    // 503 from the start (not observed yet), then for the lag alone.
+    let deadline = pgq_testkit::Deadline::after(HEALTH_WAIT);
+    loop {
+        let (code, body) = http_get(address, "/health").await?;
+        assert_eq!(code, 503, "{body}");
+        if body.contains("lag is") {
+            assert!(body.contains("(over 0s)"), "{body}");
+            assert_eq!(body.lines().count(), 1, "{body}");
+            break;
+        }
+        deadline
+            .pause(format!("/health to name the lag: {body}"))
+            .await?;
+    }
+    cancel.cancel();
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_status_page_shows_the_worker_and_its_tables_in_a_browser() -> anyhow::Result<()> {
     let Some(browser) = pgq_testkit::browser()? else {
         return Ok(());
