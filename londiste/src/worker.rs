@@ -193,10 +193,10 @@ impl Replayer {
                     _ => {}
                 }
                 let dest = self.dest(tx, &sub.dest).await?;
-                let applied_now = self
+                let outcome = self
                     .event(tx, &mut pending, table, &dest, event, per_event)
                     .await;
-                match applied_now {
+                match outcome {
                     Ok((op, bytes)) => {
                         held += bytes;
                         match applied.get_mut(table) {
