@@ -40,11 +40,20 @@ const WORKER: &str = "\
 SELECT last_tick, last_batch_at::text, pause_requested FROM londiste_rs.worker_position
  WHERE queue_name = $1 AND consumer_name = $2";
 
+// Read from pg_locks, never by trying the lock: a worker reconnecting at the moment of a
+// probe that held it would find its consumer busy. A bigint advisory key shows as its high
+// and low halves in classid and objid, with objsubid 1.
 // language=SQL
 const WORKER_RUNNING: &str = "\
-SELECT pg_catalog.pg_try_advisory_lock(k), pg_catalog.pg_advisory_unlock(k)
-  FROM (SELECT pg_catalog.hashtextextended(pg_catalog.format('pgq-rs consumer %s:%s/%s',
-               pg_catalog.length($1), $1, $2), 0) AS k) AS lock";
+SELECT EXISTS (
+  SELECT FROM pg_catalog.pg_locks l,
+       (SELECT pg_catalog.hashtextextended(pg_catalog.format('pgq-rs consumer %s:%s/%s',
+               pg_catalog.length($1), $1, $2), 0) AS k) AS lock
+   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+     AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                        WHERE datname = pg_catalog.current_database())
+     AND l.classid = ((lock.k >> 32) & 4294967295)::oid
+     AND l.objid = (lock.k & 4294967295)::oid)";
 
 /// Options of `add-table`.
 #[derive(Debug, Clone, Default)]
@@ -408,7 +417,7 @@ pub(crate) async fn worker_running(
     queue: &QueueName,
     consumer: &ConsumerName,
 ) -> Result<bool> {
-    let free: bool = provider
+    let held: bool = provider
         .query_typed_one(
             WORKER_RUNNING,
             &[
@@ -419,7 +428,7 @@ pub(crate) async fn worker_running(
         .await
         .on(PROVIDER, "probing the worker's lock")?
         .get(0);
-    Ok(!free)
+    Ok(held)
 }
 
 /// Copies a table again: it goes back to `in-copy`, the subscriber table is emptied and
@@ -584,7 +593,7 @@ pub async fn tables(config: &Config) -> Result<Vec<TableStatus>> {
     list_tables(&subscriber, config).await
 }
 
-async fn list_tables(subscriber: &Client, config: &Config) -> Result<Vec<TableStatus>> {
+pub(crate) async fn list_tables(subscriber: &Client, config: &Config) -> Result<Vec<TableStatus>> {
     subscriber
         .query_typed(TABLES, &[(&config.queue.as_str(), Type::TEXT)])
         .await

@@ -11,11 +11,15 @@
 //! apply = "batch"                # or "per-event": one statement per event, for comparison
 //! memory_limit_mb = 64           # merged rows held before an early flush
 //! chunk_size = 5000              # events fetched per round trip
+//! listen = "127.0.0.1:9188"      # /metrics, /health and a status page; off unless set
+//! observe_period = "10s"         # how often the lag, backlog and tables are read for them
+//! max_lag = "5m"                 # /health fails when the worker's lag is over this
 //! ```
 
 use std::path::Path;
+use std::time::Duration;
 
-use pgq_core::{ConsumerName, Dsn, InstallationId, QueueName};
+use pgq_core::{ConsumerName, Dsn, InstallationId, Period, QueueName};
 use serde::Deserialize;
 use tokio_postgres::GenericClient;
 
@@ -46,6 +50,9 @@ pub enum ApplyMode {
 /// apply = "batch"                # or "per-event": one statement per event, for comparison
 /// memory_limit_mb = 64           # merged rows held before an early flush
 /// chunk_size = 5000              # events fetched per round trip
+/// listen = "127.0.0.1:9188"      # /metrics, /health and a status page; off unless set
+/// observe_period = "10s"         # how often the lag, backlog and tables are read for them
+/// max_lag = "5m"                 # /health fails when the worker's lag is over this
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -64,7 +71,22 @@ pub struct Config {
     pub memory_limit: usize,
     /// Events fetched per round trip.
     pub chunk_size: u32,
+    /// Where the worker serves `/metrics`, `/health` and its status page (`host:port`); `None`
+    /// (the default) for nowhere.
+    pub listen: Option<String>,
+    /// How often the worker reads its lag, backlog and tables for the gauges, `/health` and
+    /// the status page (default 10 s): no request runs a query.
+    pub observe_period: Duration,
+    /// The lag over which `/health` fails (default 5 minutes: well above an idle queue's
+    /// `ticker_idle_period`, a minute by default, by which an idle worker's lag grows).
+    pub max_lag: Duration,
 }
+
+/// Default [`Config::observe_period`]: 10 seconds.
+pub const DEFAULT_OBSERVE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Default [`Config::max_lag`]: 5 minutes.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(300);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +111,9 @@ struct WorkerSection {
     apply: Option<ApplyMode>,
     memory_limit_mb: Option<u32>,
     chunk_size: Option<u32>,
+    listen: Option<String>,
+    observe_period: Option<Period>,
+    max_lag: Option<Period>,
 }
 
 /// How default consumer names start.
@@ -136,6 +161,9 @@ impl Config {
             apply: ApplyMode::Batch,
             memory_limit: 64 << 20,
             chunk_size: 5000,
+            listen: None,
+            observe_period: DEFAULT_OBSERVE_PERIOD,
+            max_lag: DEFAULT_MAX_LAG,
         }
     }
 
@@ -215,6 +243,27 @@ impl Config {
             }
             config.chunk_size = chunk;
         }
+        if let Some(listen) = &w.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "worker.listen",
+                    format!("must be an address and port such as 127.0.0.1:9187, not {listen:?}"),
+                ));
+            }
+            config.listen = Some(listen.clone());
+        }
+        if let Some(period) = &w.observe_period {
+            if period.0.is_zero() {
+                return Err(invalid(
+                    "worker.observe_period",
+                    "must be more than zero".to_owned(),
+                ));
+            }
+            config.observe_period = period.0;
+        }
+        if let Some(lag) = &w.max_lag {
+            config.max_lag = lag.0;
+        }
         Ok(config)
     }
 
@@ -255,8 +304,14 @@ mod tests {
     fn a_full_file_loads() -> Result<()> {
         let config = load(
             "[londiste]\nprovider = \"host=a dbname=p user=u\"\nsubscriber = \"host=b dbname=s user=u\"\n\
-             queue = \"q\"\n\n[worker]\napply = \"per-event\"\nmemory_limit_mb = 2\nchunk_size = 10\n",
+             queue = \"q\"\n\n[worker]\napply = \"per-event\"\nmemory_limit_mb = 2\nchunk_size = 10\n\
+             listen = \"127.0.0.1:9187\"\nobserve_period = \"500ms\"\nmax_lag = \"1m\"\n",
         )?;
+        assert_eq!(config.listen.as_deref(), Some("127.0.0.1:9187"));
+        assert_eq!(
+            (config.observe_period, config.max_lag),
+            (Duration::from_millis(500), Duration::from_secs(60))
+        );
         assert_eq!(config.queue.as_str(), "q");
         assert_eq!(config.consumer, None);
         assert_eq!(config.apply, ApplyMode::PerEvent);
@@ -282,6 +337,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing field `subscriber`"), "{err}");
+        let err = load("[londiste]\nprovider = \"host=a user=u\"\nsubscriber = \"host=b user=u\"\nqueue = \"q\"\n[worker]\nlisten = \"9187\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("londiste.toml:6:1: worker.listen: must be an address and port"),
+            "{err}"
+        );
         let err = load("[londiste]\nprovider = \"host=a user=u\"\nsubscriber = \"host=b user=u\"\nqueue = \"q\"\nspeed = 1\n")
             .unwrap_err()
             .to_string();

@@ -28,6 +28,21 @@ pub(crate) enum Op {
     Truncate,
 }
 
+impl Op {
+    /// Every operation, in declaration order (`op as usize` indexes it).
+    pub(crate) const ALL: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+
+    /// The letter `ev_type` gives it.
+    pub(crate) fn letter(self) -> &'static str {
+        match self {
+            Op::Insert => "I",
+            Op::Update => "U",
+            Op::Delete => "D",
+            Op::Truncate => "R",
+        }
+    }
+}
+
 /// Splits `ev_type` into the operation and the primary key columns it names.
 pub(crate) fn parse_ev_type(ev_type: &str) -> Result<(Op, Vec<String>), String> {
     let (op, keys) = ev_type.split_once(':').unwrap_or((ev_type, ""));

@@ -14,6 +14,11 @@
 //!   table's rows with a few set-based statements ([`ApplyMode::Batch`]), strictly: the changed
 //!   row counts must match, else the batch fails naming the keys.
 //! - [`compare`] reads both sides at one tick while the provider is being written to.
+//! - The [`Worker`] records its figures through the `metrics` facade (`pgq_londiste_*`: rows
+//!   applied per table and operation, batches, apply duration; lag, pending events, tables and
+//!   connections from an observation every [`Config::observe_period`]), and serves them with
+//!   `/health` and a status page on [`Config::listen`] ([`Worker::serve_monitor`]); see
+//!   `docs/operations.md`.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -45,6 +50,7 @@ mod copy;
 mod decode;
 mod error;
 mod meta;
+mod monitor;
 mod state;
 mod worker;
 
@@ -53,7 +59,10 @@ pub use admin::{
     AddedTable, ResyncOptions, Status, TableStatus,
 };
 pub use compare::{compare, Comparison};
-pub use config::{default_consumer, ApplyMode, Config, DEFAULT_CONSUMER_PREFIX};
+pub use config::{
+    default_consumer, ApplyMode, Config, DEFAULT_CONSUMER_PREFIX, DEFAULT_MAX_LAG,
+    DEFAULT_OBSERVE_PERIOD,
+};
 pub use copy::CopyProgress;
 pub use error::{LondisteError, Result};
 pub use state::TableState;

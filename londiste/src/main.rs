@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use londiste::{AddTableOptions, Config, CopyProgress, ResyncOptions, TableState};
 use pgq_consumer::CancellationToken;
+use pgq_core::monitor::Monitor;
 use tracing_subscriber::EnvFilter;
 
 /// Table replication through a PGQ queue.
@@ -61,7 +62,12 @@ enum Command {
     /// Lag, pending events, the last batch, the tables.
     Status,
     /// Run the replay worker until SIGTERM or SIGINT.
-    Worker,
+    Worker {
+        /// Serve /metrics, /health and a status page on this address (`host:port`); overrides
+        /// the file's `worker.listen`.
+        #[arg(long, env = "LONDISTE_LISTEN")]
+        listen: Option<String>,
+    },
     /// Compare tables on both sides at one tick (all `ok` tables by default).
     Compare {
         /// One provider table.
@@ -270,7 +276,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
             })?;
         }
-        Command::Worker => {
+        Command::Worker { listen } => {
+            let listen = listen.or_else(|| config.listen.clone());
+            // Bound before the worker connects: a bad or taken address stops it here.
+            let monitor = match &listen {
+                Some(address) => {
+                    let monitor = Monitor::bind(address).await?;
+                    tracing::info!(listen = %monitor.local_addr()?, "serving /metrics, /health and /");
+                    Some(monitor)
+                }
+                None => None,
+            };
             let cancel = CancellationToken::new();
             let signals = cancel.clone();
             tokio::spawn(async move {
@@ -279,6 +295,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 signals.cancel();
             });
             let worker = londiste::Worker::connect(&config).await?;
+            if let Some(monitor) = monitor {
+                worker.serve_monitor(monitor, cancel.clone());
+            }
             worker.run(cancel).await?;
         }
         Command::Compare { table } => {

@@ -21,6 +21,9 @@ pub enum TableState {
 }
 
 impl TableState {
+    /// Every state, in the order a table goes through them.
+    pub const ALL: [TableState; 3] = [TableState::InCopy, TableState::CatchingUp, TableState::Ok];
+
     /// The name the subscriber's table stores.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,7 +43,7 @@ impl fmt::Display for TableState {
 impl<'a> FromSql<'a> for TableState {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
         let name = <&str as FromSql>::from_sql(ty, raw)?;
-        [TableState::InCopy, TableState::CatchingUp, TableState::Ok]
+        TableState::ALL
             .into_iter()
             .find(|state| state.as_str() == name)
             .ok_or_else(|| format!("unknown table state {name:?}").into())

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pgq_consumer::{
@@ -22,6 +22,7 @@ use crate::copy::replica_error;
 use crate::decode::{parse_ev_type, parse_urlencoded, Op, Snapshot};
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
 use crate::meta::{require_table, TableInfo};
+use crate::monitor::{observe, Board};
 use crate::state::TableState;
 
 // language=SQL
@@ -84,6 +85,9 @@ UPDATE londiste_rs.subscriber_seq SET last_value = $3 WHERE queue_name = $1 AND 
 /// the worker.
 const HOLD: Duration = Duration::from_millis(100);
 
+/// Events applied in one batch, per provider table, by operation (indexed by `Op as usize`).
+type Applied = HashMap<String, [u64; 4]>;
+
 /// A subscribed table, as the subscriber records it.
 struct Subscribed {
     dest: String,
@@ -129,6 +133,7 @@ impl Replayer {
     }
 
     async fn replay(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
+        let started = Instant::now();
         let tx = batch.tx();
         let queue = self.config.queue.as_str();
         let consumer = self.consumer.as_str();
@@ -160,6 +165,7 @@ impl Replayer {
                 .unwrap_or_else(PoisonError::into_inner)
                 == Some(batch.id());
         let mut pending: HashMap<String, TableBatch> = HashMap::new();
+        let mut applied = Applied::new();
         let mut held = 0usize;
         while let Some(events) = batch.next_chunk().await? {
             for event in &events {
@@ -187,11 +193,21 @@ impl Replayer {
                     _ => {}
                 }
                 let dest = self.dest(tx, &sub.dest).await?;
-                let applied = self
+                let outcome = self
                     .event(tx, &mut pending, table, &dest, event, per_event)
                     .await;
-                match applied {
-                    Ok(bytes) => held += bytes,
+                match outcome {
+                    Ok((op, bytes)) => {
+                        held += bytes;
+                        match applied.get_mut(table) {
+                            Some(counts) => counts[op as usize] += 1,
+                            None => {
+                                let mut counts = [0; 4];
+                                counts[op as usize] = 1;
+                                applied.insert(table.to_owned(), counts);
+                            }
+                        }
+                    }
                     Err(err) => return Err(self.failed(err, batch.id())),
                 }
                 if held > self.config.memory_limit {
@@ -218,7 +234,38 @@ impl Replayer {
         )
         .await
         .on(SUBSCRIBER, "recording the worker position")?;
+        self.record(&applied, started.elapsed());
         Ok(())
+    }
+
+    /// The batch's figures, to the `metrics` facade. They are recorded when the apply is done,
+    /// just before the runner commits: a batch whose commit then fails is counted again when
+    /// it comes back. (The runner's `batch` span, around this, carries the batch id, events and
+    /// elapsed time.)
+    fn record(&self, applied: &Applied, elapsed: Duration) {
+        let (queue, consumer) = (self.config.queue.as_str(), self.consumer.as_str());
+        for (table, counts) in applied {
+            for op in Op::ALL {
+                let count = counts[op as usize];
+                if count > 0 {
+                    metrics::counter!(
+                        "pgq_londiste_applied_rows_total",
+                        "queue" => queue.to_owned(),
+                        "consumer" => consumer.to_owned(),
+                        "table" => table.clone(),
+                        "op" => op.letter()
+                    )
+                    .increment(count);
+                }
+            }
+        }
+        let labels = [
+            ("queue", queue.to_owned()),
+            ("consumer", consumer.to_owned()),
+        ];
+        metrics::counter!("pgq_londiste_batches_total", &labels).increment(1);
+        metrics::histogram!("pgq_londiste_apply_seconds", &labels).record(elapsed.as_secs_f64());
+        tracing::debug!(tables = applied.len(), "batch applied");
     }
 
     /// Turns an apply error into the handler's: a unique violation (never on the key, which
@@ -273,7 +320,7 @@ impl Replayer {
         Ok(tables)
     }
 
-    /// Applies or merges one event; returns the bytes it added to the merge.
+    /// Applies or merges one event; returns its operation and the bytes it added to the merge.
     async fn event(
         &self,
         tx: &Transaction<'_>,
@@ -282,7 +329,7 @@ impl Replayer {
         dest: &Arc<TableInfo>,
         event: &Event,
         per_event: bool,
-    ) -> Result<usize> {
+    ) -> Result<(Op, usize)> {
         let ev_type = event.ev_type.as_deref().unwrap_or("");
         let bad = |problem: String| LondisteError::BadEvent {
             event_id: event.id.0,
@@ -296,7 +343,7 @@ impl Replayer {
                 merged.flush(tx).await?;
             }
             truncate(tx, dest).await?;
-            return Ok(0);
+            return Ok((op, 0));
         }
         let row = parse_urlencoded(event.ev_data.as_deref().unwrap_or("")).map_err(bad)?;
         let stale = pending
@@ -312,7 +359,7 @@ impl Replayer {
             pending.insert(table.to_owned(), merged);
         }
         let Some(merged) = pending.get_mut(table) else {
-            return Ok(0);
+            return Ok((op, 0));
         };
         let old_key = match (op, event.extra3.as_deref()) {
             (Op::Update, Some(old)) => Some(old_key(dest, old).map_err(bad)?),
@@ -320,11 +367,11 @@ impl Replayer {
         };
         if per_event {
             apply_one(tx, merged, op, &row.values, old_key.as_ref()).await?;
-            return Ok(0);
+            return Ok((op, 0));
         }
         let before = merged.bytes();
         merged.merge(op, row.values, old_key).map_err(bad)?;
-        Ok(merged.bytes().saturating_sub(before))
+        Ok((op, merged.bytes().saturating_sub(before)))
     }
 
     /// Copies the provider's sequence values forward (never backward).
@@ -454,6 +501,9 @@ impl Consumer for Replayer {
 #[derive(Debug)]
 pub struct Worker {
     runner: RemoteRunner,
+    config: Config,
+    consumer: ConsumerName,
+    board: Arc<Board>,
 }
 
 impl Worker {
@@ -478,7 +528,7 @@ impl Worker {
             .build();
         let replayer = Replayer {
             config: config.clone(),
-            consumer,
+            consumer: consumer.clone(),
             tables: Mutex::new(HashMap::new()),
             per_event_batch: Mutex::new(None),
         };
@@ -489,7 +539,26 @@ impl Worker {
             Arc::new(replayer),
         )
         .await?;
-        Ok(Worker { runner })
+        Ok(Worker {
+            runner,
+            board: Arc::new(Board::new(config, &consumer)),
+            config: config.clone(),
+            consumer,
+        })
+    }
+
+    /// Serves `/metrics`, `/health` and the status page on `monitor` from what this worker
+    /// observes while it [`run`](Self::run)s, until `cancel` fires. Bind the monitor before
+    /// connecting the worker ([`Monitor::bind`]): a bad or taken address is an error before
+    /// anything starts.
+    ///
+    /// [`Monitor::bind`]: pgq_core::monitor::Monitor::bind
+    pub fn serve_monitor(
+        &self,
+        monitor: pgq_core::monitor::Monitor,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        monitor.serve(Arc::clone(&self.board), cancel)
     }
 
     /// Applies the next batch; `Ok(None)` when there is none.
@@ -504,12 +573,24 @@ impl Worker {
     }
 
     /// Runs until `cancel` fires: waits for ticks, applies batches, retries failures with
-    /// backoff, reconnects after lost connections; stops between batches.
+    /// backoff, reconnects after lost connections; stops between batches. Meanwhile, every
+    /// [`Config::observe_period`], it reads its lag, pending events and tables over two
+    /// connections of its own, for the gauges, `/health` and the status page.
     ///
     /// # Errors
     ///
     /// Only errors no retry can fix (unknown queue or consumer).
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
-        Ok(self.runner.run(cancel).await?)
+        let observing = cancel.child_token();
+        let observer = tokio::spawn(observe(
+            self.board,
+            self.config,
+            self.consumer,
+            observing.clone(),
+        ));
+        let done = self.runner.run(cancel).await;
+        observing.cancel();
+        let _ = observer.await;
+        Ok(done?)
     }
 }

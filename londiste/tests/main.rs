@@ -5,6 +5,7 @@ mod bad_input;
 mod cap;
 mod common;
 mod live;
+mod monitor;
 mod names;
 mod replicate;
 mod search_path;

@@ -241,6 +241,9 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
     }
 
     let changes = changes.into_inner().unwrap_or_else(|e| e.into_inner());
+    let copied = files.len() - changes.vanished.len();
+    metrics::counter!("pgq_basebackup_files_total")
+        .increment(u64::try_from(copied).unwrap_or(u64::MAX));
     let mut sums = KnownSums::new();
     for (index, hash) in hashes.into_iter().enumerate() {
         let hash = hash.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -461,7 +464,11 @@ async fn copy_chunk(
         .await
         .op("reading a file (pg_read_binary_file)")?;
     // The row moves to the writer, which borrows the bytes: no copy on the way to the disk.
-    tokio::task::spawn_blocking(move || store(&shared, &chunk, row.get(0))).await?
+    let written = tokio::task::spawn_blocking(move || store(&shared, &chunk, row.get(0))).await??;
+    // Counted here, on the copy's task, not on the writer's thread: a recorder of the caller's
+    // own (`metrics::set_default_local_recorder`) sees it.
+    metrics::counter!("pgq_basebackup_bytes_total").increment(written);
+    Ok(())
 }
 
 /// Keeps a chunk already on disk when it hashes to what the source has in that range.
@@ -483,12 +490,13 @@ fn keep(shared: &Shared, chunk: &Chunk, sum: &str) -> Result<bool> {
 }
 
 /// Writes one fetched chunk into place and logs it, and notes files that shrank or vanished.
-fn store(shared: &Shared, chunk: &Chunk, data: Option<&[u8]>) -> Result<()> {
+/// Returns the bytes written.
+fn store(shared: &Shared, chunk: &Chunk, data: Option<&[u8]>) -> Result<u64> {
     let Some(data) = data else {
         shared.remaining[chunk.file].fetch_sub(1, Ordering::AcqRel);
         let mut changes = shared.changes.lock().unwrap_or_else(|e| e.into_inner());
         changes.vanished.insert(chunk.file);
-        return Ok(());
+        return Ok(0);
     };
     let got = u64::try_from(data.len()).unwrap_or(u64::MAX);
     if got < chunk.len {
@@ -520,7 +528,8 @@ fn store(shared: &Shared, chunk: &Chunk, data: Option<&[u8]>) -> Result<()> {
         lock_hash(shared, chunk.file).feed(chunk.offset, data);
     }
     shared.progress.add_done(got);
-    finish_chunk(shared, chunk, &file, path)
+    finish_chunk(shared, chunk, &file, path)?;
+    Ok(got)
 }
 
 /// A file's running hash.

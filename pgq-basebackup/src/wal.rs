@@ -102,7 +102,7 @@ impl WalFetcher {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!("{name}.partial"));
         let copied = Arc::clone(&self.copied);
-        tokio::task::spawn_blocking(move || {
+        let written = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut file = OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -114,9 +114,14 @@ impl WalFetcher {
                 .and_then(|()| file.sync_all())
                 .io_context(|| format!("writing {}", tmp.display()))?;
             fs::rename(&tmp, &path).io_context(|| format!("renaming {}", tmp.display()))?;
-            copied.fetch_add(u64::try_from(data.len()).unwrap_or(0), Ordering::Relaxed);
-            Ok(())
+            let written = u64::try_from(data.len()).unwrap_or(0);
+            copied.fetch_add(written, Ordering::Relaxed);
+            Ok(written)
         })
-        .await?
+        .await??;
+        // Counted on the fetcher's task, where a caller's local recorder sees it.
+        metrics::counter!("pgq_basebackup_bytes_total").increment(written);
+        metrics::counter!("pgq_basebackup_files_total").increment(1);
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@ mod backup;
 mod cli;
 mod errors;
 mod hostile;
+mod metrics;
 mod standby;
 mod support;
 mod tablespace;

@@ -67,31 +67,19 @@ async fn a_runner_counts_batches_events_retries_and_what_is_pending() -> anyhow:
     running.await??;
 
     let text = handle.render();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
     let value = |name: &str| {
-        let sample = scrape
-            .samples
-            .iter()
-            .find(|s| {
-                s.metric == name
-                    && s.labels.get("queue") == Some("q")
-                    && s.labels.get("consumer") == Some("mailer")
-            })
-            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
-        match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name}: {other:?}"),
-        }
+        pgq_testkit::prometheus_value(&text, name, &[("queue", "q"), ("consumer", "mailer")])
     };
-    assert_eq!(value("pgq_runner_batches_total"), 3.0, "{text}");
-    assert_eq!(value("pgq_runner_events_total"), 30.0, "{text}");
-    assert_eq!(value("pgq_runner_retried_events_total"), 3.0, "{text}");
-    assert_eq!(value("pgq_runner_failed_events_total"), 0.0, "{text}");
-    assert_eq!(value("pgq_runner_pending_events"), 20.0, "{text}");
-    assert!(value("pgq_runner_oldest_event_age_seconds") > 0.0, "{text}");
-    assert!(value("pgq_runner_lag_seconds") >= 0.0, "{text}");
-    assert_eq!(value("pgq_runner_batch_seconds_count"), 3.0, "{text}");
+    assert_eq!(value("pgq_runner_batches_total")?, 3.0, "{text}");
+    assert_eq!(value("pgq_runner_events_total")?, 30.0, "{text}");
+    assert_eq!(value("pgq_runner_retried_events_total")?, 3.0, "{text}");
+    assert_eq!(value("pgq_runner_failed_events_total")?, 0.0, "{text}");
+    assert_eq!(value("pgq_runner_pending_events")?, 20.0, "{text}");
+    assert!(
+        value("pgq_runner_oldest_event_age_seconds")? > 0.0,
+        "{text}"
+    );
+    assert!(value("pgq_runner_lag_seconds")? >= 0.0, "{text}");
+    assert_eq!(value("pgq_runner_batch_seconds_count")?, 3.0, "{text}");
     Ok(())
 }

@@ -1,6 +1,12 @@
 //! Positions in TOML configuration files, so every daemon's config errors name the file, the
 //! line, the column and the `table.key` at fault.
 
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
 /// Where a TOML parse or deserialization error is: 1-based line and column, and the
 /// `table.key` assigned on that line (or the nearest one above it).
 pub fn toml_error_position(text: &str, err: &toml::de::Error) -> (usize, usize, Option<String>) {
@@ -85,6 +91,71 @@ fn assigned_key(line: &str) -> Option<&str> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
     .then_some(key)
+}
+
+/// A period: a string with a unit, or an integer of seconds.
+pub struct Period(pub Duration);
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PeriodVisitor;
+
+        impl Visitor<'_> for PeriodVisitor {
+            type Value = Period;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a period such as \"500ms\", \"1s\", \"2m\" or a number of seconds")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Period, E> {
+                parse_duration(v).map(Period).map_err(E::custom)
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Period, E> {
+                u64::try_from(v)
+                    .map(|secs| Period(Duration::from_secs(secs)))
+                    .map_err(|_| E::custom("a period must not be negative"))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Period, E> {
+                Ok(Period(Duration::from_secs(v)))
+            }
+        }
+
+        deserializer.deserialize_any(PeriodVisitor)
+    }
+}
+
+/// Parses a period: a non-negative number and a unit (`ms`, `s`, `m`, `h`, `d`, or their long
+/// forms such as `seconds`), with or without a space between them.
+///
+/// # Errors
+///
+/// A message saying what is wrong with the text.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a period (e.g. \"500ms\", \"1s\", \"2m\")"))?;
+    let seconds_per_unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" | "msec" | "millisecond" | "milliseconds" => 0.001,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        "d" | "day" | "days" => 86400.0,
+        "" => return Err(format!("{text:?} has no unit (e.g. \"{text}s\")")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(value * seconds_per_unit)
+        .map_err(|_| format!("{text:?} is too long"))
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ pub use batch::{
     batch_events, batch_info, batch_retry, event_retry, event_retry_at, finish_batch, next_batch,
     next_batch_custom, Batch, BatchInfo, Event, EventCursor,
 };
-pub use config_file::{toml_error_position, toml_key_position};
+pub use config_file::{parse_duration, toml_error_position, toml_key_position, Period};
 pub use consumer_info::{consumer_info, ConsumerInfo};
 pub use dsn::{quote_conninfo_value, Dsn, PasswordSource, SslMode};
 pub use error::{connection_lost, Error, Result};

@@ -204,6 +204,20 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// The head of a status page's health: `Healthy.`, or the problems as a list marked bad, all
+/// text escaped.
+pub fn problems_html(problems: &[String]) -> String {
+    if problems.is_empty() {
+        return "<p>Healthy.</p>".to_owned();
+    }
+    let mut html = String::from("<ul class=\"bad\">");
+    for p in problems {
+        let _ = write!(html, "<li>{}</li>", escape(p));
+    }
+    html.push_str("</ul>");
+    html
+}
+
 /// A small SVG line chart of `(seconds ago, value)` points over the last `span_secs`, newest at
 /// the right, with the largest value written at the top left.
 pub fn sparkline(points: &[(f64, f64)], span_secs: f64, unit: &str) -> String {

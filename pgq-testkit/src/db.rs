@@ -80,6 +80,35 @@ impl TestDb {
             .expect("a pool with a runtime always builds")
     }
 
+    /// Takes the database away (`ALLOW_CONNECTIONS false`, then every session of it cut off,
+    /// the test's own included) or gives it back: an outage for tests of reconnection and
+    /// health.
+    ///
+    /// # Errors
+    ///
+    /// [`TestkitError::Postgres`] from the maintenance database.
+    pub async fn allow_connections(&self, allowed: bool) -> Result<(), TestkitError> {
+        let admin = connect(&self.maintenance, "the maintenance database").await?;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allowed}",
+                quote_ident(&self.name)
+            ))
+            .await
+            .map_err(|e| pg_error(format!("setting ALLOW_CONNECTIONS on {}", self.name), e))?;
+        if !allowed {
+            admin
+                .execute(
+                    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+                     WHERE datname = $1",
+                    &[&self.name],
+                )
+                .await
+                .map_err(|e| pg_error(format!("cutting off the sessions of {}", self.name), e))?;
+        }
+        Ok(())
+    }
+
     fn config(&self) -> Config {
         let mut config = self.maintenance.clone();
         config.dbname(&self.name);

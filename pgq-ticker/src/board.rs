@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use pgq_core::monitor::{escape, sparkline, Status};
+use pgq_core::monitor::{escape, problems_html, sparkline, Status};
 use pgq_core::{ConsumerInfo, QueueInfo};
 
 /// How long the lag chart of the status page reaches back.
@@ -181,17 +181,8 @@ impl Status for Board {
     }
 
     fn page(&self) -> String {
-        let problems = self.problems();
         let mut page = String::from("<h1>pgq-ticker</h1>");
-        if problems.is_empty() {
-            page.push_str("<p>Healthy.</p>");
-        } else {
-            page.push_str("<ul class=\"bad\">");
-            for p in &problems {
-                let _ = write!(page, "<li>{}</li>", escape(p));
-            }
-            page.push_str("</ul>");
-        }
+        page.push_str(&problems_html(&self.problems()));
         self.with(|dbs| {
             for (db, view) in dbs.iter() {
                 let _ = write!(

@@ -6,31 +6,11 @@ use std::time::Duration;
 
 use pgq_core::monitor::Monitor;
 use pgq_core::tokio_postgres::Client;
-use pgq_testkit::TestDb;
+use pgq_testkit::{http_get as get, TestDb};
 use pgq_ticker::{Databases, Ticker, TickerConfig};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::setup::{dsn, ours, queue_with, run_binary};
-
-/// `GET path` on `address`: the status code and the body.
-async fn get(address: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status in {head}"))?;
-    Ok((code, body.to_owned()))
-}
 
 /// A ticker daemon on `db` observing every 100 ms, serving on a port of the system's choice.
 async fn daemon(db: &TestDb) -> anyhow::Result<(std::net::SocketAddr, CancellationToken)> {
@@ -49,18 +29,7 @@ async fn daemon(db: &TestDb) -> anyhow::Result<(std::net::SocketAddr, Cancellati
 }
 
 async fn wait_for_health(address: std::net::SocketAddr, code: u16) -> anyhow::Result<String> {
-    let deadline = pgq_testkit::Deadline::after(Duration::from_secs(20));
-    loop {
-        let (got, body) = get(address, "/health").await?;
-        if got == code {
-            return Ok(body);
-        }
-        deadline
-            .pause(format!(
-                "/health to answer {code}; it answers {got}: {body}"
-            ))
-            .await?;
-    }
+    pgq_testkit::wait_for_health(address, code, Duration::from_secs(20)).await
 }
 
 async fn produce(client: &Client, n: usize) -> anyhow::Result<()> {
@@ -119,32 +88,13 @@ async fn metrics_parse_and_health_follows_the_database() -> anyhow::Result<()> {
     );
 
     // The database goes away: no connections, the ticker's own cut off.
-    let admin = pgq_core::Dsn::parse(&db.dsn())?
-        .with_dbname("postgres")
-        .connect()
-        .await?;
-    let name = pgq_core::quote_ident(db.name());
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
-        ))
-        .await?;
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            &[&db.name()],
-        )
-        .await?;
+    db.allow_connections(false).await?;
     let body = wait_for_health(address, 503).await?;
     assert!(
         body.contains(&format!("{}: not connected", db.name())),
         "{body}"
     );
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
-        ))
-        .await?;
+    db.allow_connections(true).await?;
     wait_for_health(address, 200).await?;
     cancel.cancel();
     Ok(())
