@@ -77,6 +77,9 @@ pub enum Scenario {
     /// A ticker outage: events pile up unticked, then the ticker comes back and one consumer
     /// drains them; ours vs pgqd and python3-pgq's Consumer.
     Backlog,
+    /// The exact backlog count (`pgq.get_consumer_backlog_exact`) over 1,000,000 waiting
+    /// events, warm and cold.
+    ExactBacklog,
     /// A session holds the xmin horizon while a 100,000-event backlog is drained and topped
     /// up: drain rate at minute 1 and minute 5, and dead tuples in the queue's tables, ours vs
     /// the original extension.
@@ -95,6 +98,7 @@ impl Scenario {
         Scenario::E2e,
         Scenario::Latency,
         Scenario::Backlog,
+        Scenario::ExactBacklog,
         Scenario::HeldXmin,
         Scenario::Londiste,
     ];
@@ -108,6 +112,7 @@ impl Scenario {
             Scenario::E2e => "e2e",
             Scenario::Latency => "latency",
             Scenario::Backlog => "backlog",
+            Scenario::ExactBacklog => "exact-backlog",
             Scenario::HeldXmin => "held-xmin",
             Scenario::Londiste => "londiste",
         }

@@ -298,9 +298,12 @@ async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
     let ours = "ours (pgq-ticker + Runner)";
     let variants: Vec<&str> = report.series.iter().map(|s| s.variant).collect();
     assert_eq!(variants[0], ours);
-    if with_reference {
-        assert_eq!(variants.len(), 2, "{variants:?}");
-    }
+    assert_eq!(variants[1], "ours, one batch (cap 2,147,483,647)");
+    assert_eq!(
+        variants.len(),
+        if with_reference { 3 } else { 2 },
+        "{variants:?}"
+    );
     for s in &report.series {
         let sample = s.samples[0];
         assert_eq!(sample.events, 20_000, "{s:?}");
@@ -310,9 +313,45 @@ async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
     assert!(batches.samples[0] >= 1.0, "{batches:?}");
     let max = measure(&report, "max batch size", ours, "events").expect("our largest batch");
     assert!(
-        max.samples[0] >= 1.0 && max.samples[0] <= 20_000.0,
+        max.samples[0] >= 1.0 && max.samples[0] <= 10_000.0,
         "{max:?}"
     );
+    let one = "ours, one batch (cap 2,147,483,647)";
+    let whole = measure(&report, "max batch size", one, "events").expect("the one batch");
+    assert_eq!(whole.samples, [20_000.0]);
+    let rss = measure(&report, "ticker daemon peak RSS", ours, "MB").expect("the daemon's RSS");
+    assert!(rss.samples[0] > 0.0, "{rss:?}");
+    assert_eq!(report.limits.len(), 2, "{:?}", report.limits);
+    assert!(
+        report.limits.iter().all(|l| l.met.is_some()),
+        "{:?}",
+        report.limits
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn exact_backlog_counts_a_small_backlog() -> anyhow::Result<()> {
+    let smoke = Smoke::new().await?;
+    let report = smoke
+        .run(&["exact-backlog", "--quick", "--runs", "1"])
+        .await?;
+
+    let warm = measure(&report, "exact backlog, warm", "ours", "s").expect("warm timings");
+    assert_eq!(warm.samples.len(), 5, "{warm:?}");
+    assert!(warm.samples.iter().all(|s| *s > 0.0), "{warm:?}");
+    // The test server is not the bench's own cluster: no restart, so no cold figure.
+    assert!(measure(&report, "exact backlog, cold", "ours", "s").is_none());
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("not a private cluster")),
+        "{:?}",
+        report.notes
+    );
+    assert_eq!(report.limits.len(), 1);
+    assert!(report.limits[0].met.is_some(), "{:?}", report.limits);
     Ok(())
 }
 

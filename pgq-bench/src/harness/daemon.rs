@@ -71,13 +71,28 @@ impl Daemon {
     /// Starts `pgq-ticker run` (binary `bin`) on `db` with this ticker period; its
     /// configuration and log go to `dir`.
     pub(crate) async fn ours(bin: &Path, db: &Dsn, period: Duration, dir: &Path) -> Result<Daemon> {
+        Daemon::ours_with(bin, db, period, dir, None).await
+    }
+
+    /// [`Daemon::ours`] with its exporter (`/metrics`, `/health`, `/`) on `listen`
+    /// (`host:port`) when given.
+    pub(crate) async fn ours_with(
+        bin: &Path,
+        db: &Dsn,
+        period: Duration,
+        dir: &Path,
+        listen: Option<&str>,
+    ) -> Result<Daemon> {
         let period = format!("{}ms", period.as_millis());
         let config = dir.join(format!("ticker-{period}.toml"));
-        let text = format!(
+        let mut text = format!(
             "[ticker]\ndatabases = [{}]\nticker_period = {}\n",
             serde_json::to_string(&db.conninfo())?,
             serde_json::to_string(&period)?
         );
+        if let Some(listen) = listen {
+            text.push_str(&format!("listen = {}\n", serde_json::to_string(listen)?));
+        }
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log = dir.join(format!("ticker-{period}.log"));
         let mut command = Command::new(bin);
@@ -151,7 +166,7 @@ impl Daemon {
     }
 
     /// Waits until the daemon has a backend on its database.
-    async fn wait_connected(&mut self, watch: &Client) -> Result<()> {
+    pub(crate) async fn wait_connected(&mut self, watch: &Client) -> Result<()> {
         let deadline = Instant::now() + DAEMON_TIMEOUT;
         loop {
             self.check_running()?;
@@ -200,6 +215,23 @@ impl Daemon {
             "idle CPU"
         );
         Ok(cpu)
+    }
+
+    /// The daemon's peak resident set size (`VmHWM` in `/proc/PID/status`), in kB; read it
+    /// before [`Daemon::stop`], while the process is there.
+    pub(crate) fn peak_rss_kb(&mut self) -> Result<u64> {
+        self.check_running()?;
+        let pid = self
+            .child
+            .id()
+            .with_context(|| format!("{} has exited", self.name))?;
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmHWM in {path}"))
     }
 
     /// Stops the daemon (SIGTERM, then SIGKILL after a while) and waits until its backends are
