@@ -254,7 +254,9 @@ async fn e2e_runs_on_a_small_backlog() -> anyhow::Result<()> {
             "ours Runner",
             "ours CoopRunner ×2",
             "ours CoopRunner ×4",
-            "raw SELECT"
+            "raw SELECT",
+            "ours Runner + pgq-ticker, exporter off",
+            "ours Runner + pgq-ticker, exporter on"
         ]
     );
     for s in &report.series {
@@ -262,6 +264,13 @@ async fn e2e_runs_on_a_small_backlog() -> anyhow::Result<()> {
         assert_eq!(sample.events, 50_000, "{s:?}");
         assert!(sample.events_per_sec > 0.0, "{s:?}");
     }
+    let exporter = report
+        .ratios
+        .iter()
+        .find(|r| r.label.contains("exporter on"))
+        .expect("the exporter's ratio");
+    assert_eq!(exporter.target, Some(0.95));
+    assert!(exporter.value.is_some_and(f64::is_finite), "{exporter:?}");
     Ok(())
 }
 

@@ -165,12 +165,17 @@ impl Daemon {
         Ok(())
     }
 
-    /// Waits until the daemon has a backend on its database.
-    pub(crate) async fn wait_connected(&mut self, watch: &Client) -> Result<()> {
+    /// Waits until the daemon has a backend on its database, besides the backends `keep`
+    /// (this process's own connections, from [`backend_pids`]).
+    pub(crate) async fn wait_connected(
+        &mut self,
+        watch: &Client,
+        keep: &BTreeSet<i32>,
+    ) -> Result<()> {
         let deadline = Instant::now() + DAEMON_TIMEOUT;
         loop {
             self.check_running()?;
-            if !backend_pids(watch, &self.db).await?.is_empty() {
+            if !backend_pids(watch, &self.db).await?.is_subset(keep) {
                 return Ok(());
             }
             ensure!(
@@ -198,7 +203,7 @@ impl Daemon {
             .child
             .id()
             .with_context(|| format!("{} exited at once:\n{}", self.name, self.logged()))?;
-        self.wait_connected(watch).await?;
+        self.wait_connected(watch, &BTreeSet::new()).await?;
         tokio::time::sleep(settle).await;
         let backends = backend_pids(watch, &self.db).await?;
         let start = clock.snapshot(pid, &backends)?;
@@ -236,7 +241,13 @@ impl Daemon {
 
     /// Stops the daemon (SIGTERM, then SIGKILL after a while) and waits until its backends are
     /// gone, so that the next daemon gets the database's ticker lock at once.
-    pub(crate) async fn stop(mut self, watch: &Client) -> Result<()> {
+    pub(crate) async fn stop(self, watch: &Client) -> Result<()> {
+        self.stop_beside(watch, &BTreeSet::new()).await
+    }
+
+    /// [`Daemon::stop`] on a database where the backends `keep` (this process's own
+    /// connections, from [`backend_pids`]) stay open.
+    pub(crate) async fn stop_beside(mut self, watch: &Client, keep: &BTreeSet<i32>) -> Result<()> {
         if let Some(pid) = self.child.id() {
             let term = Command::new("kill")
                 .arg("-TERM")
@@ -255,7 +266,7 @@ impl Daemon {
             }
         }
         let deadline = Instant::now() + DAEMON_TIMEOUT;
-        while !backend_pids(watch, &self.db).await?.is_empty() {
+        while !backend_pids(watch, &self.db).await?.is_subset(keep) {
             ensure!(
                 Instant::now() < deadline,
                 "{}'s backends on {} did not go away",
@@ -269,7 +280,7 @@ impl Daemon {
 }
 
 /// The client backends connected to database `db`.
-async fn backend_pids(watch: &Client, db: &str) -> Result<BTreeSet<i32>> {
+pub(crate) async fn backend_pids(watch: &Client, db: &str) -> Result<BTreeSet<i32>> {
     let rows = watch
         .query(BACKENDS, &[&db])
         .await
