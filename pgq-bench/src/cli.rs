@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 /// private throwaway cluster and connects to it over TCP. With one, it creates scratch databases
 /// `pgq_bench_*` on that server (superuser needed) and drops them at the end.
 ///
-/// The scenarios ticker, latency, backlog and held-xmin start the `pgq-ticker` binary found
+/// The scenarios ticker, e2e, latency, backlog and held-xmin start the `pgq-ticker` binary found
 /// beside this one: build both with `cargo build --release -p pgq-ticker -p pgq-bench`, then
 /// run `target/release/pgq-bench`.
 #[derive(Debug, Clone, Parser)]
@@ -69,7 +69,8 @@ pub enum Scenario {
     /// jobs vs `pg_basebackup -Fp -X stream` vs `cp -a`.
     Basebackup,
     /// End to end: a pre-filled backlog drained by our Runner and by 2 and 4 cooperative
-    /// sub-consumers, vs python3-pgq's Consumer and CoopConsumer and a plain SELECT.
+    /// sub-consumers, vs python3-pgq's Consumer and CoopConsumer and a plain SELECT; and our
+    /// Runner beside the `pgq-ticker` daemon with its exporter on (scraped) and off.
     E2e,
     /// Commit-to-processed latency: a producer at a steady rate, the `pgq-ticker` daemon at a
     /// 10 ms period and one Runner woken by `pgq_tick` notifications.
