@@ -69,6 +69,16 @@ fn measure<'a>(report: &'a Report, what: &str, variant: &str, metric: &str) -> O
         .find(|m| m.what.starts_with(what) && m.variant == variant && m.metric == metric)
 }
 
+/// `report` has `count` limits, each measured.
+fn all_limits_measured(report: &Report, count: usize) {
+    assert_eq!(report.limits.len(), count, "{:?}", report.limits);
+    assert!(
+        report.limits.iter().all(|l| l.met.is_some()),
+        "{:?}",
+        report.limits
+    );
+}
+
 #[tokio::test]
 async fn produce_runs_on_tiny_sizes() -> anyhow::Result<()> {
     let smoke = Smoke::new().await?;
@@ -180,12 +190,7 @@ async fn ticker_runs_on_tiny_sizes() -> anyhow::Result<()> {
         p50.samples[0] > 0.0 && p50.samples[0] <= p99.samples[0],
         "{p50:?} {p99:?}"
     );
-    assert_eq!(report.limits.len(), 2);
-    assert!(
-        report.limits.iter().all(|l| l.met.is_some()),
-        "{:?}",
-        report.limits
-    );
+    all_limits_measured(&report, 2);
     let text = report.to_string();
     assert!(
         text.contains("| ticker pass, 20 queues, all tick | ours | server total ms |"),
@@ -289,12 +294,7 @@ async fn latency_runs_for_a_few_seconds() -> anyhow::Result<()> {
         assert!(m.samples[0] >= 0.0 && m.samples[0].is_finite(), "{m:?}");
     }
     assert!(report.measures[0].samples[0] <= report.measures[1].samples[0]);
-    assert_eq!(report.limits.len(), 2);
-    assert!(
-        report.limits.iter().all(|l| l.met.is_some()),
-        "{:?}",
-        report.limits
-    );
+    all_limits_measured(&report, 2);
     Ok(())
 }
 
@@ -330,12 +330,7 @@ async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
     assert_eq!(whole.samples, [20_000.0]);
     let rss = measure(&report, "ticker daemon peak RSS", ours, "MB").expect("the daemon's RSS");
     assert!(rss.samples[0] > 0.0, "{rss:?}");
-    assert_eq!(report.limits.len(), 2, "{:?}", report.limits);
-    assert!(
-        report.limits.iter().all(|l| l.met.is_some()),
-        "{:?}",
-        report.limits
-    );
+    all_limits_measured(&report, 2);
     Ok(())
 }
 
@@ -359,8 +354,7 @@ async fn exact_backlog_counts_a_small_backlog() -> anyhow::Result<()> {
         "{:?}",
         report.notes
     );
-    assert_eq!(report.limits.len(), 1);
-    assert!(report.limits[0].met.is_some(), "{:?}", report.limits);
+    all_limits_measured(&report, 1);
     Ok(())
 }
 
@@ -423,12 +417,7 @@ async fn held_xmin_runs_for_a_few_seconds() -> anyhow::Result<()> {
     assert_eq!(report.ratios[0].target, Some(0.9));
     assert!(report.ratios[0].met.is_some(), "{:?}", report.ratios[0]);
     assert_eq!(report.ratios[2].value.is_some(), with_reference);
-    assert_eq!(report.limits.len(), 2);
-    assert!(
-        report.limits.iter().all(|l| l.met.is_some()),
-        "{:?}",
-        report.limits
-    );
+    all_limits_measured(&report, 2);
     assert_eq!(report.limits[1].met, Some(true), "{:?}", report.limits[1]);
     Ok(())
 }
