@@ -1154,7 +1154,9 @@ AS $$
 DECLARE
     b record;
     low bigint;
-    spread_ids text := '';
+    range_lo bigint[] := '{}';
+    range_hi bigint[] := '{}';
+    range_ids text[] := '{}';
     xid bigint;
     cols constant text := 'SELECT ev_id, ev_time, ev_txid, ev_retry, ev_type, ev_data,'
                           || ' ev_extra1, ev_extra2, ev_extra3, ev_extra4 FROM ';
@@ -1175,8 +1177,13 @@ BEGIN
     END IF;
 
     -- Transactions in flight at the start tick and finished by the end tick can be far below the
-    -- start tick's xmax. Those close to it widen the index range; far ones are listed by id, so a
-    -- long-running transaction does not make every batch scan everything since it began.
+    -- start tick's xmax: a long-running one, or after a catch-up cut every transaction of the
+    -- batch. Those close to it widen the index range. The others are listed by id, in ranges
+    -- of ids less than 100 apart, each range bounding an index scan of its own: so a
+    -- long-running transaction does not make every batch scan everything since it began, and
+    -- a batch cut from a large backlog reads only its own transactions (a bare list of many
+    -- ids, on event tables not analyzed since the backlog came, as right after an outage, is
+    -- estimated at half the table and read by a sequential scan, for every batch).
     low := txid_snapshot_xmax(b.last_snap);
     FOR xid IN
         SELECT x FROM txid_snapshot_xip(b.last_snap) x
@@ -1185,30 +1192,41 @@ BEGIN
     LOOP
         IF low - 100 <= xid THEN
             low := xid;
+        ELSIF cardinality(range_lo) > 0 AND range_lo[cardinality(range_lo)] - 100 <= xid THEN
+            range_lo[cardinality(range_lo)] := xid;
+            range_ids[cardinality(range_ids)] := range_ids[cardinality(range_ids)] || ',' || xid;
         ELSE
-            spread_ids := spread_ids || CASE WHEN spread_ids = '' THEN '' ELSE ',' END || xid;
+            range_lo := range_lo || xid;
+            range_hi := range_hi || xid;
+            range_ids := range_ids || xid::text;
         END IF;
     END LOOP;
 
     owner_filter := ' AND (ev_owner IS NULL OR ev_owner = ' || b.sub_id || ')';
     -- The integer tests first: below the end tick's xmin every transaction is visible in it, and
     -- from the start tick's xmax on none was visible in that one, so most rows skip the snapshot
-    -- function calls.
+    -- function calls. An empty range (a batch cut from a backlog ends where it starts) needs
+    -- none.
     visibility := ' WHERE ev_txid >= ' || low
-        || ' AND ev_txid < ' || txid_snapshot_xmax(b.cur_snap)
-        || ' AND (ev_txid < ' || txid_snapshot_xmin(b.cur_snap)
-        || ' OR txid_visible_in_snapshot(ev_txid, ' || quote_literal(b.cur_snap::text) || '))'
-        || ' AND (ev_txid >= ' || txid_snapshot_xmax(b.last_snap)
-        || ' OR NOT txid_visible_in_snapshot(ev_txid, ' || quote_literal(b.last_snap::text) || '))';
+        || ' AND ev_txid < ' || txid_snapshot_xmax(b.cur_snap);
+    IF low < txid_snapshot_xmax(b.cur_snap) THEN
+        visibility := visibility
+            || ' AND (ev_txid < ' || txid_snapshot_xmin(b.cur_snap)
+            || ' OR txid_visible_in_snapshot(ev_txid, ' || quote_literal(b.cur_snap::text) || '))'
+            || ' AND (ev_txid >= ' || txid_snapshot_xmax(b.last_snap)
+            || ' OR NOT txid_visible_in_snapshot(ev_txid, ' || quote_literal(b.last_snap::text)
+            || '))';
+    END IF;
     FOR tbl IN SELECT pgq.quote_fqname(t) FROM pgq.batch_event_tables(x_batch_id) t LOOP
         IF result <> '' THEN
             result := result || ' UNION ALL ';
         END IF;
         result := result || cols || tbl || visibility || owner_filter;
-        IF spread_ids <> '' THEN
+        FOR i IN 1 .. cardinality(range_lo) LOOP
             result := result || ' UNION ALL ' || cols || tbl
-                || ' WHERE ev_txid IN (' || spread_ids || ')' || owner_filter;
-        END IF;
+                || ' WHERE ev_txid >= ' || range_lo[i] || ' AND ev_txid <= ' || range_hi[i]
+                || ' AND ev_txid IN (' || range_ids[i] || ')' || owner_filter;
+        END LOOP;
     END LOOP;
     RETURN result || ' ORDER BY 1';
 END
@@ -1939,8 +1957,11 @@ $$;
 -- The waiting transactions are those finished by now, in the order of their last event id; a
 -- cut after the k-th makes the first k visible. A cut's snapshot is synthesized: visible are the
 -- transactions finished in the current snapshot except those still waiting after the cut. As
--- xmin:xmax:xip that is the current snapshot's xmax, and as xip its unfinished transactions
--- plus the excluded ones. Cuts only grow, so every transaction is in exactly one batch, whole. A
+-- xmin:xmax:xip: xmax just above the newest transaction made visible (never below the last
+-- tick's xmax), and as xip the unfinished and the excluded transactions below it. So a cut's
+-- snapshot lists only the excluded transactions that interleave with the included ones, not
+-- the whole rest of the backlog (which made every cut's tick, and the reading of every batch,
+-- grow with the backlog). Cuts only grow, so every transaction is in exactly one batch, whole. A
 -- transaction that waited for another's row lock writes its events after the other committed
 -- (AFTER triggers, event sequence with CACHE 1), so its last event id is larger and it is never
 -- in an earlier batch than the other. Events that maint_retry_events re-inserted keep their old
@@ -1966,6 +1987,8 @@ DECLARE
     finished_xip bigint[];
     xip bigint[];
     in_batch bigint := 0;
+    -- the newest transaction made visible so far: a cut's xmax is just above it
+    top bigint;
     cut_time timestamptz;
     written integer := 0;
 BEGIN
@@ -1996,36 +2019,39 @@ BEGIN
     SELECT coalesce(array_agg(x), '{}') INTO finished_xip
       FROM txid_snapshot_xip(last_tick.tick_snapshot) x
      WHERE txid_visible_in_snapshot(x, cur_snap);
+    -- One visibility test per transaction, not per event: OFFSET 0 keeps the tests above the
+    -- GROUP BY, where the planner would push them down to every row.
     EXECUTE 'SELECT coalesce(array_agg(txid ORDER BY last_id), ''{}''),'
         || ' array_agg(last_id ORDER BY last_id), array_agg(n ORDER BY last_id),'
         || ' array_agg(ev_time ORDER BY last_id)'
         || ' FROM (SELECT ev_txid AS txid, max(ev_id) AS last_id, count(*) AS n,'
         || '              max(ev_time) AS ev_time FROM ' || pgq.quote_fqname(q.queue_data_pfx)
         || '        WHERE ((ev_txid >= txid_snapshot_xmax($1) AND ev_txid < txid_snapshot_xmax($2))'
-        || '               OR ev_txid = ANY ($3))'
-        || '          AND NOT txid_visible_in_snapshot(ev_txid, $1)'
-        || '          AND txid_visible_in_snapshot(ev_txid, $2) AND ev_owner IS NULL'
-        || '        GROUP BY ev_txid) waiting'
+        || '               OR ev_txid = ANY ($3)) AND ev_owner IS NULL'
+        || '        GROUP BY ev_txid OFFSET 0) waiting'
+        || ' WHERE NOT txid_visible_in_snapshot(txid, $1) AND txid_visible_in_snapshot(txid, $2)'
       INTO tx_ids, tx_last, tx_events, tx_time
       USING last_tick.tick_snapshot, cur_snap, finished_xip;
     SELECT coalesce(array_agg(x ORDER BY x), '{}') INTO in_progress
       FROM txid_snapshot_xip(cur_snap) x;
+    top := txid_snapshot_xmax(last_tick.tick_snapshot) - 1;
 
     FOR i IN 1 .. cardinality(tx_ids) LOOP
         IF in_batch > 0 AND in_batch + tx_events[i] > q.queue_ticker_max_batch THEN
             -- a cut after the previous transaction: every one from the i-th on still waits
             SELECT coalesce(array_agg(DISTINCT x ORDER BY x), '{}') INTO xip
-              FROM unnest(in_progress || tx_ids[i:]) x;
+              FROM unnest(in_progress || tx_ids[i:]) x
+             WHERE x <= top;
             INSERT INTO pgq.tick (tick_queue, tick_id, tick_time, tick_snapshot, tick_event_seq)
             VALUES (q.queue_id, nextval(q.queue_tick_seq), coalesce(cut_time, now()),
-                    (coalesce(xip[1], txid_snapshot_xmax(cur_snap)) || ':'
-                     || txid_snapshot_xmax(cur_snap) || ':'
+                    (coalesce(xip[1], top + 1) || ':' || (top + 1) || ':'
                      || array_to_string(xip, ','))::txid_snapshot,
                     tx_last[i - 1]);
             written := written + 1;
             in_batch := 0;
         END IF;
         in_batch := in_batch + tx_events[i];
+        top := greatest(top, tx_ids[i]);
         cut_time := greatest(cut_time, tx_time[i]);
     END LOOP;
     RETURN written;

@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 /// private throwaway cluster and connects to it over TCP. With one, it creates scratch databases
 /// `pgq_bench_*` on that server (superuser needed) and drops them at the end.
 ///
-/// The scenarios ticker, latency, backlog and held-xmin start the `pgq-ticker` binary found
+/// The scenarios ticker, e2e, latency, backlog and held-xmin start the `pgq-ticker` binary found
 /// beside this one: build both with `cargo build --release -p pgq-ticker -p pgq-bench`, then
 /// run `target/release/pgq-bench`.
 #[derive(Debug, Clone, Parser)]
@@ -69,7 +69,8 @@ pub enum Scenario {
     /// jobs vs `pg_basebackup -Fp -X stream` vs `cp -a`.
     Basebackup,
     /// End to end: a pre-filled backlog drained by our Runner and by 2 and 4 cooperative
-    /// sub-consumers, vs python3-pgq's Consumer and CoopConsumer and a plain SELECT.
+    /// sub-consumers, vs python3-pgq's Consumer and CoopConsumer and a plain SELECT; and our
+    /// Runner beside the `pgq-ticker` daemon with its exporter on (scraped) and off.
     E2e,
     /// Commit-to-processed latency: a producer at a steady rate, the `pgq-ticker` daemon at a
     /// 10 ms period and one Runner woken by `pgq_tick` notifications.
@@ -77,6 +78,9 @@ pub enum Scenario {
     /// A ticker outage: events pile up unticked, then the ticker comes back and one consumer
     /// drains them; ours vs pgqd and python3-pgq's Consumer.
     Backlog,
+    /// The exact backlog count (`pgq.get_consumer_backlog_exact`) over 1,000,000 waiting
+    /// events, warm and cold.
+    ExactBacklog,
     /// A session holds the xmin horizon while a 100,000-event backlog is drained and topped
     /// up: drain rate at minute 1 and minute 5, and dead tuples in the queue's tables, ours vs
     /// the original extension.
@@ -95,6 +99,7 @@ impl Scenario {
         Scenario::E2e,
         Scenario::Latency,
         Scenario::Backlog,
+        Scenario::ExactBacklog,
         Scenario::HeldXmin,
         Scenario::Londiste,
     ];
@@ -108,6 +113,7 @@ impl Scenario {
             Scenario::E2e => "e2e",
             Scenario::Latency => "latency",
             Scenario::Backlog => "backlog",
+            Scenario::ExactBacklog => "exact-backlog",
             Scenario::HeldXmin => "held-xmin",
             Scenario::Londiste => "londiste",
         }

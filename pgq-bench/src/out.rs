@@ -62,7 +62,7 @@ pub(crate) fn write(dir: &Path, doc: &Document<'_>) -> Result<()> {
     writeln!(md, "|---|---|---:|---|")?;
     for r in doc.reports {
         for ratio in r.ratios.iter().filter(|x| x.target.is_some()) {
-            let target = ratio.target.map_or_else(String::new, |t| format!("{t:.1}"));
+            let target = ratio.target.map_or_else(String::new, crate::report::target);
             writeln!(
                 md,
                 "| [{s}](#{anchor}) | {} ≥ {target} | {} | {} |",

@@ -275,7 +275,9 @@ impl fmt::Display for Report {
                 let value = r
                     .value
                     .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
-                let target = r.target.map_or_else(String::new, |t| format!("≥ {t:.1}"));
+                let target = r
+                    .target
+                    .map_or_else(String::new, |t| format!("≥ {}", target(t)));
                 let verdict = match r.met {
                     Some(true) => "met",
                     Some(false) => "**missed**",
@@ -321,6 +323,17 @@ pub(crate) fn figure(x: f64) -> String {
         format!("{x:.2}")
     } else {
         format!("{x:.3}")
+    }
+}
+
+/// A ratio's target as written: one decimal, or two where the second counts (`0.8`, `0.95`).
+pub(crate) fn target(t: f64) -> String {
+    let one = format!("{t:.1}");
+    let two = format!("{t:.2}");
+    if two.ends_with('0') {
+        one
+    } else {
+        two
     }
 }
 
@@ -448,6 +461,13 @@ mod tests {
             text.contains("| pass ms | n/a | ≤ 1.00 | not measured |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(target(0.8), "0.8");
+        assert_eq!(target(1.0), "1.0");
+        assert_eq!(target(0.95), "0.95");
     }
 
     #[test]

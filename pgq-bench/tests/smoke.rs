@@ -69,6 +69,16 @@ fn measure<'a>(report: &'a Report, what: &str, variant: &str, metric: &str) -> O
         .find(|m| m.what.starts_with(what) && m.variant == variant && m.metric == metric)
 }
 
+/// `report` has `count` limits, each measured.
+fn all_limits_measured(report: &Report, count: usize) {
+    assert_eq!(report.limits.len(), count, "{:?}", report.limits);
+    assert!(
+        report.limits.iter().all(|l| l.met.is_some()),
+        "{:?}",
+        report.limits
+    );
+}
+
 #[tokio::test]
 async fn produce_runs_on_tiny_sizes() -> anyhow::Result<()> {
     let smoke = Smoke::new().await?;
@@ -180,12 +190,7 @@ async fn ticker_runs_on_tiny_sizes() -> anyhow::Result<()> {
         p50.samples[0] > 0.0 && p50.samples[0] <= p99.samples[0],
         "{p50:?} {p99:?}"
     );
-    assert_eq!(report.limits.len(), 2);
-    assert!(
-        report.limits.iter().all(|l| l.met.is_some()),
-        "{:?}",
-        report.limits
-    );
+    all_limits_measured(&report, 2);
     let text = report.to_string();
     assert!(
         text.contains("| ticker pass, 20 queues, all tick | ours | server total ms |"),
@@ -254,7 +259,9 @@ async fn e2e_runs_on_a_small_backlog() -> anyhow::Result<()> {
             "ours Runner",
             "ours CoopRunner ×2",
             "ours CoopRunner ×4",
-            "raw SELECT"
+            "raw SELECT",
+            "ours Runner + pgq-ticker, exporter off",
+            "ours Runner + pgq-ticker, exporter on"
         ]
     );
     for s in &report.series {
@@ -262,6 +269,13 @@ async fn e2e_runs_on_a_small_backlog() -> anyhow::Result<()> {
         assert_eq!(sample.events, 50_000, "{s:?}");
         assert!(sample.events_per_sec > 0.0, "{s:?}");
     }
+    let exporter = report
+        .ratios
+        .iter()
+        .find(|r| r.label.contains("exporter on"))
+        .expect("the exporter's ratio");
+    assert_eq!(exporter.target, Some(0.95));
+    assert!(exporter.value.is_some_and(f64::is_finite), "{exporter:?}");
     Ok(())
 }
 
@@ -280,12 +294,7 @@ async fn latency_runs_for_a_few_seconds() -> anyhow::Result<()> {
         assert!(m.samples[0] >= 0.0 && m.samples[0].is_finite(), "{m:?}");
     }
     assert!(report.measures[0].samples[0] <= report.measures[1].samples[0]);
-    assert_eq!(report.limits.len(), 2);
-    assert!(
-        report.limits.iter().all(|l| l.met.is_some()),
-        "{:?}",
-        report.limits
-    );
+    all_limits_measured(&report, 2);
     Ok(())
 }
 
@@ -298,9 +307,12 @@ async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
     let ours = "ours (pgq-ticker + Runner)";
     let variants: Vec<&str> = report.series.iter().map(|s| s.variant).collect();
     assert_eq!(variants[0], ours);
-    if with_reference {
-        assert_eq!(variants.len(), 2, "{variants:?}");
-    }
+    assert_eq!(variants[1], "ours, one batch (cap 2,147,483,647)");
+    assert_eq!(
+        variants.len(),
+        if with_reference { 3 } else { 2 },
+        "{variants:?}"
+    );
     for s in &report.series {
         let sample = s.samples[0];
         assert_eq!(sample.events, 20_000, "{s:?}");
@@ -310,9 +322,39 @@ async fn backlog_drains_a_small_outage() -> anyhow::Result<()> {
     assert!(batches.samples[0] >= 1.0, "{batches:?}");
     let max = measure(&report, "max batch size", ours, "events").expect("our largest batch");
     assert!(
-        max.samples[0] >= 1.0 && max.samples[0] <= 20_000.0,
+        max.samples[0] >= 1.0 && max.samples[0] <= 10_000.0,
         "{max:?}"
     );
+    let one = "ours, one batch (cap 2,147,483,647)";
+    let whole = measure(&report, "max batch size", one, "events").expect("the one batch");
+    assert_eq!(whole.samples, [20_000.0]);
+    let rss = measure(&report, "ticker daemon peak RSS", ours, "MB").expect("the daemon's RSS");
+    assert!(rss.samples[0] > 0.0, "{rss:?}");
+    all_limits_measured(&report, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn exact_backlog_counts_a_small_backlog() -> anyhow::Result<()> {
+    let smoke = Smoke::new().await?;
+    let report = smoke
+        .run(&["exact-backlog", "--quick", "--runs", "1"])
+        .await?;
+
+    let warm = measure(&report, "exact backlog, warm", "ours", "s").expect("warm timings");
+    assert_eq!(warm.samples.len(), 5, "{warm:?}");
+    assert!(warm.samples.iter().all(|s| *s > 0.0), "{warm:?}");
+    // The test server is not the bench's own cluster: no restart, so no cold figure.
+    assert!(measure(&report, "exact backlog, cold", "ours", "s").is_none());
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("not a private cluster")),
+        "{:?}",
+        report.notes
+    );
+    all_limits_measured(&report, 1);
     Ok(())
 }
 
@@ -375,12 +417,7 @@ async fn held_xmin_runs_for_a_few_seconds() -> anyhow::Result<()> {
     assert_eq!(report.ratios[0].target, Some(0.9));
     assert!(report.ratios[0].met.is_some(), "{:?}", report.ratios[0]);
     assert_eq!(report.ratios[2].value.is_some(), with_reference);
-    assert_eq!(report.limits.len(), 2);
-    assert!(
-        report.limits.iter().all(|l| l.met.is_some()),
-        "{:?}",
-        report.limits
-    );
+    all_limits_measured(&report, 2);
     assert_eq!(report.limits[1].met, Some(true), "{:?}", report.limits[1]);
     Ok(())
 }

@@ -71,13 +71,28 @@ impl Daemon {
     /// Starts `pgq-ticker run` (binary `bin`) on `db` with this ticker period; its
     /// configuration and log go to `dir`.
     pub(crate) async fn ours(bin: &Path, db: &Dsn, period: Duration, dir: &Path) -> Result<Daemon> {
+        Daemon::ours_with(bin, db, period, dir, None).await
+    }
+
+    /// [`Daemon::ours`] with its exporter (`/metrics`, `/health`, `/`) on `listen`
+    /// (`host:port`) when given.
+    pub(crate) async fn ours_with(
+        bin: &Path,
+        db: &Dsn,
+        period: Duration,
+        dir: &Path,
+        listen: Option<&str>,
+    ) -> Result<Daemon> {
         let period = format!("{}ms", period.as_millis());
         let config = dir.join(format!("ticker-{period}.toml"));
-        let text = format!(
+        let mut text = format!(
             "[ticker]\ndatabases = [{}]\nticker_period = {}\n",
             serde_json::to_string(&db.conninfo())?,
             serde_json::to_string(&period)?
         );
+        if let Some(listen) = listen {
+            text.push_str(&format!("listen = {}\n", serde_json::to_string(listen)?));
+        }
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log = dir.join(format!("ticker-{period}.log"));
         let mut command = Command::new(bin);
@@ -150,12 +165,17 @@ impl Daemon {
         Ok(())
     }
 
-    /// Waits until the daemon has a backend on its database.
-    async fn wait_connected(&mut self, watch: &Client) -> Result<()> {
+    /// Waits until the daemon has a backend on its database, besides the backends `keep`
+    /// (this process's own connections, from [`backend_pids`]).
+    pub(crate) async fn wait_connected(
+        &mut self,
+        watch: &Client,
+        keep: &BTreeSet<i32>,
+    ) -> Result<()> {
         let deadline = Instant::now() + DAEMON_TIMEOUT;
         loop {
             self.check_running()?;
-            if !backend_pids(watch, &self.db).await?.is_empty() {
+            if !backend_pids(watch, &self.db).await?.is_subset(keep) {
                 return Ok(());
             }
             ensure!(
@@ -183,7 +203,7 @@ impl Daemon {
             .child
             .id()
             .with_context(|| format!("{} exited at once:\n{}", self.name, self.logged()))?;
-        self.wait_connected(watch).await?;
+        self.wait_connected(watch, &BTreeSet::new()).await?;
         tokio::time::sleep(settle).await;
         let backends = backend_pids(watch, &self.db).await?;
         let start = clock.snapshot(pid, &backends)?;
@@ -202,9 +222,32 @@ impl Daemon {
         Ok(cpu)
     }
 
+    /// The daemon's peak resident set size (`VmHWM` in `/proc/PID/status`), in kB; read it
+    /// before [`Daemon::stop`], while the process is there.
+    pub(crate) fn peak_rss_kb(&mut self) -> Result<u64> {
+        self.check_running()?;
+        let pid = self
+            .child
+            .id()
+            .with_context(|| format!("{} has exited", self.name))?;
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmHWM in {path}"))
+    }
+
     /// Stops the daemon (SIGTERM, then SIGKILL after a while) and waits until its backends are
     /// gone, so that the next daemon gets the database's ticker lock at once.
-    pub(crate) async fn stop(mut self, watch: &Client) -> Result<()> {
+    pub(crate) async fn stop(self, watch: &Client) -> Result<()> {
+        self.stop_beside(watch, &BTreeSet::new()).await
+    }
+
+    /// [`Daemon::stop`] on a database where the backends `keep` (this process's own
+    /// connections, from [`backend_pids`]) stay open.
+    pub(crate) async fn stop_beside(mut self, watch: &Client, keep: &BTreeSet<i32>) -> Result<()> {
         if let Some(pid) = self.child.id() {
             let term = Command::new("kill")
                 .arg("-TERM")
@@ -223,7 +266,7 @@ impl Daemon {
             }
         }
         let deadline = Instant::now() + DAEMON_TIMEOUT;
-        while !backend_pids(watch, &self.db).await?.is_empty() {
+        while !backend_pids(watch, &self.db).await?.is_subset(keep) {
             ensure!(
                 Instant::now() < deadline,
                 "{}'s backends on {} did not go away",
@@ -237,7 +280,7 @@ impl Daemon {
 }
 
 /// The client backends connected to database `db`.
-async fn backend_pids(watch: &Client, db: &str) -> Result<BTreeSet<i32>> {
+pub(crate) async fn backend_pids(watch: &Client, db: &str) -> Result<BTreeSet<i32>> {
     let rows = watch
         .query(BACKENDS, &[&db])
         .await

@@ -18,7 +18,7 @@ use anyhow::Result;
 
 pub(crate) use counter::Counter;
 pub(crate) use cpu::{Cpu, CpuClock};
-pub(crate) use daemon::Daemon;
+pub(crate) use daemon::{backend_pids, Daemon};
 pub(crate) use fill::Producer;
 pub(crate) use python::{command as python_command, skytools_config, PythonWorker, PYTHON};
 pub(crate) use reference::{reference, Part, Side};

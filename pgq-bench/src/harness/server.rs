@@ -86,6 +86,21 @@ impl Server {
         Ok(format!("{place}\nSettings that matter here: {settings}."))
     }
 
+    /// Restarts the private cluster (every session ends; the data stays); `false` when the
+    /// server is not the bench's own, which is left alone.
+    pub(crate) async fn restart(&self) -> Result<bool> {
+        match &self.cluster {
+            Some(cluster) => {
+                cluster
+                    .restart()
+                    .await
+                    .context("restarting the private cluster")?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Creates an empty database `pgq_bench_<pid>_<role>` (dropping a leftover of that name
     /// first) and returns its connection settings.
     pub(crate) async fn scratch_db(&self, role: &str) -> Result<Dsn> {

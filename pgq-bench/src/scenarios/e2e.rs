@@ -8,8 +8,13 @@
 //! process), python3-pgq's `Consumer` and `CoopConsumer` with 2 sub-consumer processes
 //! (`python/e2e_consumer.py` under `/usr/bin/python3`), and the raw read limit: the same rows
 //! by one plain SELECT through tokio-postgres. Every handler reads each event's `ev_data`.
+//!
+//! The exporter's overhead: our Runner drains again while the `pgq-ticker run` daemon serves
+//! the database, once with its exporter off and once with it on (`listen` set) and scraped
+//! every second by this process; the two alternate in order from run to run.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,10 +22,13 @@ use anyhow::{ensure, Context as _, Result};
 use pgq_consumer::{ConsumerConfig, CoopRunner, Runner};
 use pgq_core::{ConsumerName, Dsn, Line, QueueName, TickId};
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tokio_postgres::Client;
 
 use crate::harness::{
-    reference, skytools_config, Bench, Counter, Part, PythonWorker, WorkDir, PYTHON,
+    backend_pids, reference, skytools_config, Bench, Counter, Daemon, Part, PythonWorker, WorkDir,
+    PYTHON,
 };
 use crate::report::{Measures, Ratio, Report, Sample, Series};
 
@@ -32,6 +40,14 @@ const DATA_BYTES: u64 = 100;
 const RAW_FETCH: i32 = 10_000;
 /// How long a Python worker may take to drain.
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(600);
+/// The daemon's ticker period in the exporter variants.
+const TICKER_PERIOD: Duration = Duration::from_millis(100);
+/// How often the exporter is scraped, as Prometheus would at its shortest usual interval.
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
+/// How long the daemon's exporter may take to answer its first scrape.
+const EXPORTER_TIMEOUT: Duration = Duration::from_secs(15);
+/// The lowest acceptable drain rate with the exporter on, over the rate with it off.
+const EXPORTER_MIN: f64 = 0.95;
 
 const SHAPE: &str = "drain backlog";
 const OURS: &str = "ours Runner";
@@ -40,6 +56,8 @@ const OURS_COOP4: &str = "ours CoopRunner ×4";
 const PY: &str = "python3-pgq Consumer";
 const PY_COOP2: &str = "python3-pgq CoopConsumer ×2";
 const RAW: &str = "raw SELECT";
+const EXPORTER_OFF: &str = "ours Runner + pgq-ticker, exporter off";
+const EXPORTER_ON: &str = "ours Runner + pgq-ticker, exporter on";
 
 // language=SQL
 const FILL_TICK: &str = "SELECT count(*) FROM pgq.insert_event_bulk($1, \
@@ -82,6 +100,7 @@ impl Backlog {
 
 /// How the figures are made.
 fn method(backlog: Backlog, runs: u32) -> Vec<String> {
+    let (period, scrape) = (TICKER_PERIOD.as_millis(), SCRAPE_EVERY.as_secs());
     vec![
         format!(
             "Backlog: {} events with {DATA_BYTES}-byte ev_data in {} ticks of {} (one \
@@ -106,6 +125,13 @@ fn method(backlog: Backlog, runs: u32) -> Vec<String> {
             "`{RAW}`: one SELECT of every event column from the queue's event tables, read \
              through a portal {RAW_FETCH} rows per round trip, decoding every column."
         ),
+        format!(
+            "`{EXPORTER_OFF}` and `{EXPORTER_ON}`: `{OURS}` while `pgq-ticker run` (period \
+             {period} ms) serves the database; on, its `listen` is set and this process GETs \
+             `/metrics` every {scrape} s during the drain (each answer checked to be 200). The \
+             clock starts once the daemon is connected (and, on, has answered a first scrape). \
+             The two swap order from one run to the next."
+        ),
     ]
 }
 
@@ -117,17 +143,21 @@ enum Variant {
     Python,
     PythonCoop(u32),
     Raw,
+    /// Our Runner beside the ticker daemon, its exporter on (`true`) or off.
+    OursTicker(bool),
 }
 
 impl Variant {
     /// Every variant, in the order each run measures them.
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 8] = [
         Variant::Ours,
         Variant::OursCoop(2),
         Variant::OursCoop(4),
         Variant::Python,
         Variant::PythonCoop(2),
         Variant::Raw,
+        Variant::OursTicker(false),
+        Variant::OursTicker(true),
     ];
 
     fn label(self) -> &'static str {
@@ -138,6 +168,13 @@ impl Variant {
             Variant::Python => PY,
             Variant::PythonCoop(_) => PY_COOP2,
             Variant::Raw => RAW,
+            Variant::OursTicker(exporter) => {
+                if exporter {
+                    EXPORTER_ON
+                } else {
+                    EXPORTER_OFF
+                }
+            }
         }
     }
 
@@ -173,6 +210,7 @@ pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
     let mut notes = method(backlog, bench.plan.runs);
     let work_dir = WorkDir::new("e2e")?;
     let filled = Filled::setup(bench, backlog, &work_dir).await?;
+    let ticker_bin = bench.ticker_binary()?;
     let python = reference(
         bench.server,
         &[Part::PythonPgq],
@@ -189,8 +227,22 @@ pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     let mut rss = Measures::default();
     for run in 1..=bench.plan.runs {
-        for (i, &variant) in variants.iter().enumerate() {
-            let drained = filled.drain(variant, run).await?;
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if run % 2 == 0 {
+            // the exporter variants swap places, so neither always runs second
+            let on = variants
+                .iter()
+                .position(|&v| v == Variant::OursTicker(true));
+            let off = variants
+                .iter()
+                .position(|&v| v == Variant::OursTicker(false));
+            if let Some((on, off)) = on.zip(off) {
+                order.swap(on, off);
+            }
+        }
+        for i in order {
+            let variant = variants[i];
+            let drained = filled.drain(variant, run, &ticker_bin).await?;
             ensure!(
                 drained.events == backlog.events()
                     && drained.bytes == backlog.events() * DATA_BYTES,
@@ -261,6 +313,12 @@ fn ratios(series: &[Series]) -> Vec<Ratio> {
             None,
         ),
         Ratio::of(format!("{PY} / {RAW}"), find(PY), find(RAW), None),
+        Ratio::of(
+            format!("{EXPORTER_ON} / {EXPORTER_OFF}"),
+            find(EXPORTER_ON),
+            find(EXPORTER_OFF),
+            Some(EXPORTER_MIN),
+        ),
     ]
 }
 
@@ -275,6 +333,8 @@ struct Filled<'a> {
     start_tick: TickId,
     /// Where the Python workers' configurations and logs go.
     work_dir: &'a WorkDir,
+    /// The server's maintenance database, to watch the daemon's backends from.
+    maintenance: Dsn,
 }
 
 impl<'a> Filled<'a> {
@@ -314,12 +374,14 @@ impl<'a> Filled<'a> {
             table,
             start_tick: TickId(start_tick),
             work_dir,
+            maintenance: bench.server.maintenance().clone(),
         })
     }
 
-    async fn drain(&self, variant: Variant, run: u32) -> Result<Drained> {
+    async fn drain(&self, variant: Variant, run: u32, ticker_bin: &Path) -> Result<Drained> {
         match variant {
             Variant::Ours => self.ours(run).await,
+            Variant::OursTicker(exporter) => self.ours_ticker(run, ticker_bin, exporter).await,
             Variant::OursCoop(subs) => self.ours_coop(run, subs).await,
             Variant::Python => self.python(run).await,
             Variant::PythonCoop(subs) => self.python_coop(run, subs).await,
@@ -369,6 +431,52 @@ impl<'a> Filled<'a> {
         let started = Instant::now();
         while runner.process_next_batch().await?.is_some() {}
         Ok(Drained::counted(&counter, started))
+    }
+
+    /// [`Filled::ours`] while our ticker daemon serves the database, its exporter on (and
+    /// scraped every [`SCRAPE_EVERY`]) or off.
+    async fn ours_ticker(&self, run: u32, ticker_bin: &Path, exporter: bool) -> Result<Drained> {
+        let name = format!(
+            "ours_exporter_{}_r{run}",
+            if exporter { "on" } else { "off" }
+        );
+        self.register(&name).await?;
+        let counter = Arc::new(Counter::default());
+        let config = ConsumerConfig::builder(self.queue.clone(), ConsumerName::new(&name)?).build();
+        let mut runner = Runner::connect(&self.dsn, config, counter.clone()).await?;
+        let listen = if exporter {
+            Some(free_address()?)
+        } else {
+            None
+        };
+        let watch = self.maintenance.connect().await?;
+        let ours = backend_pids(&watch, self.dsn.dbname()).await?;
+        let mut daemon = Daemon::ours_with(
+            ticker_bin,
+            &self.dsn,
+            TICKER_PERIOD,
+            self.work_dir.path(),
+            listen.as_deref(),
+        )
+        .await?;
+        let result = async {
+            daemon.wait_connected(&watch, &ours).await?;
+            let scraper = match &listen {
+                Some(address) => Some(Scraper::start(address).await?),
+                None => None,
+            };
+            let started = Instant::now();
+            while runner.process_next_batch().await?.is_some() {}
+            let drained = Drained::counted(&counter, started);
+            if let Some(scraper) = scraper {
+                let scrapes = scraper.stop().await?;
+                tracing::info!(run, scrapes, "exporter scraped");
+            }
+            anyhow::Ok(drained)
+        }
+        .await;
+        daemon.stop_beside(&watch, &ours).await?;
+        result
     }
 
     async fn ours_coop(&self, run: u32, subs: u32) -> Result<Drained> {
@@ -531,5 +639,69 @@ async fn fill(client: &Client, backlog: Backlog) -> Result<()> {
         );
         client.execute(TICK, &[&QUEUE]).await?;
     }
+    Ok(())
+}
+
+/// An address on 127.0.0.1 with a port nobody listens on right now.
+fn free_address() -> Result<String> {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(socket.local_addr()?.to_string())
+}
+
+/// GETs `/metrics` from an exporter every [`SCRAPE_EVERY`], as Prometheus would.
+struct Scraper {
+    task: tokio::task::JoinHandle<Result<()>>,
+    scrapes: Arc<AtomicU64>,
+}
+
+impl Scraper {
+    /// Waits until the exporter at `address` answers, then scrapes it in the background.
+    async fn start(address: &str) -> Result<Scraper> {
+        let deadline = Instant::now() + EXPORTER_TIMEOUT;
+        while let Err(e) = scrape(address).await {
+            ensure!(
+                Instant::now() < deadline,
+                "the exporter on {address} did not answer: {e:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let scrapes = Arc::new(AtomicU64::new(1));
+        let (address, counted) = (address.to_owned(), scrapes.clone());
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(SCRAPE_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                scrape(&address).await?;
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(Scraper { task, scrapes })
+    }
+
+    /// Stops scraping; how many scrapes there were, or the first failed one's error.
+    async fn stop(self) -> Result<u64> {
+        if self.task.is_finished() {
+            self.task.await??;
+        } else {
+            self.task.abort();
+        }
+        Ok(self.scrapes.load(Ordering::Relaxed))
+    }
+}
+
+/// One `GET /metrics` from `address`; an error unless the answer is 200 with a body.
+async fn scrape(address: &str) -> Result<()> {
+    let mut stream = TcpStream::connect(address).await?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    ensure!(
+        head.starts_with("HTTP/1.1 200") && !body.is_empty(),
+        "GET /metrics from {address}: {head}"
+    );
     Ok(())
 }

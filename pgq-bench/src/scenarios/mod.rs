@@ -5,6 +5,7 @@
 mod backlog;
 mod basebackup;
 mod e2e;
+mod exact_backlog;
 mod held_xmin;
 mod latency;
 mod londiste;
@@ -26,6 +27,7 @@ pub(crate) async fn run(scenario: Scenario, bench: &Bench<'_>) -> Result<Report>
         Scenario::E2e => e2e::run(bench).await,
         Scenario::Latency => latency::run(bench).await,
         Scenario::Backlog => backlog::run(bench).await,
+        Scenario::ExactBacklog => exact_backlog::run(bench).await,
         Scenario::HeldXmin => held_xmin::run(bench).await,
         Scenario::Londiste => londiste::run(bench).await,
     }
