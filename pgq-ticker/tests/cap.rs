@@ -209,6 +209,20 @@ async fn a_long_outage_is_cut_and_counted_exactly() -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < late, "the held transaction is not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A loaded machine may tick it later than ticker_max_lag: wait for the tick itself, so the
+    // drain's quiet window starts with the batch ready.
+    let late = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = pgq_core::consumer_backlog_exact(&client, Some(&q), Some(&c)).await?;
+        if rows.first().is_some_and(|b| b.ticked_events == 50) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < late,
+            "the held transaction is never ticked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sizes = drain(&mut client, &q, &c, Duration::from_secs(4)).await?;
     assert_eq!(sizes, [50], "the held transaction, whole");
     assert_eq!(exact_backlog(&client, &q, &c).await?, 0);
