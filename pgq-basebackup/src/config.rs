@@ -74,6 +74,11 @@ pub(crate) fn append_auto_conf(dest: &Path, lines: &str) -> Result<()> {
     write_private(&path, &text)
 }
 
+/// A string value of `postgresql.conf`: in single quotes, `'` doubled and `\` escaped.
+pub(crate) fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 /// Writes a file of the copy, readable by its owner only.
 pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).io_context(|| format!("writing {}", path.display()))?;

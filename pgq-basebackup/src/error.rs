@@ -109,6 +109,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Starting, stopping or resetting the copy's server failed.
+    #[error("{action} failed: {detail}")]
+    Server {
+        /// What was being done.
+        action: String,
+        /// The program's output (and the end of the server log, for a start).
+        detail: String,
+    },
     /// A background task of the backup panicked or was cancelled.
     #[error("a backup task ended abnormally")]
     Task(#[from] tokio::task::JoinError),

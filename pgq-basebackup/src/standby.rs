@@ -10,7 +10,7 @@ use std::path::Path;
 
 use pgq_core::{Dsn, PasswordSource};
 
-use crate::config::{append_auto_conf, write_private};
+use crate::config::{append_auto_conf, conf_quote, write_private};
 use crate::error::{IoContext as _, Result};
 
 /// Settings of the backup's connection that `primary_conninfo` keeps as they are: where to
@@ -80,11 +80,6 @@ fn keyword(key: &str, value: &str) -> String {
         "{key}='{}'",
         value.replace('\\', "\\\\").replace('\'', "\\'")
     )
-}
-
-/// A string value of `postgresql.conf`: in single quotes, `'` doubled and `\` escaped.
-fn conf_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -352,6 +352,7 @@ static MIGRATIONS: &[Migration] = &[
         "initial",
         ["79ccb2371be8ef090d6fa2867e3aae6d250909517d37d7d3f66a3d1e13c36169"]
     ),
+    migration!(Londiste, "londiste_rs/0002_seed.sql", 2, "seed"),
 ];
 
 /// A line's current file: what its numbered files up to `version` make, in one piece. A fresh
@@ -383,6 +384,7 @@ static CURRENT: &[CurrentFile] = &[
     current!(PgqTriggers, "current/pgq_triggers.sql", 2),
     current!(PgqCoop, "current/pgq_coop.sql", 2),
     current!(PgqExt, "current/pgq_ext.sql", 2),
+    current!(Londiste, "current/londiste_rs.sql", 2),
 ];
 
 fn latest(migrations: &[Migration], line: Line) -> i32 {

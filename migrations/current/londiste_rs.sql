@@ -1,0 +1,164 @@
+-- pgq-rs: the `londiste_rs` line, version 2, in one file.
+--
+-- The replicator's bookkeeping (the `londiste` crate), on the provider and on the subscriber.
+-- Its own schema: PGQ's maintenance probes for a schema named `londiste` (londiste3's).
+--
+-- Provider side: the tables and sequences a queue carries, and `londiste seed`'s plan.
+-- Subscriber side: each table's state (in-copy -> catching-up -> ok) with the snapshot of its
+-- initial copy, the sequences, the replay worker's position and pause requests, and the
+-- provider transactions a seeded copy holds (docs/seeding.md).
+-- This file is what the numbered files up to 0002 build, in one piece. A fresh installation
+-- runs it (the Rust installer does; by hand: `psql -v ON_ERROR_STOP=1 -1 -f
+-- migrations/current/londiste_rs.sql`) and it records every version it contains in
+-- pgq_rs.migrations; an installation at an earlier version runs the numbered files after its
+-- version instead.
+-- Bookkeeping. Everything below runs with search_path pinned to pg_catalog, so names the
+-- database owner may have planted elsewhere are never picked up; and the bookkeeping schema must
+-- be one nobody else controls: a pgq-rs schema owned by another non-superuser role, or a trigger
+-- or rule on a table in pgq_rs, would run that role's code with the installer's rights.
+SET LOCAL search_path = pg_catalog, pg_temp;
+DO $trust$
+DECLARE
+    problem text;
+BEGIN
+    IF current_setting('search_path') <> 'pg_catalog, pg_temp' THEN
+        RAISE EXCEPTION 'pgq-rs: this file must run in one transaction'
+            USING ERRCODE = 'PQR03', HINT = 'Run it with psql -1 (or between BEGIN and COMMIT).';
+    END IF;
+    SELECT format('%s belongs to role %s', o.what, o.owner::regrole) INTO problem
+      FROM (SELECT 'schema ' || n.nspname AS what, n.nspowner AS owner
+              FROM pg_namespace n
+             WHERE n.nspname IN ('pgq_rs', 'pgq', 'pgq_coop', 'pgq_ext', 'londiste_rs')
+            UNION ALL
+            SELECT 'table pgq_rs.' || c.relname, c.relowner
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'pgq_rs') o
+      JOIN pg_roles r ON r.oid = o.owner
+     WHERE r.rolname <> current_user AND NOT r.rolsuper
+     LIMIT 1;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'pgq-rs: refusing to install: % (neither you nor a superuser)', problem
+            USING ERRCODE = 'PQR03',
+                  HINT = 'Run the installer as the role that owns the installation.';
+    END IF;
+    SELECT format('%s %s on table pgq_rs.%s', o.kind, o.name, c.relname) INTO problem
+      FROM (SELECT 'trigger' AS kind, t.tgname AS name, t.tgrelid AS rel
+              FROM pg_trigger t WHERE NOT t.tgisinternal
+            UNION ALL
+            SELECT 'rule', w.rulename, w.ev_class FROM pg_rewrite w WHERE w.rulename <> '_RETURN') o
+      JOIN pg_class c ON c.oid = o.rel
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = 'pgq_rs'
+     LIMIT 1;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'pgq-rs: refusing to install: there is a %', problem
+            USING ERRCODE = 'PQR03',
+                  HINT = 'pgq-rs makes no triggers or rules there: find out who did.';
+    END IF;
+END
+$trust$;
+CREATE SCHEMA IF NOT EXISTS pgq_rs;
+CREATE TABLE IF NOT EXISTS pgq_rs.migrations (
+    line text NOT NULL, version integer NOT NULL, description text NOT NULL,
+    installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL DEFAULT true,
+    checksum bytea, execution_time_ms bigint, PRIMARY KEY (line, version));
+-- The installation's own id: remote consumers key their batch tracking with it (a standby or a
+-- copy of this database shares system_identifier, but a seeded copy makes itself a new id).
+CREATE TABLE IF NOT EXISTS pgq_rs.installation (
+    singleton  boolean     NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
+    id         uuid        NOT NULL DEFAULT gen_random_uuid(),
+    created_on timestamptz NOT NULL DEFAULT now());
+INSERT INTO pgq_rs.installation DEFAULT VALUES ON CONFLICT DO NOTHING;
+GRANT USAGE ON SCHEMA pgq_rs TO public;
+GRANT SELECT ON TABLE pgq_rs.migrations, pgq_rs.installation TO public;
+
+DO $guard$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pgq_rs.migrations WHERE line = 'londiste_rs') THEN
+        RAISE EXCEPTION 'pgq-rs: the londiste_rs line is installed already'
+            USING ERRCODE = 'PQR01',
+                  HINT = 'An installation runs the numbered files after its recorded version.';
+    END IF;
+END
+$guard$;
+
+
+CREATE SCHEMA londiste_rs;
+
+CREATE TABLE londiste_rs.provider_table (
+    queue_name      text        NOT NULL,
+    -- As the capture trigger writes it into ev_extra1: schema.table, unquoted.
+    table_name      text        NOT NULL,
+    table_oid       oid         NOT NULL,
+    added_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue_name, table_name)
+);
+
+CREATE TABLE londiste_rs.provider_seq (
+    queue_name      text        NOT NULL,
+    seq_name        text        NOT NULL,
+    seq_oid         oid         NOT NULL,
+    PRIMARY KEY (queue_name, seq_name)
+);
+
+CREATE TABLE londiste_rs.subscriber_table (
+    queue_name      text        NOT NULL,
+    table_name      text        NOT NULL,
+    dest_table      text        NOT NULL,
+    state           text        NOT NULL CHECK (state IN ('in-copy', 'catching-up', 'ok')),
+    -- The provider snapshot the initial copy read: events of transactions visible in it are
+    -- already in the copy and are skipped while the table is catching up.
+    copy_snapshot   txid_snapshot,
+    copy_rows       bigint,
+    copy_started    timestamptz,
+    copy_finished   timestamptz,
+    state_changed   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue_name, table_name)
+);
+
+CREATE TABLE londiste_rs.subscriber_seq (
+    queue_name      text        NOT NULL,
+    seq_name        text        NOT NULL,
+    dest_seq        text        NOT NULL,
+    last_value      bigint,
+    PRIMARY KEY (queue_name, seq_name)
+);
+
+CREATE TABLE londiste_rs.worker_position (
+    queue_name      text        NOT NULL,
+    consumer_name   text        NOT NULL,
+    -- The tick the last applied batch ended at (its batch id is in pgq_ext).
+    last_tick       bigint,
+    last_batch_at   timestamptz,
+    -- Set by `londiste compare`: stop before any batch that starts at or after pause_at_tick
+    -- (at once when it is NULL), so both sides can be read at one tick.
+    pause_requested boolean     NOT NULL DEFAULT false,
+    pause_at_tick   bigint,
+    PRIMARY KEY (queue_name, consumer_name)
+);
+
+CREATE TABLE londiste_rs.seed_plan (
+    queue_name      text        NOT NULL,
+    -- The consumer registered for the copy; it becomes the subscriber's worker.
+    consumer_name   text        NOT NULL,
+    -- The installation id the copy takes when it becomes a subscriber: the consumer's default
+    -- name is made from it before the copy exists.
+    subscriber_id   uuid        NOT NULL,
+    -- Provider tables (schema.table, unquoted, as the capture trigger names them).
+    tables          text[]      NOT NULL,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue_name, consumer_name)
+);
+
+-- Subscriber side: the provider transactions whose changes the seeded copy holds, read from
+-- the copy's own event tables before anything wrote to it. The worker skips their events, and
+-- drops the rows once a batch ends past all of them.
+CREATE TABLE londiste_rs.seed_txid (
+    queue_name      text        NOT NULL,
+    txid            bigint      NOT NULL,
+    PRIMARY KEY (queue_name, txid)
+);
+
+INSERT INTO pgq_rs.migrations (line, version, description) VALUES
+    ('londiste_rs', 1, 'initial'),
+    ('londiste_rs', 2, 'seed');
