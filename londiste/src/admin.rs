@@ -304,7 +304,9 @@ async fn add_table(config: &Config, table: &str, options: &AddTableOptions) -> R
     Ok(report)
 }
 
-async fn add_trigger(
+/// Puts the capture triggers on a provider table and registers it on the queue, in one
+/// transaction.
+pub(crate) async fn add_trigger(
     provider: &Client,
     config: &Config,
     source: &TableInfo,
@@ -497,32 +499,7 @@ pub async fn remove_table(config: &Config, table: &str) -> Result<()> {
         )
         .await
         .on(SUBSCRIBER, "unregistering the table")?;
-    let unregister = if pgq_core::flavor(&provider).await? == Flavor::Ours {
-        format!(
-            "SELECT pgq.unregister_capture({}::pg_catalog.oid::pg_catalog.regclass, {});",
-            source.oid,
-            quote_literal(queue)
-        )
-    } else {
-        String::new()
-    };
-    let sql = format!(
-        "BEGIN;
-         DROP TRIGGER IF EXISTS {} ON {t};
-         DROP TRIGGER IF EXISTS {} ON {t};
-         {unregister}
-         DELETE FROM londiste_rs.provider_table WHERE queue_name = {} AND table_name = {};
-         COMMIT;",
-        quote_ident(&format!("_londiste_rs_{queue}")),
-        quote_ident(&format!("_londiste_rs_{queue}_truncate")),
-        quote_literal(queue),
-        quote_literal(event_name),
-        t = source.quoted,
-    );
-    provider.batch_execute(&sql).await.on(
-        PROVIDER,
-        format!("removing the capture trigger of {event_name}"),
-    )?;
+    remove_capture(&provider, config, &source).await?;
     if removed.is_empty() {
         return Err(LondisteError::TableState {
             table: event_name.to_owned(),
@@ -530,6 +507,55 @@ pub async fn remove_table(config: &Config, table: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Drops a provider table's capture triggers and its registration on the queue, in one
+/// transaction.
+pub(crate) async fn remove_capture(provider: &Client, config: &Config, source: &TableInfo) -> Result<()> {
+    let ours = pgq_core::flavor(provider).await? == Flavor::Ours;
+    let sql = format!(
+        "BEGIN; {} COMMIT;",
+        remove_capture_sql(config.queue.as_str(), &source.quoted, &source.event_name, source.oid, ours)
+    );
+    if let Err(err) = provider.batch_execute(&sql).await {
+        let _ = provider.batch_execute("ROLLBACK").await;
+        return Err(LondisteError::Db {
+            side: PROVIDER,
+            op: format!("removing the capture trigger of {}", source.event_name),
+            source: err,
+        });
+    }
+    Ok(())
+}
+
+/// The statements that drop a table's capture triggers (`quoted`, named `event_name` in the
+/// queue's registry) and unregister it from `queue`: `pgq.unregister_capture` too on our
+/// schema (`ours`).
+pub(crate) fn remove_capture_sql(
+    queue: &str,
+    quoted: &str,
+    event_name: &str,
+    oid: u32,
+    ours: bool,
+) -> String {
+    let unregister = if ours {
+        format!(
+            "SELECT pgq.unregister_capture({oid}::pg_catalog.oid::pg_catalog.regclass, {});",
+            quote_literal(queue)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "DROP TRIGGER IF EXISTS {} ON {quoted};
+         DROP TRIGGER IF EXISTS {} ON {quoted};
+         {unregister}
+         DELETE FROM londiste_rs.provider_table WHERE queue_name = {} AND table_name = {};",
+        quote_ident(&format!("_londiste_rs_{queue}")),
+        quote_ident(&format!("_londiste_rs_{queue}_truncate")),
+        quote_literal(queue),
+        quote_literal(event_name),
+    )
 }
 
 /// Adds sequences: the worker copies each one's value forward with every batch.

@@ -115,6 +115,15 @@ pub enum LondisteError {
         #[source]
         source: pgq_core::Error,
     },
+    /// `londiste seed` cannot go on; the message says why and what to do.
+    #[error("seed: {problem}")]
+    Seed {
+        /// What is wrong.
+        problem: String,
+    },
+    /// The base backup of a seed failed.
+    #[error("seed: the base backup failed")]
+    Backup(#[from] pgq_basebackup::Error),
     /// A `pgq-core` call failed.
     #[error(transparent)]
     Core(#[from] pgq_core::Error),

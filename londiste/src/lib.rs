@@ -51,6 +51,7 @@ mod decode;
 mod error;
 mod meta;
 mod monitor;
+mod seed;
 mod state;
 mod worker;
 
@@ -65,5 +66,6 @@ pub use config::{
 };
 pub use copy::CopyProgress;
 pub use error::{LondisteError, Result};
+pub use seed::{seed, seed_finish, SeedOptions, SeedTables, Seeded};
 pub use state::TableState;
 pub use worker::Worker;

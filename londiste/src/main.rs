@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use londiste::{AddTableOptions, Config, CopyProgress, ResyncOptions, TableState};
+use londiste::{
+    AddTableOptions, Config, CopyProgress, ResyncOptions, SeedOptions, SeedTables, Seeded,
+    TableState,
+};
 use pgq_consumer::CancellationToken;
 use pgq_core::monitor::Monitor;
 use tracing_subscriber::EnvFilter;
@@ -73,6 +76,30 @@ enum Command {
         /// One provider table.
         table: Option<String>,
     },
+    /// Make the subscriber from a base backup of the provider, at an exact position: no table
+    /// is copied row by row (docs/seeding.md). Tables named, or every keyed table of --schema.
+    Seed {
+        /// Provider tables (`schema.table`).
+        #[arg(required_unless_present = "schema", conflicts_with = "schema")]
+        tables: Vec<String>,
+        /// Every table with a primary key in this schema.
+        #[arg(long)]
+        schema: Option<String>,
+        #[command(flatten)]
+        target: SeedArgs,
+        /// Prepare the copy and stop: start it yourself, then run `londiste seed-finish`.
+        #[arg(long)]
+        no_start: bool,
+        /// Connections that copy files in parallel.
+        #[arg(short, long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
+    },
+    /// Finish a seed made with --no-start, once you started the copy (it waits on its private
+    /// socket); leaves it stopped, ready to start as the subscriber.
+    SeedFinish {
+        #[command(flatten)]
+        target: SeedArgs,
+    },
     /// Copy a table again and catch up.
     Resync {
         /// The provider table.
@@ -110,6 +137,40 @@ struct AddTableArgs {
     /// Seconds to wait for `ok` while a worker runs.
     #[arg(long, default_value_t = 60)]
     wait: u64,
+}
+
+/// Where a seed's copy goes and how its server is run.
+#[derive(Debug, clap::Args)]
+struct SeedArgs {
+    /// The copy's data directory (new or empty).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The port the copy listens on (the config's subscriber must point there).
+    #[arg(long)]
+    port: u16,
+    /// The PostgreSQL programs of the provider's version (default: found).
+    #[arg(long, value_name = "DIR")]
+    pg_bin: Option<PathBuf>,
+    /// Run the copy's server as this operating system user (when londiste runs as root).
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
+    /// Limit the backup's reads on the provider (bytes per second; k, M, G suffixes).
+    #[arg(long, value_name = "RATE", value_parser = pgq_basebackup::parse_rate)]
+    max_rate: Option<u64>,
+}
+
+impl SeedArgs {
+    fn options(self, start: bool, jobs: u16) -> SeedOptions {
+        SeedOptions {
+            data_dir: self.data_dir,
+            port: self.port,
+            start,
+            jobs: usize::from(jobs),
+            bin_dir: self.pg_bin,
+            run_as: self.run_as,
+            max_rate: self.max_rate,
+        }
+    }
 }
 
 impl From<AddTableArgs> for AddTableOptions {
@@ -321,6 +382,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Seed {
+            tables,
+            schema,
+            target,
+            no_start,
+            jobs,
+        } => {
+            let which = match schema {
+                Some(schema) => SeedTables::Schema(schema),
+                None => SeedTables::Named(tables),
+            };
+            let seeded = londiste::seed(&config, &which, &target.options(!no_start, jobs)).await?;
+            print(cli.json, &seeded, seed_text)?;
+        }
+        Command::SeedFinish { target } => {
+            let seeded = londiste::seed_finish(&config, &target.options(true, 1)).await?;
+            print(cli.json, &seeded, seed_text)?;
+        }
         Command::Resync {
             table,
             parallel_copy,
@@ -340,6 +419,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn seed_text(s: &Seeded) -> String {
+    let mut out = String::new();
+    if s.backup_bytes > 0 {
+        out.push_str(&format!(
+            "base backup: {} MiB in {:.1} s\n",
+            s.backup_bytes >> 20,
+            s.backup_seconds
+        ));
+    }
+    if s.finished {
+        out.push_str(&format!(
+            "seeded: {} table(s) ok, worker {}; {} provider transaction(s) in the copy will be \
+             skipped; new system identifier {}\nnext: run `londiste worker`\n",
+            s.tables.len(),
+            s.consumer,
+            s.skipped_transactions.unwrap_or(0),
+            s.system_identifier.as_deref().unwrap_or("-"),
+        ));
+    } else {
+        out.push_str(&format!(
+            "prepared: start the copy (pg_ctl start -D <data-dir>), then run `londiste \
+             seed-finish` with the same --data-dir and --port; worker {}\n",
+            s.consumer
+        ));
+    }
+    out
 }
 
 async fn wait_for_signal() {

@@ -2,7 +2,7 @@
 //! subscriber in one transaction together with its batch tracking (`pgq_ext`), so every batch
 //! is applied exactly once across the two databases.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,15 @@ UPDATE londiste_rs.subscriber_table SET state = 'ok', state_changed = now()
  WHERE queue_name = $1 AND table_name = $2 AND state = 'catching-up'";
 
 // language=SQL
+const SEEDED: &str = "SELECT EXISTS (SELECT FROM londiste_rs.seed_txid WHERE queue_name = $1)";
+
+// language=SQL
+const SEED_TXIDS: &str = "SELECT txid FROM londiste_rs.seed_txid WHERE queue_name = $1";
+
+// language=SQL
+const SEED_DONE: &str = "DELETE FROM londiste_rs.seed_txid WHERE queue_name = $1";
+
+// language=SQL
 const SEQS: &str =
     "SELECT seq_name, dest_seq FROM londiste_rs.subscriber_seq WHERE queue_name = $1";
 
@@ -103,6 +112,9 @@ struct Replayer {
     tables: Mutex<HashMap<String, Arc<TableInfo>>>,
     /// A batch that hit a unique violation on non-key columns: applied event by event.
     per_event_batch: Mutex<Option<BatchId>>,
+    /// The provider transactions a seeded subscriber holds already (`londiste_rs.seed_txid`),
+    /// read once; `None` when there are none.
+    seeded: Mutex<Option<Arc<HashSet<i64>>>>,
 }
 
 impl Replayer {
@@ -158,6 +170,7 @@ impl Replayer {
             return Err(Box::new(Postpone::new("held by londiste compare", HOLD)));
         }
         let subscribed = self.subscribed(tx).await?;
+        let seeded = self.seeded(tx).await?;
         let per_event = self.config.apply == ApplyMode::PerEvent
             || *self
                 .per_event_batch
@@ -175,6 +188,9 @@ impl Replayer {
                 let Some(sub) = subscribed.get(table) else {
                     continue;
                 };
+                if seeded.as_ref().is_some_and(|s| s.contains(&event.txid)) {
+                    continue;
+                }
                 match sub.state {
                     TableState::InCopy => {
                         return Err(Box::new(Postpone::new(
@@ -222,7 +238,8 @@ impl Replayer {
             return Err(self.failed(err, batch.id()));
         }
         self.sync_sequences(batch).await?;
-        self.finish_catch_up(batch, &subscribed).await?;
+        self.finish_catch_up(batch, &subscribed, seeded.as_deref())
+            .await?;
         let cur_tick = batch.batch().cur_tick.0;
         tx.query_typed(
             SET_POSITION,
@@ -289,6 +306,34 @@ impl Replayer {
             }
         }
         Box::new(err)
+    }
+
+    /// The seed's transactions, while the subscriber has any (read from it once).
+    async fn seeded(&self, tx: &Transaction<'_>) -> Result<Option<Arc<HashSet<i64>>>> {
+        let queue = self.config.queue.as_str();
+        let any: bool = tx
+            .query_typed_one(SEEDED, &[(&queue, Type::TEXT)])
+            .await
+            .on(SUBSCRIBER, "reading the seed position")?
+            .get(0);
+        let mut cached = self.seeded.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if !any {
+            cached = None;
+        } else if cached.is_none() {
+            let txids: HashSet<i64> = tx
+                .query_typed(SEED_TXIDS, &[(&queue, Type::TEXT)])
+                .await
+                .on(SUBSCRIBER, "reading the seed position")?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            cached = Some(Arc::new(txids));
+        }
+        self.seeded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&cached);
+        Ok(cached)
     }
 
     async fn subscribed(&self, tx: &Transaction<'_>) -> Result<HashMap<String, Subscribed>> {
@@ -415,18 +460,20 @@ impl Replayer {
 
     /// A catching-up table is `ok` once the batch's end tick sees every transaction its copy
     /// saw: later batches hold no event the copy already has. (Transactions running through
-    /// both snapshots, on any database of the server, do not hold it back.)
+    /// both snapshots, on any database of the server, do not hold it back.) Likewise a seed's
+    /// transactions are forgotten once the end tick sees them all.
     async fn finish_catch_up(
         &self,
         batch: &BatchHandle<'_, '_>,
         subscribed: &HashMap<String, Subscribed>,
+        seeded: Option<&HashSet<i64>>,
     ) -> Result<()> {
         let catching_up: Vec<(&String, &Snapshot)> = subscribed
             .iter()
             .filter(|(_, s)| s.state == TableState::CatchingUp)
             .filter_map(|(t, s)| s.copy_snapshot.as_ref().map(|snap| (t, snap)))
             .collect();
-        if catching_up.is_empty() {
+        if catching_up.is_empty() && seeded.is_none() {
             return Ok(());
         }
         let queue = self.config.queue.as_str();
@@ -445,6 +492,14 @@ impl Replayer {
             table: format!("(tick {cur_tick})"),
             problem,
         })?;
+        if seeded.is_some_and(|txids| txids.iter().all(|&t| tick.sees(t))) {
+            batch
+                .tx()
+                .query_typed(SEED_DONE, &[(&queue, Type::TEXT)])
+                .await
+                .on(SUBSCRIBER, "forgetting the seed's transactions")?;
+            tracing::info!("past every transaction the seed holds");
+        }
         for (table, snapshot) in catching_up {
             if tick.covers(snapshot) {
                 batch
@@ -531,6 +586,7 @@ impl Worker {
             consumer: consumer.clone(),
             tables: Mutex::new(HashMap::new()),
             per_event_batch: Mutex::new(None),
+            seeded: Mutex::new(None),
         };
         let runner = RemoteRunner::connect(
             &config.provider.with_pinned_search_path(),

@@ -9,4 +9,5 @@ mod monitor;
 mod names;
 mod replicate;
 mod search_path;
+mod seed;
 mod types;

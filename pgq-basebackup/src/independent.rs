@@ -155,20 +155,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// The programs for the copy in `data`: from `bin_dir` when given, else Debian's
-    /// `/usr/lib/postgresql/<major>/bin`, else the directories on `PATH`; the one whose
-    /// `postgres` is the copy's major version (`PG_VERSION`). `run_as` names the operating
-    /// system user the server runs as when this process is root (PostgreSQL refuses root).
+    /// The programs of PostgreSQL `major` (a copy's `PG_VERSION`): from `bin_dir` when
+    /// given, else Debian's `/usr/lib/postgresql/<major>/bin`, else the first directory on
+    /// `PATH` whose `postgres` is that version. `run_as` names the operating system user the
+    /// server runs as when this process is root (PostgreSQL refuses root).
     ///
     /// # Errors
     ///
-    /// [`Error::Server`] when no directory has the copy's version.
-    pub async fn find(data: &Path, bin_dir: Option<&Path>, run_as: Option<String>) -> Result<Server> {
-        let version_file = data.join("PG_VERSION");
-        let major = fs::read_to_string(&version_file)
-            .io_context(|| format!("reading {}", version_file.display()))?
-            .trim()
-            .to_owned();
+    /// [`Error::Server`] when no directory has that version.
+    pub async fn find(major: &str, bin_dir: Option<&Path>, run_as: Option<String>) -> Result<Server> {
         let candidates: Vec<PathBuf> = match bin_dir {
             Some(dir) => vec![dir.to_path_buf()],
             None => std::iter::once(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
@@ -191,7 +186,7 @@ impl Server {
                 .await
                 .io_context(|| format!("running {} --version", postgres.display()))?;
             let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-            if version_major(&version).as_deref() == Some(major.as_str()) {
+            if version_major(&version).as_deref() == Some(major) {
                 return Ok(Server { bin_dir: dir, run_as });
             }
             seen.push(format!("{} ({version})", dir.display()));

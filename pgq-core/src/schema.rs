@@ -793,6 +793,17 @@ fn wrapped(file: &str, sql: &str) -> String {
 pub struct InstallationId(String);
 
 impl InstallationId {
+    /// An id from a UUID's text form (as `gen_random_uuid()::text` gives it): the one a
+    /// database is to take, e.g. a copy being seeded. `None` for anything else.
+    pub fn parse(text: &str) -> Option<InstallationId> {
+        let groups: Vec<&str> = text.split('-').collect();
+        let shape = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]);
+        let hex = groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        (shape && hex).then(|| InstallationId(text.to_owned()))
+    }
+
     /// The UUID's text form, e.g. `0f3c2a9e-5b1d-4c7e-9a8b-2d6e4f1a7c30`.
     pub fn as_str(&self) -> &str {
         &self.0

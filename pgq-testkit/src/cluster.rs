@@ -506,7 +506,8 @@ fn find_bindir() -> Result<PathBuf, String> {
 }
 
 /// Whether this process runs as root (initdb and pg_ctl refuse to).
-pub(crate) fn is_root() -> bool {
+/// Whether the tests run as root (then servers run as `postgres`).
+pub fn is_root() -> bool {
     static ROOT: OnceLock<bool> = OnceLock::new();
     *ROOT.get_or_init(
         || match std::process::Command::new("id").arg("-u").output() {
@@ -547,8 +548,12 @@ async fn chown_postgres(path: &Path) -> Result<(), TestkitError> {
     run(chown, "chown postgres").await.map(drop)
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> Result<u16, TestkitError> {
+/// A port nobody listens on right now (on 127.0.0.1).
+///
+/// # Errors
+///
+/// [`TestkitError::Io`] when no port can be bound.
+pub fn free_port() -> Result<u16, TestkitError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

@@ -1,0 +1,760 @@
+//! `londiste seed`: a subscriber made from a base backup of the provider instead of copying
+//! its tables, at an exact position (docs/seeding.md).
+//!
+//! The provider's capture triggers and queue are set up and committed; then the consumer is
+//! registered, with the seed's plan, in one transaction; then the provider cluster is copied
+//! ([`pgq_basebackup::backup`]). The copy recovers to the end of the backup and promotes
+//! itself on a private socket ([`pgq_basebackup::make_independent`]). Before anything writes
+//! to it, the set of provider transactions it holds is read from its own copy of the queue:
+//! the `ev_txid`s of the events it sees above the consumer's registration tick. The worker
+//! skips exactly those. Then the provider-only state goes (capture triggers, the queue and its
+//! ticks, replication slots, prepared transactions), the copy takes the installation id the
+//! plan gave it and becomes the subscriber with every table `ok`, and it gets a new system
+//! identifier.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgq_basebackup::{BackupOptions, Server};
+use pgq_core::{
+    quote_conninfo_value, quote_ident, quote_literal, ConsumerName, Dsn, Flavor, InstallationId,
+    Line,
+};
+use serde::Serialize;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, IsolationLevel};
+
+use crate::admin::{add_trigger, remove_capture, remove_capture_sql};
+use crate::config::{default_consumer, Config};
+use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
+use crate::meta::{require_table, TableInfo};
+
+/// The side name of the copy in errors, before it is the subscriber.
+const COPY: &str = "copy";
+
+/// How long a started copy may take to recover and promote.
+const PROMOTION_WAIT: Duration = Duration::from_secs(3600);
+
+// Tables with a primary key in a schema, for `--schema`.
+// language=SQL
+const KEYED_TABLES: &str = "\
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+   AND EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+ ORDER BY 1";
+
+// language=SQL
+const PLAN_ADD: &str = "\
+INSERT INTO londiste_rs.seed_plan (queue_name, consumer_name, subscriber_id, tables)
+VALUES ($1, $2, $3::text::uuid, $4)";
+
+// language=SQL
+const PLAN_OF_CONSUMER: &str = "\
+SELECT 1 FROM londiste_rs.seed_plan WHERE queue_name = $1 AND consumer_name = $2";
+
+// language=SQL
+const PLAN_DROP: &str =
+    "DELETE FROM londiste_rs.seed_plan WHERE queue_name = $1 AND consumer_name = $2";
+
+// language=SQL
+const PLAN: &str = "\
+SELECT consumer_name, subscriber_id::text, tables FROM londiste_rs.seed_plan
+ WHERE queue_name = $1 ORDER BY started_at DESC";
+
+// language=SQL
+const CONSUMER_REGISTERED: &str = "\
+SELECT EXISTS (SELECT FROM pgq.subscription s
+                 JOIN pgq.queue q ON q.queue_id = s.sub_queue
+                 JOIN pgq.consumer c ON c.co_id = s.sub_consumer
+                WHERE q.queue_name = $1 AND c.co_name = $2)";
+
+// language=SQL
+const IDENTITY: &str = "\
+SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system())::text,
+       (SELECT id::text FROM pgq_rs.installation)";
+
+// The registration tick's snapshot and the queue's event tables, on the copy.
+// language=SQL
+const SEED_TICK: &str = "\
+SELECT t.tick_snapshot::text, q.queue_data_pfx
+  FROM pgq.queue q
+  JOIN pgq.subscription s ON s.sub_queue = q.queue_id
+  JOIN pgq.consumer c ON c.co_id = s.sub_consumer
+  JOIN pgq.tick t ON t.tick_queue = q.queue_id AND t.tick_id = s.sub_last_tick
+ WHERE q.queue_name = $1 AND c.co_name = $2";
+
+// language=SQL
+const CAPTURED: &str = "\
+SELECT p.table_name, p.table_oid, pg_catalog.format('%I.%I', n.nspname, c.relname)
+  FROM londiste_rs.provider_table p
+  JOIN pg_catalog.pg_class c ON c.oid = p.table_oid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE p.queue_name = $1";
+
+// language=SQL
+const PREPARED: &str = "SELECT gid FROM pg_catalog.pg_prepared_xacts";
+
+// language=SQL
+const SLOTS: &str = "SELECT slot_name::text FROM pg_catalog.pg_replication_slots";
+
+// language=SQL
+const SUBSCRIPTIONS: &str = "\
+SELECT subname::text FROM pg_catalog.pg_subscription
+ WHERE subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())";
+
+// language=SQL
+const SUBSCRIBED_ALREADY: &str = "\
+SELECT table_name FROM londiste_rs.subscriber_table WHERE queue_name = $1 ORDER BY 1";
+
+/// What the tables to seed are.
+#[derive(Debug, Clone)]
+pub enum SeedTables {
+    /// These provider tables (`schema.table`).
+    Named(Vec<String>),
+    /// Every table with a primary key in this schema.
+    Schema(String),
+}
+
+/// Options of `londiste seed`.
+#[derive(Debug, Clone)]
+pub struct SeedOptions {
+    /// Where the copy goes: a directory that does not exist or is empty.
+    pub data_dir: PathBuf,
+    /// The port the copy's server listens on: on a private socket while seeding, then as the
+    /// subscriber (the config's subscriber connection string must reach it there).
+    pub port: u16,
+    /// Start the copy and finish the seed; `false` leaves the prepared copy for the user to
+    /// start, and [`seed_finish`] does the rest.
+    pub start: bool,
+    /// Connections that copy files in parallel.
+    pub jobs: usize,
+    /// The PostgreSQL programs of the provider's version (found when `None`).
+    pub bin_dir: Option<PathBuf>,
+    /// The operating system user the copy's server runs as, when this runs as root.
+    pub run_as: Option<String>,
+    /// Upper bound for the backup's file reads on the provider, in bytes per second.
+    pub max_rate: Option<u64>,
+}
+
+/// What a seed did.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Seeded {
+    /// The provider tables, now `ok` on the subscriber (once finished).
+    pub tables: Vec<String>,
+    /// The worker's consumer.
+    pub consumer: String,
+    /// Provider transactions the copy holds that the worker skips (once finished).
+    pub skipped_transactions: Option<i64>,
+    /// Bytes of the base backup.
+    pub backup_bytes: u64,
+    /// Seconds the base backup took.
+    pub backup_seconds: f64,
+    /// The copy's new system identifier (once finished).
+    pub system_identifier: Option<String>,
+    /// Whether the seed is finished: `false` after a seed that leaves the copy for the user to
+    /// start; run `londiste seed-finish` once it runs.
+    pub finished: bool,
+    /// Seconds the whole seed took.
+    pub seconds: f64,
+}
+
+/// Seeds a subscriber from a base backup of the provider (see the module documentation and
+/// docs/seeding.md). Without `start`, returns once the copy is prepared; the user starts it
+/// and runs [`seed_finish`].
+///
+/// # Errors
+///
+/// Before changing anything: [`LondisteError::NotFound`], [`LondisteError::NoPrimaryKey`],
+/// [`LondisteError::Seed`] (the data directory is not empty, something answers at the
+/// subscriber's address already, the consumer is taken, no server programs of the provider's
+/// version). Later failures undo what the seed did on the provider (the consumer, the plan, the
+/// capture triggers it added); the copy is left as it is.
+pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) -> Result<Seeded> {
+    let started = Instant::now();
+    let provider = config.provider.connect().await?;
+    let tables = resolve_tables(&provider, which).await?;
+    check_target(config, options).await?;
+    let major = server_major(&provider).await?;
+    let server = Server::find(&major, options.bin_dir.as_deref(), options.run_as.clone())
+        .await?;
+    let mut provider = provider;
+    let lines: &[Line] = match pgq_core::flavor(&provider).await? {
+        Flavor::Extension => &[Line::Londiste],
+        Flavor::Ours | Flavor::None => &[Line::Pgq, Line::PgqTriggers, Line::Londiste],
+    };
+    pgq_core::install(&mut provider, lines).await?;
+    let subscriber_id: String = provider
+        .query_typed_one("SELECT pg_catalog.gen_random_uuid()::text", &[])
+        .await
+        .on(PROVIDER, "making the copy's installation id")?
+        .get(0);
+    let id = InstallationId::parse(&subscriber_id).ok_or_else(|| LondisteError::Seed {
+        problem: format!("the provider made an id that is not a UUID: {subscriber_id}"),
+    })?;
+    let consumer = match &config.consumer {
+        Some(name) => name.clone(),
+        None => default_consumer(&id, &config.queue)?,
+    };
+    forget_interrupted(&provider, config, &consumer).await?;
+    match pgq_core::create_queue(&provider, &config.queue).await {
+        Ok(()) | Err(pgq_core::Error::QueueExists { .. }) => {}
+        Err(err) => return Err(err.into()),
+    }
+    let mut added = Vec::new();
+    let setup = async {
+        for table in &tables {
+            if !capture_registered(&provider, config, table).await? {
+                add_trigger(&provider, config, table, false).await?;
+                added.push(table.clone());
+            }
+        }
+        register(&mut provider, config, &consumer, &subscriber_id, &tables).await
+    };
+    if let Err(err) = setup.await {
+        undo(&provider, config, &consumer, &added).await;
+        return Err(err);
+    }
+    let mut backup = BackupOptions::new(config.provider.clone(), &options.data_dir);
+    backup.jobs = options.jobs.max(1);
+    backup.label = format!("londiste seed {}", config.queue);
+    backup.max_rate = options.max_rate;
+    let summary = match pgq_basebackup::backup(backup).await {
+        Ok(summary) => summary,
+        Err(err) => {
+            undo(&provider, config, &consumer, &added).await;
+            return Err(err.into());
+        }
+    };
+    let mut seeded = Seeded {
+        tables: tables.iter().map(|t| t.event_name.clone()).collect(),
+        consumer: consumer.to_string(),
+        skipped_transactions: None,
+        backup_bytes: summary.bytes,
+        backup_seconds: summary.elapsed.as_secs_f64(),
+        system_identifier: None,
+        finished: false,
+        seconds: 0.0,
+    };
+    let prepared = async {
+        pgq_basebackup::make_independent(&options.data_dir, options.port)?;
+        server.hand_over(&options.data_dir).await?;
+        Ok::<_, LondisteError>(())
+    };
+    if let Err(err) = prepared.await {
+        undo(&provider, config, &consumer, &added).await;
+        return Err(err);
+    }
+    if options.start {
+        let log = options.data_dir.join(pgq_basebackup::PRIVATE_DIR).join("server.log");
+        let finished = async {
+            server.start(&options.data_dir, &log).await?;
+            finish(config, &provider, &server, options, true).await
+        };
+        match finished.await {
+            Ok(done) => {
+                seeded.skipped_transactions = done.skipped_transactions;
+                seeded.system_identifier = done.system_identifier;
+                seeded.finished = true;
+            }
+            Err(err) => {
+                let _ = server.stop(&options.data_dir).await;
+                undo(&provider, config, &consumer, &added).await;
+                return Err(err);
+            }
+        }
+    }
+    seeded.seconds = started.elapsed().as_secs_f64();
+    Ok(seeded)
+}
+
+/// Finishes a seed whose copy the user started (`londiste seed` without `start`): the copy in
+/// `options.data_dir` must run, promoted, on its private socket ([`SeedOptions::port`]).
+/// Leaves it stopped, ready to start as the subscriber.
+///
+/// # Errors
+///
+/// [`LondisteError::Seed`] before changing anything: the copy is not running or still
+/// recovering, is not a copy of this provider, holds no plan of this queue, or has the tables
+/// already.
+pub async fn seed_finish(config: &Config, options: &SeedOptions) -> Result<Seeded> {
+    let started = Instant::now();
+    let provider = config.provider.connect().await?;
+    let major = server_major(&provider).await?;
+    let server = Server::find(&major, options.bin_dir.as_deref(), options.run_as.clone())
+        .await?;
+    let mut done = finish(config, &provider, &server, options, false).await?;
+    done.seconds = started.elapsed().as_secs_f64();
+    Ok(done)
+}
+
+/// Reads the position, cleans the copy, makes it the subscriber and gives it a new system
+/// identifier; with `restart`, starts it again as the subscriber.
+async fn finish(
+    config: &Config,
+    provider: &Client,
+    server: &Server,
+    options: &SeedOptions,
+    wait_for_promotion: bool,
+) -> Result<Seeded> {
+    let data = std::path::absolute(&options.data_dir).map_err(|e| LondisteError::Seed {
+        problem: format!("resolving {}: {e}", options.data_dir.display()),
+    })?;
+    let dsn = private_dsn(config, &data, options.port)?;
+    let mut copy = connect_promoted(&dsn, wait_for_promotion).await?;
+    check_copy_of(provider, &copy).await?;
+    let queue = config.queue.as_str();
+    let plan = copy
+        .query_typed_opt(PLAN, &[(&queue, Type::TEXT)])
+        .await
+        .on(COPY, "reading the seed plan")?
+        .ok_or_else(|| LondisteError::Seed {
+            problem: format!(
+                "the copy holds no seed plan for queue {queue}: it was not made by `londiste seed`"
+            ),
+        })?;
+    let consumer: String = plan.get(0);
+    let subscriber_id: String = plan.get(1);
+    let tables: Vec<String> = plan.get(2);
+    let already: Vec<String> = copy
+        .query_typed(SUBSCRIBED_ALREADY, &[(&queue, Type::TEXT)])
+        .await
+        .on(COPY, "reading the copy's subscribed tables")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !already.is_empty() {
+        return Err(LondisteError::Seed {
+            problem: format!(
+                "the copy already subscribes to {} on queue {queue}: it was seeded already",
+                already.join(", ")
+            ),
+        });
+    }
+    let skipped = read_position(&mut copy, queue, &consumer).await?;
+    clean(&mut copy, config).await?;
+    become_subscriber(&mut copy, config, &consumer, &subscriber_id, &tables).await?;
+    pgq_core::install(&mut copy, &[Line::PgqExt, Line::Londiste]).await?;
+    drop(copy);
+    server.stop(&data).await?;
+    pgq_basebackup::settle(&data, Some(options.port))?;
+    let identifier = server.new_system_identifier(&data).await?;
+    if wait_for_promotion {
+        server.start(&data, &data.join("server.log")).await?;
+    }
+    provider
+        .query_typed(
+            PLAN_DROP,
+            &[(&queue, Type::TEXT), (&consumer.as_str(), Type::TEXT)],
+        )
+        .await
+        .on(PROVIDER, "removing the seed plan")?;
+    Ok(Seeded {
+        tables,
+        consumer,
+        skipped_transactions: Some(skipped),
+        backup_bytes: 0,
+        backup_seconds: 0.0,
+        system_identifier: Some(identifier.to_string()),
+        finished: true,
+        seconds: 0.0,
+    })
+}
+
+/// The tables to seed, each with a primary key.
+async fn resolve_tables(provider: &Client, which: &SeedTables) -> Result<Vec<TableInfo>> {
+    let names: Vec<String> = match which {
+        SeedTables::Named(names) => names.clone(),
+        SeedTables::Schema(schema) => {
+            let names: Vec<String> = provider
+                .query_typed(KEYED_TABLES, &[(schema, Type::TEXT)])
+                .await
+                .on(PROVIDER, "listing the schema's tables")?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if names.is_empty() {
+                return Err(LondisteError::Seed {
+                    problem: format!("schema {schema} has no table with a primary key"),
+                });
+            }
+            names
+        }
+    };
+    let mut tables = Vec::with_capacity(names.len());
+    for name in &names {
+        let table = require_table(provider, PROVIDER, name).await?;
+        table.require_pkey()?;
+        tables.push(table);
+    }
+    Ok(tables)
+}
+
+/// Refuses a target that is in use: a non-empty data directory, or a server answering at the
+/// subscriber's address (naming the tables it replicates already, if any).
+async fn check_target(config: &Config, options: &SeedOptions) -> Result<()> {
+    if config.subscriber.dbname() != config.provider.dbname() {
+        return Err(LondisteError::Seed {
+            problem: format!(
+                "the copy holds the provider's database {:?}: the config's subscriber must name \
+                 it (it names {:?})",
+                config.provider.dbname(),
+                config.subscriber.dbname()
+            ),
+        });
+    }
+    let used = std::fs::read_dir(&options.data_dir).is_ok_and(|mut d| d.next().is_some());
+    if used {
+        return Err(LondisteError::Seed {
+            problem: format!(
+                "{} is not empty: the copy needs a new data directory",
+                options.data_dir.display()
+            ),
+        });
+    }
+    let Ok(subscriber) = config.subscriber.connect().await else {
+        return Ok(());
+    };
+    let queue = config.queue.as_str();
+    let replicated: Vec<String> = subscriber
+        .query_typed(SUBSCRIBED_ALREADY, &[(&queue, Type::TEXT)])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    Err(LondisteError::Seed {
+        problem: if replicated.is_empty() {
+            "a server answers at the subscriber's address already: seeding makes a new \
+             cluster there; stop it, or point the config's subscriber elsewhere"
+                .to_owned()
+        } else {
+            format!(
+                "the subscriber already replicates {} from queue {queue}",
+                replicated.join(", ")
+            )
+        },
+    })
+}
+
+async fn server_major(provider: &Client) -> Result<String> {
+    let version: i32 = provider
+        .query_typed_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .on(PROVIDER, "reading the server version")?
+        .get(0);
+    Ok((version / 10000).to_string())
+}
+
+/// Unregisters a consumer an interrupted seed left registered (its plan row says so); refuses
+/// a consumer registered for anything else.
+async fn forget_interrupted(provider: &Client, config: &Config, consumer: &ConsumerName) -> Result<()> {
+    let queue = config.queue.as_str();
+    let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+        [(&queue, Type::TEXT), (&consumer.as_str(), Type::TEXT)];
+    let registered: bool = provider
+        .query_typed_one(CONSUMER_REGISTERED, &names)
+        .await
+        .on(PROVIDER, "looking for the consumer")?
+        .get(0);
+    let planned = provider
+        .query_typed_opt(PLAN_OF_CONSUMER, &names)
+        .await
+        .on(PROVIDER, "looking for an earlier seed")?
+        .is_some();
+    if registered && !planned {
+        return Err(LondisteError::Seed {
+            problem: format!(
+                "consumer {consumer} is registered on queue {queue} already: another \
+                 subscriber uses it; set another `consumer` in the config"
+            ),
+        });
+    }
+    if planned {
+        tracing::warn!(%consumer, "an earlier seed was interrupted: unregistering its consumer");
+        if registered {
+            pgq_core::unregister_consumer(provider, &config.queue, consumer).await?;
+        }
+        provider
+            .query_typed(PLAN_DROP, &names)
+            .await
+            .on(PROVIDER, "removing the earlier seed plan")?;
+    }
+    Ok(())
+}
+
+async fn capture_registered(provider: &Client, config: &Config, table: &TableInfo) -> Result<bool> {
+    Ok(provider
+        .query_typed_opt(
+            "SELECT 1 FROM londiste_rs.provider_table WHERE queue_name = $1 AND table_name = $2",
+            &[
+                (&config.queue.as_str(), Type::TEXT),
+                (&table.event_name, Type::TEXT),
+            ],
+        )
+        .await
+        .on(PROVIDER, "reading the queue's tables")?
+        .is_some())
+}
+
+/// Registers the consumer at a tick made now (after the capture triggers committed) and
+/// records the plan, in one transaction: the copy holds both or neither.
+async fn register(
+    provider: &mut Client,
+    config: &Config,
+    consumer: &ConsumerName,
+    subscriber_id: &str,
+    tables: &[TableInfo],
+) -> Result<()> {
+    pgq_core::force_tick(&*provider, &config.queue).await?;
+    pgq_core::ticker(&*provider, &config.queue).await?;
+    let names: Vec<String> = tables.iter().map(|t| t.event_name.clone()).collect();
+    let tx = provider
+        .transaction()
+        .await
+        .on(PROVIDER, "starting the registration")?;
+    pgq_core::register_consumer(&tx, &config.queue, consumer).await?;
+    tx.query_typed(
+        PLAN_ADD,
+        &[
+            (&config.queue.as_str(), Type::TEXT),
+            (&consumer.as_str(), Type::TEXT),
+            (&subscriber_id, Type::TEXT),
+            (&names, Type::TEXT_ARRAY),
+        ],
+    )
+    .await
+    .on(PROVIDER, "recording the seed plan")?;
+    tx.commit().await.on(PROVIDER, "registering the consumer")
+}
+
+/// Takes back what a failed seed did on the provider. Failures here are logged: the seed's own
+/// error is the one to report, and a later seed cleans up after this one.
+async fn undo(provider: &Client, config: &Config, consumer: &ConsumerName, added: &[TableInfo]) {
+    if let Err(err) = forget_interrupted(provider, config, consumer).await {
+        tracing::warn!(error = %err, "could not unregister the seed's consumer");
+    }
+    for table in added {
+        if let Err(err) = remove_capture(provider, config, table).await {
+            tracing::warn!(error = %err, table = %table.event_name, "could not remove a capture trigger");
+        }
+    }
+}
+
+/// The copy's private socket, as the subscriber's role and database (the provider's, copied).
+fn private_dsn(config: &Config, data: &Path, port: u16) -> Result<Dsn> {
+    let socket = data.join(pgq_basebackup::PRIVATE_DIR);
+    let text = format!(
+        "host={} port={port} dbname={} user={}",
+        quote_conninfo_value(&socket.display().to_string()),
+        quote_conninfo_value(config.subscriber.dbname()),
+        quote_conninfo_value(config.subscriber.user()),
+    );
+    Ok(Dsn::parse(&text)?.with_pinned_search_path())
+}
+
+/// Connects to the copy once it has promoted; without `wait`, a copy still recovering is
+/// refused at once.
+async fn connect_promoted(dsn: &Dsn, wait: bool) -> Result<Client> {
+    let deadline = Instant::now() + PROMOTION_WAIT;
+    loop {
+        let attempt = async {
+            let client = dsn.connect().await?;
+            let recovering: bool = client
+                .query_typed_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+                .await
+                .on(COPY, "asking whether the copy recovers")?
+                .get(0);
+            Ok::<_, LondisteError>((client, recovering))
+        };
+        match attempt.await {
+            Ok((client, false)) => return Ok(client),
+            Ok((_, true)) if !wait => {
+                return Err(LondisteError::Seed {
+                    problem: "the copy is still recovering (not promoted): wait until it \
+                              accepts writes, then run this again"
+                        .to_owned(),
+                })
+            }
+            Err(err) if !wait => {
+                return Err(LondisteError::Seed {
+                    problem: format!("cannot reach the copy on its private socket: {err}"),
+                })
+            }
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Refuses a copy of another database: system identifier and installation id must be the
+/// provider's (the copy makes new ones only when the seed is done).
+async fn check_copy_of(provider: &Client, copy: &Client) -> Result<()> {
+    let ours = provider
+        .query_typed_one(IDENTITY, &[])
+        .await
+        .on(PROVIDER, "reading the provider's identity")?;
+    let theirs = copy
+        .query_typed_one(IDENTITY, &[])
+        .await
+        .on(COPY, "reading the copy's identity")?;
+    let (ours, theirs): ((String, String), (String, String)) =
+        ((ours.get(0), ours.get(1)), (theirs.get(0), theirs.get(1)));
+    if ours != theirs {
+        return Err(LondisteError::Seed {
+            problem: format!(
+                "the copy is not a copy of this provider (system identifier {}, installation {}; \
+                 the provider has {} and {}), or it was seeded already",
+                theirs.0, theirs.1, ours.0, ours.1
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Records, on the copy, the provider transactions whose events it sees above the consumer's
+/// registration tick: exactly those whose changes it holds. Runs before anything writes to the
+/// copy. Returns how many.
+async fn read_position(copy: &mut Client, queue: &str, consumer: &str) -> Result<i64> {
+    let tx = copy
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .on(COPY, "starting to read the position")?;
+    let tick = tx
+        .query_typed_opt(SEED_TICK, &[(&queue, Type::TEXT), (&consumer, Type::TEXT)])
+        .await
+        .on(COPY, "reading the registration tick")?
+        .ok_or_else(|| LondisteError::Seed {
+            problem: format!(
+                "the copy has no registration of consumer {consumer} on queue {queue}: it was \
+                 taken before the seed registered it"
+            ),
+        })?;
+    let snapshot: String = tick.get(0);
+    let events: String = tick.get(1);
+    let count: i64 = tx
+        .query_typed_one(
+            &format!(
+                "WITH seen AS (
+                   INSERT INTO londiste_rs.seed_txid (queue_name, txid)
+                   SELECT DISTINCT $1, e.ev_txid FROM {} e
+                    WHERE NOT pg_catalog.txid_visible_in_snapshot(e.ev_txid, $2::text::pg_catalog.txid_snapshot)
+                   RETURNING 1)
+                 SELECT count(*) FROM seen",
+                qualified(&events)
+            ),
+            &[(&queue, Type::TEXT), (&snapshot, Type::TEXT)],
+        )
+        .await
+        .on(COPY, "reading the transactions the copy holds")?
+        .get(0);
+    tx.commit().await.on(COPY, "recording the position")?;
+    Ok(count)
+}
+
+/// `schema.table` as stored in `queue_data_pfx`, quoted.
+fn qualified(name: &str) -> String {
+    match name.split_once('.') {
+        Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
+        None => quote_ident(name),
+    }
+}
+
+/// Removes what only the provider needs: prepared transactions (the provider commits or rolls
+/// them back itself; the worker applies them if they commit), replication slots, this
+/// database's logical subscriptions (they would take the provider's place on its publisher),
+/// the capture triggers and the queue.
+async fn clean(copy: &mut Client, config: &Config) -> Result<()> {
+    for row in copy.query_typed(PREPARED, &[]).await.on(COPY, "listing prepared transactions")? {
+        let gid: String = row.get(0);
+        copy.batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&gid)))
+            .await
+            .on(COPY, format!("rolling back prepared transaction {gid}"))?;
+    }
+    for row in copy.query_typed(SLOTS, &[]).await.on(COPY, "listing replication slots")? {
+        let slot: String = row.get(0);
+        copy.query_typed("SELECT pg_catalog.pg_drop_replication_slot($1)", &[(&slot, Type::TEXT)])
+            .await
+            .on(COPY, format!("dropping replication slot {slot}"))?;
+    }
+    for row in copy.query_typed(SUBSCRIPTIONS, &[]).await.on(COPY, "listing subscriptions")? {
+        let name = quote_ident(&row.get::<_, String>(0));
+        copy.batch_execute(&format!(
+            "ALTER SUBSCRIPTION {name} DISABLE; ALTER SUBSCRIPTION {name} SET (slot_name = NONE)"
+        ))
+        .await
+        .on(COPY, format!("detaching subscription {name}"))?;
+    }
+    let tx = copy.transaction().await.on(COPY, "starting the cleanup")?;
+    let ours = pgq_core::flavor(&tx).await? == Flavor::Ours;
+    let queue = config.queue.as_str();
+    let mut sql = String::new();
+    for row in tx
+        .query_typed(CAPTURED, &[(&queue, Type::TEXT)])
+        .await
+        .on(COPY, "listing the queue's tables")?
+    {
+        let (event_name, oid, quoted): (String, u32, String) = (row.get(0), row.get(1), row.get(2));
+        sql.push_str(&remove_capture_sql(queue, &quoted, &event_name, oid, ours));
+    }
+    sql.push_str(&format!(
+        "DELETE FROM londiste_rs.provider_seq WHERE queue_name = {};",
+        quote_literal(queue)
+    ));
+    tx.batch_execute(&sql)
+        .await
+        .on(COPY, "removing the capture triggers")?;
+    pgq_core::drop_queue(&tx, &config.queue, true).await?;
+    tx.commit().await.on(COPY, "removing the provider's state")
+}
+
+/// Makes the copy the subscriber: its own installation id (the plan's, from which the
+/// consumer's default name was made), every table `ok`, the worker's position.
+async fn become_subscriber(
+    copy: &mut Client,
+    config: &Config,
+    consumer: &str,
+    subscriber_id: &str,
+    tables: &[String],
+) -> Result<()> {
+    let queue = config.queue.as_str();
+    let tx = copy.transaction().await.on(SUBSCRIBER, "starting the registration")?;
+    tx.query_typed(
+        "UPDATE pgq_rs.installation SET id = $1::text::uuid, created_on = now()",
+        &[(&subscriber_id, Type::TEXT)],
+    )
+    .await
+    .on(SUBSCRIBER, "giving the copy its own installation id")?;
+    tx.query_typed(
+        "DELETE FROM londiste_rs.seed_plan WHERE queue_name = $1",
+        &[(&queue, Type::TEXT)],
+    )
+    .await
+    .on(SUBSCRIBER, "removing the copied seed plan")?;
+    for name in tables {
+        let table = require_table(&tx, SUBSCRIBER, name).await?;
+        tx.query_typed(
+            "INSERT INTO londiste_rs.subscriber_table (queue_name, table_name, dest_table, state)
+             VALUES ($1, $2, $3, 'ok')",
+            &[
+                (&queue, Type::TEXT),
+                (name, Type::TEXT),
+                (&table.quoted, Type::TEXT),
+            ],
+        )
+        .await
+        .on(SUBSCRIBER, format!("registering {name}"))?;
+    }
+    tx.query_typed(
+        "INSERT INTO londiste_rs.worker_position (queue_name, consumer_name) VALUES ($1, $2)
+         ON CONFLICT DO NOTHING",
+        &[(&queue, Type::TEXT), (&consumer, Type::TEXT)],
+    )
+    .await
+    .on(SUBSCRIBER, "recording the worker")?;
+    tx.commit().await.on(SUBSCRIBER, "becoming the subscriber")
+}

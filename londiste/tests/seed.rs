@@ -1,0 +1,450 @@
+//! `londiste seed`: a subscriber made from a base backup of the provider, at an exact position,
+//! with pgbench writing on the provider the whole time.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use londiste::{Config, LondisteError, SeedOptions, SeedTables, TableState, Worker};
+use pgq_core::{ConsumerName, Dsn, QueueName};
+use pgq_testkit::{Cluster, ClusterOptions, Deadline, TempDir};
+use tokio_postgres::Client;
+
+use crate::common::Pair;
+
+/// pgbench's keyed tables and their keys (`pgbench_history` has no primary key).
+const KEYED: &[(&str, &str)] = &[
+    ("pgbench_accounts", "aid"),
+    ("pgbench_branches", "bid"),
+    ("pgbench_tellers", "tid"),
+];
+
+/// A provider cluster with pgbench's tables, and where a seeded copy of it goes.
+struct Provider {
+    cluster: Cluster,
+    client: Client,
+    dir: TempDir,
+}
+
+impl Provider {
+    async fn new() -> anyhow::Result<Provider> {
+        let cluster = Cluster::start(ClusterOptions {
+            settings: vec![("max_prepared_transactions".to_owned(), "4".to_owned())],
+            ..Default::default()
+        })
+        .await?;
+        let (code, out, err) = pgq_testkit::run(
+            pgq_testkit::client_program("pgbench"),
+            &["-i", "-s", "2", "-q", &cluster.dsn("postgres")],
+        )
+        .await?;
+        anyhow::ensure!(code == 0, "pgbench -i: {out}{err}");
+        let client = Dsn::parse(&cluster.dsn("postgres"))?.connect().await?;
+        let dir = TempDir::new("pgqseed")?;
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(Provider {
+            cluster,
+            client,
+            dir,
+        })
+    }
+
+    /// A config whose subscriber is the copy at `port` (it keeps the provider's socket
+    /// directory).
+    fn config(&self, port: u16) -> anyhow::Result<Config> {
+        let provider = Dsn::parse(&self.cluster.dsn("postgres"))?;
+        let subscriber = Dsn::parse(&format!(
+            "host={} port={port} dbname=postgres user=postgres",
+            self.cluster.data_dir().display()
+        ))?;
+        Ok(Config::new(
+            provider,
+            subscriber,
+            QueueName::new("seeded")?,
+            None,
+        ))
+    }
+
+    fn options(&self, name: &str, port: u16, start: bool) -> SeedOptions {
+        SeedOptions {
+            data_dir: self.dir.join(name),
+            port,
+            start,
+            jobs: 2,
+            bin_dir: pgq_testkit::bin_dir().ok().map(Path::to_path_buf),
+            run_as: pgq_testkit::is_root().then(|| "postgres".to_owned()),
+            // About 3 s for the cluster: writes and the open transactions overlap the backup.
+            max_rate: Some(12 << 20),
+        }
+    }
+
+    /// Consumers, seed plans, slots and capture triggers on the provider.
+    async fn footprint(&self) -> anyhow::Result<(i64, i64, i64, i64)> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pgq.subscription),
+                        (SELECT count(*) FROM londiste_rs.seed_plan),
+                        (SELECT count(*) FROM pg_replication_slots),
+                        (SELECT count(*) FROM pg_trigger WHERE tgname LIKE '\\_londiste\\_rs\\_%')",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+    }
+}
+
+/// A copy's server, stopped at once when the test ends.
+struct Running(PathBuf);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.join("postmaster.pid").exists() {
+            let pg_ctl = pgq_testkit::bin_dir().map(|d| d.join("pg_ctl")).unwrap_or_default();
+            let mut stop = if pgq_testkit::is_root() {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(pg_ctl);
+                c
+            } else {
+                std::process::Command::new(pg_ctl)
+            };
+            let _ = stop.arg("stop").arg("-D").arg(&self.0).args(["-m", "immediate", "-w"]).status();
+        }
+    }
+}
+
+/// pgbench's TPC-B load until stopped.
+fn pgbench(cluster: &Cluster) -> anyhow::Result<pgq_testkit::Process> {
+    Ok(pgq_testkit::Process::spawn(
+        std::process::Command::new(pgq_testkit::client_program("pgbench"))
+            .args(["-n", "-c", "2", "-T", "600"])
+            .arg(cluster.dsn("postgres")),
+    )?)
+}
+
+/// Waits until the seed has registered its consumer (its capture triggers are in place).
+async fn registered(client: &Client) -> anyhow::Result<()> {
+    let deadline = Deadline::after(Duration::from_secs(60));
+    loop {
+        let plans = client
+            .query_opt("SELECT 1 FROM londiste_rs.seed_plan", &[])
+            .await
+            .ok()
+            .flatten();
+        if plans.is_some() {
+            return Ok(());
+        }
+        deadline.pause("the seed to register its consumer").await?;
+    }
+}
+
+/// Applies batches until the worker has caught up with the provider's last event.
+async fn catch_up(config: &Config, provider: &Client, worker: &mut Worker) -> anyhow::Result<()> {
+    let deadline = Deadline::after(Duration::from_secs(120));
+    loop {
+        pgq_core::force_tick(provider, &config.queue).await?;
+        pgq_core::ticker(provider, &config.queue).await?;
+        while worker.process_next_batch().await?.is_some() {}
+        let status = londiste::status(config).await?;
+        if status.pending_events == Some(0) {
+            return Ok(());
+        }
+        deadline.pause("the worker to catch up").await?;
+    }
+}
+
+async fn assert_equal(provider: &Client, subscriber: &Client) -> anyhow::Result<()> {
+    for (table, key) in KEYED {
+        let ours = Pair::md5(provider, table, key).await?;
+        let theirs = Pair::md5(subscriber, table, key).await?;
+        assert_eq!(ours, theirs, "{table} differs");
+        assert!(ours.0 > 0, "{table} is empty");
+    }
+    Ok(())
+}
+
+/// The whole seed under load: an open transaction and a prepared one across the backup land
+/// exactly once, the subscriber is like one made by add-table, and seeding it again is refused.
+#[tokio::test]
+async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> {
+    let provider = Provider::new().await?;
+    let port = pgq_testkit::free_port()?;
+    let config = provider.config(port)?;
+    let options = provider.options("copy", port, true);
+    let _running = Running(options.data_dir.clone());
+    let mut load = pgbench(&provider.cluster)?;
+    let open = Dsn::parse(&provider.cluster.dsn("postgres"))?.connect().await?;
+    let prepared = Dsn::parse(&provider.cluster.dsn("postgres"))?.connect().await?;
+    let public = SeedTables::Schema("public".to_owned());
+    let seeding = londiste::seed(&config, &public, &options);
+    let across = async {
+        registered(&provider.client).await?;
+        open.batch_execute(
+            "BEGIN; UPDATE pgbench_accounts SET abalance = abalance + 1000000 WHERE aid = 1",
+        )
+        .await?;
+        prepared
+            .batch_execute(
+                "BEGIN; UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid = 2;
+                 PREPARE TRANSACTION 'across_the_seed'",
+            )
+            .await?;
+        anyhow::Ok(())
+    };
+    let (seeded, across) = tokio::join!(seeding, across);
+    across?;
+    let seeded = seeded?;
+    assert!(seeded.finished);
+    assert_eq!(seeded.tables.len(), 3, "{seeded:?}");
+    open.batch_execute("COMMIT").await?;
+    prepared.batch_execute("COMMIT PREPARED 'across_the_seed'").await?;
+
+    let subscriber = config.subscriber.connect().await?;
+    let tables = londiste::tables(&config).await?;
+    assert_eq!(
+        tables.iter().map(|t| (t.table.as_str(), t.state)).collect::<Vec<_>>(),
+        KEYED
+            .iter()
+            .map(|(t, _)| (format!("public.{t}"), TableState::Ok))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(t, s)| (t.as_str(), *s))
+            .collect::<Vec<_>>()
+    );
+    let identity = "SELECT (SELECT system_identifier FROM pg_control_system())::text, \
+                    (SELECT id::text FROM pgq_rs.installation)";
+    let (p, s) = (
+        provider.client.query_one(identity, &[]).await?,
+        subscriber.query_one(identity, &[]).await?,
+    );
+    assert_ne!(p.get::<_, String>(0), s.get::<_, String>(0), "system identifier");
+    assert_ne!(p.get::<_, String>(1), s.get::<_, String>(1), "installation id");
+    let copy_state: (i64, i64, i64) = {
+        let row = subscriber
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE '\\_londiste\\_rs\\_%'),
+                        (SELECT count(*) FROM pgq.queue),
+                        (SELECT count(*) FROM pg_prepared_xacts)",
+                &[],
+            )
+            .await?;
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(copy_state, (0, 0, 0), "provider-only state left in the copy");
+    let skipped: i64 = subscriber
+        .query_one("SELECT count(*) FROM londiste_rs.seed_txid", &[])
+        .await?
+        .get(0);
+    assert_eq!(Some(skipped), seeded.skipped_transactions);
+    assert!(skipped > 0, "pgbench wrote during the backup: {seeded:?}");
+
+    let mut worker = Worker::connect(&config).await?;
+    catch_up(&config, &provider.client, &mut worker).await?;
+    load.kill()?;
+    catch_up(&config, &provider.client, &mut worker).await?;
+    assert_equal(&provider.client, &subscriber).await?;
+    let seed_left: i64 = subscriber
+        .query_one("SELECT count(*) FROM londiste_rs.seed_txid", &[])
+        .await?
+        .get(0);
+    assert_eq!(seed_left, 0, "the worker forgets the seed once past it");
+    assert!(londiste::compare(&config, None).await?.iter().all(londiste::Comparison::equal));
+    assert_eq!(provider.footprint().await?, (1, 0, 0, 6), "(consumers, plans, slots, triggers)");
+
+    // Like a subscriber made by add-table: tables come and go.
+    provider
+        .client
+        .batch_execute("CREATE TABLE later (id int PRIMARY KEY, v text); INSERT INTO later VALUES (1, 'a')")
+        .await?;
+    subscriber.batch_execute("CREATE TABLE later (id int PRIMARY KEY, v text)").await?;
+    londiste::add_tables(&config, &["public.later".to_owned()], &londiste::AddTableOptions::default())
+        .await?;
+    londiste::remove_table(&config, "public.pgbench_tellers").await?;
+    provider
+        .client
+        .batch_execute(
+            "INSERT INTO later VALUES (2, 'b'); UPDATE pgbench_tellers SET tbalance = tbalance + 1",
+        )
+        .await?;
+    catch_up(&config, &provider.client, &mut worker).await?;
+    assert_eq!(Pair::md5(&provider.client, "later", "id").await?, Pair::md5(&subscriber, "later", "id").await?);
+    assert_ne!(
+        Pair::md5(&provider.client, "pgbench_tellers", "tid").await?,
+        Pair::md5(&subscriber, "pgbench_tellers", "tid").await?,
+        "a removed table is no longer replicated"
+    );
+
+    // Seeding it again is refused, and changes nothing.
+    let again = provider.options("again", port, true);
+    let before = provider.footprint().await?;
+    let err = londiste::seed(&config, &SeedTables::Named(vec!["public.pgbench_branches".to_owned()]), &again)
+        .await
+        .expect_err("the subscriber has the tables");
+    assert!(
+        err.to_string().contains("already replicates public.later, public.pgbench_accounts"),
+        "{err}"
+    );
+    assert_eq!(provider.footprint().await?, before);
+    Ok(())
+}
+
+/// Bad input is refused before anything changes; a seed that fails during the backup leaves
+/// the provider clean and runs again; a copy left for the user to start is finished only once
+/// it has promoted, and only against its own provider.
+#[tokio::test]
+async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Result<()> {
+    let provider = Provider::new().await?;
+    let port = pgq_testkit::free_port()?;
+    let config = provider.config(port)?;
+    let clean = provider.footprint().await?;
+    assert_eq!(clean, (0, 0, 0, 0));
+
+    let named = |t: &[&str]| SeedTables::Named(t.iter().map(|t| (*t).to_owned()).collect());
+    let err = londiste::seed(
+        &config,
+        &named(&["public.pgbench_accounts", "public.pgbench_history"]),
+        &provider.options("a", port, true),
+    )
+    .await
+    .expect_err("no primary key");
+    assert!(matches!(err, LondisteError::NoPrimaryKey { .. }), "{err}");
+    let used = provider.options("used", port, true);
+    std::fs::create_dir_all(&used.data_dir)?;
+    std::fs::write(used.data_dir.join("keep.txt"), "mine")?;
+    let err = londiste::seed(&config, &named(&["public.pgbench_accounts"]), &used)
+        .await
+        .expect_err("data directory in use");
+    assert!(err.to_string().contains("is not empty"), "{err}");
+    assert_eq!(std::fs::read_to_string(used.data_dir.join("keep.txt"))?, "mine");
+    assert_eq!(provider.footprint().await?, clean);
+
+    // The backup fails midway: a file fetch is cut off.
+    let interrupted = provider.options("interrupted", port, true);
+    let killer = async {
+        registered(&provider.client).await?;
+        let deadline = Deadline::after(Duration::from_secs(60));
+        loop {
+            let killed: i64 = provider
+                .client
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+                      WHERE query LIKE '%pg_read_binary_file%' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if killed > 0 {
+                return anyhow::Ok(());
+            }
+            deadline.pause("a file fetch to cut off").await?;
+        }
+    };
+    let accounts = named(&["public.pgbench_accounts"]);
+    let (seeded, killed) = tokio::join!(
+        londiste::seed(&config, &accounts, &interrupted),
+        killer
+    );
+    killed?;
+    let err = seeded.expect_err("the backup was cut off");
+    assert!(matches!(err, LondisteError::Backup(_)), "{err:?}");
+    let deadline = Deadline::after(Duration::from_secs(30));
+    while provider.footprint().await? != clean {
+        deadline.pause("the temporary slot to go").await?;
+    }
+
+    // Left for the user to start; it pauses at the end of recovery instead of promoting.
+    let manual = provider.options("manual", port, false);
+    let _running = Running(manual.data_dir.clone());
+    let seeded = londiste::seed(&config, &named(&["public.pgbench_accounts"]), &manual).await?;
+    assert!(!seeded.finished);
+    assert_eq!(provider.footprint().await?, (1, 1, 0, 2));
+    let conf = manual.data_dir.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&conf)?;
+    for setting in [
+        "recovery_target = 'immediate'",
+        "synchronous_standby_names = ''",
+        "archive_mode = 'off'",
+        "autovacuum = 'off'",
+        "listen_addresses = ''",
+    ] {
+        assert!(text.contains(setting), "{setting} missing:\n{text}");
+    }
+    std::fs::write(&conf, format!("{text}recovery_target_action = 'pause'\n"))?;
+    start_as_user(&manual.data_dir).await?;
+    let private = Dsn::parse(&format!(
+        "host={} port={port} dbname=postgres user=postgres",
+        manual.data_dir.join(pgq_basebackup::PRIVATE_DIR).display()
+    ))?;
+    let copy = {
+        let deadline = Deadline::after(Duration::from_secs(60));
+        loop {
+            if let Ok(client) = private.connect().await {
+                let paused: bool = client
+                    .query_one("SELECT pg_get_wal_replay_pause_state() = 'paused'", &[])
+                    .await?
+                    .get(0);
+                if paused {
+                    break client;
+                }
+            }
+            deadline.pause("the copy to pause at the end of the backup").await?;
+        }
+    };
+    let err = londiste::seed_finish(&config, &manual).await.expect_err("not promoted");
+    assert!(err.to_string().contains("still recovering"), "{err}");
+
+    copy.batch_execute("SELECT pg_wal_replay_resume()").await?;
+    let other = TestDbProvider::config(&config).await?;
+    let deadline = Deadline::after(Duration::from_secs(60));
+    loop {
+        match londiste::seed_finish(&other.0, &manual).await {
+            Err(err) if err.to_string().contains("still recovering") => {
+                deadline.pause("the copy to promote").await?;
+            }
+            Err(err) => {
+                assert!(err.to_string().contains("is not a copy of this provider"), "{err}");
+                break;
+            }
+            Ok(done) => anyhow::bail!("finished against another provider: {done:?}"),
+        }
+    }
+    let done = londiste::seed_finish(&config, &manual).await?;
+    assert!(done.finished && done.skipped_transactions.is_some());
+    assert_eq!(provider.footprint().await?, (1, 0, 0, 2));
+    start_as_user(&manual.data_dir).await?;
+    let tables = londiste::tables(&config).await?;
+    assert_eq!(tables.len(), 1);
+    assert_eq!(tables[0].state, TableState::Ok);
+    Ok(())
+}
+
+/// A config like `config` whose provider is another database (of the shared test server).
+struct TestDbProvider(Config, pgq_testkit::TestDb);
+
+impl TestDbProvider {
+    async fn config(config: &Config) -> anyhow::Result<TestDbProvider> {
+        let db = pgq_testkit::TestDb::new().await?;
+        pgq_core::install(&mut db.client().await?, &[pgq_core::Line::Pgq, pgq_core::Line::Londiste]).await?;
+        let mut other = config.clone();
+        other.provider = Dsn::parse(&db.dsn())?;
+        other.consumer = Some(ConsumerName::new("unused")?);
+        Ok(TestDbProvider(other, db))
+    }
+}
+
+/// Starts a copy with `pg_ctl` as a user would.
+async fn start_as_user(data: &Path) -> anyhow::Result<()> {
+    let pg_ctl = pgq_testkit::bin_dir()?.join("pg_ctl");
+    let log = data.join("user-start.log").display().to_string();
+    let data = data.display().to_string();
+    let args = ["start", "-D", &data, "-l", &log, "-s"];
+    let (code, out, err) = if pgq_testkit::is_root() {
+        let pg_ctl = pg_ctl.display().to_string();
+        let mut argv = vec!["-u", "postgres", "--", pg_ctl.as_str()];
+        argv.extend(args);
+        pgq_testkit::run("runuser", &argv).await?
+    } else {
+        pgq_testkit::run(pg_ctl, &args).await?
+    };
+    anyhow::ensure!(code == 0, "pg_ctl start: {out}{err}");
+    Ok(())
+}
