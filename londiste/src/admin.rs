@@ -511,11 +511,21 @@ pub async fn remove_table(config: &Config, table: &str) -> Result<()> {
 
 /// Drops a provider table's capture triggers and its registration on the queue, in one
 /// transaction.
-pub(crate) async fn remove_capture(provider: &Client, config: &Config, source: &TableInfo) -> Result<()> {
+pub(crate) async fn remove_capture(
+    provider: &Client,
+    config: &Config,
+    source: &TableInfo,
+) -> Result<()> {
     let ours = pgq_core::flavor(provider).await? == Flavor::Ours;
     let sql = format!(
         "BEGIN; {} COMMIT;",
-        remove_capture_sql(config.queue.as_str(), &source.quoted, &source.event_name, source.oid, ours)
+        remove_capture_sql(
+            config.queue.as_str(),
+            &source.quoted,
+            &source.event_name,
+            source.oid,
+            ours
+        )
     );
     if let Err(err) = provider.batch_execute(&sql).await {
         let _ = provider.batch_execute("ROLLBACK").await;

@@ -177,8 +177,7 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
     let tables = resolve_tables(&provider, which).await?;
     check_target(config, options).await?;
     let major = server_major(&provider).await?;
-    let server = Server::find(&major, options.bin_dir.as_deref(), options.run_as.clone())
-        .await?;
+    let server = Server::find(&major, options.bin_dir.as_deref(), options.run_as.clone()).await?;
     let mut provider = provider;
     let lines: &[Line] = match pgq_core::flavor(&provider).await? {
         Flavor::Extension => &[Line::Londiste],
@@ -247,7 +246,10 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
         return Err(err);
     }
     if options.start {
-        let log = options.data_dir.join(pgq_basebackup::PRIVATE_DIR).join("server.log");
+        let log = options
+            .data_dir
+            .join(pgq_basebackup::PRIVATE_DIR)
+            .join("server.log");
         let finished = async {
             server.start(&options.data_dir, &log).await?;
             finish(config, &provider, &server, options, true).await
@@ -282,8 +284,7 @@ pub async fn seed_finish(config: &Config, options: &SeedOptions) -> Result<Seede
     let started = Instant::now();
     let provider = config.provider.connect().await?;
     let major = server_major(&provider).await?;
-    let server = Server::find(&major, options.bin_dir.as_deref(), options.run_as.clone())
-        .await?;
+    let server = Server::find(&major, options.bin_dir.as_deref(), options.run_as.clone()).await?;
     let mut done = finish(config, &provider, &server, options, false).await?;
     done.seconds = started.elapsed().as_secs_f64();
     Ok(done)
@@ -450,7 +451,11 @@ async fn server_major(provider: &Client) -> Result<String> {
 
 /// Unregisters a consumer an interrupted seed left registered (its plan row says so); refuses
 /// a consumer registered for anything else.
-async fn forget_interrupted(provider: &Client, config: &Config, consumer: &ConsumerName) -> Result<()> {
+async fn forget_interrupted(
+    provider: &Client,
+    config: &Config,
+    consumer: &ConsumerName,
+) -> Result<()> {
     let queue = config.queue.as_str();
     let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
         [(&queue, Type::TEXT), (&consumer.as_str(), Type::TEXT)];
@@ -669,19 +674,34 @@ fn qualified(name: &str) -> String {
 /// database's logical subscriptions (they would take the provider's place on its publisher),
 /// the capture triggers and the queue.
 async fn clean(copy: &mut Client, config: &Config) -> Result<()> {
-    for row in copy.query_typed(PREPARED, &[]).await.on(COPY, "listing prepared transactions")? {
+    for row in copy
+        .query_typed(PREPARED, &[])
+        .await
+        .on(COPY, "listing prepared transactions")?
+    {
         let gid: String = row.get(0);
         copy.batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&gid)))
             .await
             .on(COPY, format!("rolling back prepared transaction {gid}"))?;
     }
-    for row in copy.query_typed(SLOTS, &[]).await.on(COPY, "listing replication slots")? {
+    for row in copy
+        .query_typed(SLOTS, &[])
+        .await
+        .on(COPY, "listing replication slots")?
+    {
         let slot: String = row.get(0);
-        copy.query_typed("SELECT pg_catalog.pg_drop_replication_slot($1)", &[(&slot, Type::TEXT)])
-            .await
-            .on(COPY, format!("dropping replication slot {slot}"))?;
+        copy.query_typed(
+            "SELECT pg_catalog.pg_drop_replication_slot($1)",
+            &[(&slot, Type::TEXT)],
+        )
+        .await
+        .on(COPY, format!("dropping replication slot {slot}"))?;
     }
-    for row in copy.query_typed(SUBSCRIPTIONS, &[]).await.on(COPY, "listing subscriptions")? {
+    for row in copy
+        .query_typed(SUBSCRIPTIONS, &[])
+        .await
+        .on(COPY, "listing subscriptions")?
+    {
         let name = quote_ident(&row.get::<_, String>(0));
         copy.batch_execute(&format!(
             "ALTER SUBSCRIPTION {name} DISABLE; ALTER SUBSCRIPTION {name} SET (slot_name = NONE)"
@@ -722,7 +742,10 @@ async fn become_subscriber(
     tables: &[String],
 ) -> Result<()> {
     let queue = config.queue.as_str();
-    let tx = copy.transaction().await.on(SUBSCRIBER, "starting the registration")?;
+    let tx = copy
+        .transaction()
+        .await
+        .on(SUBSCRIBER, "starting the registration")?;
     tx.query_typed(
         "UPDATE pgq_rs.installation SET id = $1::text::uuid, created_on = now()",
         &[(&subscriber_id, Type::TEXT)],

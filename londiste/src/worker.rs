@@ -316,7 +316,11 @@ impl Replayer {
             .await
             .on(SUBSCRIBER, "reading the seed position")?
             .get(0);
-        let mut cached = self.seeded.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut cached = self
+            .seeded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if !any {
             cached = None;
         } else if cached.is_none() {

@@ -38,9 +38,21 @@ impl Provider {
         )
         .await?;
         anyhow::ensure!(code == 0, "pgbench -i: {out}{err}");
-        let client = Dsn::parse(&cluster.dsn("postgres"))?.connect().await?;
+        let mut client = Dsn::parse(&cluster.dsn("postgres"))?.connect().await?;
+        pgq_core::install(
+            &mut client,
+            &[
+                pgq_core::Line::Pgq,
+                pgq_core::Line::PgqTriggers,
+                pgq_core::Line::Londiste,
+            ],
+        )
+        .await?;
         let dir = TempDir::new("pgqseed")?;
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
         Ok(Provider {
             cluster,
             client,
@@ -99,7 +111,9 @@ struct Running(PathBuf);
 impl Drop for Running {
     fn drop(&mut self) {
         if self.0.join("postmaster.pid").exists() {
-            let pg_ctl = pgq_testkit::bin_dir().map(|d| d.join("pg_ctl")).unwrap_or_default();
+            let pg_ctl = pgq_testkit::bin_dir()
+                .map(|d| d.join("pg_ctl"))
+                .unwrap_or_default();
             let mut stop = if pgq_testkit::is_root() {
                 let mut c = std::process::Command::new("runuser");
                 c.args(["-u", "postgres", "--"]).arg(pg_ctl);
@@ -107,7 +121,12 @@ impl Drop for Running {
             } else {
                 std::process::Command::new(pg_ctl)
             };
-            let _ = stop.arg("stop").arg("-D").arg(&self.0).args(["-m", "immediate", "-w"]).status();
+            let _ = stop
+                .arg("stop")
+                .arg("-D")
+                .arg(&self.0)
+                .args(["-m", "immediate", "-w", "-s"])
+                .status();
         }
     }
 }
@@ -172,8 +191,12 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
     let options = provider.options("copy", port, true);
     let _running = Running(options.data_dir.clone());
     let mut load = pgbench(&provider.cluster)?;
-    let open = Dsn::parse(&provider.cluster.dsn("postgres"))?.connect().await?;
-    let prepared = Dsn::parse(&provider.cluster.dsn("postgres"))?.connect().await?;
+    let open = Dsn::parse(&provider.cluster.dsn("postgres"))?
+        .connect()
+        .await?;
+    let prepared = Dsn::parse(&provider.cluster.dsn("postgres"))?
+        .connect()
+        .await?;
     let public = SeedTables::Schema("public".to_owned());
     let seeding = londiste::seed(&config, &public, &options);
     let across = async {
@@ -196,12 +219,17 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
     assert!(seeded.finished);
     assert_eq!(seeded.tables.len(), 3, "{seeded:?}");
     open.batch_execute("COMMIT").await?;
-    prepared.batch_execute("COMMIT PREPARED 'across_the_seed'").await?;
+    prepared
+        .batch_execute("COMMIT PREPARED 'across_the_seed'")
+        .await?;
 
     let subscriber = config.subscriber.connect().await?;
     let tables = londiste::tables(&config).await?;
     assert_eq!(
-        tables.iter().map(|t| (t.table.as_str(), t.state)).collect::<Vec<_>>(),
+        tables
+            .iter()
+            .map(|t| (t.table.as_str(), t.state))
+            .collect::<Vec<_>>(),
         KEYED
             .iter()
             .map(|(t, _)| (format!("public.{t}"), TableState::Ok))
@@ -216,8 +244,16 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
         provider.client.query_one(identity, &[]).await?,
         subscriber.query_one(identity, &[]).await?,
     );
-    assert_ne!(p.get::<_, String>(0), s.get::<_, String>(0), "system identifier");
-    assert_ne!(p.get::<_, String>(1), s.get::<_, String>(1), "installation id");
+    assert_ne!(
+        p.get::<_, String>(0),
+        s.get::<_, String>(0),
+        "system identifier"
+    );
+    assert_ne!(
+        p.get::<_, String>(1),
+        s.get::<_, String>(1),
+        "installation id"
+    );
     let copy_state: (i64, i64, i64) = {
         let row = subscriber
             .query_one(
@@ -229,13 +265,24 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
             .await?;
         (row.get(0), row.get(1), row.get(2))
     };
-    assert_eq!(copy_state, (0, 0, 0), "provider-only state left in the copy");
+    assert_eq!(
+        copy_state,
+        (0, 0, 0),
+        "provider-only state left in the copy"
+    );
     let skipped: i64 = subscriber
         .query_one("SELECT count(*) FROM londiste_rs.seed_txid", &[])
         .await?
         .get(0);
     assert_eq!(Some(skipped), seeded.skipped_transactions);
     assert!(skipped > 0, "pgbench wrote during the backup: {seeded:?}");
+
+    let balance = "SELECT abalance FROM pgbench_accounts WHERE aid = 1";
+    let in_copy: i32 = subscriber.query_one(balance, &[]).await?.get(0);
+    assert!(
+        in_copy < 500_000,
+        "the open transaction is not in the copy: {in_copy}"
+    );
 
     let mut worker = Worker::connect(&config).await?;
     catch_up(&config, &provider.client, &mut worker).await?;
@@ -247,17 +294,28 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
         .await?
         .get(0);
     assert_eq!(seed_left, 0, "the worker forgets the seed once past it");
-    assert!(londiste::compare(&config, None).await?.iter().all(londiste::Comparison::equal));
-    assert_eq!(provider.footprint().await?, (1, 0, 0, 6), "(consumers, plans, slots, triggers)");
+    assert_eq!(
+        provider.footprint().await?,
+        (1, 0, 0, 6),
+        "(consumers, plans, slots, triggers)"
+    );
 
     // Like a subscriber made by add-table: tables come and go.
     provider
         .client
-        .batch_execute("CREATE TABLE later (id int PRIMARY KEY, v text); INSERT INTO later VALUES (1, 'a')")
+        .batch_execute(
+            "CREATE TABLE later (id int PRIMARY KEY, v text); INSERT INTO later VALUES (1, 'a')",
+        )
         .await?;
-    subscriber.batch_execute("CREATE TABLE later (id int PRIMARY KEY, v text)").await?;
-    londiste::add_tables(&config, &["public.later".to_owned()], &londiste::AddTableOptions::default())
+    subscriber
+        .batch_execute("CREATE TABLE later (id int PRIMARY KEY, v text)")
         .await?;
+    londiste::add_tables(
+        &config,
+        &["public.later".to_owned()],
+        &londiste::AddTableOptions::default(),
+    )
+    .await?;
     londiste::remove_table(&config, "public.pgbench_tellers").await?;
     provider
         .client
@@ -266,21 +324,40 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
         )
         .await?;
     catch_up(&config, &provider.client, &mut worker).await?;
-    assert_eq!(Pair::md5(&provider.client, "later", "id").await?, Pair::md5(&subscriber, "later", "id").await?);
+    assert_eq!(
+        Pair::md5(&provider.client, "later", "id").await?,
+        Pair::md5(&subscriber, "later", "id").await?
+    );
     assert_ne!(
         Pair::md5(&provider.client, "pgbench_tellers", "tid").await?,
         Pair::md5(&subscriber, "pgbench_tellers", "tid").await?,
         "a removed table is no longer replicated"
     );
 
+    let cancel = pgq_consumer::CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.clone()));
+    let compared = londiste::compare(&config, None).await?;
+    assert_eq!(compared.len(), 3, "{compared:?}");
+    assert!(
+        compared.iter().all(londiste::Comparison::equal),
+        "{compared:?}"
+    );
+    cancel.cancel();
+    running.await??;
+
     // Seeding it again is refused, and changes nothing.
     let again = provider.options("again", port, true);
     let before = provider.footprint().await?;
-    let err = londiste::seed(&config, &SeedTables::Named(vec!["public.pgbench_branches".to_owned()]), &again)
-        .await
-        .expect_err("the subscriber has the tables");
+    let err = londiste::seed(
+        &config,
+        &SeedTables::Named(vec!["public.pgbench_branches".to_owned()]),
+        &again,
+    )
+    .await
+    .expect_err("the subscriber has the tables");
     assert!(
-        err.to_string().contains("already replicates public.later, public.pgbench_accounts"),
+        err.to_string()
+            .contains("already replicates public.later, public.pgbench_accounts"),
         "{err}"
     );
     assert_eq!(provider.footprint().await?, before);
@@ -314,7 +391,10 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
         .await
         .expect_err("data directory in use");
     assert!(err.to_string().contains("is not empty"), "{err}");
-    assert_eq!(std::fs::read_to_string(used.data_dir.join("keep.txt"))?, "mine");
+    assert_eq!(
+        std::fs::read_to_string(used.data_dir.join("keep.txt"))?,
+        "mine"
+    );
     assert_eq!(provider.footprint().await?, clean);
 
     // The backup fails midway: a file fetch is cut off.
@@ -339,10 +419,7 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
         }
     };
     let accounts = named(&["public.pgbench_accounts"]);
-    let (seeded, killed) = tokio::join!(
-        londiste::seed(&config, &accounts, &interrupted),
-        killer
-    );
+    let (seeded, killed) = tokio::join!(londiste::seed(&config, &accounts, &interrupted), killer);
     killed?;
     let err = seeded.expect_err("the backup was cut off");
     assert!(matches!(err, LondisteError::Backup(_)), "{err:?}");
@@ -386,10 +463,14 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
                     break client;
                 }
             }
-            deadline.pause("the copy to pause at the end of the backup").await?;
+            deadline
+                .pause("the copy to pause at the end of the backup")
+                .await?;
         }
     };
-    let err = londiste::seed_finish(&config, &manual).await.expect_err("not promoted");
+    let err = londiste::seed_finish(&config, &manual)
+        .await
+        .expect_err("not promoted");
     assert!(err.to_string().contains("still recovering"), "{err}");
 
     copy.batch_execute("SELECT pg_wal_replay_resume()").await?;
@@ -401,7 +482,10 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
                 deadline.pause("the copy to promote").await?;
             }
             Err(err) => {
-                assert!(err.to_string().contains("is not a copy of this provider"), "{err}");
+                assert!(
+                    err.to_string().contains("is not a copy of this provider"),
+                    "{err}"
+                );
                 break;
             }
             Ok(done) => anyhow::bail!("finished against another provider: {done:?}"),
@@ -418,12 +502,19 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
 }
 
 /// A config like `config` whose provider is another database (of the shared test server).
-struct TestDbProvider(Config, pgq_testkit::TestDb);
+struct TestDbProvider(
+    Config,
+    #[allow(dead_code, reason = "dropping it drops the database")] pgq_testkit::TestDb,
+);
 
 impl TestDbProvider {
     async fn config(config: &Config) -> anyhow::Result<TestDbProvider> {
         let db = pgq_testkit::TestDb::new().await?;
-        pgq_core::install(&mut db.client().await?, &[pgq_core::Line::Pgq, pgq_core::Line::Londiste]).await?;
+        pgq_core::install(
+            &mut db.client().await?,
+            &[pgq_core::Line::Pgq, pgq_core::Line::Londiste],
+        )
+        .await?;
         let mut other = config.clone();
         other.provider = Dsn::parse(&db.dsn())?;
         other.consumer = Some(ConsumerName::new("unused")?);
@@ -434,7 +525,8 @@ impl TestDbProvider {
 /// Starts a copy with `pg_ctl` as a user would.
 async fn start_as_user(data: &Path) -> anyhow::Result<()> {
     let pg_ctl = pgq_testkit::bin_dir()?.join("pg_ctl");
-    let log = data.join("user-start.log").display().to_string();
+    let log_path = data.join("user-start.log");
+    let log = log_path.display().to_string();
     let data = data.display().to_string();
     let args = ["start", "-D", &data, "-l", &log, "-s"];
     let (code, out, err) = if pgq_testkit::is_root() {
@@ -445,6 +537,10 @@ async fn start_as_user(data: &Path) -> anyhow::Result<()> {
     } else {
         pgq_testkit::run(pg_ctl, &args).await?
     };
-    anyhow::ensure!(code == 0, "pg_ctl start: {out}{err}");
+    anyhow::ensure!(
+        code == 0,
+        "pg_ctl start: {out}{err}\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
     Ok(())
 }

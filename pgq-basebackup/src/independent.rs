@@ -33,7 +33,8 @@ const SOCKET_PATH_MAX: usize = 107;
 /// - for good: `archive_mode = off`, `restore_command = ''`, `primary_conninfo = ''`,
 ///   `primary_slot_name = ''`, `synchronous_standby_names = ''` (a copied one would make every
 ///   commit wait for a standby of the source);
-/// - until [`settle`]: `autovacuum = off`, `max_logical_replication_workers = 0`, no TCP, a
+/// - until [`settle`]: `restore_command = 'false'` (recovery reads the copied WAL only),
+///   `autovacuum = off`, `max_logical_replication_workers = 0`, no TCP, a
 ///   socket in [`PRIVATE_DIR`] with mode 0700 and a `pg_hba.conf` there that lets its owner in
 ///   (only the data directory's owner and root can reach that socket).
 ///
@@ -84,6 +85,9 @@ pub fn make_independent(data: &Path, port: u16) -> Result<PathBuf> {
         ("synchronous_standby_names", String::new()),
     ];
     let private_settings = [
+        // Archive recovery needs a restore command; one that finds nothing keeps recovery to
+        // the copied WAL.
+        ("restore_command", "false".to_owned()),
         ("autovacuum", "off".to_owned()),
         ("max_logical_replication_workers", "0".to_owned()),
         ("listen_addresses", String::new()),
@@ -163,7 +167,11 @@ impl Server {
     /// # Errors
     ///
     /// [`Error::Server`] when no directory has that version.
-    pub async fn find(major: &str, bin_dir: Option<&Path>, run_as: Option<String>) -> Result<Server> {
+    pub async fn find(
+        major: &str,
+        bin_dir: Option<&Path>,
+        run_as: Option<String>,
+    ) -> Result<Server> {
         let candidates: Vec<PathBuf> = match bin_dir {
             Some(dir) => vec![dir.to_path_buf()],
             None => std::iter::once(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
@@ -187,7 +195,10 @@ impl Server {
                 .io_context(|| format!("running {} --version", postgres.display()))?;
             let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
             if version_major(&version).as_deref() == Some(major) {
-                return Ok(Server { bin_dir: dir, run_as });
+                return Ok(Server {
+                    bin_dir: dir,
+                    run_as,
+                });
             }
             seen.push(format!("{} ({version})", dir.display()));
         }
@@ -220,10 +231,17 @@ impl Server {
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
                 .io_context(|| format!("chown {}", path.display()))?;
             // Links (mapped tablespaces) are not followed: what they point at is not the copy's.
-            let meta = fs::symlink_metadata(&path).io_context(|| format!("stat {}", path.display()))?;
+            let meta =
+                fs::symlink_metadata(&path).io_context(|| format!("stat {}", path.display()))?;
             if meta.is_dir() {
-                for entry in fs::read_dir(&path).io_context(|| format!("listing {}", path.display()))? {
-                    stack.push(entry.io_context(|| format!("listing {}", path.display()))?.path());
+                for entry in
+                    fs::read_dir(&path).io_context(|| format!("listing {}", path.display()))?
+                {
+                    stack.push(
+                        entry
+                            .io_context(|| format!("listing {}", path.display()))?
+                            .path(),
+                    );
                 }
             }
         }
@@ -322,7 +340,11 @@ impl Server {
             return Ok(());
         }
         Err(Error::Server {
-            action: format!("{program} {}", args.first().map_or(std::borrow::Cow::Borrowed(""), |a| a.to_string_lossy())),
+            action: format!(
+                "{program} {}",
+                args.first()
+                    .map_or(std::borrow::Cow::Borrowed(""), |a| a.to_string_lossy())
+            ),
             detail: format!(
                 "{}{}",
                 String::from_utf8_lossy(&output.stdout),
@@ -358,7 +380,9 @@ fn fresh_identifier() -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    (now.as_secs() << 32) | (u64::from(now.subsec_micros()) << 12) | u64::from(std::process::id() & 0xfff)
+    (now.as_secs() << 32)
+        | (u64::from(now.subsec_micros()) << 12)
+        | u64::from(std::process::id() & 0xfff)
 }
 
 /// Replaces the system identifier (the first 8 bytes of `pg_control`, native byte order) and
@@ -367,9 +391,7 @@ fn fresh_identifier() -> u64 {
 fn set_system_identifier(control: &mut [u8], identifier: u64) -> Result<(), String> {
     let offset = (8..control.len().saturating_sub(4))
         .step_by(4)
-        .find(|&at| {
-            crc32c::crc32c(&control[..at]).to_ne_bytes() == control[at..at + 4]
-        })
+        .find(|&at| crc32c::crc32c(&control[..at]).to_ne_bytes() == control[at..at + 4])
         .ok_or("no valid CRC found: not a pg_control this version understands")?;
     control[..8].copy_from_slice(&identifier.to_ne_bytes());
     let crc = crc32c::crc32c(&control[..offset]);
@@ -387,7 +409,10 @@ mod tests {
             version_major("postgres (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)").as_deref(),
             Some("15")
         );
-        assert_eq!(version_major("postgres (PostgreSQL) 18beta1").as_deref(), Some("18"));
+        assert_eq!(
+            version_major("postgres (PostgreSQL) 18beta1").as_deref(),
+            Some("18")
+        );
         assert_eq!(version_major("nonsense"), None);
     }
 
@@ -400,7 +425,10 @@ mod tests {
         control[296..300].copy_from_slice(&crc.to_ne_bytes());
         set_system_identifier(&mut control, 7).unwrap();
         assert_eq!(control[..8], 7_u64.to_ne_bytes());
-        assert_eq!(control[296..300], crc32c::crc32c(&control[..296]).to_ne_bytes());
+        assert_eq!(
+            control[296..300],
+            crc32c::crc32c(&control[..296]).to_ne_bytes()
+        );
         assert!(set_system_identifier(&mut vec![1_u8; 8192], 7).is_err());
     }
 
@@ -418,10 +446,20 @@ mod tests {
         settle(&dir, Some(6544)).unwrap();
         let text = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
         assert!(text.starts_with("work_mem = '8MB'\n"), "{text}");
-        for gone in ["autovacuum", "recovery_target", "6543", "hba_file", "unix_socket"] {
+        for gone in [
+            "autovacuum",
+            "recovery_target",
+            "6543",
+            "hba_file",
+            "unix_socket",
+        ] {
             assert!(!text.contains(gone), "{gone} in {text}");
         }
-        for kept in ["archive_mode = 'off'", "primary_conninfo = ''", "port = '6544'"] {
+        for kept in [
+            "archive_mode = 'off'",
+            "primary_conninfo = ''",
+            "port = '6544'",
+        ] {
             assert!(text.contains(kept), "{kept} not in {text}");
         }
         assert!(!private.exists());

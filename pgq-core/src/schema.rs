@@ -798,9 +798,10 @@ impl InstallationId {
     pub fn parse(text: &str) -> Option<InstallationId> {
         let groups: Vec<&str> = text.split('-').collect();
         let shape = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]);
-        let hex = groups
-            .iter()
-            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let hex = groups.iter().all(|g| {
+            g.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
         (shape && hex).then(|| InstallationId(text.to_owned()))
     }
 

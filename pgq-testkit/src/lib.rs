@@ -64,9 +64,7 @@ mod tracking;
 mod wait;
 
 pub use browser::{browser, Browser};
-pub use cluster::{
-    bin_dir, client_program, free_port, is_root, Cluster, ClusterOptions, SslFiles,
-};
+pub use cluster::{bin_dir, client_program, free_port, is_root, Cluster, ClusterOptions, SslFiles};
 pub use db::TestDb;
 pub use http::{http_get, wait_for_health};
 pub use names::{consumer, queue};
