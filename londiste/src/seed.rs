@@ -98,6 +98,12 @@ const PREPARED: &str = "SELECT gid FROM pg_catalog.pg_prepared_xacts";
 // language=SQL
 const SLOTS: &str = "SELECT slot_name::text FROM pg_catalog.pg_replication_slots";
 
+// The databases with logical subscriptions (pg_subscription is shared by all databases).
+// language=SQL
+const SUBSCRIBING: &str = "\
+SELECT DISTINCT d.datname::text FROM pg_catalog.pg_subscription s
+  JOIN pg_catalog.pg_database d ON d.oid = s.subdbid";
+
 // language=SQL
 const SUBSCRIPTIONS: &str = "\
 SELECT subname::text FROM pg_catalog.pg_subscription
@@ -334,7 +340,7 @@ async fn finish(
         });
     }
     let skipped = read_position(&mut copy, queue, &consumer).await?;
-    clean(&mut copy, config).await?;
+    clean(&mut copy, &dsn, config).await?;
     become_subscriber(&mut copy, config, &consumer, &subscriber_id, &tables).await?;
     pgq_core::install(&mut copy, &[Line::PgqExt, Line::Londiste]).await?;
     drop(copy);
@@ -670,10 +676,9 @@ fn qualified(name: &str) -> String {
 }
 
 /// Removes what only the provider needs: prepared transactions (the provider commits or rolls
-/// them back itself; the worker applies them if they commit), replication slots, this
-/// database's logical subscriptions (they would take the provider's place on its publisher),
-/// the capture triggers and the queue.
-async fn clean(copy: &mut Client, config: &Config) -> Result<()> {
+/// them back itself; the worker applies them if they commit), replication slots, the logical
+/// subscriptions of every database, the capture triggers and the queue.
+async fn clean(copy: &mut Client, dsn: &Dsn, config: &Config) -> Result<()> {
     for row in copy
         .query_typed(PREPARED, &[])
         .await
@@ -697,17 +702,13 @@ async fn clean(copy: &mut Client, config: &Config) -> Result<()> {
         .await
         .on(COPY, format!("dropping replication slot {slot}"))?;
     }
-    for row in copy
-        .query_typed(SUBSCRIPTIONS, &[])
+    let databases = copy
+        .query_typed(SUBSCRIBING, &[])
         .await
-        .on(COPY, "listing subscriptions")?
-    {
-        let name = quote_ident(&row.get::<_, String>(0));
-        copy.batch_execute(&format!(
-            "ALTER SUBSCRIPTION {name} DISABLE; ALTER SUBSCRIPTION {name} SET (slot_name = NONE)"
-        ))
-        .await
-        .on(COPY, format!("detaching subscription {name}"))?;
+        .on(COPY, "listing subscriptions")?;
+    for row in databases {
+        let db: String = row.get(0);
+        detach_subscriptions(&dsn.with_dbname(&db)).await?;
     }
     let tx = copy.transaction().await.on(COPY, "starting the cleanup")?;
     let ours = pgq_core::flavor(&tx).await? == Flavor::Ours;
@@ -730,6 +731,26 @@ async fn clean(copy: &mut Client, config: &Config) -> Result<()> {
         .on(COPY, "removing the capture triggers")?;
     pgq_core::drop_queue(&tx, &config.queue, true).await?;
     tx.commit().await.on(COPY, "removing the provider's state")
+}
+
+/// Disables the logical subscriptions of the database `dsn` names and detaches them from their
+/// slots on the publisher: started, they would take the provider's place there.
+async fn detach_subscriptions(dsn: &Dsn) -> Result<()> {
+    let client = dsn.connect().await?;
+    for row in client
+        .query_typed(SUBSCRIPTIONS, &[])
+        .await
+        .on(COPY, "listing subscriptions")?
+    {
+        let name = quote_ident(&row.get::<_, String>(0));
+        client
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {name} DISABLE; ALTER SUBSCRIPTION {name} SET (slot_name = NONE)"
+            ))
+            .await
+            .on(COPY, format!("detaching subscription {name}"))?;
+    }
+    Ok(())
 }
 
 /// Makes the copy the subscriber: its own installation id (the plan's, from which the

@@ -190,6 +190,14 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
     let config = provider.config(port)?;
     let options = provider.options("copy", port, true);
     let _running = Running(options.data_dir.clone());
+    // A logical subscription must not wake up in the copy and take the provider's slot.
+    provider
+        .client
+        .batch_execute(
+            "CREATE SUBSCRIPTION elsewhere CONNECTION 'host=/nonexistent dbname=x' \
+             PUBLICATION p WITH (connect = false, slot_name = 'elsewhere')",
+        )
+        .await?;
     let mut load = pgbench(&provider.cluster)?;
     let open = Dsn::parse(&provider.cluster.dsn("postgres"))?
         .connect()
@@ -543,4 +551,98 @@ async fn start_as_user(data: &Path) -> anyhow::Result<()> {
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
     Ok(())
+}
+
+/// A cluster in Debian's layout (configuration under /etc, made by `pg_createcluster`): the
+/// copy gets the configuration fetched into its data directory and starts as the subscriber.
+#[tokio::test]
+async fn a_cluster_configured_under_etc_seeds() -> anyhow::Result<()> {
+    if !pgq_testkit::is_root() || !Path::new("/usr/bin/pg_createcluster").exists() {
+        pgq_testkit::reference_missing("pg_createcluster as root (package postgresql-common)")?;
+        return Ok(());
+    }
+    let major = match std::env::var("PGQ_TEST_PG_BIN") {
+        Ok(_) => return Ok(()),
+        Err(_) => pgq_testkit::bin_dir()?
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let name = format!("pgqseed{}", std::process::id());
+    let port = pgq_testkit::free_port()?.to_string();
+    let made = pgq_testkit::run(
+        "pg_createcluster",
+        &[&major, &name, "-p", &port, "--start", "--", "-A", "trust"],
+    )
+    .await?;
+    let _dropped = DebianCluster(major.clone(), name.clone());
+    anyhow::ensure!(made.0 == 0, "pg_createcluster: {}{}", made.1, made.2);
+    let provider_dsn = Dsn::parse(&format!(
+        "host=/var/run/postgresql port={port} dbname=postgres user=postgres"
+    ))?;
+    let (code, out, err) = pgq_testkit::run(
+        pgq_testkit::client_program("pgbench"),
+        &["-i", "-s", "1", "-q", &provider_dsn.conninfo()],
+    )
+    .await?;
+    anyhow::ensure!(code == 0, "pgbench -i: {out}{err}");
+    let dir = TempDir::new("pgqseed")?;
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let copy_port = pgq_testkit::free_port()?;
+    let config = Config::new(
+        provider_dsn.clone(),
+        Dsn::parse(&format!(
+            "host=/var/run/postgresql port={copy_port} dbname=postgres user=postgres"
+        ))?,
+        QueueName::new("debian")?,
+        None,
+    );
+    let options = SeedOptions {
+        data_dir: dir.join("copy"),
+        port: copy_port,
+        start: true,
+        jobs: 2,
+        bin_dir: None,
+        run_as: Some("postgres".to_owned()),
+        max_rate: None,
+    };
+    let _running = Running(options.data_dir.clone());
+    let tables = SeedTables::Named(vec![
+        "public.pgbench_accounts".to_owned(),
+        "public.pgbench_branches".to_owned(),
+    ]);
+    let seeded = londiste::seed(&config, &tables, &options).await?;
+    assert!(seeded.finished);
+    let conf = std::fs::read_to_string(options.data_dir.join("postgresql.conf"))?;
+    assert!(conf.contains("#pgq-basebackup# data_directory"), "{conf}");
+    let provider = provider_dsn.connect().await?;
+    provider
+        .batch_execute("UPDATE pgbench_accounts SET abalance = 42 WHERE aid < 100")
+        .await?;
+    let mut worker = Worker::connect(&config).await?;
+    catch_up(&config, &provider, &mut worker).await?;
+    let subscriber = config.subscriber.connect().await?;
+    for (table, key) in &KEYED[..2] {
+        assert_eq!(
+            Pair::md5(&provider, table, key).await?,
+            Pair::md5(&subscriber, table, key).await?,
+            "{table}"
+        );
+    }
+    Ok(())
+}
+
+/// A `pg_createcluster` cluster, dropped (and stopped) when the test ends.
+struct DebianCluster(String, String);
+
+impl Drop for DebianCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pg_dropcluster")
+            .args(["--stop", &self.0, &self.1])
+            .status();
+    }
 }
