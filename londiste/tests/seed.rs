@@ -105,6 +105,44 @@ impl Provider {
     }
 }
 
+/// Inserts into `churn`, and deletes what it inserted two transactions before, until stopped.
+struct Churn {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<i64>>,
+}
+
+impl Churn {
+    async fn start(cluster: &Cluster) -> anyhow::Result<Churn> {
+        use std::sync::atomic::Ordering;
+        let client = Dsn::parse(&cluster.dsn("postgres"))?.connect().await?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut n = 0_i64;
+            while !flag.load(Ordering::Relaxed) {
+                n += 1;
+                client
+                    .execute("INSERT INTO churn VALUES ($1, 'x')", &[&n])
+                    .await?;
+                if n % 3 == 0 {
+                    client
+                        .execute("DELETE FROM churn WHERE id = $1", &[&(n - 2)])
+                        .await?;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok(n)
+        });
+        Ok(Churn { stop, task })
+    }
+
+    /// Stops; returns how many rows it inserted.
+    async fn stop(self) -> anyhow::Result<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await?
+    }
+}
+
 /// A copy's server, stopped at once when the test ends.
 struct Running(PathBuf);
 
@@ -198,6 +236,12 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
              PUBLICATION p WITH (connect = false, slot_name = 'elsewhere')",
         )
         .await?;
+    // Inserts and deletes as well as pgbench's updates: applied twice, they fail the batch.
+    provider
+        .client
+        .batch_execute("CREATE TABLE churn (id bigint PRIMARY KEY, v text)")
+        .await?;
+    let churn = Churn::start(&provider.cluster).await?;
     let mut load = pgbench(&provider.cluster)?;
     let open = Dsn::parse(&provider.cluster.dsn("postgres"))?
         .connect()
@@ -225,7 +269,7 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
     across?;
     let seeded = seeded?;
     assert!(seeded.finished);
-    assert_eq!(seeded.tables.len(), 3, "{seeded:?}");
+    assert_eq!(seeded.tables.len(), 4, "{seeded:?}");
     open.batch_execute("COMMIT").await?;
     prepared
         .batch_execute("COMMIT PREPARED 'across_the_seed'")
@@ -233,19 +277,13 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
 
     let subscriber = config.subscriber.connect().await?;
     let tables = londiste::tables(&config).await?;
-    assert_eq!(
-        tables
-            .iter()
-            .map(|t| (t.table.as_str(), t.state))
-            .collect::<Vec<_>>(),
-        KEYED
-            .iter()
-            .map(|(t, _)| (format!("public.{t}"), TableState::Ok))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|(t, s)| (t.as_str(), *s))
-            .collect::<Vec<_>>()
-    );
+    let expected: Vec<(String, TableState)> = std::iter::once("churn")
+        .chain(KEYED.iter().map(|(t, _)| *t))
+        .map(|t| (format!("public.{t}"), TableState::Ok))
+        .collect();
+    let listed: Vec<(String, TableState)> =
+        tables.into_iter().map(|t| (t.table, t.state)).collect();
+    assert_eq!(listed, expected);
     let identity = "SELECT (SELECT system_identifier FROM pg_control_system())::text, \
                     (SELECT id::text FROM pgq_rs.installation)";
     let (p, s) = (
@@ -295,8 +333,14 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
     let mut worker = Worker::connect(&config).await?;
     catch_up(&config, &provider.client, &mut worker).await?;
     load.kill()?;
+    let churned = churn.stop().await?;
+    assert!(churned > 10, "{churned} churn transactions");
     catch_up(&config, &provider.client, &mut worker).await?;
     assert_equal(&provider.client, &subscriber).await?;
+    assert_eq!(
+        Pair::md5(&provider.client, "churn", "id").await?,
+        Pair::md5(&subscriber, "churn", "id").await?
+    );
     let seed_left: i64 = subscriber
         .query_one("SELECT count(*) FROM londiste_rs.seed_txid", &[])
         .await?
@@ -304,7 +348,7 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
     assert_eq!(seed_left, 0, "the worker forgets the seed once past it");
     assert_eq!(
         provider.footprint().await?,
-        (1, 0, 0, 6),
+        (1, 0, 0, 8),
         "(consumers, plans, slots, triggers)"
     );
 
@@ -345,7 +389,7 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
     let cancel = pgq_consumer::CancellationToken::new();
     let running = tokio::spawn(worker.run(cancel.clone()));
     let compared = londiste::compare(&config, None).await?;
-    assert_eq!(compared.len(), 3, "{compared:?}");
+    assert_eq!(compared.len(), 4, "{compared:?}");
     assert!(
         compared.iter().all(londiste::Comparison::equal),
         "{compared:?}"
@@ -365,7 +409,7 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
     .expect_err("the subscriber has the tables");
     assert!(
         err.to_string()
-            .contains("already replicates public.later, public.pgbench_accounts"),
+            .contains("already replicates public.churn, public.later, public.pgbench_accounts"),
         "{err}"
     );
     assert_eq!(provider.footprint().await?, before);
