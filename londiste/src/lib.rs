@@ -66,6 +66,6 @@ pub use config::{
 };
 pub use copy::CopyProgress;
 pub use error::{LondisteError, Result};
-pub use seed::{seed, seed_finish, SeedOptions, SeedTables, Seeded};
+pub use seed::{seed, seed_cancel, seed_finish, SeedOptions, SeedTables, Seeded};
 pub use state::TableState;
 pub use worker::Worker;

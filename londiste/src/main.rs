@@ -100,6 +100,9 @@ enum Command {
         #[command(flatten)]
         target: SeedArgs,
     },
+    /// Abandon seeds of the queue that wait for seed-finish or were killed: unregister their
+    /// consumers (so the queue rotates again) and remove their plans.
+    SeedCancel,
     /// Copy a table again and catch up.
     Resync {
         /// The provider table.
@@ -399,6 +402,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SeedFinish { target } => {
             let seeded = londiste::seed_finish(&config, &target.options(true, 1)).await?;
             print(cli.json, &seeded, seed_text)?;
+        }
+        Command::SeedCancel => {
+            let cancelled = londiste::seed_cancel(&config).await?;
+            print(cli.json, &cancelled, |c| {
+                if c.is_empty() {
+                    "no seed to cancel\n".to_owned()
+                } else {
+                    c.iter()
+                        .map(|name| format!("cancelled the seed of consumer {name}\n"))
+                        .collect()
+                }
+            })?;
         }
         Command::Resync {
             table,

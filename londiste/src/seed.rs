@@ -51,7 +51,40 @@ VALUES ($1, $2, $3::text::uuid, $4)";
 
 // language=SQL
 const PLAN_OF_CONSUMER: &str = "\
-SELECT 1 FROM londiste_rs.seed_plan WHERE queue_name = $1 AND consumer_name = $2";
+SELECT copied FROM londiste_rs.seed_plan WHERE queue_name = $1 AND consumer_name = $2";
+
+// A running seed holds this session lock on the provider from its registration on; a seed
+// killed midway holds nothing.
+// language=SQL
+const SEED_LOCK: &str = "\
+SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtextextended(
+         pg_catalog.format('londiste seed %s:%s/%s', pg_catalog.length($1), $1, $2), 0))";
+
+// language=SQL
+const SEED_UNLOCK: &str = "\
+SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtextextended(
+         pg_catalog.format('londiste seed %s:%s/%s', pg_catalog.length($1), $1, $2), 0))";
+
+// Seeds killed before their backup was done: nobody holds their lock (taking it here proves it;
+// the caller releases it).
+// language=SQL
+const KILLED_SEEDS: &str = "\
+SELECT consumer_name FROM londiste_rs.seed_plan
+ WHERE queue_name = $1 AND NOT copied
+   AND pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended(
+         pg_catalog.format('londiste seed %s:%s/%s', pg_catalog.length($1), $1, consumer_name), 0))";
+
+// Seeds that wait for seed-finish, or were killed: not running now.
+// language=SQL
+const ABANDONED_SEEDS: &str = "\
+SELECT consumer_name FROM londiste_rs.seed_plan
+ WHERE queue_name = $1
+   AND pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended(
+         pg_catalog.format('londiste seed %s:%s/%s', pg_catalog.length($1), $1, consumer_name), 0))";
+
+// language=SQL
+const PLAN_COPIED: &str = "\
+UPDATE londiste_rs.seed_plan SET copied = true WHERE queue_name = $1 AND consumer_name = $2";
 
 // language=SQL
 const PLAN_DROP: &str =
@@ -202,7 +235,7 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
         Some(name) => name.clone(),
         None => default_consumer(&id, &config.queue)?,
     };
-    forget_interrupted(&provider, config, &consumer).await?;
+    forget_killed(&provider, config, &consumer).await?;
     match pgq_core::create_queue(&provider, &config.queue).await {
         Ok(()) | Err(pgq_core::Error::QueueExists { .. }) => {}
         Err(err) => return Err(err.into()),
@@ -232,6 +265,16 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
             return Err(err.into());
         }
     };
+    provider
+        .query_typed(
+            PLAN_COPIED,
+            &[
+                (&config.queue.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
+            ],
+        )
+        .await
+        .on(PROVIDER, "recording the backup in the seed plan")?;
     let mut seeded = Seeded {
         tables: tables.iter().map(|t| t.event_name.clone()).collect(),
         consumer: consumer.to_string(),
@@ -455,14 +498,24 @@ async fn server_major(provider: &Client) -> Result<String> {
     Ok((version / 10000).to_string())
 }
 
-/// Unregisters a consumer an interrupted seed left registered (its plan row says so); refuses
-/// a consumer registered for anything else.
-async fn forget_interrupted(
-    provider: &Client,
-    config: &Config,
-    consumer: &ConsumerName,
-) -> Result<()> {
+/// Drops the plans of seeds of this queue that were killed before their backup finished (no
+/// session holds their lock), unregistering their consumers so rotation goes on; then refuses
+/// a consumer that is registered for anything else.
+async fn forget_killed(provider: &Client, config: &Config, consumer: &ConsumerName) -> Result<()> {
     let queue = config.queue.as_str();
+    let killed = provider
+        .query_typed(KILLED_SEEDS, &[(&queue, Type::TEXT)])
+        .await
+        .on(PROVIDER, "looking for interrupted seeds")?;
+    for row in killed {
+        let name: String = row.get(0);
+        tracing::warn!(consumer = %name, "an earlier seed was interrupted: unregistering its consumer");
+        drop_plan(provider, config, &name).await?;
+        provider
+            .query_typed(SEED_UNLOCK, &[(&queue, Type::TEXT), (&name, Type::TEXT)])
+            .await
+            .on(PROVIDER, "releasing an interrupted seed's lock")?;
+    }
     let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
         [(&queue, Type::TEXT), (&consumer.as_str(), Type::TEXT)];
     let registered: bool = provider
@@ -470,30 +523,70 @@ async fn forget_interrupted(
         .await
         .on(PROVIDER, "looking for the consumer")?
         .get(0);
-    let planned = provider
-        .query_typed_opt(PLAN_OF_CONSUMER, &names)
-        .await
-        .on(PROVIDER, "looking for an earlier seed")?
-        .is_some();
-    if registered && !planned {
+    if registered {
+        let planned = provider
+            .query_typed_opt(PLAN_OF_CONSUMER, &names)
+            .await
+            .on(PROVIDER, "looking for an earlier seed")?;
         return Err(LondisteError::Seed {
-            problem: format!(
-                "consumer {consumer} is registered on queue {queue} already: another \
-                 subscriber uses it; set another `consumer` in the config"
-            ),
+            problem: match planned.map(|r| r.get::<_, bool>(0)) {
+                Some(true) => format!(
+                    "a seed with consumer {consumer} waits for `londiste seed-finish`; run \
+                     `londiste seed-cancel` to abandon it"
+                ),
+                Some(false) => format!("a seed with consumer {consumer} runs right now"),
+                None => format!(
+                    "consumer {consumer} is registered on queue {queue} already: another \
+                     subscriber uses it; set another `consumer` in the config"
+                ),
+            },
         });
     }
-    if planned {
-        tracing::warn!(%consumer, "an earlier seed was interrupted: unregistering its consumer");
-        if registered {
-            pgq_core::unregister_consumer(provider, &config.queue, consumer).await?;
-        }
-        provider
-            .query_typed(PLAN_DROP, &names)
-            .await
-            .on(PROVIDER, "removing the earlier seed plan")?;
-    }
     Ok(())
+}
+
+/// Unregisters a seed's consumer (if registered) and removes its plan.
+async fn drop_plan(provider: &Client, config: &Config, consumer: &str) -> Result<()> {
+    let queue = config.queue.as_str();
+    let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+        [(&queue, Type::TEXT), (&consumer, Type::TEXT)];
+    let registered: bool = provider
+        .query_typed_one(CONSUMER_REGISTERED, &names)
+        .await
+        .on(PROVIDER, "looking for the consumer")?
+        .get(0);
+    if registered {
+        let name = ConsumerName::new(consumer)?;
+        pgq_core::unregister_consumer(provider, &config.queue, &name).await?;
+    }
+    provider
+        .query_typed(PLAN_DROP, &names)
+        .await
+        .on(PROVIDER, "removing the seed plan")?;
+    Ok(())
+}
+
+/// Abandons the seeds of this queue that wait for `seed-finish`, or were killed: their
+/// consumers are unregistered (so rotation goes on) and their plans removed; a seed running
+/// now is left alone. Returns the consumers. The copies they made are useless: remove them.
+///
+/// # Errors
+///
+/// Connection failures.
+pub async fn seed_cancel(config: &Config) -> Result<Vec<String>> {
+    let provider = config.provider.connect().await?;
+    let queue = config.queue.as_str();
+    let abandoned = provider
+        .query_typed(ABANDONED_SEEDS, &[(&queue, Type::TEXT)])
+        .await
+        .on(PROVIDER, "looking for seeds to cancel")?;
+    let mut cancelled = Vec::new();
+    for row in abandoned {
+        let name: String = row.get(0);
+        drop_plan(&provider, config, &name).await?;
+        cancelled.push(name);
+    }
+    Ok(cancelled)
 }
 
 async fn capture_registered(provider: &Client, config: &Config, table: &TableInfo) -> Result<bool> {
@@ -522,6 +615,16 @@ async fn register(
     pgq_core::force_tick(&*provider, &config.queue).await?;
     pgq_core::ticker(&*provider, &config.queue).await?;
     let names: Vec<String> = tables.iter().map(|t| t.event_name.clone()).collect();
+    provider
+        .query_typed(
+            SEED_LOCK,
+            &[
+                (&config.queue.as_str(), Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
+            ],
+        )
+        .await
+        .on(PROVIDER, "taking the seed's lock")?;
     let tx = provider
         .transaction()
         .await
@@ -544,7 +647,7 @@ async fn register(
 /// Takes back what a failed seed did on the provider. Failures here are logged: the seed's own
 /// error is the one to report, and a later seed cleans up after this one.
 async fn undo(provider: &Client, config: &Config, consumer: &ConsumerName, added: &[TableInfo]) {
-    if let Err(err) = forget_interrupted(provider, config, consumer).await {
+    if let Err(err) = drop_plan(provider, config, consumer.as_str()).await {
         tracing::warn!(error = %err, "could not unregister the seed's consumer");
     }
     for table in added {

@@ -480,7 +480,25 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
         deadline.pause("the temporary slot to go").await?;
     }
 
-    // Left for the user to start; it pauses at the end of recovery instead of promoting.
+    // Killed midway (the process dies): consumer and plan stay until the next seed.
+    let killed = provider.options("killed", port, true);
+    tokio::select! {
+        seeded = londiste::seed(&config, &accounts, &killed) => {
+            anyhow::bail!("the seed was to be killed midway: {seeded:?}");
+        }
+        waited = async {
+            registered(&provider.client).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            anyhow::Ok(())
+        } => waited?,
+    }
+    let deadline = Deadline::after(Duration::from_secs(30));
+    while provider.footprint().await? != (1, 1, 0, 2) {
+        deadline.pause("the killed seed's slot to go").await?;
+    }
+
+    // Left for the user to start; it pauses at the end of recovery instead of promoting. It
+    // replaces the killed seed's consumer.
     let manual = provider.options("manual", port, false);
     let _running = Running(manual.data_dir.clone());
     let seeded = londiste::seed(&config, &named(&["public.pgbench_accounts"]), &manual).await?;
@@ -550,6 +568,15 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
     let tables = londiste::tables(&config).await?;
     assert_eq!(tables.len(), 1);
     assert_eq!(tables[0].state, TableState::Ok);
+
+    // Another seed of the queue, abandoned before seed-finish.
+    let elsewhere = pgq_testkit::free_port()?;
+    let abandoned = provider.options("abandoned", elsewhere, false);
+    let seeded = londiste::seed(&provider.config(elsewhere)?, &accounts, &abandoned).await?;
+    assert_eq!(provider.footprint().await?, (2, 1, 0, 2));
+    let cancelled = londiste::seed_cancel(&config).await?;
+    assert_eq!(cancelled, vec![seeded.consumer]);
+    assert_eq!(provider.footprint().await?, (1, 0, 0, 2));
     Ok(())
 }
 

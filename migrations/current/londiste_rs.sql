@@ -147,6 +147,9 @@ CREATE TABLE londiste_rs.seed_plan (
     -- Provider tables (schema.table, unquoted, as the capture trigger names them).
     tables          text[]      NOT NULL,
     started_at      timestamptz NOT NULL DEFAULT now(),
+    -- The backup is done: the plan waits for `londiste seed-finish` (or `seed-cancel`).
+    -- Until then a running seed holds an advisory lock; a plan without one was killed.
+    copied          boolean     NOT NULL DEFAULT false,
     PRIMARY KEY (queue_name, consumer_name)
 );
 
