@@ -10,6 +10,9 @@
 //!   reads one exported snapshot (from one or several connections), records it, and the worker
 //!   skips the events the copy already holds; a table goes `in-copy` → `catching-up` → `ok`
 //!   ([`TableState`]). The copy keeps [`CopyProgress`] counters a caller may show.
+//! - [`seed`] makes the subscriber from a base backup of the provider instead: every table is
+//!   `ok` at once, and the worker skips exactly the provider transactions the copy holds
+//!   (`docs/seeding.md`); [`seed_finish`] and [`seed_cancel`] for a copy the user starts.
 //! - The [`Worker`] merges each key's events in a batch into their net effect and applies each
 //!   table's rows with a few set-based statements ([`ApplyMode::Batch`]), strictly: the changed
 //!   row counts must match, else the batch fails naming the keys.
@@ -40,7 +43,8 @@
 //! |---|---|---|
 //! | `cli` | yes | the `londiste` binary (setup, worker, compare, status) and its progress bar |
 //!
-//! Main items: [`Config`], [`init`], [`add_tables`], [`Worker`], [`compare`], [`status`].
+//! Main items: [`Config`], [`init`], [`add_tables`], [`seed`], [`Worker`], [`compare`],
+//! [`status`].
 
 mod admin;
 mod apply;

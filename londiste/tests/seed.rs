@@ -436,6 +436,42 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
     .await
     .expect_err("no primary key");
     assert!(matches!(err, LondisteError::NoPrimaryKey { .. }), "{err}");
+    let file = provider.dir.write(
+        "londiste.toml",
+        &format!(
+            "[londiste]\nprovider = {:?}\nsubscriber = {:?}\nqueue = \"seeded\"\n",
+            config.provider.conninfo(),
+            config.subscriber.conninfo()
+        ),
+    )?;
+    let file = file.display().to_string();
+    let data_dir = provider.dir.join("cli").display().to_string();
+    let port_text = port.to_string();
+    let (code, _, stderr) = pgq_testkit::run(
+        env!("CARGO_BIN_EXE_londiste"),
+        &[
+            "--config",
+            &file,
+            "seed",
+            "public.pgbench_history",
+            "--data-dir",
+            &data_dir,
+            "--port",
+            &port_text,
+        ],
+    )
+    .await?;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("table public.pgbench_history has no primary key"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = pgq_testkit::run(
+        env!("CARGO_BIN_EXE_londiste"),
+        &["--config", &file, "--json", "seed-cancel"],
+    )
+    .await?;
+    assert_eq!((code, stdout.trim()), (0, "[]"), "{stderr}");
     let used = provider.options("used", port, true);
     std::fs::create_dir_all(&used.data_dir)?;
     std::fs::write(used.data_dir.join("keep.txt"), "mine")?;
