@@ -256,10 +256,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init => {
             let consumer = londiste::init(&config).await?;
-            println!(
-                "initialized: queue {} on the provider, worker {consumer} registered",
-                config.queue
-            );
+            let done = serde_json::json!({
+                "queue": config.queue.as_str(),
+                "consumer": consumer.as_str(),
+            });
+            print(cli.json, &done, |_| {
+                format!(
+                    "initialized: queue {} on the provider, worker {consumer} registered\n",
+                    config.queue
+                )
+            })?;
         }
         Command::AddTable { tables, options } => {
             if options.dest_table.is_some() && tables.len() > 1 {
@@ -291,12 +297,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::RemoveTable { tables } => {
             for table in &tables {
                 londiste::remove_table(&config, table).await?;
-                println!("{table}: removed");
             }
+            print(cli.json, &serde_json::json!({ "removed": tables }), |_| {
+                tables.iter().map(|t| format!("{t}: removed\n")).collect()
+            })?;
         }
         Command::AddSeq { sequences } => {
             londiste::add_sequences(&config, &sequences).await?;
-            println!("{} sequence(s) added", sequences.len());
+            print(cli.json, &serde_json::json!({ "added": sequences }), |_| {
+                format!("{} sequence(s) added\n", sequences.len())
+            })?;
         }
         Command::Tables => {
             let tables = londiste::tables(&config).await?;
@@ -430,7 +440,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 londiste::resync(&config, &table, &options),
             )
             .await?;
-            println!("{}: {} rows copied, {}", done.table, done.rows, done.state);
+            print(cli.json, &done, |d| {
+                format!("{}: {} rows copied, {}\n", d.table, d.rows, d.state)
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -132,3 +132,44 @@ async fn a_bad_config_names_file_line_and_key() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Every command answers `--json` with JSON.
+#[tokio::test]
+async fn every_command_speaks_json() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE SEQUENCE s")
+        .await?;
+    pair.provider
+        .batch_execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+        .await?;
+    let dir = TempDir::new("londiste-json")?;
+    let file = pair.write_config(&dir, "")?;
+    let run = |args: &'static [&'static str]| {
+        let file = file.display().to_string();
+        async move {
+            let mut argv = vec!["--config", file.as_str(), "--json"];
+            argv.extend(args);
+            let (code, stdout, stderr) =
+                pgq_testkit::run(env!("CARGO_BIN_EXE_londiste"), &argv).await?;
+            anyhow::ensure!(code == 0, "{args:?}: {stderr}");
+            serde_json::from_str::<serde_json::Value>(&stdout)
+                .map_err(|e| anyhow::anyhow!("{args:?} printed no JSON ({e}): {stdout}"))
+        }
+    };
+    assert_eq!(run(&["init"]).await?["consumer"], "worker");
+    let added = run(&["add-table", "public.t", "--wait", "0"]).await?;
+    assert_eq!(added[0]["rows"], 2);
+    let resynced = run(&["resync", "public.t", "--wait", "0"]).await?;
+    assert_eq!(
+        (&resynced["table"], &resynced["rows"]),
+        (&"public.t".into(), &2.into())
+    );
+    assert_eq!(run(&["add-seq", "public.s"]).await?["added"][0], "public.s");
+    assert_eq!(run(&["tables"]).await?[0]["table"], "public.t");
+    assert_eq!(
+        run(&["remove-table", "public.t"]).await?["removed"][0],
+        "public.t"
+    );
+    assert_eq!(run(&["tables"]).await?, serde_json::json!([]));
+    Ok(())
+}

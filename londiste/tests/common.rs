@@ -35,6 +35,25 @@ impl Pair {
         })
     }
 
+    /// Writes this pair's config file into `dir`, with `extra` TOML after the `[londiste]`
+    /// section.
+    pub(crate) fn write_config(
+        &self,
+        dir: &pgq_testkit::TempDir,
+        extra: &str,
+    ) -> anyhow::Result<std::path::PathBuf> {
+        Ok(dir.write(
+            "londiste.toml",
+            &format!(
+                "[londiste]\nprovider = \"{}\"\nsubscriber = \"{}\"\nqueue = \"{}\"\nconsumer = \"{}\"\n\n{extra}",
+                self.config.provider,
+                self.config.subscriber,
+                self.config.queue,
+                self.config.consumer.as_ref().expect("Pair names its consumer")
+            ),
+        )?)
+    }
+
     /// Runs the same SQL on both sides (table definitions).
     pub(crate) async fn both(&self, sql: &str) -> anyhow::Result<()> {
         self.provider.batch_execute(sql).await?;

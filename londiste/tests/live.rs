@@ -212,16 +212,7 @@ async fn a_worker_killed_at_random_moments_applies_everything_once() -> anyhow::
     )
     .await?;
     let dir = TempDir::new("londiste-kill")?;
-    let config_file = dir.write(
-        "londiste.toml",
-        &format!(
-            "[londiste]\nprovider = \"{}\"\nsubscriber = \"{}\"\nqueue = \"{}\"\nconsumer = \"{}\"\n\n[worker]\nchunk_size = 500\n",
-            pair.config.provider,
-            pair.config.subscriber,
-            pair.config.queue,
-            pair.config.consumer.as_ref().expect("Pair names its consumer")
-        ),
-    )?;
+    let config_file = pair.write_config(&dir, "[worker]\nchunk_size = 500\n")?;
     let seed = u64::from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
