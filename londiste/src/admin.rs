@@ -22,12 +22,13 @@ SELECT attname::text FROM pg_catalog.pg_attribute
 
 // language=SQL
 const ADD_SUBSCRIBER_TABLE: &str = "\
-INSERT INTO londiste_rs.subscriber_table (queue_name, table_name, dest_table, state)
-VALUES ($1, $2, $3, $4)";
+INSERT INTO londiste_rs.subscriber_table (queue_name, table_name, dest_table, state, copy_condition)
+VALUES ($1, $2, $3, $4, $5)";
 
 // language=SQL
 const SUBSCRIBER_TABLE: &str = "\
-SELECT dest_table, state FROM londiste_rs.subscriber_table WHERE queue_name = $1 AND table_name = $2";
+SELECT dest_table, state, copy_condition FROM londiste_rs.subscriber_table
+ WHERE queue_name = $1 AND table_name = $2";
 
 // language=SQL
 const TABLES: &str = "\
@@ -62,8 +63,10 @@ pub struct AddTableOptions {
     pub create: bool,
     /// Do not copy: the subscriber already has the rows; the table is `ok` at once.
     pub skip_copy: bool,
-    /// Copy only the rows matching this SQL condition (provider side). Later events are
-    /// applied whatever the condition, so use it for rows that do not change afterwards.
+    /// Replicate only the rows matching this SQL condition: the copy takes them on the
+    /// provider, and the worker evaluates it on each changed row on the subscriber (so it may
+    /// name the table's columns and functions both sides have). A row that comes to match is
+    /// inserted, one that stops matching is deleted, changes to rows outside it are ignored.
     pub copy_condition: Option<String>,
     /// The subscriber table's name, when it differs from the provider's.
     pub dest_table: Option<String>,
@@ -266,6 +269,7 @@ async fn add_table(config: &Config, table: &str, options: &AddTableOptions) -> R
                 (&event_name, Type::TEXT),
                 (&dest.quoted, Type::TEXT),
                 (&first_state.as_str(), Type::TEXT),
+                (&options.copy_condition, Type::TEXT),
             ],
         )
         .await
@@ -459,12 +463,13 @@ pub async fn resync(config: &Config, table: &str, options: &ResyncOptions) -> Re
             problem: format!("is not replicated by queue {}", config.queue),
         })?;
     let dest_name: String = row.get(0);
+    let condition: Option<String> = row.get(2);
     let dest = require_table(&subscriber, SUBSCRIBER, &dest_name).await?;
     let job = CopyJob {
         queue: config.queue.as_str(),
         provider: &source,
         dest: &dest,
-        condition: None,
+        condition: condition.as_deref(),
         jobs: options.parallel_copy.max(1),
         progress: &options.progress,
     };

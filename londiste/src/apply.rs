@@ -44,11 +44,18 @@ pub(crate) struct TableBatch {
     key_idx: Vec<usize>,
     nets: HashMap<Key, Net>,
     bytes: usize,
+    /// A filtered table's copy condition (see [`TableBatch::flush`]).
+    condition: Option<String>,
 }
 
 impl TableBatch {
-    /// An empty merge for rows carrying `columns` (the event's column list).
-    pub(crate) fn new(dest: Arc<TableInfo>, columns: &[String]) -> Result<TableBatch, String> {
+    /// An empty merge for rows carrying `columns` (the event's column list), of a table
+    /// replicated whole or, with `condition`, only where it holds.
+    pub(crate) fn new(
+        dest: Arc<TableInfo>,
+        columns: &[String],
+        condition: Option<String>,
+    ) -> Result<TableBatch, String> {
         let types = columns
             .iter()
             .map(|c| {
@@ -79,6 +86,7 @@ impl TableBatch {
             key_idx,
             nets: HashMap::new(),
             bytes: 0,
+            condition,
         })
     }
 
@@ -147,8 +155,14 @@ impl TableBatch {
         Ok(())
     }
 
-    /// Applies the merged changes and empties the merge.
+    /// Applies the merged changes and empties the merge. A filtered table's subscriber holds
+    /// only the rows matching its condition, so its rows are put as they now are instead, with
+    /// no row counts to check: a row that matches is inserted or updated, one that does not (or
+    /// is deleted) is deleted if there.
     pub(crate) async fn flush(&mut self, tx: &Transaction<'_>) -> Result<()> {
+        if let Some(condition) = self.condition.clone() {
+            return self.flush_filtered(tx, &condition).await;
+        }
         let mut deletes = Vec::new();
         let mut updates = Vec::new();
         let mut inserts = Vec::new();
@@ -170,6 +184,104 @@ impl TableBatch {
             self.insert(tx, &inserts).await?;
         }
         Ok(())
+    }
+
+    async fn flush_filtered(&mut self, tx: &Transaction<'_>, condition: &str) -> Result<()> {
+        let mut deletes = Vec::new();
+        let mut rows = Vec::new();
+        for (key, net) in self.nets.drain() {
+            match net {
+                Net::Delete => deletes.push(key),
+                Net::Update(row) | Net::Insert(row) => rows.push(row),
+            }
+        }
+        self.bytes = 0;
+        if !deletes.is_empty() {
+            let key_types = self.key_types();
+            let sql = format!(
+                "DELETE FROM {} AS d USING {} AS k({}) WHERE {}",
+                self.dest.quoted,
+                unnest_call(key_types.len()),
+                (0..key_types.len())
+                    .map(|i| format!("k{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.dest
+                    .pkey
+                    .iter()
+                    .zip(&key_types)
+                    .enumerate()
+                    .map(|(i, (k, t))| format!("d.{} = k.k{i}::{t}", quote_ident(k)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            );
+            run(tx, &sql, &transpose(&deletes, key_types.len()), "delete").await?;
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // The rows with their own column names, so the condition reads them as it reads the
+        // table; `matches` is the condition's verdict (NULL counts as no).
+        let named = format!(
+            "(SELECT v.*, coalesce(({condition}), false) AS pgq_rs_matches FROM (SELECT {} FROM {} AS r({})) AS v) AS m",
+            (0..self.columns.len())
+                .map(|i| format!("r.c{i}::{} AS {}", self.types[i], quote_ident(&self.columns[i])))
+                .collect::<Vec<_>>()
+                .join(", "),
+            unnest_call(self.columns.len()),
+            self.aliases()
+        );
+        let on_key = self
+            .dest
+            .pkey
+            .iter()
+            .map(|k| format!("d.{k} = m.{k}", k = quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let arrays = transpose(&rows, self.columns.len());
+        let gone = format!(
+            "DELETE FROM {} AS d USING {named} WHERE NOT m.pgq_rs_matches AND {on_key}",
+            self.dest.quoted
+        );
+        run(tx, &gone, &arrays, "delete").await?;
+        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        let non_key: Vec<&String> = columns
+            .iter()
+            .zip(&self.columns)
+            .filter(|(_, c)| !self.dest.pkey.contains(c))
+            .map(|(q, _)| q)
+            .collect();
+        let on_conflict = if non_key.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!(
+                "DO UPDATE SET {}",
+                non_key
+                    .iter()
+                    .map(|c| format!("{c} = EXCLUDED.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let put = format!(
+            "INSERT INTO {} ({cols}) SELECT {m_cols} FROM {named} WHERE m.pgq_rs_matches \
+             ON CONFLICT ({pkey}) {on_conflict}",
+            self.dest.quoted,
+            cols = columns.join(", "),
+            m_cols = columns
+                .iter()
+                .map(|c| format!("m.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            pkey = self
+                .dest
+                .pkey
+                .iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        run(tx, &put, &arrays, "insert").await.map(drop)
     }
 
     fn key_types(&self) -> Vec<&str> {
@@ -459,20 +571,31 @@ fn transpose(rows: &[Vec<Option<String>>], width: usize) -> Vec<Vec<Option<Strin
     arrays
 }
 
+/// Runs a statement whose parameters are one text array per column.
+async fn run(
+    tx: &Transaction<'_>,
+    sql: &str,
+    arrays: &[Vec<Option<String>>],
+    what: &str,
+) -> Result<Vec<tokio_postgres::Row>> {
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
+        .iter()
+        .map(|a| (a as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
+        .collect();
+    tx.query_typed(sql, &params)
+        .await
+        .on(SUBSCRIBER, format!("batch {what}"))
+}
+
+/// [`run`] for a statement that returns the ordinals of the array elements it acted on.
 async fn run_ordinal(
     tx: &Transaction<'_>,
     sql: &str,
     arrays: &[Vec<Option<String>>],
     what: &str,
 ) -> Result<Vec<i64>> {
-    let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
-        .iter()
-        .map(|a| (a as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
-        .collect();
-    Ok(tx
-        .query_typed(sql, &params)
-        .await
-        .on(SUBSCRIBER, format!("batch {what}"))?
+    Ok(run(tx, sql, arrays, what)
+        .await?
         .iter()
         .map(|r| r.get::<_, i64>(0))
         .collect())

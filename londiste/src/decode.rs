@@ -10,6 +10,27 @@ pub(crate) struct UrlRow {
 }
 
 impl UrlRow {
+    /// Drops the values of these columns (a subscriber's generated columns, which a capture
+    /// trigger may have recorded).
+    pub(crate) fn without(mut self, columns: &[String]) -> UrlRow {
+        if columns.is_empty() {
+            return self;
+        }
+        let mut values = std::mem::take(&mut self.values).into_iter();
+        let mut kept = UrlRow {
+            columns: Vec::with_capacity(self.columns.len()),
+            values: Vec::with_capacity(self.columns.len()),
+        };
+        for column in self.columns {
+            let value = values.next().flatten();
+            if !columns.contains(&column) {
+                kept.columns.push(column);
+                kept.values.push(value);
+            }
+        }
+        kept
+    }
+
     /// The value of `column`; `None` when the row has no such column.
     pub(crate) fn get(&self, column: &str) -> Option<&Option<String>> {
         self.columns

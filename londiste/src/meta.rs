@@ -21,6 +21,11 @@ SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
  ORDER BY a.attnum";
 
 // language=SQL
+const GENERATED: &str = "\
+SELECT a.attname::text FROM pg_catalog.pg_attribute a
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''";
+
+// language=SQL
 const PRIMARY_KEY: &str = "\
 SELECT a.attname::text
   FROM pg_catalog.pg_index i
@@ -47,6 +52,8 @@ pub(crate) struct TableInfo {
     pub(crate) columns: Vec<Column>,
     /// Primary key columns, in key order; empty when there is none.
     pub(crate) pkey: Vec<String>,
+    /// Generated columns: computed by each side itself, never written.
+    pub(crate) generated: Vec<String>,
     /// Partitioned (its rows live in partitions): read without `ONLY`.
     pub(crate) partitioned: bool,
 }
@@ -101,6 +108,13 @@ pub(crate) async fn table_info(
             sql_type: r.get(1),
         })
         .collect();
+    let generated = client
+        .query_typed(GENERATED, &[(&oid, Type::OID)])
+        .await
+        .on(side, format!("reading the generated columns of {name}"))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
     let pkey = client
         .query_typed(PRIMARY_KEY, &[(&oid, Type::OID)])
         .await
@@ -114,6 +128,7 @@ pub(crate) async fn table_info(
         quoted: format!("{}.{}", quote_ident(&schema), quote_ident(&relname)),
         columns,
         pkey,
+        generated,
         partitioned: kind == "p",
     }))
 }

@@ -51,7 +51,7 @@ UPDATE londiste_rs.worker_position SET last_tick = $3, last_batch_at = now()
 
 // language=SQL
 const STATES: &str = "\
-SELECT table_name, dest_table, state, copy_snapshot::text
+SELECT table_name, dest_table, state, copy_snapshot::text, copy_condition
   FROM londiste_rs.subscriber_table WHERE queue_name = $1";
 
 // language=SQL
@@ -102,6 +102,8 @@ struct Subscribed {
     dest: String,
     state: TableState,
     copy_snapshot: Option<Snapshot>,
+    /// Only rows matching this condition are replicated.
+    condition: Option<String>,
 }
 
 /// The consumer that applies batches.
@@ -208,9 +210,8 @@ impl Replayer {
                     }
                     _ => {}
                 }
-                let dest = self.dest(tx, &sub.dest).await?;
                 let outcome = self
-                    .event(tx, &mut pending, table, &dest, event, per_event)
+                    .event(tx, &mut pending, table, sub, event, per_event)
                     .await;
                 match outcome {
                     Ok((op, bytes)) => {
@@ -363,6 +364,7 @@ impl Replayer {
                     dest: row.get(1),
                     state: row.try_get(2).on(SUBSCRIBER, "reading table states")?,
                     copy_snapshot,
+                    condition: row.get(4),
                 },
             );
         }
@@ -375,10 +377,11 @@ impl Replayer {
         tx: &Transaction<'_>,
         pending: &mut HashMap<String, TableBatch>,
         table: &str,
-        dest: &Arc<TableInfo>,
+        sub: &Subscribed,
         event: &Event,
         per_event: bool,
     ) -> Result<(Op, usize)> {
+        let dest = &self.dest(tx, &sub.dest).await?;
         let ev_type = event.ev_type.as_deref().unwrap_or("");
         let bad = |problem: String| LondisteError::BadEvent {
             event_id: event.id.0,
@@ -394,7 +397,9 @@ impl Replayer {
             truncate(tx, dest).await?;
             return Ok((op, 0));
         }
-        let row = parse_urlencoded(event.ev_data.as_deref().unwrap_or("")).map_err(bad)?;
+        let row = parse_urlencoded(event.ev_data.as_deref().unwrap_or(""))
+            .map_err(bad)?
+            .without(&dest.generated);
         let stale = pending
             .get(table)
             .is_some_and(|m| m.columns() != row.columns.as_slice());
@@ -404,7 +409,8 @@ impl Replayer {
             }
         }
         if !pending.contains_key(table) {
-            let merged = TableBatch::new(Arc::clone(dest), &row.columns).map_err(bad)?;
+            let merged = TableBatch::new(Arc::clone(dest), &row.columns, sub.condition.clone())
+                .map_err(bad)?;
             pending.insert(table.to_owned(), merged);
         }
         let Some(merged) = pending.get_mut(table) else {
@@ -414,7 +420,8 @@ impl Replayer {
             (Op::Update, Some(old)) => Some(old_key(dest, old).map_err(bad)?),
             _ => None,
         };
-        if per_event {
+        // A filtered table's statements check no row counts: applied merged, always.
+        if per_event && sub.condition.is_none() {
             apply_one(tx, merged, op, &row.values, old_key.as_ref()).await?;
             return Ok((op, 0));
         }

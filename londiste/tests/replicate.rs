@@ -208,3 +208,65 @@ async fn writers_of_a_replicated_table_need_no_pgq_role() -> anyhow::Result<()> 
     assert_eq!(amount, 11);
     Ok(())
 }
+
+/// A table copied with a condition stays filtered: changes outside it are no failures, a row
+/// that comes to match is inserted, one that stops matching is deleted. Also applied event by
+/// event (`apply = "per-event"`), and after a resync.
+#[tokio::test]
+async fn a_filtered_table_stays_filtered() -> anyhow::Result<()> {
+    for mode in [londiste::ApplyMode::Batch, londiste::ApplyMode::PerEvent] {
+        let mut pair = Pair::new().await?;
+        pair.config.apply = mode;
+        pair.provider
+            .batch_execute(
+                "CREATE TABLE shop (id int PRIMARY KEY, region text, qty int);
+                 INSERT INTO shop SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g
+                   FROM generate_series(1, 100) g;",
+            )
+            .await?;
+        let options = AddTableOptions {
+            create: true,
+            copy_condition: Some("region = 'eu'".to_owned()),
+            ..AddTableOptions::default()
+        };
+        let added = londiste::add_tables(&pair.config, &["shop".to_owned()], &options).await?;
+        assert_eq!(added[0].rows, 50);
+        pair.provider
+            .batch_execute(
+                "UPDATE shop SET qty = -1 WHERE id = 1;              -- outside: nothing
+                 DELETE FROM shop WHERE id = 3;                      -- outside: nothing
+                 INSERT INTO shop VALUES (101, 'us', 1);             -- outside: nothing
+                 UPDATE shop SET region = 'eu' WHERE id = 5;         -- comes in: inserted
+                 UPDATE shop SET region = 'us' WHERE id = 2;         -- goes out: deleted
+                 UPDATE shop SET qty = 0 WHERE id = 4;               -- inside: updated
+                 INSERT INTO shop VALUES (102, 'eu', 2);             -- inside: inserted
+                 DELETE FROM shop WHERE id = 6;                      -- inside: deleted
+                 INSERT INTO shop VALUES (103, 'eu', 3);             -- in, then out again
+                 UPDATE shop SET region = NULL WHERE id = 103;",
+            )
+            .await?;
+        let mut worker = Worker::connect(&pair.config).await?;
+        pair.drain(&mut worker).await?;
+        let filtered = "(SELECT * FROM shop WHERE region = 'eu')";
+        let expected = Pair::md5(&pair.provider, filtered, "id").await?;
+        assert_eq!(expected.0, 50, "{mode:?}");
+        assert_eq!(
+            Pair::md5(&pair.subscriber, "shop", "id").await?,
+            expected,
+            "{mode:?}"
+        );
+
+        // A resync copies with the same condition.
+        pair.subscriber.batch_execute("DELETE FROM shop").await?;
+        let resynced =
+            londiste::resync(&pair.config, "shop", &londiste::ResyncOptions::default()).await?;
+        assert_eq!(resynced.rows, 50);
+        pair.drain(&mut worker).await?;
+        assert_eq!(
+            Pair::md5(&pair.subscriber, "shop", "id").await?,
+            expected,
+            "{mode:?}"
+        );
+    }
+    Ok(())
+}

@@ -153,6 +153,11 @@ CREATE TABLE londiste_rs.seed_plan (
     PRIMARY KEY (queue_name, consumer_name)
 );
 
+-- Subscriber side: a table copied with `--copy-condition` holds the provider's rows matching it,
+-- and the worker keeps it so: rows that stop matching are deleted, rows that start matching are
+-- inserted, events of rows outside it change nothing.
+ALTER TABLE londiste_rs.subscriber_table ADD COLUMN copy_condition text;
+
 -- Subscriber side: the provider transactions whose changes the seeded copy holds, read from
 -- the copy's own event tables before anything wrote to it. The worker skips their events, and
 -- drops the rows once a batch ends past all of them.

@@ -2,7 +2,8 @@
 --
 -- Provider side: `londiste seed` records its plan (queue, consumer, the copy's future id,
 -- tables) in the transaction that registers the consumer, so the copy carries it.
--- Subscriber side: the set of provider transactions the copy already holds.
+-- Subscriber side: the set of provider transactions the copy already holds, and the copy
+-- condition of a filtered table.
 -- See docs/seeding.md.
 -- Bookkeeping. Everything below runs with search_path pinned to pg_catalog, so names the
 -- database owner may have planted elsewhere are never picked up; and the bookkeeping schema must
@@ -88,6 +89,11 @@ CREATE TABLE londiste_rs.seed_plan (
     copied          boolean     NOT NULL DEFAULT false,
     PRIMARY KEY (queue_name, consumer_name)
 );
+
+-- Subscriber side: a table copied with `--copy-condition` holds the provider's rows matching it,
+-- and the worker keeps it so: rows that stop matching are deleted, rows that start matching are
+-- inserted, events of rows outside it change nothing.
+ALTER TABLE londiste_rs.subscriber_table ADD COLUMN copy_condition text;
 
 -- Subscriber side: the provider transactions whose changes the seeded copy holds, read from
 -- the copy's own event tables before anything wrote to it. The worker skips their events, and
