@@ -115,6 +115,14 @@ pub enum LondisteError {
         #[source]
         source: pgq_core::Error,
     },
+    /// `londiste execute` refused a script; nothing was changed.
+    #[error("execute {file}: {problem}")]
+    Execute {
+        /// The script's file name.
+        file: String,
+        /// Why.
+        problem: String,
+    },
     /// `londiste seed` cannot go on; the message says why and what to do.
     #[error("seed: {problem}")]
     Seed {

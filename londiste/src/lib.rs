@@ -53,6 +53,7 @@ mod config;
 mod copy;
 mod decode;
 mod error;
+mod execute;
 mod meta;
 mod monitor;
 mod seed;
@@ -70,6 +71,7 @@ pub use config::{
 };
 pub use copy::CopyProgress;
 pub use error::{LondisteError, Result};
+pub use execute::{execute, Executed};
 pub use seed::{seed, seed_cancel, seed_finish, SeedOptions, SeedTables, Seeded};
 pub use state::TableState;
 pub use worker::Worker;

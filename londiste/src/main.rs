@@ -76,6 +76,13 @@ enum Command {
         /// One provider table.
         table: Option<String>,
     },
+    /// Run DDL scripts on the provider and queue them: the worker runs each on the subscriber
+    /// at the same point of the change stream. A file runs once (recorded by its name).
+    Execute {
+        /// SQL files, each run in one transaction.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Make the subscriber from a base backup of the provider, at an exact position: no table
     /// is copied row by row (docs/seeding.md). Tables named, or every keyed table of --schema.
     Seed {
@@ -394,6 +401,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !all_equal {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Execute { files } => {
+            let mut done = Vec::new();
+            for path in &files {
+                let script = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                let name = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                done.push(londiste::execute(&config, &name, &script).await?);
+            }
+            print(cli.json, &done, |done| {
+                done.iter()
+                    .map(|e| format!("{}: executed, queued as event {}\n", e.file, e.event_id))
+                    .collect()
+            })?;
         }
         Command::Seed {
             tables,

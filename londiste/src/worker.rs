@@ -21,6 +21,7 @@ use crate::config::{ApplyMode, Config};
 use crate::copy::replica_error;
 use crate::decode::{parse_ev_type, parse_urlencoded, Op, Snapshot};
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
+use crate::execute::{EXECUTE_EVENT, RECORD_SCRIPT};
 use crate::meta::{require_table, TableInfo};
 use crate::monitor::{observe, Board};
 use crate::state::TableState;
@@ -184,15 +185,26 @@ impl Replayer {
         let mut held = 0usize;
         while let Some(events) = batch.next_chunk().await? {
             for event in &events {
+                if seeded.as_ref().is_some_and(|s| s.contains(&event.txid)) {
+                    continue;
+                }
+                if event.ev_type.as_deref() == Some(EXECUTE_EVENT) {
+                    // A barrier: what came before is applied with the old definitions.
+                    let done = match flush_all(tx, &mut pending).await {
+                        Ok(()) => self.execute(tx, event).await,
+                        Err(err) => Err(err),
+                    };
+                    pending.clear();
+                    held = 0;
+                    done.map_err(|err| self.failed(err, batch.id()))?;
+                    continue;
+                }
                 let Some(table) = event.extra1.as_deref() else {
                     continue;
                 };
                 let Some(sub) = subscribed.get(table) else {
                     continue;
                 };
-                if seeded.as_ref().is_some_and(|s| s.contains(&event.txid)) {
-                    continue;
-                }
                 match sub.state {
                     TableState::InCopy => {
                         return Err(Box::new(Postpone::new(
@@ -307,6 +319,53 @@ impl Replayer {
             }
         }
         Box::new(err)
+    }
+
+    /// Runs a script `londiste execute` queued, once per file name, and forgets the table
+    /// definitions it may have changed.
+    async fn execute(&self, tx: &Transaction<'_>, event: &Event) -> Result<()> {
+        let file = event.extra1.as_deref().unwrap_or_default();
+        let script = event.ev_data.as_deref().unwrap_or_default();
+        let queue = self.config.queue.as_str();
+        let first = tx
+            .query_typed(
+                RECORD_SCRIPT,
+                &[
+                    (&queue, Type::TEXT),
+                    (&file, Type::TEXT),
+                    (&script, Type::TEXT),
+                ],
+            )
+            .await
+            .on(SUBSCRIBER, "recording an executed script")?;
+        if first.is_empty() {
+            tracing::info!(file, "executed here already: skipped");
+            return Ok(());
+        }
+        self.forget_tables();
+        // The script names objects as it did on the provider; the worker's own statements
+        // name everything in full, under the pinned path restored after it.
+        let path = event.extra2.as_deref().unwrap_or("public");
+        tx.query_typed(
+            "SELECT pg_catalog.set_config('search_path', $1, true)",
+            &[(&path, Type::TEXT)],
+        )
+        .await
+        .on(SUBSCRIBER, "setting the script's search_path")?;
+        let ran = tx.batch_execute(script).await;
+        tx.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")
+            .await
+            .on(SUBSCRIBER, "pinning the search_path again")?;
+        ran.map_err(|err| LondisteError::Execute {
+            file: file.to_owned(),
+            problem: format!(
+                "it failed on the subscriber: {}",
+                err.as_db_error()
+                    .map_or_else(|| err.to_string(), |db| db.message().to_owned())
+            ),
+        })?;
+        tracing::info!(file, "executed");
+        Ok(())
     }
 
     /// The seed's transactions, while the subscriber has any (read from it once).

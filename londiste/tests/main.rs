@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod cap;
 mod common;
+mod execute;
 mod live;
 mod monitor;
 mod names;

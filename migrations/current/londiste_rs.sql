@@ -153,6 +153,16 @@ CREATE TABLE londiste_rs.seed_plan (
     PRIMARY KEY (queue_name, consumer_name)
 );
 
+-- Both sides: scripts run by `londiste execute` (provider) and applied by the worker
+-- (subscriber), once per file name and queue.
+CREATE TABLE londiste_rs.executed (
+    queue_name      text        NOT NULL,
+    file_name       text        NOT NULL,
+    script          text        NOT NULL,
+    executed_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue_name, file_name)
+);
+
 -- Subscriber side: a table copied with `--copy-condition` holds the provider's rows matching it,
 -- and the worker keeps it so: rows that stop matching are deleted, rows that start matching are
 -- inserted, events of rows outside it change nothing.
