@@ -48,6 +48,7 @@
 
 mod admin;
 mod apply;
+mod check;
 mod compare;
 mod config;
 mod copy;
@@ -64,6 +65,7 @@ pub use admin::{
     add_sequences, add_tables, init, remove_table, resync, status, tables, AddTableOptions,
     AddedTable, ResyncOptions, Status, TableStatus,
 };
+pub use check::{check, Drift, Severity};
 pub use compare::{compare, Comparison};
 pub use config::{
     default_consumer, ApplyMode, Config, DEFAULT_CONSUMER_PREFIX, DEFAULT_MAX_LAG,

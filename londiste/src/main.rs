@@ -76,6 +76,8 @@ enum Command {
         /// One provider table.
         table: Option<String>,
     },
+    /// List drift: triggers, columns, keys, registrations, states (exit code 1 on errors).
+    Check,
     /// Run DDL scripts on the provider and queue them: the worker runs each on the subscriber
     /// at the same point of the change stream. A file runs once (recorded by its name).
     Execute {
@@ -399,6 +401,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect()
             })?;
             if !all_equal {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Check => {
+            let found = londiste::check(&config).await?;
+            print(cli.json, &found, |found| {
+                if found.is_empty() {
+                    return "no drift\n".to_owned();
+                }
+                found
+                    .iter()
+                    .map(|d| {
+                        let level = match d.severity {
+                            londiste::Severity::Error => "error",
+                            londiste::Severity::Warning => "warning",
+                        };
+                        format!("{level}: {}: {}\n", d.table, d.problem)
+                    })
+                    .collect()
+            })?;
+            if found
+                .iter()
+                .any(|d| d.severity == londiste::Severity::Error)
+            {
                 return Ok(ExitCode::FAILURE);
             }
         }

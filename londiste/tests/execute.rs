@@ -185,3 +185,94 @@ async fn a_column_added_under_load_lands_at_its_point_of_the_stream() -> anyhow:
     );
     Ok(())
 }
+
+/// `check` names each kind of drift, and its exit code tells a script whether replication
+/// can go on.
+#[tokio::test]
+async fn check_lists_drift() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both(
+        "CREATE TABLE one (id int PRIMARY KEY, v int);
+         CREATE TABLE two (id int PRIMARY KEY, v int);",
+    )
+    .await?;
+    londiste::add_tables(
+        &pair.config,
+        &["one".to_owned(), "two".to_owned()],
+        &AddTableOptions::default(),
+    )
+    .await?;
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    assert!(londiste::check(&pair.config).await?.is_empty());
+
+    pair.provider
+        .batch_execute(
+            "ALTER TABLE one DISABLE TRIGGER _londiste_rs_replica;
+             DROP TRIGGER _londiste_rs_replica_truncate ON one;
+             ALTER TABLE two ADD COLUMN x int;",
+        )
+        .await?;
+    pair.subscriber
+        .batch_execute(
+            "ALTER TABLE two ALTER COLUMN v TYPE bigint;
+             ALTER TABLE one ADD COLUMN local_only text NOT NULL;",
+        )
+        .await?;
+    let found: Vec<(String, londiste::Severity, String)> = londiste::check(&pair.config)
+        .await?
+        .into_iter()
+        .map(|d| (d.table, d.severity, d.problem))
+        .collect();
+    let error = londiste::Severity::Error;
+    let expected = [
+        (
+            "public.one",
+            error,
+            r#"capture trigger "_londiste_rs_replica" is disabled"#,
+        ),
+        (
+            "public.one",
+            error,
+            r#"capture trigger "_londiste_rs_replica_truncate" is missing"#,
+        ),
+        (
+            "public.one",
+            error,
+            r#"column "local_only" exists on the subscriber only, NOT NULL without a default"#,
+        ),
+        (
+            "public.two",
+            error,
+            r#"column "x" (integer) is missing on the subscriber"#,
+        ),
+        (
+            "public.two",
+            londiste::Severity::Warning,
+            r#"column "v" is integer on the provider, bigint on the subscriber"#,
+        ),
+    ];
+    for (table, severity, problem) in expected {
+        assert!(
+            found
+                .iter()
+                .any(|(t, s, p)| t == table && *s == severity && p.contains(problem)),
+            "{problem} not in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+
+    let dir = pgq_testkit::TempDir::new("londiste-check")?;
+    let file = pair.write_config(&dir, "")?;
+    let (code, stdout, _) = pgq_testkit::run(
+        env!("CARGO_BIN_EXE_londiste"),
+        &["--config", file.to_str().unwrap_or_default(), "check"],
+    )
+    .await?;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains(r#"error: public.two: column "x" (integer) is missing"#),
+        "{stdout}"
+    );
+    Ok(())
+}
