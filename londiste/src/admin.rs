@@ -31,6 +31,18 @@ SELECT dest_table, state, copy_condition FROM londiste_rs.subscriber_table
  WHERE queue_name = $1 AND table_name = $2";
 
 // language=SQL
+const JOIN_CAPTURE: &str = "\
+UPDATE londiste_rs.provider_table
+   SET consumers = CASE WHEN $3 = ANY (consumers) THEN consumers ELSE consumers || $3 END
+ WHERE queue_name = $1 AND table_name = $2 RETURNING 1";
+
+// language=SQL
+const LEAVE_CAPTURE: &str = "\
+UPDATE londiste_rs.provider_table SET consumers = pg_catalog.array_remove(consumers, $3)
+ WHERE queue_name = $1 AND table_name = $2
+RETURNING pg_catalog.cardinality(consumers)";
+
+// language=SQL
 const TABLES: &str = "\
 SELECT table_name, dest_table, state, copy_rows,
        extract(epoch FROM copy_finished - copy_started)::float8, state_changed::text
@@ -274,7 +286,16 @@ async fn add_table(config: &Config, table: &str, options: &AddTableOptions) -> R
         )
         .await
         .on(SUBSCRIBER, "registering the table")?;
-    if let Err(err) = add_trigger(&provider, config, &source, options.follow_key_changes).await {
+    let consumer = config.consumer_name(&subscriber).await?;
+    if let Err(err) = capture(
+        &provider,
+        config,
+        &source,
+        options.follow_key_changes,
+        consumer.as_str(),
+    )
+    .await
+    {
         subscriber
             .query_typed(
                 "DELETE FROM londiste_rs.subscriber_table WHERE queue_name = $1 AND table_name = $2",
@@ -308,15 +329,31 @@ async fn add_table(config: &Config, table: &str, options: &AddTableOptions) -> R
     Ok(report)
 }
 
-/// Puts the capture triggers on a provider table and registers it on the queue, in one
-/// transaction.
-pub(crate) async fn add_trigger(
+/// Records that `consumer` (a subscriber's worker) takes a provider table's changes; the first
+/// one puts the capture triggers on it and registers it on the queue, in one transaction.
+/// Returns whether the triggers were made now.
+pub(crate) async fn capture(
     provider: &Client,
     config: &Config,
     source: &TableInfo,
     follow_key_changes: bool,
-) -> Result<()> {
+    consumer: &str,
+) -> Result<bool> {
     let queue = config.queue.as_str();
+    let joined = provider
+        .query_typed(
+            JOIN_CAPTURE,
+            &[
+                (&queue, Type::TEXT),
+                (&source.event_name, Type::TEXT),
+                (&consumer, Type::TEXT),
+            ],
+        )
+        .await
+        .on(PROVIDER, "registering the subscriber with the table")?;
+    if !joined.is_empty() {
+        return Ok(false);
+    }
     let mut args = quote_literal(queue);
     let ours = pgq_core::flavor(provider).await? == Flavor::Ours;
     if follow_key_changes {
@@ -354,13 +391,14 @@ pub(crate) async fn add_trigger(
              FOR EACH ROW EXECUTE FUNCTION {capture}({args});
          CREATE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {t}
              FOR EACH STATEMENT EXECUTE FUNCTION {capture}({q});
-         INSERT INTO londiste_rs.provider_table (queue_name, table_name, table_oid)
-             VALUES ({q}, {name}, {oid});
+         INSERT INTO londiste_rs.provider_table (queue_name, table_name, table_oid, consumers)
+             VALUES ({q}, {name}, {oid}, ARRAY[{c}]);
          COMMIT;",
         t = source.quoted,
         q = quote_literal(queue),
         name = quote_literal(&source.event_name),
         oid = source.oid,
+        c = quote_literal(consumer),
     );
     if let Err(err) = provider.batch_execute(&sql).await {
         let _ = provider.batch_execute("ROLLBACK").await;
@@ -369,6 +407,33 @@ pub(crate) async fn add_trigger(
             op: format!("adding the capture trigger to {}", source.event_name),
             source: err,
         });
+    }
+    Ok(true)
+}
+
+/// Records that `consumer` no longer takes a provider table's changes; the last one drops
+/// the capture triggers and the registration (so does any one of a table recorded before
+/// subscribers were, with no consumers listed).
+pub(crate) async fn release_capture(
+    provider: &Client,
+    config: &Config,
+    source: &TableInfo,
+    consumer: &str,
+) -> Result<()> {
+    let left = provider
+        .query_typed_opt(
+            LEAVE_CAPTURE,
+            &[
+                (&config.queue.as_str(), Type::TEXT),
+                (&source.event_name, Type::TEXT),
+                (&consumer, Type::TEXT),
+            ],
+        )
+        .await
+        .on(PROVIDER, "unregistering the subscriber from the table")?
+        .map_or(0, |r| r.get::<_, i32>(0));
+    if left == 0 {
+        remove_capture(provider, config, source).await?;
     }
     Ok(())
 }
@@ -485,8 +550,9 @@ pub async fn resync(config: &Config, table: &str, options: &ResyncOptions) -> Re
     })
 }
 
-/// Removes a table from the replication: drops its capture triggers and both registrations.
-/// The subscriber table and its rows stay.
+/// Removes a table from this subscriber's replication: its registration here, and on the
+/// provider this subscriber's claim on the table; the capture triggers go with the last
+/// subscriber of the table on the queue. The subscriber table and its rows stay.
 ///
 /// # Errors
 ///
@@ -504,7 +570,8 @@ pub async fn remove_table(config: &Config, table: &str) -> Result<()> {
         )
         .await
         .on(SUBSCRIBER, "unregistering the table")?;
-    remove_capture(&provider, config, &source).await?;
+    let consumer = config.consumer_name(&subscriber).await?;
+    release_capture(&provider, config, &source, consumer.as_str()).await?;
     if removed.is_empty() {
         return Err(LondisteError::TableState {
             table: event_name.to_owned(),

@@ -24,10 +24,10 @@ use serde::Serialize;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, IsolationLevel};
 
-use crate::admin::{add_trigger, remove_capture, remove_capture_sql};
+use crate::admin::{capture, remove_capture, remove_capture_sql};
 use crate::config::{default_consumer, Config};
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
-use crate::meta::{require_table, TableInfo};
+use crate::meta::{require_table, table_info, TableInfo};
 
 /// The side name of the copy in errors, before it is the subscriber.
 const COPY: &str = "copy";
@@ -81,6 +81,15 @@ SELECT consumer_name FROM londiste_rs.seed_plan
  WHERE queue_name = $1
    AND pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended(
          pg_catalog.format('londiste seed %s:%s/%s', pg_catalog.length($1), $1, consumer_name), 0))";
+
+// The seed's claims on tables, taken back; the tables nobody claims any more.
+// language=SQL
+const RELEASE_ALL: &str = "\
+WITH released AS (
+  UPDATE londiste_rs.provider_table SET consumers = pg_catalog.array_remove(consumers, $2)
+   WHERE queue_name = $1 AND $2 = ANY (consumers)
+  RETURNING table_name, consumers)
+SELECT table_name FROM released WHERE pg_catalog.cardinality(consumers) = 0";
 
 // language=SQL
 const PLAN_COPIED: &str = "\
@@ -208,8 +217,8 @@ pub struct Seeded {
 /// Before changing anything: [`LondisteError::NotFound`], [`LondisteError::NoPrimaryKey`],
 /// [`LondisteError::Seed`] (the data directory is not empty, something answers at the
 /// subscriber's address already, the consumer is taken, no server programs of the provider's
-/// version). Later failures undo what the seed did on the provider (the consumer, the plan, the
-/// capture triggers it added); the copy is left as it is.
+/// version). Later failures undo what the seed did on the provider (the consumer, the plan, its
+/// claims on the tables and the capture triggers nobody else claims); the copy is left as it is.
 pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) -> Result<Seeded> {
     let started = Instant::now();
     let provider = config.provider.connect().await?;
@@ -240,18 +249,14 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
         Ok(()) | Err(pgq_core::Error::QueueExists { .. }) => {}
         Err(err) => return Err(err.into()),
     }
-    let mut added = Vec::new();
     let setup = async {
         for table in &tables {
-            if !capture_registered(&provider, config, table).await? {
-                add_trigger(&provider, config, table, false).await?;
-                added.push(table.clone());
-            }
+            capture(&provider, config, table, false, consumer.as_str()).await?;
         }
         register(&mut provider, config, &consumer, &subscriber_id, &tables).await
     };
     if let Err(err) = setup.await {
-        undo(&provider, config, &consumer, &added).await;
+        undo(&provider, config, &consumer).await;
         return Err(err);
     }
     let mut backup = BackupOptions::new(config.provider.clone(), &options.data_dir);
@@ -261,7 +266,7 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
     let summary = match pgq_basebackup::backup(backup).await {
         Ok(summary) => summary,
         Err(err) => {
-            undo(&provider, config, &consumer, &added).await;
+            undo(&provider, config, &consumer).await;
             return Err(err.into());
         }
     };
@@ -291,7 +296,7 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
         Ok::<_, LondisteError>(())
     };
     if let Err(err) = prepared.await {
-        undo(&provider, config, &consumer, &added).await;
+        undo(&provider, config, &consumer).await;
         return Err(err);
     }
     if options.start {
@@ -311,7 +316,7 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
             }
             Err(err) => {
                 let _ = server.stop(&options.data_dir).await;
-                undo(&provider, config, &consumer, &added).await;
+                undo(&provider, config, &consumer).await;
                 return Err(err);
             }
         }
@@ -545,7 +550,8 @@ async fn forget_killed(provider: &Client, config: &Config, consumer: &ConsumerNa
     Ok(())
 }
 
-/// Unregisters a seed's consumer (if registered) and removes its plan.
+/// Unregisters a seed's consumer (if registered), takes back its claims on the tables (the
+/// capture triggers go with the last claim) and removes its plan.
 async fn drop_plan(provider: &Client, config: &Config, consumer: &str) -> Result<()> {
     let queue = config.queue.as_str();
     let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
@@ -558,6 +564,16 @@ async fn drop_plan(provider: &Client, config: &Config, consumer: &str) -> Result
     if registered {
         let name = ConsumerName::new(consumer)?;
         pgq_core::unregister_consumer(provider, &config.queue, &name).await?;
+    }
+    let released = provider
+        .query_typed(RELEASE_ALL, &names)
+        .await
+        .on(PROVIDER, "taking back the seed's claims on its tables")?;
+    for row in released {
+        let table: String = row.get(0);
+        if let Some(info) = table_info(provider, PROVIDER, &table).await? {
+            remove_capture(provider, config, &info).await?;
+        }
     }
     provider
         .query_typed(PLAN_DROP, &names)
@@ -587,20 +603,6 @@ pub async fn seed_cancel(config: &Config) -> Result<Vec<String>> {
         cancelled.push(name);
     }
     Ok(cancelled)
-}
-
-async fn capture_registered(provider: &Client, config: &Config, table: &TableInfo) -> Result<bool> {
-    Ok(provider
-        .query_typed_opt(
-            "SELECT 1 FROM londiste_rs.provider_table WHERE queue_name = $1 AND table_name = $2",
-            &[
-                (&config.queue.as_str(), Type::TEXT),
-                (&table.event_name, Type::TEXT),
-            ],
-        )
-        .await
-        .on(PROVIDER, "reading the queue's tables")?
-        .is_some())
 }
 
 /// Registers the consumer at a tick made now (after the capture triggers committed) and
@@ -644,16 +646,11 @@ async fn register(
     tx.commit().await.on(PROVIDER, "registering the consumer")
 }
 
-/// Takes back what a failed seed did on the provider. Failures here are logged: the seed's own
-/// error is the one to report, and a later seed cleans up after this one.
-async fn undo(provider: &Client, config: &Config, consumer: &ConsumerName, added: &[TableInfo]) {
+/// Takes back what a failed seed did on the provider. A failure here is logged: the seed's
+/// own error is the one to report, and a later seed or `seed-cancel` cleans up after this one.
+async fn undo(provider: &Client, config: &Config, consumer: &ConsumerName) {
     if let Err(err) = drop_plan(provider, config, consumer.as_str()).await {
-        tracing::warn!(error = %err, "could not unregister the seed's consumer");
-    }
-    for table in added {
-        if let Err(err) = remove_capture(provider, config, table).await {
-            tracing::warn!(error = %err, table = %table.event_name, "could not remove a capture trigger");
-        }
+        tracing::warn!(error = %err, "could not take back what the seed did on the provider");
     }
 }
 

@@ -90,6 +90,10 @@ CREATE TABLE londiste_rs.seed_plan (
     PRIMARY KEY (queue_name, consumer_name)
 );
 
+-- Provider side: the subscribers' workers (consumers) that take each table's changes; the
+-- capture triggers stay while one does. Empty for a table recorded before version 2.
+ALTER TABLE londiste_rs.provider_table ADD COLUMN consumers text[] NOT NULL DEFAULT '{}';
+
 -- Both sides: scripts run by `londiste execute` (provider) and applied by the worker
 -- (subscriber), once per file name and queue.
 CREATE TABLE londiste_rs.executed (
