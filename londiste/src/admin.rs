@@ -340,20 +340,6 @@ pub(crate) async fn capture(
     consumer: &str,
 ) -> Result<bool> {
     let queue = config.queue.as_str();
-    let joined = provider
-        .query_typed(
-            JOIN_CAPTURE,
-            &[
-                (&queue, Type::TEXT),
-                (&source.event_name, Type::TEXT),
-                (&consumer, Type::TEXT),
-            ],
-        )
-        .await
-        .on(PROVIDER, "registering the subscriber with the table")?;
-    if !joined.is_empty() {
-        return Ok(false);
-    }
     let mut args = quote_literal(queue);
     let ours = pgq_core::flavor(provider).await? == Flavor::Ours;
     if follow_key_changes {
@@ -366,6 +352,39 @@ pub(crate) async fn capture(
             });
         }
         args.push_str(", 'keychange'");
+    }
+    // Two subscribers adding one table at once: the second waits here, then joins.
+    provider
+        .batch_execute("BEGIN; LOCK TABLE londiste_rs.provider_table IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .on(PROVIDER, "locking the queue's table registry")?;
+    let joined = provider
+        .query_typed(
+            JOIN_CAPTURE,
+            &[
+                (&queue, Type::TEXT),
+                (&source.event_name, Type::TEXT),
+                (&consumer, Type::TEXT),
+            ],
+        )
+        .await;
+    match joined {
+        Ok(rows) if !rows.is_empty() => {
+            provider
+                .batch_execute("COMMIT")
+                .await
+                .on(PROVIDER, "registering the subscriber with the table")?;
+            return Ok(false);
+        }
+        Ok(_) => {}
+        Err(err) => {
+            let _ = provider.batch_execute("ROLLBACK").await;
+            return Err(LondisteError::Db {
+                side: PROVIDER,
+                op: "registering the subscriber with the table".to_owned(),
+                source: err,
+            });
+        }
     }
     let row_trigger = quote_ident(&format!("_londiste_rs_{queue}"));
     let truncate_trigger = quote_ident(&format!("_londiste_rs_{queue}_truncate"));
@@ -385,8 +404,7 @@ pub(crate) async fn capture(
         (String::new(), "pgq.logutriga")
     };
     let sql = format!(
-        "BEGIN;
-         {register}
+        "{register}
          CREATE TRIGGER {row_trigger} AFTER INSERT OR UPDATE OR DELETE ON {t}
              FOR EACH ROW EXECUTE FUNCTION {capture}({args});
          CREATE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {t}

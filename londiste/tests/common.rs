@@ -120,3 +120,23 @@ impl Pair {
             .map(|t| t.state))
     }
 }
+
+/// pgbench's tables at `scale` in the database `dsn` names.
+pub(crate) async fn pgbench_init(dsn: &str, scale: u32) -> anyhow::Result<()> {
+    let (code, out, err) = pgq_testkit::run(
+        pgq_testkit::client_program("pgbench"),
+        &["-i", "-s", &scale.to_string(), "-q", dsn],
+    )
+    .await?;
+    anyhow::ensure!(code == 0, "pgbench -i: {out}{err}");
+    Ok(())
+}
+
+/// pgbench's TPC-B load (two clients) on the database `dsn` names, until killed.
+pub(crate) fn pgbench_load(dsn: &str) -> anyhow::Result<pgq_testkit::Process> {
+    Ok(pgq_testkit::Process::spawn(
+        std::process::Command::new(pgq_testkit::client_program("pgbench"))
+            .args(["-n", "-c", "2", "-T", "600"])
+            .arg(dsn),
+    )?)
+}

@@ -11,4 +11,5 @@ mod names;
 mod replicate;
 mod search_path;
 mod seed;
+mod subscribers;
 mod types;

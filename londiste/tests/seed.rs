@@ -9,7 +9,7 @@ use pgq_core::{ConsumerName, Dsn, QueueName};
 use pgq_testkit::{Cluster, ClusterOptions, Deadline, TempDir};
 use tokio_postgres::Client;
 
-use crate::common::Pair;
+use crate::common::{pgbench_init, pgbench_load, Pair};
 
 /// pgbench's keyed tables and their keys (`pgbench_history` has no primary key).
 const KEYED: &[(&str, &str)] = &[
@@ -32,12 +32,7 @@ impl Provider {
             ..Default::default()
         })
         .await?;
-        let (code, out, err) = pgq_testkit::run(
-            pgq_testkit::client_program("pgbench"),
-            &["-i", "-s", "2", "-q", &cluster.dsn("postgres")],
-        )
-        .await?;
-        anyhow::ensure!(code == 0, "pgbench -i: {out}{err}");
+        pgbench_init(&cluster.dsn("postgres"), 2).await?;
         let mut client = Dsn::parse(&cluster.dsn("postgres"))?.connect().await?;
         pgq_core::install(
             &mut client,
@@ -169,15 +164,6 @@ impl Drop for Running {
     }
 }
 
-/// pgbench's TPC-B load until stopped.
-fn pgbench(cluster: &Cluster) -> anyhow::Result<pgq_testkit::Process> {
-    Ok(pgq_testkit::Process::spawn(
-        std::process::Command::new(pgq_testkit::client_program("pgbench"))
-            .args(["-n", "-c", "2", "-T", "600"])
-            .arg(cluster.dsn("postgres")),
-    )?)
-}
-
 /// Waits until the seed has registered its consumer (its capture triggers are in place).
 async fn registered(client: &Client) -> anyhow::Result<()> {
     let deadline = Deadline::after(Duration::from_secs(60));
@@ -242,7 +228,7 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
         .batch_execute("CREATE TABLE churn (id bigint PRIMARY KEY, v text)")
         .await?;
     let churn = Churn::start(&provider.cluster).await?;
-    let mut load = pgbench(&provider.cluster)?;
+    let mut load = pgbench_load(&provider.cluster.dsn("postgres"))?;
     let open = Dsn::parse(&provider.cluster.dsn("postgres"))?
         .connect()
         .await?;
@@ -688,12 +674,7 @@ async fn a_cluster_configured_under_etc_seeds() -> anyhow::Result<()> {
     let provider_dsn = Dsn::parse(&format!(
         "host=/var/run/postgresql port={port} dbname=postgres user=postgres"
     ))?;
-    let (code, out, err) = pgq_testkit::run(
-        pgq_testkit::client_program("pgbench"),
-        &["-i", "-s", "1", "-q", &provider_dsn.conninfo()],
-    )
-    .await?;
-    anyhow::ensure!(code == 0, "pgbench -i: {out}{err}");
+    pgbench_init(&provider_dsn.conninfo(), 1).await?;
     let dir = TempDir::new("pgqseed")?;
     std::fs::set_permissions(
         dir.path(),
