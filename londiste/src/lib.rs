@@ -66,7 +66,7 @@ pub use admin::{
     AddedTable, ResyncOptions, Status, TableStatus,
 };
 pub use check::{check, Drift, Severity};
-pub use compare::{compare, Comparison};
+pub use compare::{compare, compare_rows, repair, Comparison, RowDiff};
 pub use config::{
     default_consumer, ApplyMode, Config, DEFAULT_CONSUMER_PREFIX, DEFAULT_MAX_LAG,
     DEFAULT_OBSERVE_PERIOD,

@@ -71,9 +71,20 @@ enum Command {
         #[arg(long, env = "LONDISTE_LISTEN")]
         listen: Option<String>,
     },
-    /// Compare tables on both sides at one tick (all `ok` tables by default).
+    /// Compare tables on both sides at one tick (all `ok` tables by default); exit code 1 when
+    /// they differ.
     Compare {
         /// One provider table.
+        table: Option<String>,
+        /// Name the differing rows by primary key (reads the rows of the key buckets whose
+        /// sums differ).
+        #[arg(long)]
+        rows: bool,
+    },
+    /// Make the subscriber's rows the provider's at one tick, one transaction per table, and
+    /// list what changed.
+    Repair {
+        /// One provider table (all `ok` tables by default).
         table: Option<String>,
     },
     /// List drift: triggers, columns, keys, registrations, states (exit code 1 on errors).
@@ -383,7 +394,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             worker.run(cancel).await?;
         }
-        Command::Compare { table } => {
+        Command::Compare { table, rows: true } => {
+            let diffs = londiste::compare_rows(&config, table.as_deref()).await?;
+            print(cli.json, &diffs, |ds| ds.iter().map(diff_text).collect())?;
+            if !diffs.iter().all(londiste::RowDiff::equal) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Repair { table } => {
+            let diffs = londiste::repair(&config, table.as_deref()).await?;
+            print(cli.json, &diffs, |ds| ds.iter().map(diff_text).collect())?;
+        }
+        Command::Compare { table, rows: false } => {
             let comparisons = londiste::compare(&config, table.as_deref()).await?;
             let all_equal = comparisons.iter().all(londiste::Comparison::equal);
             print(cli.json, &comparisons, |cs| {
@@ -496,6 +518,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn diff_text(d: &londiste::RowDiff) -> String {
+    if d.equal() {
+        return format!("{}: at tick {}: equal\n", d.table, d.tick);
+    }
+    let keys = |keys: &[String]| {
+        let shown: Vec<&str> = keys.iter().take(10).map(String::as_str).collect();
+        let more = keys.len().saturating_sub(shown.len());
+        if more > 0 {
+            format!("{} and {more} more", shown.join(" "))
+        } else {
+            shown.join(" ")
+        }
+    };
+    let verb = if d.repaired {
+        ["inserted", "deleted", "updated"]
+    } else {
+        ["missing", "extra", "different"]
+    };
+    let mut out = format!("{}: at tick {}:\n", d.table, d.tick);
+    for (what, list) in verb.iter().zip([&d.missing, &d.extra, &d.different]) {
+        if !list.is_empty() {
+            out.push_str(&format!("  {what} {}: {}\n", list.len(), keys(list)));
+        }
+    }
+    out
 }
 
 fn seed_text(s: &Seeded) -> String {
