@@ -1,5 +1,5 @@
 //! Fetching the listed files over several connections, in chunks, largest file first. Each
-//! file is hashed once, as its chunks arrive, for the manifest; each written chunk goes to a
+//! file is summed once, as its chunks arrive, for the manifest; each written chunk goes to a
 //! log, so an interrupted backup can be resumed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
+use crate::checksum::{Checksummer, ManifestChecksum};
 use crate::dest::Dest;
 use crate::error::{DbContext as _, Error, IoContext as _, Result};
 use crate::listing::SourceEntry;
@@ -40,14 +41,14 @@ struct Chunk {
     logged: bool,
 }
 
-/// Bytes of early chunks a file's hash may hold; past that it gives up, and the manifest
+/// Bytes of early chunks a file's checksum may hold; past that it gives up, and the manifest
 /// reads the file again.
 const MAX_PENDING: usize = 128 * 1024 * 1024;
 
-/// A file's SHA-256, fed in offset order; chunks that arrive early wait in `pending`.
-#[derive(Default)]
+/// A file's manifest checksum, fed in offset order; chunks that arrive early wait in
+/// `pending`. Without a checksum (`sum` is `None`) nothing is kept.
 struct FileHash {
-    hasher: Sha256,
+    sum: Option<Checksummer>,
     /// Bytes hashed so far.
     next: u64,
     pending: BTreeMap<u64, Vec<u8>>,
@@ -58,11 +59,21 @@ struct FileHash {
 }
 
 impl FileHash {
-    /// Hashes `data` found at `offset`, and whatever waited for it.
-    fn feed(&mut self, offset: u64, data: &[u8]) {
-        if self.broken {
-            return;
+    fn new(algorithm: ManifestChecksum) -> FileHash {
+        FileHash {
+            sum: algorithm.start(),
+            next: 0,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            broken: false,
         }
+    }
+
+    /// Sums `data` found at `offset`, and whatever waited for it.
+    fn feed(&mut self, offset: u64, data: &[u8]) {
+        let Some(sum) = self.sum.as_mut().filter(|_| !self.broken) else {
+            return;
+        };
         if offset != self.next {
             self.pending_bytes += data.len();
             if self.pending_bytes > MAX_PENDING {
@@ -73,11 +84,11 @@ impl FileHash {
             }
             return;
         }
-        self.hasher.update(data);
+        sum.update(data);
         self.next += u64::try_from(data.len()).unwrap_or(u64::MAX);
         while let Some(data) = self.pending.remove(&self.next) {
             self.pending_bytes -= data.len();
-            self.hasher.update(&data);
+            sum.update(&data);
             self.next += u64::try_from(data.len()).unwrap_or(u64::MAX);
         }
     }
@@ -98,6 +109,7 @@ pub(crate) struct CopyPlan<'a> {
     pub(crate) dest: &'a Dest,
     pub(crate) jobs: usize,
     pub(crate) chunk_size: u64,
+    pub(crate) checksum: ManifestChecksum,
     pub(crate) resume: bool,
     pub(crate) throttle: Option<Throttle>,
     pub(crate) progress: Arc<Progress>,
@@ -106,7 +118,7 @@ pub(crate) struct CopyPlan<'a> {
 /// Creates the directories and files of the copy, then fills the files over `jobs`
 /// connections. Under `resume`, files the source no longer has are removed and logged
 /// chunks are confirmed with the source instead of fetched again. Returns the size and
-/// SHA-256 of every file copied whole and unchanged, by relative path.
+/// `plan.checksum` of every file copied whole and unchanged, by relative path.
 ///
 /// # Errors
 ///
@@ -200,7 +212,10 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
         paths: files.iter().map(|e| e.path.clone()).collect(),
         locals: locals.clone(),
         mtimes: files.iter().map(|e| e.mtime).collect(),
-        hashes: files.iter().map(|_| Mutex::default()).collect(),
+        hashes: files
+            .iter()
+            .map(|_| Mutex::new(FileHash::new(plan.checksum)))
+            .collect(),
         remaining,
         dest: dest.root().to_path_buf(),
         chunks,
@@ -248,9 +263,9 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
     for (index, hash) in hashes.into_iter().enumerate() {
         let hash = hash.into_inner().unwrap_or_else(|e| e.into_inner());
         let whole = !hash.broken && hash.pending.is_empty() && hash.next == files[index].size;
-        if whole && !changes.vanished.contains(&index) && !changes.shrunk.contains_key(&index) {
-            let sum = hex(&hash.hasher.finalize());
-            sums.insert(files[index].path.clone(), (files[index].size, sum));
+        let unchanged = !changes.vanished.contains(&index) && !changes.shrunk.contains_key(&index);
+        if let Some(sum) = hash.sum.filter(|_| whole && unchanged) {
+            sums.insert(files[index].path.clone(), (files[index].size, sum.finish()));
         }
     }
     for index in &changes.vanished {
@@ -356,7 +371,7 @@ struct Shared {
     /// Where each goes in the copy.
     locals: Vec<PathBuf>,
     mtimes: Vec<SystemTime>,
-    /// Each file's SHA-256 so far.
+    /// Each file's manifest checksum so far.
     hashes: Vec<Mutex<FileHash>>,
     /// Chunks not yet written, per file: the last one restores the time and flushes.
     remaining: Vec<AtomicUsize>,
@@ -532,7 +547,7 @@ fn store(shared: &Shared, chunk: &Chunk, data: Option<&[u8]>) -> Result<u64> {
     Ok(got)
 }
 
-/// A file's running hash.
+/// A file's running manifest checksum.
 fn lock_hash(shared: &Shared, file: usize) -> std::sync::MutexGuard<'_, FileHash> {
     shared.hashes[file]
         .lock()
@@ -565,17 +580,17 @@ mod tests {
     #[test]
     fn hashes_chunks_arriving_out_of_order() {
         let data: Vec<u8> = (0..10_000_u32).map(|i| (i % 251) as u8).collect();
-        let mut hash = FileHash::default();
+        let mut hash = FileHash::new(ManifestChecksum::Sha256);
         for (offset, range) in [(4000, 4000..8000), (8000, 8000..10_000), (0, 0..4000)] {
             hash.feed(offset, &data[range]);
         }
         assert_eq!((hash.next, hash.pending.len()), (10_000, 0));
-        assert_eq!(hex(&hash.hasher.finalize()), hex(&Sha256::digest(&data)));
+        assert_eq!(hash.sum.unwrap().finish(), hex(&Sha256::digest(&data)));
     }
 
     #[test]
     fn gives_up_when_too_much_arrives_early() {
-        let mut hash = FileHash::default();
+        let mut hash = FileHash::new(ManifestChecksum::Crc32c);
         hash.feed(1, &vec![0; MAX_PENDING + 1]);
         assert!(hash.broken && hash.pending.is_empty());
         hash.feed(0, &[0]);
