@@ -238,16 +238,18 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
         throttle: plan.throttle,
         progress: plan.progress,
     });
-    // Dropping the set (on the first error) aborts the other jobs.
+    // Dropping the set (on the first error) aborts the other jobs. Each job connects on its
+    // own task, so on a slow link the first fetches while the others still connect.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..plan.jobs.max(1) {
-        let client = plan
-            .dsn
-            .with_pinned_search_path()
-            .connect()
-            .await
-            .map_err(|source| Error::Connect { source })?;
-        tasks.spawn(run_job(client, Arc::clone(&shared)));
+        let (dsn, shared) = (plan.dsn.with_pinned_search_path(), Arc::clone(&shared));
+        tasks.spawn(async move {
+            let client = dsn
+                .connect()
+                .await
+                .map_err(|source| Error::Connect { source })?;
+            run_job(client, shared).await
+        });
     }
     while let Some(done) = tasks.join_next().await {
         done??;
