@@ -17,6 +17,11 @@ use crate::lsn::{segment_name, Lsn};
 /// How often the source's flush position is polled while the backup runs.
 const POLL: Duration = Duration::from_millis(200);
 
+/// How often it is polled once the stop position is known: the backup waits only for that,
+/// and the stop record reaches disk within the WAL writer's delay (200 ms by default), often
+/// sooner.
+const POLL_AFTER_STOP: Duration = Duration::from_millis(10);
+
 /// The largest WAL page size PostgreSQL can be built with: the last segment is fetched to the
 /// stop position rounded up to it, so the page holding the stop position is whole.
 const MAX_WAL_PAGE: u64 = 64 * 1024;
@@ -73,7 +78,7 @@ impl WalFetcher {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(POLL) => {}
+                () = tokio::time::sleep(if stop_at.is_some() { POLL_AFTER_STOP } else { POLL }) => {}
                 _ = stop.changed(), if stop_at.is_none() => {}
             }
         }
