@@ -62,7 +62,7 @@ pub struct Cli {
     pub basebackup_scale: Option<u32>,
 
     /// pgbench scale of the cluster `basebackup` copies over the delayed link (20 is about
-    /// 320 MB of files) [default: 20, 2 with --quick].
+    /// 320 MB of files) [default: 20, 1 with --quick].
     #[arg(long, value_name = "SCALE", value_parser = clap::value_parser!(u32).range(1..))]
     pub link_scale: Option<u32>,
 }
@@ -169,7 +169,7 @@ impl Plan {
             warmup,
             hold: Duration::from_secs(cli.hold.unwrap_or(if cli.quick { 60 } else { 300 })),
             basebackup_scale: cli.basebackup_scale.unwrap_or(if small { 5 } else { 100 }),
-            link_scale: cli.link_scale.unwrap_or(if small { 2 } else { 20 }),
+            link_scale: cli.link_scale.unwrap_or(if small { 1 } else { 20 }),
         }
     }
 }
