@@ -163,11 +163,7 @@ impl Server {
     /// # Errors
     ///
     /// [`Error::Server`] when no directory has the copy's version.
-    pub async fn find(
-        data: &Path,
-        bin_dir: Option<&Path>,
-        run_as: Option<String>,
-    ) -> Result<Server> {
+    pub async fn find(data: &Path, bin_dir: Option<&Path>, run_as: Option<String>) -> Result<Server> {
         let version_file = data.join("PG_VERSION");
         let major = fs::read_to_string(&version_file)
             .io_context(|| format!("reading {}", version_file.display()))?
@@ -196,10 +192,7 @@ impl Server {
                 .io_context(|| format!("running {} --version", postgres.display()))?;
             let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
             if version_major(&version).as_deref() == Some(major.as_str()) {
-                return Ok(Server {
-                    bin_dir: dir,
-                    run_as,
-                });
+                return Ok(Server { bin_dir: dir, run_as });
             }
             seen.push(format!("{} ({version})", dir.display()));
         }
@@ -232,17 +225,10 @@ impl Server {
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
                 .io_context(|| format!("chown {}", path.display()))?;
             // Links (mapped tablespaces) are not followed: what they point at is not the copy's.
-            let meta =
-                fs::symlink_metadata(&path).io_context(|| format!("stat {}", path.display()))?;
+            let meta = fs::symlink_metadata(&path).io_context(|| format!("stat {}", path.display()))?;
             if meta.is_dir() {
-                for entry in
-                    fs::read_dir(&path).io_context(|| format!("listing {}", path.display()))?
-                {
-                    stack.push(
-                        entry
-                            .io_context(|| format!("listing {}", path.display()))?
-                            .path(),
-                    );
+                for entry in fs::read_dir(&path).io_context(|| format!("listing {}", path.display()))? {
+                    stack.push(entry.io_context(|| format!("listing {}", path.display()))?.path());
                 }
             }
         }
@@ -341,11 +327,7 @@ impl Server {
             return Ok(());
         }
         Err(Error::Server {
-            action: format!(
-                "{program} {}",
-                args.first()
-                    .map_or(std::borrow::Cow::Borrowed(""), |a| a.to_string_lossy())
-            ),
+            action: format!("{program} {}", args.first().map_or(std::borrow::Cow::Borrowed(""), |a| a.to_string_lossy())),
             detail: format!(
                 "{}{}",
                 String::from_utf8_lossy(&output.stdout),
@@ -381,9 +363,7 @@ fn fresh_identifier() -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    (now.as_secs() << 32)
-        | (u64::from(now.subsec_micros()) << 12)
-        | u64::from(std::process::id() & 0xfff)
+    (now.as_secs() << 32) | (u64::from(now.subsec_micros()) << 12) | u64::from(std::process::id() & 0xfff)
 }
 
 /// Replaces the system identifier (the first 8 bytes of `pg_control`, native byte order) and
@@ -392,7 +372,9 @@ fn fresh_identifier() -> u64 {
 fn set_system_identifier(control: &mut [u8], identifier: u64) -> Result<(), String> {
     let offset = (8..control.len().saturating_sub(4))
         .step_by(4)
-        .find(|&at| crc32c::crc32c(&control[..at]).to_ne_bytes() == control[at..at + 4])
+        .find(|&at| {
+            crc32c::crc32c(&control[..at]).to_ne_bytes() == control[at..at + 4]
+        })
         .ok_or("no valid CRC found: not a pg_control this version understands")?;
     control[..8].copy_from_slice(&identifier.to_ne_bytes());
     let crc = crc32c::crc32c(&control[..offset]);
@@ -410,10 +392,7 @@ mod tests {
             version_major("postgres (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)").as_deref(),
             Some("15")
         );
-        assert_eq!(
-            version_major("postgres (PostgreSQL) 18beta1").as_deref(),
-            Some("18")
-        );
+        assert_eq!(version_major("postgres (PostgreSQL) 18beta1").as_deref(), Some("18"));
         assert_eq!(version_major("nonsense"), None);
     }
 
@@ -426,10 +405,7 @@ mod tests {
         control[296..300].copy_from_slice(&crc.to_ne_bytes());
         set_system_identifier(&mut control, 7).unwrap();
         assert_eq!(control[..8], 7_u64.to_ne_bytes());
-        assert_eq!(
-            control[296..300],
-            crc32c::crc32c(&control[..296]).to_ne_bytes()
-        );
+        assert_eq!(control[296..300], crc32c::crc32c(&control[..296]).to_ne_bytes());
         assert!(set_system_identifier(&mut vec![1_u8; 8192], 7).is_err());
     }
 
@@ -447,20 +423,10 @@ mod tests {
         settle(&dir, Some(6544)).unwrap();
         let text = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
         assert!(text.starts_with("work_mem = '8MB'\n"), "{text}");
-        for gone in [
-            "autovacuum",
-            "recovery_target",
-            "6543",
-            "hba_file",
-            "unix_socket",
-        ] {
+        for gone in ["autovacuum", "recovery_target", "6543", "hba_file", "unix_socket"] {
             assert!(!text.contains(gone), "{gone} in {text}");
         }
-        for kept in [
-            "archive_mode = 'off'",
-            "primary_conninfo = ''",
-            "port = '6544'",
-        ] {
+        for kept in ["archive_mode = 'off'", "primary_conninfo = ''", "port = '6544'"] {
             assert!(text.contains(kept), "{kept} not in {text}");
         }
         assert!(!private.exists());
