@@ -207,6 +207,7 @@ async fn run(
         dest: &target,
         jobs: opts.jobs,
         chunk_size: opts.chunk_size.max(1),
+        checksum: opts.manifest_checksum,
         resume: opts.resume,
         throttle: opts.max_rate.map(Throttle::new),
         progress: Arc::clone(&opts.progress),
@@ -264,9 +265,9 @@ async fn run(
         start: start_lsn,
         end: stop_lsn,
     };
-    let (level, threads) = (opts.compress, opts.jobs);
+    let (level, threads, algorithm) = (opts.compress, opts.jobs, opts.manifest_checksum);
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let text = manifest::render(&manifest_dir, range, &sums)?;
+        let text = manifest::render(&manifest_dir, range, algorithm, &sums)?;
         if let Some(level) = level {
             compress::pack(&manifest_dir, level, threads)?;
         }

@@ -1,6 +1,7 @@
-//! Fetching the listed files over several connections, in chunks, largest file first. Each
-//! file is hashed once, as its chunks arrive, for the manifest; each written chunk goes to a
-//! log, so an interrupted backup can be resumed.
+//! Fetching the listed files over several connections, in chunks, largest file first; small
+//! files travel several to a query, so a link's round trips are not paid per file. Each file
+//! is summed once, as its chunks arrive, for the manifest; each written chunk goes to a log, so
+//! an interrupted backup can be resumed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -17,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
+use crate::checksum::{Checksummer, ManifestChecksum};
 use crate::dest::Dest;
 use crate::error::{DbContext as _, Error, IoContext as _, Result};
 use crate::listing::SourceEntry;
@@ -30,6 +32,17 @@ const IN_FLIGHT: usize = 2;
 /// The chunk log's file name in the copy; removed once the copy is complete.
 pub(crate) const CHUNK_LOG: &str = "pgq_basebackup.chunks";
 
+impl Chunk {
+    /// Offset and length as `pg_read_binary_file` takes them.
+    fn range(&self) -> (i64, i64) {
+        let int8 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        (int8(self.offset), int8(self.len))
+    }
+}
+
+/// Files one query fetches at most; bounds the arrays it sends.
+const MAX_CHUNKS_PER_QUERY: usize = 1000;
+
 /// One `pg_read_binary_file` call.
 #[derive(Debug, Clone)]
 struct Chunk {
@@ -40,14 +53,14 @@ struct Chunk {
     logged: bool,
 }
 
-/// Bytes of early chunks a file's hash may hold; past that it gives up, and the manifest
+/// Bytes of early chunks a file's checksum may hold; past that it gives up, and the manifest
 /// reads the file again.
 const MAX_PENDING: usize = 128 * 1024 * 1024;
 
-/// A file's SHA-256, fed in offset order; chunks that arrive early wait in `pending`.
-#[derive(Default)]
+/// A file's manifest checksum, fed in offset order; chunks that arrive early wait in
+/// `pending`. Without a checksum (`sum` is `None`) nothing is kept.
 struct FileHash {
-    hasher: Sha256,
+    sum: Option<Checksummer>,
     /// Bytes hashed so far.
     next: u64,
     pending: BTreeMap<u64, Vec<u8>>,
@@ -58,11 +71,21 @@ struct FileHash {
 }
 
 impl FileHash {
-    /// Hashes `data` found at `offset`, and whatever waited for it.
-    fn feed(&mut self, offset: u64, data: &[u8]) {
-        if self.broken {
-            return;
+    fn new(algorithm: ManifestChecksum) -> FileHash {
+        FileHash {
+            sum: algorithm.start(),
+            next: 0,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            broken: false,
         }
+    }
+
+    /// Sums `data` found at `offset`, and whatever waited for it.
+    fn feed(&mut self, offset: u64, data: &[u8]) {
+        let Some(sum) = self.sum.as_mut().filter(|_| !self.broken) else {
+            return;
+        };
         if offset != self.next {
             self.pending_bytes += data.len();
             if self.pending_bytes > MAX_PENDING {
@@ -73,11 +96,11 @@ impl FileHash {
             }
             return;
         }
-        self.hasher.update(data);
+        sum.update(data);
         self.next += u64::try_from(data.len()).unwrap_or(u64::MAX);
         while let Some(data) = self.pending.remove(&self.next) {
             self.pending_bytes -= data.len();
-            self.hasher.update(&data);
+            sum.update(&data);
             self.next += u64::try_from(data.len()).unwrap_or(u64::MAX);
         }
     }
@@ -98,6 +121,7 @@ pub(crate) struct CopyPlan<'a> {
     pub(crate) dest: &'a Dest,
     pub(crate) jobs: usize,
     pub(crate) chunk_size: u64,
+    pub(crate) checksum: ManifestChecksum,
     pub(crate) resume: bool,
     pub(crate) throttle: Option<Throttle>,
     pub(crate) progress: Arc<Progress>,
@@ -106,7 +130,7 @@ pub(crate) struct CopyPlan<'a> {
 /// Creates the directories and files of the copy, then fills the files over `jobs`
 /// connections. Under `resume`, files the source no longer has are removed and logged
 /// chunks are confirmed with the source instead of fetched again. Returns the size and
-/// SHA-256 of every file copied whole and unchanged, by relative path.
+/// `plan.checksum` of every file copied whole and unchanged, by relative path.
 ///
 /// # Errors
 ///
@@ -174,10 +198,11 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
             offset += len;
         }
     }
+    let queries = pack(chunks, plan.chunk_size);
     plan.progress.set_total(files.iter().map(|e| e.size).sum());
 
     let mut remaining: Vec<AtomicUsize> = files.iter().map(|_| AtomicUsize::new(0)).collect();
-    for chunk in &chunks {
+    for chunk in queries.iter().flatten() {
         *remaining[chunk.file].get_mut() += 1;
     }
     let log_path = dest.root().join(CHUNK_LOG);
@@ -200,26 +225,31 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
         paths: files.iter().map(|e| e.path.clone()).collect(),
         locals: locals.clone(),
         mtimes: files.iter().map(|e| e.mtime).collect(),
-        hashes: files.iter().map(|_| Mutex::default()).collect(),
+        hashes: files
+            .iter()
+            .map(|_| Mutex::new(FileHash::new(plan.checksum)))
+            .collect(),
         remaining,
         dest: dest.root().to_path_buf(),
-        chunks,
+        queries,
         next: AtomicUsize::new(0),
         changes: Mutex::new(Changes::default()),
         log: Mutex::new(log),
         throttle: plan.throttle,
         progress: plan.progress,
     });
-    // Dropping the set (on the first error) aborts the other jobs.
+    // Dropping the set (on the first error) aborts the other jobs. Each job connects on its
+    // own task, so on a slow link the first fetches while the others still connect.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..plan.jobs.max(1) {
-        let client = plan
-            .dsn
-            .with_pinned_search_path()
-            .connect()
-            .await
-            .map_err(|source| Error::Connect { source })?;
-        tasks.spawn(run_job(client, Arc::clone(&shared)));
+        let (dsn, shared) = (plan.dsn.with_pinned_search_path(), Arc::clone(&shared));
+        tasks.spawn(async move {
+            let client = dsn
+                .connect()
+                .await
+                .map_err(|source| Error::Connect { source })?;
+            run_job(client, shared).await
+        });
     }
     while let Some(done) = tasks.join_next().await {
         done??;
@@ -248,9 +278,9 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
     for (index, hash) in hashes.into_iter().enumerate() {
         let hash = hash.into_inner().unwrap_or_else(|e| e.into_inner());
         let whole = !hash.broken && hash.pending.is_empty() && hash.next == files[index].size;
-        if whole && !changes.vanished.contains(&index) && !changes.shrunk.contains_key(&index) {
-            let sum = hex(&hash.hasher.finalize());
-            sums.insert(files[index].path.clone(), (files[index].size, sum));
+        let unchanged = !changes.vanished.contains(&index) && !changes.shrunk.contains_key(&index);
+        if let Some(sum) = hash.sum.filter(|_| whole && unchanged) {
+            sums.insert(files[index].path.clone(), (files[index].size, sum.finish()));
         }
     }
     for index in &changes.vanished {
@@ -282,6 +312,32 @@ pub(crate) async fn copy_files(plan: CopyPlan<'_>, entries: &[SourceEntry]) -> R
             .io_context(|| format!("flushing directory {}", path.display()))?;
     }
     Ok(sums)
+}
+
+/// Groups chunks, in their order, into the queries that fetch them: a chunk joins the query
+/// before it while their bytes stay within `limit` (so small files share one round trip); a
+/// logged chunk, which is first checked with the source, has a query of its own.
+fn pack(chunks: Vec<Chunk>, limit: u64) -> Vec<Vec<Chunk>> {
+    let mut queries: Vec<Vec<Chunk>> = Vec::new();
+    let mut bytes = 0;
+    for chunk in chunks {
+        match queries.last_mut() {
+            Some(last)
+                if !chunk.logged
+                    && !last[0].logged
+                    && last.len() < MAX_CHUNKS_PER_QUERY
+                    && bytes + chunk.len <= limit =>
+            {
+                bytes += chunk.len;
+                last.push(chunk);
+            }
+            _ => {
+                bytes = chunk.len;
+                queries.push(vec![chunk]);
+            }
+        }
+    }
+    queries
 }
 
 /// Removes what an interrupted backup left that is not part of this one: files the source
@@ -356,12 +412,13 @@ struct Shared {
     /// Where each goes in the copy.
     locals: Vec<PathBuf>,
     mtimes: Vec<SystemTime>,
-    /// Each file's SHA-256 so far.
+    /// Each file's manifest checksum so far.
     hashes: Vec<Mutex<FileHash>>,
     /// Chunks not yet written, per file: the last one restores the time and flushes.
     remaining: Vec<AtomicUsize>,
     dest: PathBuf,
-    chunks: Vec<Chunk>,
+    /// What each query fetches, taken in order.
+    queries: Vec<Vec<Chunk>>,
     next: AtomicUsize,
     changes: Mutex<Changes>,
     log: Mutex<File>,
@@ -396,14 +453,17 @@ struct Statements {
     sum: Statement,
 }
 
-/// One connection taking chunks off the shared list until it is empty.
+/// One connection taking queries off the shared list until it is empty.
 async fn run_job(client: Client, shared: Arc<Shared>) -> Result<()> {
-    let types = [Type::TEXT, Type::INT8, Type::INT8];
     let stmts = Statements {
         read: client
             .prepare_typed(
-                "SELECT pg_catalog.pg_read_binary_file($1, $2, $3, true)",
-                &types,
+                "SELECT pg_catalog.pg_read_binary_file(f.path, f.off, f.len, true) \
+                   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
+                                   pg_catalog.unnest($3)) \
+                        WITH ORDINALITY AS f(path, off, len, n) \
+                  ORDER BY f.n",
+                &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::INT8_ARRAY],
             )
             .await
             .op("preparing pg_read_binary_file")?,
@@ -411,64 +471,93 @@ async fn run_job(client: Client, shared: Arc<Shared>) -> Result<()> {
             .prepare_typed(
                 "SELECT pg_catalog.encode(pg_catalog.sha256(\
                      pg_catalog.pg_read_binary_file($1, $2, $3, true)), 'hex')",
-                &types,
+                &[Type::TEXT, Type::INT8, Type::INT8],
             )
             .await
             .op("preparing sha256(pg_read_binary_file)")?,
     };
     let feed = Arc::clone(&shared);
-    let chunks = stream::iter(std::iter::from_fn(move || {
+    let queries = stream::iter(std::iter::from_fn(move || {
         let index = feed.next.fetch_add(1, Ordering::Relaxed);
-        feed.chunks.get(index).cloned()
+        feed.queries.get(index).cloned()
     }));
-    chunks
-        .map(|chunk| {
+    queries
+        .map(|query| {
             let (client, stmts, shared) = (&client, &stmts, Arc::clone(&shared));
-            async move { copy_chunk(client, stmts, shared, chunk).await }
+            async move { copy_query(client, stmts, shared, query).await }
         })
         .buffer_unordered(IN_FLIGHT)
         .try_collect::<()>()
         .await
 }
 
-/// Confirms a logged chunk with the source, or fetches it and writes it into place.
-async fn copy_chunk(
+/// Confirms a logged chunk with the source, or fetches the query's chunks and writes them
+/// into place.
+async fn copy_query(
     client: &Client,
     stmts: &Statements,
     shared: Arc<Shared>,
-    chunk: Chunk,
+    query: Vec<Chunk>,
 ) -> Result<()> {
-    let path = shared.paths[chunk.file].clone();
-    let offset = i64::try_from(chunk.offset).unwrap_or(i64::MAX);
-    let len = i64::try_from(chunk.len).unwrap_or(i64::MAX);
-    if chunk.logged {
-        let row = client
-            .query_one(&stmts.sum, &[&path, &offset, &len])
-            .await
-            .op("checksumming a file range (sha256(pg_read_binary_file))")?;
-        let source: Option<String> = row.get(0);
-        if let Some(source) = source {
-            let (shared, chunk) = (Arc::clone(&shared), chunk.clone());
-            let kept =
-                tokio::task::spawn_blocking(move || keep(&shared, &chunk, &source)).await??;
-            if kept {
-                return Ok(());
-            }
+    if let [chunk] = query.as_slice() {
+        if chunk.logged && confirm(client, stmts, &shared, chunk).await? {
+            return Ok(());
         }
     }
     if let Some(throttle) = &shared.throttle {
-        throttle.acquire(chunk.len).await;
+        throttle.acquire(query.iter().map(|c| c.len).sum()).await;
     }
-    let row = client
-        .query_one(&stmts.read, &[&path, &offset, &len])
+    let paths: Vec<&str> = query
+        .iter()
+        .map(|c| shared.paths[c.file].as_str())
+        .collect();
+    let (offsets, lens): (Vec<i64>, Vec<i64>) = query.iter().map(Chunk::range).unzip();
+    let rows = client
+        .query(&stmts.read, &[&paths, &offsets, &lens])
         .await
-        .op("reading a file (pg_read_binary_file)")?;
-    // The row moves to the writer, which borrows the bytes: no copy on the way to the disk.
-    let written = tokio::task::spawn_blocking(move || store(&shared, &chunk, row.get(0))).await??;
+        .op("reading files (pg_read_binary_file)")?;
+    if rows.len() != query.len() {
+        return Err(Error::Protocol {
+            what: format!(
+                "asked for {} file ranges, got {} rows",
+                query.len(),
+                rows.len()
+            ),
+        });
+    }
+    // The rows move to the writer, which borrows the bytes: no copy on the way to the disk.
+    let written = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let mut written = 0;
+        for (chunk, row) in query.iter().zip(&rows) {
+            written += store(&shared, chunk, row.get(0))?;
+        }
+        Ok(written)
+    })
+    .await??;
     // Counted here, on the copy's task, not on the writer's thread: a recorder of the caller's
     // own (`metrics::set_default_local_recorder`) sees it.
     metrics::counter!("pgq_basebackup_bytes_total").increment(written);
     Ok(())
+}
+
+/// Whether a logged chunk on disk is what the source has in that range; if so it is kept.
+async fn confirm(
+    client: &Client,
+    stmts: &Statements,
+    shared: &Arc<Shared>,
+    chunk: &Chunk,
+) -> Result<bool> {
+    let (offset, len) = chunk.range();
+    let path = &shared.paths[chunk.file];
+    let row = client
+        .query_one(&stmts.sum, &[&path, &offset, &len])
+        .await
+        .op("checksumming a file range (sha256(pg_read_binary_file))")?;
+    let Some(source) = row.get::<_, Option<String>>(0) else {
+        return Ok(false);
+    };
+    let (shared, chunk) = (Arc::clone(shared), chunk.clone());
+    tokio::task::spawn_blocking(move || keep(&shared, &chunk, &source)).await?
 }
 
 /// Keeps a chunk already on disk when it hashes to what the source has in that range.
@@ -532,7 +621,7 @@ fn store(shared: &Shared, chunk: &Chunk, data: Option<&[u8]>) -> Result<u64> {
     Ok(got)
 }
 
-/// A file's running hash.
+/// A file's running manifest checksum.
 fn lock_hash(shared: &Shared, file: usize) -> std::sync::MutexGuard<'_, FileHash> {
     shared.hashes[file]
         .lock()
@@ -565,17 +654,41 @@ mod tests {
     #[test]
     fn hashes_chunks_arriving_out_of_order() {
         let data: Vec<u8> = (0..10_000_u32).map(|i| (i % 251) as u8).collect();
-        let mut hash = FileHash::default();
+        let mut hash = FileHash::new(ManifestChecksum::Sha256);
         for (offset, range) in [(4000, 4000..8000), (8000, 8000..10_000), (0, 0..4000)] {
             hash.feed(offset, &data[range]);
         }
         assert_eq!((hash.next, hash.pending.len()), (10_000, 0));
-        assert_eq!(hex(&hash.hasher.finalize()), hex(&Sha256::digest(&data)));
+        assert_eq!(hash.sum.unwrap().finish(), hex(&Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn packs_small_chunks_and_keeps_logged_ones_alone() {
+        let chunk = |file, len, logged| Chunk {
+            file,
+            offset: 0,
+            len,
+            logged,
+        };
+        let chunks = vec![
+            chunk(0, 100, false),
+            chunk(1, 60, false),
+            chunk(2, 40, false),
+            chunk(3, 30, false),
+            chunk(4, 10, true),
+            chunk(5, 10, false),
+            chunk(6, 10, false),
+        ];
+        let files: Vec<Vec<usize>> = pack(chunks, 100)
+            .iter()
+            .map(|q| q.iter().map(|c| c.file).collect())
+            .collect();
+        assert_eq!(files, [vec![0], vec![1, 2], vec![3], vec![4], vec![5, 6]]);
     }
 
     #[test]
     fn gives_up_when_too_much_arrives_early() {
-        let mut hash = FileHash::default();
+        let mut hash = FileHash::new(ManifestChecksum::Crc32c);
         hash.feed(1, &vec![0; MAX_PENDING + 1]);
         assert!(hash.broken && hash.pending.is_empty());
         hash.feed(0, &[0]);

@@ -10,7 +10,8 @@
 //! Options ([`BackupOptions`]): parallel jobs and chunk size, fast or spread checkpoint,
 //! `standby` (permanent slot, `standby.signal`, `primary_conninfo`, `primary_slot_name`),
 //! `resume` (chunks logged by an interrupted run are kept once the source confirms their
-//! SHA-256), `compress` (zstd; [`restore`] unpacks), `max_rate`, `tablespace_mapping`.
+//! SHA-256), the manifest's checksums ([`ManifestChecksum`]: CRC-32C by default, SHA-2 or
+//! none, as `pg_basebackup --manifest-checksums`), `compress` (zstd; [`restore`] unpacks), `max_rate`, `tablespace_mapping`.
 //! A source whose configuration lives outside its data directory (Debian) gets it fetched
 //! with `pg_read_file`, its path settings commented out, or a minimal one written.
 //!
@@ -27,6 +28,7 @@
 //! copy ([`Error::NotACopy`]), and `primary_conninfo` never holds a password.
 
 mod backup;
+mod checksum;
 mod compress;
 mod config;
 mod copy;
@@ -42,6 +44,7 @@ mod throttle;
 mod wal;
 
 pub use backup::{backup, BackupSummary};
+pub use checksum::{ManifestChecksum, UnknownChecksum};
 pub use compress::restore;
 pub use error::{Error, Result};
 pub use independent::{make_independent, settle, Server, PRIVATE_DIR};

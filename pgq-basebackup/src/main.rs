@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pgq_basebackup::{BackupOptions, Checkpoint, Progress, VerifyReport};
+use pgq_basebackup::{BackupOptions, Checkpoint, ManifestChecksum, Progress, VerifyReport};
 use pgq_core::Dsn;
 
 /// A parallel PostgreSQL base backup over ordinary SQL connections.
@@ -61,6 +61,10 @@ enum Command {
         /// Bytes per pg_read_binary_file call, in kB or with a suffix k or M.
         #[arg(long, default_value = "8M", value_parser = pgq_basebackup::parse_rate)]
         chunk_size: u64,
+        /// Checksum of each file in backup_manifest: NONE, CRC32C, SHA224, SHA256, SHA384 or
+        /// SHA512 (case-insensitive).
+        #[arg(long, default_value_t = ManifestChecksum::Crc32c)]
+        manifest_checksums: ManifestChecksum,
         /// Store files compressed: zstd or zstd:LEVEL (1-22, default 3); see `restore`.
         #[arg(short = 'Z', long, value_parser = parse_compress, conflicts_with = "resume")]
         compress: Option<i32>,
@@ -154,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             compress,
             tablespace_mapping,
             chunk_size,
+            manifest_checksums,
             no_progress,
         } => {
             let dsn = Dsn::parse(&dsn).context("invalid connection string")?;
@@ -166,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.force = force;
             opts.label = label;
             opts.chunk_size = chunk_size;
+            opts.manifest_checksum = manifest_checksums;
             opts.standby = standby;
             opts.slot = slot;
             opts.max_rate = max_rate;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
+use crate::checksum::{Checksummer, ManifestChecksum};
 use crate::compress::SUFFIX;
 use crate::error::{Error, IoContext as _, Result};
 use crate::lsn::{segment_name, Lsn};
@@ -31,7 +32,9 @@ const UNLISTED: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileEntry {
     size: u64,
-    checksum: String,
+    algorithm: ManifestChecksum,
+    /// Hex; `None` under [`ManifestChecksum::None`].
+    checksum: Option<String>,
 }
 
 /// The WAL the copy needs to reach consistency.
@@ -42,25 +45,38 @@ pub(crate) struct WalRange {
     pub(crate) end: Lsn,
 }
 
-/// Size and SHA-256 of files hashed while they were fetched, by relative path.
+/// Size and checksum (of the manifest's algorithm) of files summed while they were fetched,
+/// by relative path.
 pub(crate) type KnownSums = HashMap<String, (u64, String)>;
 
-/// Renders the manifest of the copy. Files in `known` whose size on disk still matches keep
-/// the checksum computed while they were fetched; every other file is read and hashed.
-pub(crate) fn render(dir: &Path, wal: WalRange, known: &KnownSums) -> Result<String> {
-    let files = scan(dir, known)?;
+/// Renders the manifest of the copy with `algorithm`'s checksums. Files in `known` whose size
+/// on disk still matches keep the checksum computed while they were fetched; every other file
+/// is read and summed (under [`ManifestChecksum::None`] only compressed ones, for their size).
+pub(crate) fn render(
+    dir: &Path,
+    wal: WalRange,
+    algorithm: ManifestChecksum,
+    known: &KnownSums,
+) -> Result<String> {
+    let files = scan(dir, known, &|_| Some(algorithm))?;
     let mut text = String::from("{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [");
     for (i, (path, (entry, mtime))) in files.iter().enumerate() {
         let sep = if i == 0 { "\n" } else { ",\n" };
         let path_json = serde_json::Value::String(path.clone()).to_string();
         let _ = write!(
             text,
-            "{sep}{{ \"Path\": {path_json}, \"Size\": {}, \"Last-Modified\": \"{}\", \
-             \"Checksum-Algorithm\": \"SHA256\", \"Checksum\": \"{}\" }}",
+            "{sep}{{ \"Path\": {path_json}, \"Size\": {}, \"Last-Modified\": \"{}\"",
             entry.size,
             mtime.format("%Y-%m-%d %H:%M:%S GMT"),
-            entry.checksum
         );
+        if let Some(checksum) = &entry.checksum {
+            let _ = write!(
+                text,
+                ", \"Checksum-Algorithm\": \"{}\", \"Checksum\": \"{checksum}\"",
+                entry.algorithm
+            );
+        }
+        text.push_str(" }");
     }
     let _ = write!(
         text,
@@ -87,10 +103,19 @@ pub(crate) fn install(dir: &Path, text: &str) -> Result<()> {
         .io_context(|| format!("flushing {}", dir.display()))
 }
 
-/// Every regular file under `dir` that the manifest lists, by `/`-separated relative path;
-/// a compressed `<name>.zst` counts as `<name>` with its decompressed size and checksum.
-/// Uncompressed files in `known` with the recorded size are not read again.
-fn scan(dir: &Path, known: &KnownSums) -> Result<BTreeMap<String, (FileEntry, DateTime<Utc>)>> {
+/// The algorithm to sum a file with, by relative path; `None` for a file to skip.
+type AlgorithmOf<'a> = dyn Fn(&str) -> Option<ManifestChecksum> + Sync + 'a;
+
+/// Every regular file under `dir` that the manifest lists, by `/`-separated relative path,
+/// summed with the algorithm `algorithm_of` names for it (files it names none for are listed
+/// with their size on disk only); a compressed `<name>.zst` counts as `<name>` with its
+/// decompressed size and checksum. Uncompressed files in `known` with the recorded size are
+/// not read again.
+fn scan(
+    dir: &Path,
+    known: &KnownSums,
+    algorithm_of: &AlgorithmOf<'_>,
+) -> Result<BTreeMap<String, (FileEntry, DateTime<Utc>)>> {
     let mut todo = Vec::new();
     let mut found = BTreeMap::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
@@ -122,15 +147,33 @@ fn scan(dir: &Path, known: &KnownSums) -> Result<BTreeMap<String, (FileEntry, Da
                     .modified()
                     .io_context(|| format!("stat {}", path.display()))?
                     .into();
-                match known.get(&rel_path) {
-                    Some((size, checksum)) if !compressed && *size == meta.len() => {
+                let algorithm = algorithm_of(&rel_path);
+                match (algorithm, known.get(&rel_path)) {
+                    (Some(algorithm), Some((size, checksum)))
+                        if !compressed && *size == meta.len() =>
+                    {
                         let entry = FileEntry {
                             size: *size,
-                            checksum: checksum.clone(),
+                            algorithm,
+                            checksum: Some(checksum.clone()),
                         };
                         found.insert(rel_path, (entry, mtime));
                     }
-                    _ => todo.push((rel_path, path, compressed, mtime)),
+                    (None | Some(ManifestChecksum::None), _) if !compressed => {
+                        let entry = FileEntry {
+                            size: meta.len(),
+                            algorithm: ManifestChecksum::None,
+                            checksum: None,
+                        };
+                        found.insert(rel_path, (entry, mtime));
+                    }
+                    _ => todo.push((
+                        rel_path,
+                        path,
+                        compressed,
+                        mtime,
+                        algorithm.unwrap_or(ManifestChecksum::None),
+                    )),
                 }
             }
         }
@@ -141,22 +184,31 @@ fn scan(dir: &Path, known: &KnownSums) -> Result<BTreeMap<String, (FileEntry, Da
     let worker = || -> Result<()> {
         loop {
             let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some((rel_path, path, compressed, mtime)) = todo.get(index) else {
+            let Some((rel_path, path, compressed, mtime, algorithm)) = todo.get(index) else {
                 return Ok(());
             };
-            let (size, checksum) = sha256_file(path, *compressed)?;
+            let (size, checksum) = sum_file(path, *compressed, *algorithm)?;
+            let entry = FileEntry {
+                size,
+                algorithm: *algorithm,
+                checksum,
+            };
             found
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(rel_path.clone(), (FileEntry { size, checksum }, *mtime));
+                .insert(rel_path.clone(), (entry, *mtime));
         }
     };
     crate::on_threads(2, worker)?;
     Ok(found.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// Size and SHA-256 of a file's contents (decompressed when `compressed`).
-fn sha256_file(path: &Path, compressed: bool) -> Result<(u64, String)> {
+/// Size and checksum of a file's contents (decompressed when `compressed`).
+fn sum_file(
+    path: &Path,
+    compressed: bool,
+    algorithm: ManifestChecksum,
+) -> Result<(u64, Option<String>)> {
     let file = File::open(path).io_context(|| format!("opening {}", path.display()))?;
     let mut file: Box<dyn std::io::Read> = if compressed {
         Box::new(
@@ -166,7 +218,7 @@ fn sha256_file(path: &Path, compressed: bool) -> Result<(u64, String)> {
     } else {
         Box::new(file)
     };
-    let mut hasher = Sha256::new();
+    let mut sum = algorithm.start();
     let mut size = 0;
     let mut buf = vec![0_u8; 1 << 20];
     loop {
@@ -177,9 +229,11 @@ fn sha256_file(path: &Path, compressed: bool) -> Result<(u64, String)> {
             break;
         }
         size += u64::try_from(n).unwrap_or(0);
-        hasher.update(&buf[..n]);
+        if let Some(sum) = &mut sum {
+            sum.update(&buf[..n]);
+        }
     }
-    Ok((size, hex(&hasher.finalize())))
+    Ok((size, sum.map(Checksummer::finish)))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -214,7 +268,7 @@ pub enum Problem {
         /// On disk.
         found: u64,
     },
-    /// A file's SHA-256 differs.
+    /// A file's checksum differs.
     Checksum {
         /// Relative path.
         path: String,
@@ -260,7 +314,7 @@ impl VerifyReport {
 }
 
 /// Checks a copy against its `backup_manifest`: the manifest's checksum, then every file's
-/// presence, size and SHA-256, files not in the manifest, and the WAL segments of its range.
+/// presence, size and checksum (with the algorithm the manifest names for it), files not in the manifest, and the WAL segments of its range.
 ///
 /// # Errors
 ///
@@ -289,22 +343,31 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         .ok_or_else(|| bad("no \"Files\" array".to_owned()))?;
     let mut expected = BTreeMap::new();
     for file in files {
-        let (Some(path), Some(size), Some(checksum)) = (
-            file["Path"].as_str(),
-            file["Size"].as_u64(),
-            file["Checksum"].as_str(),
-        ) else {
+        let (Some(path), Some(size)) = (file["Path"].as_str(), file["Size"].as_u64()) else {
             return Err(bad(format!("malformed file entry {file}")));
         };
+        let algorithm = match file["Checksum-Algorithm"].as_str() {
+            None => ManifestChecksum::None,
+            Some(name) => name.parse().map_err(|e| bad(format!("{path}: {e}")))?,
+        };
+        let checksum = file["Checksum"].as_str().map(str::to_owned);
+        if checksum.is_some() != (algorithm != ManifestChecksum::None) {
+            return Err(bad(format!(
+                "{path}: a checksum needs an algorithm, and an algorithm a checksum"
+            )));
+        }
         expected.insert(
             path.to_owned(),
             FileEntry {
                 size,
-                checksum: checksum.to_owned(),
+                algorithm,
+                checksum,
             },
         );
     }
-    let found = scan(dir, &KnownSums::new())?;
+    let found = scan(dir, &KnownSums::new(), &|path| {
+        expected.get(path).map(|entry| entry.algorithm)
+    })?;
     for (path, want) in &expected {
         report.files_checked += 1;
         match found.get(path) {

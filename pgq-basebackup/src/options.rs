@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use pgq_core::Dsn;
 
+use crate::checksum::ManifestChecksum;
+
 /// Default chunk size of one `pg_read_binary_file` call: 8 MiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 
@@ -41,6 +43,9 @@ pub struct BackupOptions {
     pub force: bool,
     /// Bytes per `pg_read_binary_file` call.
     pub chunk_size: u64,
+    /// The per-file checksums of `backup_manifest` (CRC-32C unless asked otherwise, as
+    /// `pg_basebackup`). A resumed backup checks kept chunks with SHA-256 whatever this is.
+    pub manifest_checksum: ManifestChecksum,
     /// The label in `backup_label`.
     pub label: String,
     /// Runs just before `pg_backup_stop` (tests stop their write load here).
@@ -111,8 +116,8 @@ impl Progress {
 }
 
 impl BackupOptions {
-    /// Options with the defaults: 1 job, fast checkpoint, 8 MiB chunks, a temporary slot, no
-    /// rate limit, no force, no resume.
+    /// Options with the defaults: 1 job, fast checkpoint, 8 MiB chunks, CRC-32C manifest
+    /// checksums, a temporary slot, no rate limit, no force, no resume.
     pub fn new(dsn: Dsn, dest: impl Into<PathBuf>) -> BackupOptions {
         BackupOptions {
             dsn,
@@ -121,6 +126,7 @@ impl BackupOptions {
             checkpoint: Checkpoint::Fast,
             force: false,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            manifest_checksum: ManifestChecksum::default(),
             label: "pgq-basebackup".to_owned(),
             before_stop: None,
             standby: false,
@@ -143,6 +149,7 @@ impl fmt::Debug for BackupOptions {
             .field("checkpoint", &self.checkpoint)
             .field("force", &self.force)
             .field("chunk_size", &self.chunk_size)
+            .field("manifest_checksum", &self.manifest_checksum)
             .field("label", &self.label)
             .field("before_stop", &self.before_stop.is_some())
             .field("standby", &self.standby)

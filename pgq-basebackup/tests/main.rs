@@ -1,6 +1,7 @@
 //! Integration tests of pgq-basebackup, each on a private cluster of its own (see pgq-testkit).
 
 mod backup;
+mod checksums;
 mod cli;
 mod errors;
 mod hostile;

@@ -55,6 +55,16 @@ pub struct Cli {
     /// with --quick].
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(3..))]
     pub hold: Option<u64>,
+
+    /// pgbench scale of the cluster `basebackup` copies on loopback (100 is about 1.5 GB of
+    /// files) [default: 100, 5 with --quick].
+    #[arg(long, value_name = "SCALE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub basebackup_scale: Option<u32>,
+
+    /// pgbench scale of the cluster `basebackup` copies over the delayed link (20 is about
+    /// 320 MB of files) [default: 20, 1 with --quick].
+    #[arg(long, value_name = "SCALE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub link_scale: Option<u32>,
 }
 
 /// A benchmark scenario.
@@ -66,7 +76,8 @@ pub enum Scenario {
     /// pgqd), and commit-to-tick latency at a 10 ms period.
     Ticker,
     /// A base backup of a pgbench-filled private cluster: MiB/s of pgq-basebackup with 1, 2 and 4
-    /// jobs vs `pg_basebackup -Fp -X stream` vs `cp -a`.
+    /// jobs vs `pg_basebackup -Fp -X stream` vs `cp -a`; then over a delayed link (20 ms round
+    /// trip, 20 MB/s per connection, 100 MB/s in all), with 1, 2, 4 and 8 jobs.
     Basebackup,
     /// End to end: a pre-filled backlog drained by our Runner and by 2 and 4 cooperative
     /// sub-consumers, vs python3-pgq's Consumer and CoopConsumer and a plain SELECT; and our
@@ -135,6 +146,10 @@ pub(crate) struct Plan {
     pub(crate) warmup: Duration,
     /// How long `held-xmin` runs each variant.
     pub(crate) hold: Duration,
+    /// pgbench scale of `basebackup`'s cluster copied on loopback.
+    pub(crate) basebackup_scale: u32,
+    /// pgbench scale of `basebackup`'s cluster copied over the delayed link.
+    pub(crate) link_scale: u32,
 }
 
 impl Plan {
@@ -145,13 +160,16 @@ impl Plan {
         } else {
             (3, Duration::from_secs(1), Duration::from_millis(500))
         };
+        let small = cli.quick || cli.reps.is_some();
         Plan {
             runs: cli.runs.unwrap_or(runs),
-            small: cli.quick || cli.reps.is_some(),
+            small,
             reps: cli.reps,
             block,
             warmup,
             hold: Duration::from_secs(cli.hold.unwrap_or(if cli.quick { 60 } else { 300 })),
+            basebackup_scale: cli.basebackup_scale.unwrap_or(if small { 5 } else { 100 }),
+            link_scale: cli.link_scale.unwrap_or(if small { 1 } else { 20 }),
         }
     }
 }

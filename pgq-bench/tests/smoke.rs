@@ -204,27 +204,49 @@ async fn basebackup_runs_on_a_small_cluster() -> anyhow::Result<()> {
     let smoke = Smoke::new().await?;
     let report = smoke.run(&["basebackup", "--quick"]).await?;
 
-    let variants: Vec<&str> = report.measures.iter().map(|m| m.variant).collect();
+    let measured: Vec<(&str, &str, &str)> = report
+        .measures
+        .iter()
+        .map(|m| (m.what.as_str(), m.variant, m.metric))
+        .collect();
+    let local = "base backup";
+    let link = "base backup over the delayed link";
+    let cpu = "delayed-link proxy CPU";
+    let pg = "pg_basebackup -Fp -X stream";
     assert_eq!(
-        variants,
+        measured,
         [
-            "pg_basebackup -Fp -X stream",
-            "ours -j 1",
-            "ours -j 2",
-            "ours -j 4",
-            "cp -a + sync"
+            (local, pg, "MiB/s"),
+            (local, "ours -j 1", "MiB/s"),
+            (local, "ours -j 2", "MiB/s"),
+            (local, "ours -j 4", "MiB/s"),
+            (local, "cp -a + sync", "MiB/s"),
+            (link, pg, "MiB/s"),
+            (link, "ours -j 1", "MiB/s"),
+            (link, "ours -j 2", "MiB/s"),
+            (link, "ours -j 4", "MiB/s"),
+            (link, "ours -j 8", "MiB/s"),
+            (cpu, pg, "% of one core"),
+            (cpu, "ours -j 1", "% of one core"),
+            (cpu, "ours -j 2", "% of one core"),
+            (cpu, "ours -j 4", "% of one core"),
+            (cpu, "ours -j 8", "% of one core"),
         ]
     );
     for m in &report.measures {
-        assert_eq!((m.metric, m.samples.len()), ("MiB/s", 1), "{m:?}");
+        assert_eq!(m.samples.len(), 1, "{m:?}");
         assert!(m.samples[0] > 0.0 && m.samples[0].is_finite(), "{m:?}");
+    }
+    // The link caps the whole at 100 MB/s (about 95 MiB/s).
+    for m in report.measures.iter().filter(|m| m.what == link) {
+        assert!(m.samples[0] < 100.0, "{m:?}");
     }
     let targeted: Vec<_> = report
         .ratios
         .iter()
         .filter(|r| r.target.is_some())
         .collect();
-    assert_eq!(targeted.len(), 2);
+    assert_eq!(targeted.len(), 4);
     assert!(targeted.iter().all(|r| r.met.is_some()), "{targeted:?}");
     let text = report.to_string();
     assert!(

@@ -1,11 +1,13 @@
 //! What the scenarios share: the server and its scratch databases, a work directory, the
 //! checks for the original PGQ stack, the daemons and the Python workers they are compared
-//! with, concurrent producers, CPU sampling, statistics and a counting consumer.
+//! with, concurrent producers, CPU sampling, statistics, a counting consumer and a delayed
+//! network link.
 
 mod counter;
 mod cpu;
 mod daemon;
 mod fill;
+mod link;
 mod python;
 mod reference;
 mod server;
@@ -20,6 +22,7 @@ pub(crate) use counter::Counter;
 pub(crate) use cpu::{Cpu, CpuClock};
 pub(crate) use daemon::{backend_pids, Daemon};
 pub(crate) use fill::Producer;
+pub(crate) use link::{DelayedLink, LinkShape};
 pub(crate) use python::{command as python_command, skytools_config, PythonWorker, PYTHON};
 pub(crate) use reference::{reference, Part, Side};
 pub(crate) use server::Server;
