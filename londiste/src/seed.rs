@@ -70,17 +70,19 @@ SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtextextended(
 // language=SQL
 const KILLED_SEEDS: &str = "\
 SELECT consumer_name FROM londiste_rs.seed_plan
- WHERE queue_name = $1 AND NOT copied
-   AND pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended(
-         pg_catalog.format('londiste seed %s:%s/%s', pg_catalog.length($1), $1, consumer_name), 0))";
-
-// Seeds that wait for seed-finish, or were killed: not running now.
-// language=SQL
-const ABANDONED_SEEDS: &str = "\
-SELECT consumer_name FROM londiste_rs.seed_plan
  WHERE queue_name = $1
-   AND pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended(
-         pg_catalog.format('londiste seed %s:%s/%s', pg_catalog.length($1), $1, consumer_name), 0))";
+   AND CASE WHEN copied THEN false
+            ELSE pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended(
+                   pg_catalog.format('londiste seed %s:%s/%s', pg_catalog.length($1), $1,
+                                     consumer_name), 0)) END";
+
+// language=SQL
+const PLANS: &str = "SELECT consumer_name FROM londiste_rs.seed_plan WHERE queue_name = $1";
+
+// language=SQL
+const SEED_TRY_LOCK: &str = "\
+SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended(
+         pg_catalog.format('londiste seed %s:%s/%s', pg_catalog.length($1), $1, $2), 0))";
 
 // The seed's claims on tables, taken back; the tables nobody claims any more.
 // language=SQL
@@ -101,8 +103,12 @@ const PLAN_DROP: &str =
 
 // language=SQL
 const PLAN: &str = "\
-SELECT consumer_name, subscriber_id::text, tables FROM londiste_rs.seed_plan
- WHERE queue_name = $1 ORDER BY started_at DESC";
+SELECT subscriber_id::text, tables FROM londiste_rs.seed_plan
+ WHERE queue_name = $1 AND consumer_name = $2";
+
+/// The file in the copy's private directory that names the seed's consumer: the copy's plan is
+/// that consumer's (another seed of the queue may have recorded one before the backup ended).
+const CONSUMER_FILE: &str = "seed_consumer";
 
 // language=SQL
 const CONSUMER_REGISTERED: &str = "\
@@ -134,8 +140,38 @@ SELECT p.table_name, p.table_oid, pg_catalog.format('%I.%I', n.nspname, c.relnam
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE p.queue_name = $1";
 
+// Prepared transactions, per database: each is rolled back where it was prepared.
 // language=SQL
-const PREPARED: &str = "SELECT gid FROM pg_catalog.pg_prepared_xacts";
+const PREPARED: &str = "\
+SELECT database::text, pg_catalog.array_agg(gid) FROM pg_catalog.pg_prepared_xacts GROUP BY 1";
+
+// An object of the copy's bookkeeping owned by a non-superuser other than the connected role,
+// or a trigger or rule on one of its tables.
+// language=SQL
+const UNTRUSTED: &str = "\
+WITH ours AS (SELECT oid, nspname, nspowner FROM pg_catalog.pg_namespace
+               WHERE nspname IN ('pgq_rs', 'pgq', 'pgq_ext', 'londiste_rs')),
+     owned AS (SELECT 'schema ' || n.nspname AS what, n.nspowner AS owner FROM ours n
+               UNION ALL
+               SELECT 'table ' || n.nspname || '.' || c.relname, c.relowner
+                 FROM pg_catalog.pg_class c JOIN ours n ON n.oid = c.relnamespace
+               UNION ALL
+               SELECT 'function ' || p.oid::pg_catalog.regprocedure::text, p.proowner
+                 FROM pg_catalog.pg_proc p JOIN ours n ON n.oid = p.pronamespace),
+     planted AS (SELECT 'trigger ' || t.tgname AS kind, t.tgrelid AS rel
+                   FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal
+                 UNION ALL
+                 SELECT 'rule ' || w.rulename, w.ev_class FROM pg_catalog.pg_rewrite w
+                  WHERE w.rulename <> '_RETURN')
+SELECT pg_catalog.format('%s belongs to role %s', o.what, o.owner::pg_catalog.regrole)
+  FROM owned o JOIN pg_catalog.pg_roles r ON r.oid = o.owner
+ WHERE NOT r.rolsuper AND r.rolname <> current_user
+UNION ALL
+SELECT pg_catalog.format('there is a %s on table %s.%s', k.kind, n.nspname, c.relname)
+  FROM planted k
+  JOIN pg_catalog.pg_class c ON c.oid = k.rel
+  JOIN ours n ON n.oid = c.relnamespace AND n.nspname IN ('pgq_rs', 'londiste_rs')
+ LIMIT 1";
 
 // language=SQL
 const SLOTS: &str = "SELECT slot_name::text FROM pg_catalog.pg_replication_slots";
@@ -227,6 +263,10 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
     let major = server_major(&provider).await?;
     let server = Server::find(&major, options.bin_dir.as_deref(), options.run_as.clone()).await?;
     let mut provider = provider;
+    provider
+        .batch_execute("SET tcp_keepalives_idle = 60")
+        .await
+        .on(PROVIDER, "keeping the seed's session alive")?;
     let lines: &[Line] = match pgq_core::flavor(&provider).await? {
         Flavor::Extension => &[Line::Londiste],
         Flavor::Ours | Flavor::None => &[Line::Pgq, Line::PgqTriggers, Line::Londiste],
@@ -249,11 +289,12 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
         Ok(()) | Err(pgq_core::Error::QueueExists { .. }) => {}
         Err(err) => return Err(err.into()),
     }
+    begin_plan(&provider, config, &consumer, &subscriber_id, &tables).await?;
     let setup = async {
         for table in &tables {
             capture(&provider, config, table, false, consumer.as_str()).await?;
         }
-        register(&mut provider, config, &consumer, &subscriber_id, &tables).await
+        register(&provider, config, &consumer).await
     };
     if let Err(err) = setup.await {
         undo(&provider, config, &consumer).await;
@@ -270,7 +311,7 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
             return Err(err.into());
         }
     };
-    provider
+    let copied = provider
         .query_typed(
             PLAN_COPIED,
             &[
@@ -279,7 +320,11 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
             ],
         )
         .await
-        .on(PROVIDER, "recording the backup in the seed plan")?;
+        .on(PROVIDER, "recording the backup in the seed plan");
+    if let Err(err) = copied {
+        undo(&provider, config, &consumer).await;
+        return Err(err);
+    }
     let mut seeded = Seeded {
         tables: tables.iter().map(|t| t.event_name.clone()).collect(),
         consumer: consumer.to_string(),
@@ -291,7 +336,11 @@ pub async fn seed(config: &Config, which: &SeedTables, options: &SeedOptions) ->
         seconds: 0.0,
     };
     let prepared = async {
-        pgq_basebackup::make_independent(&options.data_dir, options.port)?;
+        let private = pgq_basebackup::make_independent(&options.data_dir, options.port)?;
+        let file = private.join(CONSUMER_FILE);
+        std::fs::write(&file, consumer.as_str()).map_err(|e| LondisteError::Seed {
+            problem: format!("writing {}: {e}", file.display()),
+        })?;
         server.hand_over(&options.data_dir).await?;
         Ok::<_, LondisteError>(())
     };
@@ -356,22 +405,32 @@ async fn finish(
     let data = std::path::absolute(&options.data_dir).map_err(|e| LondisteError::Seed {
         problem: format!("resolving {}: {e}", options.data_dir.display()),
     })?;
+    let queue = config.queue.as_str();
+    let file = data.join(pgq_basebackup::PRIVATE_DIR).join(CONSUMER_FILE);
+    let consumer = std::fs::read_to_string(&file).map_err(|e| LondisteError::Seed {
+        problem: format!(
+            "{} cannot be read ({e}): the copy was not prepared by `londiste seed`, or it was \
+             finished already",
+            file.display()
+        ),
+    })?;
     let dsn = private_dsn(config, &data, options.port)?;
     let mut copy = connect_promoted(&dsn, wait_for_promotion).await?;
     check_copy_of(provider, &copy).await?;
-    let queue = config.queue.as_str();
+    check_trusted(&copy).await?;
+    hold_plan(provider, config, &consumer).await?;
     let plan = copy
-        .query_typed_opt(PLAN, &[(&queue, Type::TEXT)])
+        .query_typed_opt(PLAN, &[(&queue, Type::TEXT), (&consumer, Type::TEXT)])
         .await
         .on(COPY, "reading the seed plan")?
         .ok_or_else(|| LondisteError::Seed {
             problem: format!(
-                "the copy holds no seed plan for queue {queue}: it was not made by `londiste seed`"
+                "the copy holds no seed plan of consumer {consumer} on queue {queue}: it was not \
+                 made by `londiste seed`"
             ),
         })?;
-    let consumer: String = plan.get(0);
-    let subscriber_id: String = plan.get(1);
-    let tables: Vec<String> = plan.get(2);
+    let subscriber_id: String = plan.get(0);
+    let tables: Vec<String> = plan.get(1);
     let already: Vec<String> = copy
         .query_typed(SUBSCRIBED_ALREADY, &[(&queue, Type::TEXT)])
         .await
@@ -398,13 +457,13 @@ async fn finish(
     if wait_for_promotion {
         server.start(&data, &data.join("server.log")).await?;
     }
-    provider
-        .query_typed(
-            PLAN_DROP,
-            &[(&queue, Type::TEXT), (&consumer.as_str(), Type::TEXT)],
-        )
-        .await
-        .on(PROVIDER, "removing the seed plan")?;
+    // The subscriber is made: a provider that fails now only keeps a plan that `seed-cancel`
+    // must not take (the consumer is the worker's), so the plan is marked finished or removed.
+    let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+        [(&queue, Type::TEXT), (&consumer.as_str(), Type::TEXT)];
+    if let Err(err) = provider.query_typed(PLAN_DROP, &names).await {
+        tracing::warn!(error = %err, %consumer, "the seed is done, but its plan stays on the provider: remove it from londiste_rs.seed_plan");
+    }
     Ok(Seeded {
         tables,
         consumer,
@@ -592,58 +651,112 @@ async fn drop_plan(provider: &Client, config: &Config, consumer: &str) -> Result
 pub async fn seed_cancel(config: &Config) -> Result<Vec<String>> {
     let provider = config.provider.connect().await?;
     let queue = config.queue.as_str();
-    let abandoned = provider
-        .query_typed(ABANDONED_SEEDS, &[(&queue, Type::TEXT)])
+    let plans = provider
+        .query_typed(PLANS, &[(&queue, Type::TEXT)])
         .await
         .on(PROVIDER, "looking for seeds to cancel")?;
     let mut cancelled = Vec::new();
-    for row in abandoned {
+    for row in plans {
         let name: String = row.get(0);
+        let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+            [(&queue, Type::TEXT), (&name.as_str(), Type::TEXT)];
+        // Held while the plan goes: a seed or seed-finish running now keeps its plan.
+        let free: bool = provider
+            .query_typed_one(SEED_TRY_LOCK, &names)
+            .await
+            .on(PROVIDER, "probing a seed's lock")?
+            .get(0);
+        if !free {
+            continue;
+        }
         drop_plan(&provider, config, &name).await?;
+        provider
+            .query_typed(SEED_UNLOCK, &names)
+            .await
+            .on(PROVIDER, "releasing a seed's lock")?;
         cancelled.push(name);
     }
     Ok(cancelled)
 }
 
-/// Registers the consumer at a tick made now (after the capture triggers committed) and
-/// records the plan, in one transaction: the copy holds both or neither.
-async fn register(
-    provider: &mut Client,
+/// Takes the seed's lock (held by this session until it ends) and records its plan: the
+/// consumer, the tables and the copy's future installation id. A seed killed after this is
+/// found by the next one, whatever it had done.
+async fn begin_plan(
+    provider: &Client,
     config: &Config,
     consumer: &ConsumerName,
     subscriber_id: &str,
     tables: &[TableInfo],
 ) -> Result<()> {
-    pgq_core::force_tick(&*provider, &config.queue).await?;
-    pgq_core::ticker(&*provider, &config.queue).await?;
+    let queue = config.queue.as_str();
     let names: Vec<String> = tables.iter().map(|t| t.event_name.clone()).collect();
     provider
         .query_typed(
             SEED_LOCK,
-            &[
-                (&config.queue.as_str(), Type::TEXT),
-                (&consumer.as_str(), Type::TEXT),
-            ],
+            &[(&queue, Type::TEXT), (&consumer.as_str(), Type::TEXT)],
         )
         .await
         .on(PROVIDER, "taking the seed's lock")?;
-    let tx = provider
-        .transaction()
+    provider
+        .query_typed(
+            PLAN_ADD,
+            &[
+                (&queue, Type::TEXT),
+                (&consumer.as_str(), Type::TEXT),
+                (&subscriber_id, Type::TEXT),
+                (&names, Type::TEXT_ARRAY),
+            ],
+        )
         .await
-        .on(PROVIDER, "starting the registration")?;
-    pgq_core::register_consumer(&tx, &config.queue, consumer).await?;
-    tx.query_typed(
-        PLAN_ADD,
-        &[
-            (&config.queue.as_str(), Type::TEXT),
-            (&consumer.as_str(), Type::TEXT),
-            (&subscriber_id, Type::TEXT),
-            (&names, Type::TEXT_ARRAY),
-        ],
-    )
-    .await
-    .on(PROVIDER, "recording the seed plan")?;
-    tx.commit().await.on(PROVIDER, "registering the consumer")
+        .on(PROVIDER, "recording the seed plan")?;
+    Ok(())
+}
+
+/// Registers the consumer at a tick made now, after the capture triggers committed.
+async fn register(provider: &Client, config: &Config, consumer: &ConsumerName) -> Result<()> {
+    pgq_core::force_tick(provider, &config.queue).await?;
+    pgq_core::ticker(provider, &config.queue).await?;
+    pgq_core::register_consumer(provider, &config.queue, consumer).await?;
+    Ok(())
+}
+
+/// Holds the seed's lock for `seed-finish` (the seed's own session holds it already) and checks
+/// that the provider still has the plan, its backup done, and the consumer: a cancelled seed
+/// is not finished.
+async fn hold_plan(provider: &Client, config: &Config, consumer: &str) -> Result<()> {
+    let queue = config.queue.as_str();
+    let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+        [(&queue, Type::TEXT), (&consumer, Type::TEXT)];
+    let free: bool = provider
+        .query_typed_one(SEED_TRY_LOCK, &names)
+        .await
+        .on(PROVIDER, "taking the seed's lock")?
+        .get(0);
+    if !free {
+        return Err(LondisteError::Seed {
+            problem: format!("another seed-finish or seed-cancel of consumer {consumer} runs now"),
+        });
+    }
+    let copied: Option<bool> = provider
+        .query_typed_opt(PLAN_OF_CONSUMER, &names)
+        .await
+        .on(PROVIDER, "reading the seed plan")?
+        .map(|r| r.get(0));
+    let registered: bool = provider
+        .query_typed_one(CONSUMER_REGISTERED, &names)
+        .await
+        .on(PROVIDER, "looking for the consumer")?
+        .get(0);
+    if copied != Some(true) || !registered {
+        return Err(LondisteError::Seed {
+            problem: format!(
+                "the provider has no finished backup of consumer {consumer} on queue {queue} (it \
+                 was cancelled, or seeded already): the copy cannot become its subscriber"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Takes back what a failed seed did on the provider. A failure here is logged: the seed's
@@ -654,11 +767,12 @@ async fn undo(provider: &Client, config: &Config, consumer: &ConsumerName) {
     }
 }
 
-/// The copy's private socket, as the subscriber's role and database (the provider's, copied).
+/// The copy's private socket, as the subscriber's role and database (the provider's, copied),
+/// writing where the copy's other sessions may not.
 fn private_dsn(config: &Config, data: &Path, port: u16) -> Result<Dsn> {
     let socket = data.join(pgq_basebackup::PRIVATE_DIR);
     let text = format!(
-        "host={} port={port} dbname={} user={}",
+        "host={} port={port} dbname={} user={} options='-c default_transaction_read_only=off'",
         quote_conninfo_value(&socket.display().to_string()),
         quote_conninfo_value(config.subscriber.dbname()),
         quote_conninfo_value(config.subscriber.user()),
@@ -725,6 +839,27 @@ async fn check_copy_of(provider: &Client, copy: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a copy whose bookkeeping somebody else controls: the finish runs as the subscriber's
+/// role (a superuser, to drop slots and roll back prepared transactions) and writes those
+/// tables and calls those functions, so an object of another non-superuser role, or a trigger
+/// or rule planted on a bookkeeping table, would run that role's code with its rights.
+async fn check_trusted(copy: &Client) -> Result<()> {
+    let problem: Option<String> = copy
+        .query_typed_opt(UNTRUSTED, &[])
+        .await
+        .on(COPY, "checking who owns the copy's bookkeeping")?
+        .map(|r| r.get(0));
+    match problem {
+        Some(problem) => Err(LondisteError::Seed {
+            problem: format!(
+                "refusing to finish: in the copy, {problem}; connect as the role that owns the \
+                 installation, or make a superuser own it"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Records, on the copy, the provider transactions whose events it sees above the consumer's
 /// registration tick: exactly those whose changes it holds. Runs before anything writes to the
 /// copy. Returns how many.
@@ -754,8 +889,10 @@ async fn read_position(copy: &mut Client, queue: &str, consumer: &str) -> Result
                    INSERT INTO londiste_rs.seed_txid (queue_name, txid)
                    SELECT DISTINCT $1, e.ev_txid FROM {} e
                     WHERE NOT pg_catalog.txid_visible_in_snapshot(e.ev_txid, $2::text::pg_catalog.txid_snapshot)
+                   ON CONFLICT DO NOTHING
                    RETURNING 1)
-                 SELECT count(*) FROM seen",
+                 SELECT count(*) + (SELECT count(*) FROM londiste_rs.seed_txid WHERE queue_name = $1)
+                   FROM seen",
                 qualified(&events)
             ),
             &[(&queue, Type::TEXT), (&snapshot, Type::TEXT)],
@@ -784,10 +921,18 @@ async fn clean(copy: &mut Client, dsn: &Dsn, config: &Config) -> Result<()> {
         .await
         .on(COPY, "listing prepared transactions")?
     {
-        let gid: String = row.get(0);
-        copy.batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&gid)))
-            .await
-            .on(COPY, format!("rolling back prepared transaction {gid}"))?;
+        let db: String = row.get(0);
+        let gids: Vec<String> = row.get(1);
+        let there = dsn.with_dbname(&db).connect().await?;
+        for gid in gids {
+            there
+                .batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&gid)))
+                .await
+                .on(
+                    COPY,
+                    format!("rolling back prepared transaction {gid} in {db}"),
+                )?;
+        }
     }
     for row in copy
         .query_typed(SLOTS, &[])

@@ -164,12 +164,17 @@ impl Drop for Running {
     }
 }
 
-/// Waits until the seed has registered its consumer (its capture triggers are in place).
+/// Waits until the seed has registered its consumer (after its capture triggers are in place).
 async fn registered(client: &Client) -> anyhow::Result<()> {
     let deadline = Deadline::after(Duration::from_secs(60));
     loop {
         let plans = client
-            .query_opt("SELECT 1 FROM londiste_rs.seed_plan", &[])
+            .query_opt(
+                "SELECT 1 FROM londiste_rs.seed_plan p
+                   JOIN pgq.consumer c ON c.co_name = p.consumer_name
+                   JOIN pgq.subscription s ON s.sub_consumer = c.co_id",
+                &[],
+            )
             .await
             .ok()
             .flatten();
@@ -228,6 +233,17 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
         .batch_execute("CREATE TABLE churn (id bigint PRIMARY KEY, v text)")
         .await?;
     let churn = Churn::start(&provider.cluster).await?;
+    // A transaction prepared in another database must be rolled back there in the copy.
+    provider
+        .client
+        .batch_execute("CREATE DATABASE other")
+        .await?;
+    let other = Dsn::parse(&provider.cluster.dsn("other"))?
+        .connect()
+        .await?;
+    other
+        .batch_execute("BEGIN; CREATE TABLE pending (i int); PREPARE TRANSACTION 'elsewhere'")
+        .await?;
     let mut load = pgbench_load(&provider.cluster.dsn("postgres"))?;
     let open = Dsn::parse(&provider.cluster.dsn("postgres"))?
         .connect()
@@ -257,6 +273,7 @@ async fn a_seed_under_load_lands_every_transaction_once() -> anyhow::Result<()> 
     assert!(seeded.finished);
     assert_eq!(seeded.tables.len(), 4, "{seeded:?}");
     open.batch_execute("COMMIT").await?;
+    other.batch_execute("ROLLBACK PREPARED 'elsewhere'").await?;
     prepared
         .batch_execute("COMMIT PREPARED 'across_the_seed'")
         .await?;
@@ -534,6 +551,7 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
         "archive_mode = 'off'",
         "autovacuum = 'off'",
         "listen_addresses = ''",
+        "default_transaction_read_only = 'on'",
     ] {
         assert!(text.contains(setting), "{setting} missing:\n{text}");
     }
@@ -583,6 +601,39 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
             Ok(done) => anyhow::bail!("finished against another provider: {done:?}"),
         }
     }
+    // The copy is read-only for everyone but the seed; a trigger planted on its bookkeeping
+    // (it would run as the superuser finishing the seed) is refused.
+    let err = copy
+        .batch_execute("CREATE TABLE written_by_someone (i int)")
+        .await
+        .expect_err("read-only");
+    assert!(format!("{err:?}").contains("read-only transaction"), "{err:?}");
+    let writer = Dsn::parse(&format!(
+        "{} options='-c default_transaction_read_only=off'",
+        private.conninfo()
+    ))?
+    .connect()
+    .await?;
+    writer
+        .batch_execute(
+            "CREATE FUNCTION public.planted() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RETURN NULL; END $$;
+             CREATE TRIGGER planted AFTER INSERT ON londiste_rs.seed_txid
+               FOR EACH ROW EXECUTE FUNCTION public.planted();",
+        )
+        .await?;
+    let err = londiste::seed_finish(&config, &manual)
+        .await
+        .expect_err("planted trigger");
+    assert!(
+        err.to_string()
+            .contains("there is a trigger planted on table londiste_rs.seed_txid"),
+        "{err}"
+    );
+    writer
+        .batch_execute("DROP TRIGGER planted ON londiste_rs.seed_txid")
+        .await?;
+    drop((writer, copy));
     let done = londiste::seed_finish(&config, &manual).await?;
     assert!(done.finished && done.skipped_transactions.is_some());
     assert_eq!(provider.footprint().await?, (1, 0, 0, 2));

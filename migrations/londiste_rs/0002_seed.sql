@@ -93,6 +93,21 @@ CREATE TABLE londiste_rs.seed_plan (
 -- Provider side: the subscribers' workers (consumers) that take each table's changes; the
 -- capture triggers stay while one does. Empty for a table recorded before version 2.
 ALTER TABLE londiste_rs.provider_table ADD COLUMN consumers text[] NOT NULL DEFAULT '{}';
+-- Before version 2 a queue had one subscriber: its tables are claimed by the queue's consumers.
+DO $claims$
+BEGIN
+    IF pg_catalog.to_regclass('pgq.subscription') IS NOT NULL THEN
+        EXECUTE $sql$
+            UPDATE londiste_rs.provider_table p
+               SET consumers = ARRAY(SELECT c.co_name::text
+                                       FROM pgq.subscription s
+                                       JOIN pgq.queue q ON q.queue_id = s.sub_queue
+                                       JOIN pgq.consumer c ON c.co_id = s.sub_consumer
+                                      WHERE q.queue_name = p.queue_name
+                                      ORDER BY 1)$sql$;
+    END IF;
+END
+$claims$;
 
 -- Both sides: scripts run by `londiste execute` (provider) and applied by the worker
 -- (subscriber), once per file name and queue.

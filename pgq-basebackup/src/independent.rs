@@ -34,7 +34,7 @@ const SOCKET_PATH_MAX: usize = 107;
 ///   `primary_slot_name = ''`, `synchronous_standby_names = ''` (a copied one would make every
 ///   commit wait for a standby of the source);
 /// - until [`settle`]: `restore_command = 'false'` (recovery reads the copied WAL only),
-///   `autovacuum = off`, `max_logical_replication_workers = 0`, no TCP, a
+///   `default_transaction_read_only = on`, `autovacuum = off`, `max_logical_replication_workers = 0`, no TCP, a
 ///   socket in [`PRIVATE_DIR`] with mode 0700 and a `pg_hba.conf` there that lets its owner in
 ///   (only the data directory's owner and root can reach that socket).
 ///
@@ -90,6 +90,9 @@ pub fn make_independent(data: &Path, port: u16) -> Result<PathBuf> {
         ("restore_command", "false".to_owned()),
         ("autovacuum", "off".to_owned()),
         ("max_logical_replication_workers", "0".to_owned()),
+        // Nothing the copy runs by itself (a scheduler, a background worker) writes to it;
+        // whoever finishes the seed turns this off for its own session.
+        ("default_transaction_read_only", "on".to_owned()),
         ("listen_addresses", String::new()),
         ("port", port.to_string()),
         ("unix_socket_directories", private.display().to_string()),
