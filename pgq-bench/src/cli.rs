@@ -55,6 +55,10 @@ pub struct Cli {
     /// with --quick].
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(3..))]
     pub hold: Option<u64>,
+
+    /// pgbench scale factor of the provider `seed` fills [default: 100, 2 with --quick].
+    #[arg(long, value_name = "SCALE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub seed_scale: Option<u32>,
 }
 
 /// A benchmark scenario.
@@ -88,6 +92,9 @@ pub enum Scenario {
     /// Table replication: add-table to ok for a 100,000-row table and the replay of 200,000
     /// single-row updates, our batch-update and per-event apply vs python3-londiste.
     Londiste,
+    /// A londiste subscriber of a `pgbench -i -s 100` provider under pgbench load: the time
+    /// until every keyed table is ok, seeded from a base backup vs `add-table --parallel-copy 2`.
+    Seed,
 }
 
 impl Scenario {
@@ -102,6 +109,7 @@ impl Scenario {
         Scenario::ExactBacklog,
         Scenario::HeldXmin,
         Scenario::Londiste,
+        Scenario::Seed,
     ];
 
     /// The name used on the command line and in reports.
@@ -116,6 +124,7 @@ impl Scenario {
             Scenario::ExactBacklog => "exact-backlog",
             Scenario::HeldXmin => "held-xmin",
             Scenario::Londiste => "londiste",
+            Scenario::Seed => "seed",
         }
     }
 }
@@ -135,6 +144,8 @@ pub(crate) struct Plan {
     pub(crate) warmup: Duration,
     /// How long `held-xmin` runs each variant.
     pub(crate) hold: Duration,
+    /// pgbench scale factor of the provider `seed` fills.
+    pub(crate) seed_scale: u32,
 }
 
 impl Plan {
@@ -152,6 +163,7 @@ impl Plan {
             block,
             warmup,
             hold: Duration::from_secs(cli.hold.unwrap_or(if cli.quick { 60 } else { 300 })),
+            seed_scale: cli.seed_scale.unwrap_or(if cli.quick { 2 } else { 100 }),
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::process::Command;
 
 use crate::cli::Plan;
 use crate::harness::{Bench, WorkDir};
-use crate::report::{Measure, Ratio, Report};
+use crate::report::{mib, Measure, Ratio, Report};
 
 /// pgbench scale factor of the full run (about 1.5 GB) and of a quick one.
 const SCALE: u32 = 100;
@@ -302,9 +302,4 @@ fn tree_bytes(dir: &Path) -> Result<u64> {
         }
     }
     Ok(total)
-}
-
-/// Bytes in MiB.
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
