@@ -30,6 +30,7 @@ const COUNTS: &str = "SELECT (SELECT count(*) FROM public.pgbench_accounts), \
      (SELECT count(*) FROM public.pgbench_branches), \
      (SELECT count(*) FROM public.pgbench_tellers)";
 
+/// The size of every database of a cluster, in MiB.
 // language=SQL
 const DATABASES_MIB: &str = "SELECT (sum(pg_catalog.pg_database_size(oid)) / 1048576)::float8 \
      FROM pg_catalog.pg_database";
