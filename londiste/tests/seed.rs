@@ -607,7 +607,10 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
         .batch_execute("CREATE TABLE written_by_someone (i int)")
         .await
         .expect_err("read-only");
-    assert!(format!("{err:?}").contains("read-only transaction"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("read-only transaction"),
+        "{err:?}"
+    );
     let writer = Dsn::parse(&format!(
         "{} options='-c default_transaction_read_only=off'",
         private.conninfo()

@@ -65,6 +65,9 @@ pub struct Cli {
     /// 320 MB of files) [default: 20, 1 with --quick].
     #[arg(long, value_name = "SCALE", value_parser = clap::value_parser!(u32).range(1..))]
     pub link_scale: Option<u32>,
+    /// pgbench scale factor of the provider `seed` fills [default: 100, 2 with --quick].
+    #[arg(long, value_name = "SCALE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub seed_scale: Option<u32>,
 }
 
 /// A benchmark scenario.
@@ -99,6 +102,9 @@ pub enum Scenario {
     /// Table replication: add-table to ok for a 100,000-row table and the replay of 200,000
     /// single-row updates, our batch-update and per-event apply vs python3-londiste.
     Londiste,
+    /// A londiste subscriber of a `pgbench -i -s 100` provider under pgbench load: the time
+    /// until every keyed table is ok, seeded from a base backup vs `add-table --parallel-copy 2`.
+    Seed,
 }
 
 impl Scenario {
@@ -113,6 +119,7 @@ impl Scenario {
         Scenario::ExactBacklog,
         Scenario::HeldXmin,
         Scenario::Londiste,
+        Scenario::Seed,
     ];
 
     /// The name used on the command line and in reports.
@@ -127,6 +134,7 @@ impl Scenario {
             Scenario::ExactBacklog => "exact-backlog",
             Scenario::HeldXmin => "held-xmin",
             Scenario::Londiste => "londiste",
+            Scenario::Seed => "seed",
         }
     }
 }
@@ -150,6 +158,8 @@ pub(crate) struct Plan {
     pub(crate) basebackup_scale: u32,
     /// pgbench scale of `basebackup`'s cluster copied over the delayed link.
     pub(crate) link_scale: u32,
+    /// pgbench scale factor of the provider `seed` fills.
+    pub(crate) seed_scale: u32,
 }
 
 impl Plan {
@@ -170,6 +180,7 @@ impl Plan {
             hold: Duration::from_secs(cli.hold.unwrap_or(if cli.quick { 60 } else { 300 })),
             basebackup_scale: cli.basebackup_scale.unwrap_or(if small { 5 } else { 100 }),
             link_scale: cli.link_scale.unwrap_or(if small { 1 } else { 20 }),
+            seed_scale: cli.seed_scale.unwrap_or(if cli.quick { 2 } else { 100 }),
         }
     }
 }

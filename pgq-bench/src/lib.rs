@@ -111,6 +111,7 @@ fn command(cli: &Cli, scenarios: &[Scenario], with_out: bool) -> String {
         ("--runs", cli.runs.map(u64::from)),
         ("--reps", cli.reps.map(u64::from)),
         ("--hold", cli.hold),
+        ("--seed-scale", cli.seed_scale.map(u64::from)),
     ] {
         if let Some(value) = value {
             words.push(format!("{flag} {value}"));

@@ -353,6 +353,11 @@ pub(crate) fn thousands(x: f64) -> String {
     out
 }
 
+/// Bytes in MiB.
+pub(crate) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 /// A series of one block of 1,000 events per rate, one run each.
 #[cfg(test)]
 pub(crate) fn series(shape: &'static str, variant: &'static str, rates: &[f64]) -> Series {

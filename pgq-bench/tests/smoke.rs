@@ -473,3 +473,48 @@ async fn londiste_runs_on_small_sizes() -> anyhow::Result<()> {
     assert!(report.limits[0].met.is_some());
     Ok(())
 }
+
+#[tokio::test]
+async fn seed_runs_on_a_small_provider() -> anyhow::Result<()> {
+    let smoke = Smoke::new().await?;
+    let report = smoke.run(&["seed", "--quick", "--seed-scale", "1"]).await?;
+
+    let measured: Vec<(&str, &str, &str)> = report
+        .measures
+        .iter()
+        .map(|m| (m.what.as_str(), m.variant, m.metric))
+        .collect();
+    let seed = "seed from a base backup (-j 2)";
+    assert_eq!(
+        measured,
+        [
+            ("until every keyed table is ok", seed, "seconds"),
+            (
+                "until every keyed table is ok",
+                "add-table --parallel-copy 2",
+                "seconds"
+            ),
+            ("seed / add-table time in the same run", seed, "ratio"),
+            ("of which the base backup", seed, "seconds"),
+            ("base backup", seed, "MiB"),
+            (
+                "provider databases (sum of pg_database_size) at the run's start",
+                "provider",
+                "MiB"
+            ),
+        ]
+    );
+    for m in &report.measures {
+        assert_eq!(m.samples.len(), 1, "{m:?}");
+        assert!(m.samples[0] > 0.0 && m.samples[0].is_finite(), "{m:?}");
+    }
+    all_limits_measured(&report, 1);
+    let leftovers = std::fs::read_dir(std::env::temp_dir())?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name().to_string_lossy() == format!("pgq-bench-seed-{}", std::process::id())
+        })
+        .count();
+    assert_eq!(leftovers, 0, "the copies were not removed");
+    Ok(())
+}

@@ -16,7 +16,7 @@ use tokio::process::Command;
 
 use crate::cli::Plan;
 use crate::harness::{Bench, DelayedLink, LinkShape, WorkDir};
-use crate::report::{Measure, Ratio, Report};
+use crate::report::{mib, Measure, Ratio, Report};
 
 /// Job counts of our backup, on loopback and over the delayed link.
 const LOCAL_JOBS: [usize; 3] = [1, 2, 4];
@@ -460,9 +460,4 @@ fn tree_bytes(dir: &Path) -> Result<u64> {
         }
     }
     Ok(total)
-}
-
-/// Bytes in MiB.
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }

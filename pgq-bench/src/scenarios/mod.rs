@@ -10,6 +10,7 @@ mod held_xmin;
 mod latency;
 mod londiste;
 mod produce;
+mod seed;
 mod ticker;
 
 use anyhow::Result;
@@ -30,5 +31,6 @@ pub(crate) async fn run(scenario: Scenario, bench: &Bench<'_>) -> Result<Report>
         Scenario::ExactBacklog => exact_backlog::run(bench).await,
         Scenario::HeldXmin => held_xmin::run(bench).await,
         Scenario::Londiste => londiste::run(bench).await,
+        Scenario::Seed => seed::run(bench).await,
     }
 }
