@@ -140,6 +140,35 @@ async fn two_subscribers_with_their_own_tables_on_one_queue() -> anyhow::Result<
             ),
         ]
     );
+
+    // A script reaches every subscriber of the queue, at its point of the stream.
+    londiste::execute(
+        &pair.config,
+        "note.sql",
+        "ALTER TABLE pgbench_branches ADD COLUMN note text",
+    )
+    .await?;
+    pair.provider
+        .batch_execute("UPDATE pgbench_branches SET note = 'after', bbalance = bbalance + 1")
+        .await?;
+    caught_up(&config2, &pair.provider).await?;
+    caught_up(&pair.config, &pair.provider).await?;
+    let branches = Pair::md5(&pair.provider, "pgbench_branches", "bid").await?;
+    assert_eq!(
+        Pair::md5(&subscriber2, "pgbench_branches", "bid").await?,
+        branches
+    );
+    for subscriber in [&pair.subscriber, &subscriber2] {
+        let has: bool = subscriber
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'pgbench_branches'::regclass
+                                   AND attname = 'note')",
+                &[],
+            )
+            .await?
+            .get(0);
+        assert!(has, "the script ran on every subscriber");
+    }
     cancel.cancel();
     for worker in workers {
         worker.await??;
