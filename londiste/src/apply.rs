@@ -197,25 +197,7 @@ impl TableBatch {
         }
         self.bytes = 0;
         if !deletes.is_empty() {
-            let key_types = self.key_types();
-            let sql = format!(
-                "DELETE FROM {} AS d USING {} AS k({}) WHERE {}",
-                self.dest.quoted,
-                unnest_call(key_types.len()),
-                (0..key_types.len())
-                    .map(|i| format!("k{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                self.dest
-                    .pkey
-                    .iter()
-                    .zip(&key_types)
-                    .enumerate()
-                    .map(|(i, (k, t))| format!("d.{} = k.k{i}::{t}", quote_ident(k)))
-                    .collect::<Vec<_>>()
-                    .join(" AND ")
-            );
-            run(tx, &sql, &transpose(&deletes, key_types.len()), "delete").await?;
+            self.delete_keys(tx, &deletes).await?;
         }
         if rows.is_empty() {
             return Ok(());
@@ -292,6 +274,12 @@ impl TableBatch {
     }
 
     async fn delete(&self, tx: &Transaction<'_>, keys: &[Key]) -> Result<()> {
+        let changed = self.delete_keys(tx, keys).await?;
+        self.check("delete", keys, &changed)
+    }
+
+    /// Deletes the rows of these keys that are there; returns the ordinals of those deleted.
+    async fn delete_keys(&self, tx: &Transaction<'_>, keys: &[Key]) -> Result<Vec<i64>> {
         let key_types = self.key_types();
         let aliases: Vec<String> = (0..key_types.len()).map(|i| format!("k{i}")).collect();
         let condition = self
@@ -309,9 +297,7 @@ impl TableBatch {
             unnest_call(key_types.len()),
             aliases.join(", ")
         );
-        let arrays = transpose(keys, key_types.len());
-        let changed = run_ordinal(tx, &sql, &arrays, "delete").await?;
-        self.check("delete", keys, &changed)
+        run_ordinal(tx, &sql, &transpose(keys, key_types.len()), "delete").await
     }
 
     async fn update(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<()> {

@@ -372,12 +372,7 @@ async fn checksum(
     source: &TableInfo,
     table: &TableInfo,
 ) -> Result<(i64, String)> {
-    let columns = source
-        .columns
-        .iter()
-        .map(|c| format!("t.{}", quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = row_columns(source);
     let only = if table.partitioned { "" } else { "ONLY " };
     let sql = format!(
         "SELECT count(*), coalesce(sum(('x' || substr(md5(ROW({columns})::text), 1, 16))::bit(64)::int8::numeric), 0)::text \
@@ -408,6 +403,16 @@ struct Found {
     different: Vec<FoundRow>,
 }
 
+/// The provider's columns of a row aliased `t`, in the provider's order: what both sides hash.
+fn row_columns(source: &TableInfo) -> String {
+    source
+        .columns
+        .iter()
+        .map(|c| format!("t.{}", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The key's bucket, its text, and the row's hash, over the provider's columns.
 fn row_parts(source: &TableInfo) -> (String, String, String) {
     let key = source
@@ -416,12 +421,7 @@ fn row_parts(source: &TableInfo) -> (String, String, String) {
         .map(|k| format!("t.{}", quote_ident(k)))
         .collect::<Vec<_>>()
         .join(", ");
-    let columns = source
-        .columns
-        .iter()
-        .map(|c| format!("t.{}", quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = row_columns(source);
     (
         format!(
             "(pg_catalog.hashtextextended(ROW({key})::text, 0) & {})",

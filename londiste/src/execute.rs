@@ -12,6 +12,7 @@ use pgq_core::NewEvent;
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
 
 use crate::config::Config;
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER};
@@ -20,10 +21,8 @@ use crate::error::{DbContext as _, LondisteError, Result, PROVIDER};
 /// `search_path` it ran with on the provider, `ev_data` the script.
 pub(crate) const EXECUTE_EVENT: &str = "EXECUTE";
 
-/// Records a script under its file name, on either side; no row comes back for a file
-/// recorded already.
 // language=SQL
-pub(crate) const RECORD_SCRIPT: &str = "\
+const RECORD_SCRIPT: &str = "\
 INSERT INTO londiste_rs.executed (queue_name, file_name, script) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING RETURNING 1";
 
@@ -93,18 +92,7 @@ pub async fn execute(config: &Config, file: &str, script: &str) -> Result<Execut
         .await
         .map_err(|e| refuse(format!("cannot set session_replication_role = local: {e}")))?;
     let queue = config.queue.as_str();
-    let recorded = tx
-        .query_typed(
-            RECORD_SCRIPT,
-            &[
-                (&queue, Type::TEXT),
-                (&file, Type::TEXT),
-                (&script, Type::TEXT),
-            ],
-        )
-        .await
-        .on(PROVIDER, "recording the script")?;
-    if recorded.is_empty() {
+    if !record_script(&tx, PROVIDER, queue, file, script).await? {
         return Err(refuse(format!("was executed on queue {queue} already")));
     }
     let search_path: String = tx
@@ -161,6 +149,29 @@ pub async fn execute(config: &Config, file: &str, script: &str) -> Result<Execut
         file: file.to_owned(),
         event_id: id.0,
     })
+}
+
+/// Records a script under its file name and queue, on either side; `false` for one recorded
+/// already.
+pub(crate) async fn record_script(
+    tx: &Transaction<'_>,
+    side: &'static str,
+    queue: &str,
+    file: &str,
+    script: &str,
+) -> Result<bool> {
+    let rows = tx
+        .query_typed(
+            RECORD_SCRIPT,
+            &[
+                (&queue, Type::TEXT),
+                (&file, Type::TEXT),
+                (&script, Type::TEXT),
+            ],
+        )
+        .await
+        .on(side, "recording the script")?;
+    Ok(!rows.is_empty())
 }
 
 /// The first statement of `script` that starts, ends or splits a transaction (`BEGIN`,

@@ -582,11 +582,7 @@ async fn forget_killed(provider: &Client, config: &Config, consumer: &ConsumerNa
     }
     let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
         [(&queue, Type::TEXT), (&consumer.as_str(), Type::TEXT)];
-    let registered: bool = provider
-        .query_typed_one(CONSUMER_REGISTERED, &names)
-        .await
-        .on(PROVIDER, "looking for the consumer")?
-        .get(0);
+    let registered = consumer_registered(provider, &names).await?;
     if registered {
         let planned = provider
             .query_typed_opt(PLAN_OF_CONSUMER, &names)
@@ -609,17 +605,25 @@ async fn forget_killed(provider: &Client, config: &Config, consumer: &ConsumerNa
     Ok(())
 }
 
+/// Whether the consumer `names` gives (queue, consumer) is registered on the provider.
+async fn consumer_registered(
+    provider: &Client,
+    names: &[(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2],
+) -> Result<bool> {
+    Ok(provider
+        .query_typed_one(CONSUMER_REGISTERED, names)
+        .await
+        .on(PROVIDER, "looking for the consumer")?
+        .get(0))
+}
+
 /// Unregisters a seed's consumer (if registered), takes back its claims on the tables (the
 /// capture triggers go with the last claim) and removes its plan.
 async fn drop_plan(provider: &Client, config: &Config, consumer: &str) -> Result<()> {
     let queue = config.queue.as_str();
     let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
         [(&queue, Type::TEXT), (&consumer, Type::TEXT)];
-    let registered: bool = provider
-        .query_typed_one(CONSUMER_REGISTERED, &names)
-        .await
-        .on(PROVIDER, "looking for the consumer")?
-        .get(0);
+    let registered = consumer_registered(provider, &names).await?;
     if registered {
         let name = ConsumerName::new(consumer)?;
         pgq_core::unregister_consumer(provider, &config.queue, &name).await?;
@@ -743,11 +747,7 @@ async fn hold_plan(provider: &Client, config: &Config, consumer: &str) -> Result
         .await
         .on(PROVIDER, "reading the seed plan")?
         .map(|r| r.get(0));
-    let registered: bool = provider
-        .query_typed_one(CONSUMER_REGISTERED, &names)
-        .await
-        .on(PROVIDER, "looking for the consumer")?
-        .get(0);
+    let registered = consumer_registered(provider, &names).await?;
     if copied != Some(true) || !registered {
         return Err(LondisteError::Seed {
             problem: format!(

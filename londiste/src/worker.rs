@@ -3,7 +3,8 @@
 //! is applied exactly once across the two databases.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use crate::config::{ApplyMode, Config};
 use crate::copy::replica_error;
 use crate::decode::{parse_ev_type, parse_urlencoded, Op, Snapshot};
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
-use crate::execute::{EXECUTE_EVENT, RECORD_SCRIPT};
+use crate::execute::{record_script, EXECUTE_EVENT};
 use crate::meta::{require_table, TableInfo};
 use crate::monitor::{observe, Board};
 use crate::state::TableState;
@@ -65,9 +66,6 @@ SELECT t.tick_snapshot::text
 const SET_OK: &str = "\
 UPDATE londiste_rs.subscriber_table SET state = 'ok', state_changed = now()
  WHERE queue_name = $1 AND table_name = $2 AND state = 'catching-up'";
-
-// language=SQL
-const SEEDED: &str = "SELECT EXISTS (SELECT FROM londiste_rs.seed_txid WHERE queue_name = $1)";
 
 // language=SQL
 const SEED_TXIDS: &str = "SELECT txid FROM londiste_rs.seed_txid WHERE queue_name = $1";
@@ -115,9 +113,11 @@ struct Replayer {
     tables: Mutex<HashMap<String, Arc<TableInfo>>>,
     /// A batch that hit a unique violation on non-key columns: applied event by event.
     per_event_batch: Mutex<Option<BatchId>>,
-    /// The provider transactions a seeded subscriber holds already (`londiste_rs.seed_txid`),
-    /// read once; `None` when there are none.
-    seeded: Mutex<Option<Arc<HashSet<i64>>>>,
+    /// The provider transactions a seeded subscriber holds already, read once.
+    seeded: OnceLock<Arc<HashSet<i64>>>,
+    /// Whether this worker has deleted them from `londiste_rs.seed_txid` (a batch rolled back
+    /// after that leaves them to the next worker, which deletes them in its first batch).
+    seed_forgotten: AtomicBool,
 }
 
 impl Replayer {
@@ -185,7 +185,7 @@ impl Replayer {
         let mut held = 0usize;
         while let Some(events) = batch.next_chunk().await? {
             for event in &events {
-                if seeded.as_ref().is_some_and(|s| s.contains(&event.txid)) {
+                if seeded.contains(&event.txid) {
                     continue;
                 }
                 if event.ev_type.as_deref() == Some(EXECUTE_EVENT) {
@@ -251,8 +251,7 @@ impl Replayer {
             return Err(self.failed(err, batch.id()));
         }
         self.sync_sequences(batch).await?;
-        self.finish_catch_up(batch, &subscribed, seeded.as_deref())
-            .await?;
+        self.finish_catch_up(batch, &subscribed, &seeded).await?;
         let cur_tick = batch.batch().cur_tick.0;
         tx.query_typed(
             SET_POSITION,
@@ -327,18 +326,7 @@ impl Replayer {
         let file = event.extra1.as_deref().unwrap_or_default();
         let script = event.ev_data.as_deref().unwrap_or_default();
         let queue = self.config.queue.as_str();
-        let first = tx
-            .query_typed(
-                RECORD_SCRIPT,
-                &[
-                    (&queue, Type::TEXT),
-                    (&file, Type::TEXT),
-                    (&script, Type::TEXT),
-                ],
-            )
-            .await
-            .on(SUBSCRIBER, "recording an executed script")?;
-        if first.is_empty() {
+        if !record_script(tx, SUBSCRIBER, queue, file, script).await? {
             tracing::info!(file, "executed here already: skipped");
             return Ok(());
         }
@@ -368,36 +356,21 @@ impl Replayer {
         Ok(())
     }
 
-    /// The seed's transactions, while the subscriber has any (read from it once).
-    async fn seeded(&self, tx: &Transaction<'_>) -> Result<Option<Arc<HashSet<i64>>>> {
-        let queue = self.config.queue.as_str();
-        let any: bool = tx
-            .query_typed_one(SEEDED, &[(&queue, Type::TEXT)])
+    /// The seed's transactions (`londiste_rs.seed_txid`), read by the first batch: a seed
+    /// writes them before any worker of its subscriber runs. Kept after they are forgotten,
+    /// as no later batch has events of theirs.
+    async fn seeded(&self, tx: &Transaction<'_>) -> Result<Arc<HashSet<i64>>> {
+        if let Some(txids) = self.seeded.get() {
+            return Ok(Arc::clone(txids));
+        }
+        let txids: HashSet<i64> = tx
+            .query_typed(SEED_TXIDS, &[(&self.config.queue.as_str(), Type::TEXT)])
             .await
             .on(SUBSCRIBER, "reading the seed position")?
-            .get(0);
-        let mut cached = self
-            .seeded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if !any {
-            cached = None;
-        } else if cached.is_none() {
-            let txids: HashSet<i64> = tx
-                .query_typed(SEED_TXIDS, &[(&queue, Type::TEXT)])
-                .await
-                .on(SUBSCRIBER, "reading the seed position")?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            cached = Some(Arc::new(txids));
-        }
-        self.seeded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone_from(&cached);
-        Ok(cached)
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(Arc::clone(self.seeded.get_or_init(|| Arc::new(txids))))
     }
 
     async fn subscribed(&self, tx: &Transaction<'_>) -> Result<HashMap<String, Subscribed>> {
@@ -536,14 +509,15 @@ impl Replayer {
         &self,
         batch: &BatchHandle<'_, '_>,
         subscribed: &HashMap<String, Subscribed>,
-        seeded: Option<&HashSet<i64>>,
+        seeded: &HashSet<i64>,
     ) -> Result<()> {
         let catching_up: Vec<(&String, &Snapshot)> = subscribed
             .iter()
             .filter(|(_, s)| s.state == TableState::CatchingUp)
             .filter_map(|(t, s)| s.copy_snapshot.as_ref().map(|snap| (t, snap)))
             .collect();
-        if catching_up.is_empty() && seeded.is_none() {
+        let forget_seed = !seeded.is_empty() && !self.seed_forgotten.load(Ordering::Relaxed);
+        if catching_up.is_empty() && !forget_seed {
             return Ok(());
         }
         let queue = self.config.queue.as_str();
@@ -562,12 +536,13 @@ impl Replayer {
             table: format!("(tick {cur_tick})"),
             problem,
         })?;
-        if seeded.is_some_and(|txids| txids.iter().all(|&t| tick.sees(t))) {
+        if forget_seed && seeded.iter().all(|&t| tick.sees(t)) {
             batch
                 .tx()
                 .query_typed(SEED_DONE, &[(&queue, Type::TEXT)])
                 .await
                 .on(SUBSCRIBER, "forgetting the seed's transactions")?;
+            self.seed_forgotten.store(true, Ordering::Relaxed);
             tracing::info!("past every transaction the seed holds");
         }
         for (table, snapshot) in catching_up {
@@ -656,7 +631,8 @@ impl Worker {
             consumer: consumer.clone(),
             tables: Mutex::new(HashMap::new()),
             per_event_batch: Mutex::new(None),
-            seeded: Mutex::new(None),
+            seeded: OnceLock::new(),
+            seed_forgotten: AtomicBool::new(false),
         };
         let runner = RemoteRunner::connect(
             &config.provider.with_pinned_search_path(),

@@ -43,6 +43,27 @@ async fn caught_up(config: &Config, provider: &Client) -> anyhow::Result<()> {
     }
 }
 
+/// Updates every branch on the provider, lets both workers catch up, and checks the second
+/// subscriber (which replicates branches) has them; returns the provider's rows' md5.
+async fn write_branches(
+    pair: &Pair,
+    config2: &Config,
+    subscriber2: &Client,
+    set: &str,
+) -> anyhow::Result<(i64, String)> {
+    pair.provider
+        .batch_execute(&format!("UPDATE pgbench_branches SET {set}"))
+        .await?;
+    caught_up(config2, &pair.provider).await?;
+    caught_up(&pair.config, &pair.provider).await?;
+    let branches = Pair::md5(&pair.provider, "pgbench_branches", "bid").await?;
+    assert_eq!(
+        Pair::md5(subscriber2, "pgbench_branches", "bid").await?,
+        branches
+    );
+    Ok(branches)
+}
+
 #[tokio::test]
 async fn two_subscribers_with_their_own_tables_on_one_queue() -> anyhow::Result<()> {
     let pair = Pair::new().await?;
@@ -99,16 +120,7 @@ async fn two_subscribers_with_their_own_tables_on_one_queue() -> anyhow::Result<
 
     // The first subscriber leaves branches: the second still gets its changes.
     londiste::remove_table(&pair.config, "pgbench_branches").await?;
-    pair.provider
-        .batch_execute("UPDATE pgbench_branches SET bbalance = bbalance + 1")
-        .await?;
-    caught_up(&config2, &pair.provider).await?;
-    caught_up(&pair.config, &pair.provider).await?;
-    let branches = Pair::md5(&pair.provider, "pgbench_branches", "bid").await?;
-    assert_eq!(
-        Pair::md5(&subscriber2, "pgbench_branches", "bid").await?,
-        branches
-    );
+    let branches = write_branches(&pair, &config2, &subscriber2, "bbalance = bbalance + 1").await?;
     assert_ne!(
         Pair::md5(&pair.subscriber, "pgbench_branches", "bid").await?,
         branches
@@ -148,16 +160,13 @@ async fn two_subscribers_with_their_own_tables_on_one_queue() -> anyhow::Result<
         "ALTER TABLE pgbench_branches ADD COLUMN note text",
     )
     .await?;
-    pair.provider
-        .batch_execute("UPDATE pgbench_branches SET note = 'after', bbalance = bbalance + 1")
-        .await?;
-    caught_up(&config2, &pair.provider).await?;
-    caught_up(&pair.config, &pair.provider).await?;
-    let branches = Pair::md5(&pair.provider, "pgbench_branches", "bid").await?;
-    assert_eq!(
-        Pair::md5(&subscriber2, "pgbench_branches", "bid").await?,
-        branches
-    );
+    write_branches(
+        &pair,
+        &config2,
+        &subscriber2,
+        "note = 'after', bbalance = bbalance + 1",
+    )
+    .await?;
     for subscriber in [&pair.subscriber, &subscriber2] {
         let has: bool = subscriber
             .query_one(
