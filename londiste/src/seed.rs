@@ -155,6 +155,7 @@ WITH ours AS (SELECT oid, nspname, nspowner FROM pg_catalog.pg_namespace
                UNION ALL
                SELECT 'table ' || n.nspname || '.' || c.relname, c.relowner
                  FROM pg_catalog.pg_class c JOIN ours n ON n.oid = c.relnamespace
+                WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S')
                UNION ALL
                SELECT 'function ' || p.oid::pg_catalog.regprocedure::text, p.proowner
                  FROM pg_catalog.pg_proc p JOIN ours n ON n.oid = p.pronamespace),

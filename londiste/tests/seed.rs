@@ -636,6 +636,21 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
     writer
         .batch_execute("DROP TRIGGER planted ON londiste_rs.seed_txid")
         .await?;
+    // A bookkeeping table handed to a non-superuser role is refused the same way.
+    writer
+        .batch_execute("CREATE ROLE mallory; ALTER TABLE londiste_rs.seed_plan OWNER TO mallory")
+        .await?;
+    let err = londiste::seed_finish(&config, &manual)
+        .await
+        .expect_err("a table of another role");
+    assert!(
+        err.to_string()
+            .contains("table londiste_rs.seed_plan belongs to role mallory"),
+        "{err}"
+    );
+    writer
+        .batch_execute("ALTER TABLE londiste_rs.seed_plan OWNER TO postgres; DROP ROLE mallory")
+        .await?;
     drop((writer, copy));
     let done = londiste::seed_finish(&config, &manual).await?;
     assert!(done.finished && done.skipped_transactions.is_some());
