@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pgq_core::{quote_ident, quote_literal, ConsumerName, Flavor, Line, QueueName};
 use serde::Serialize;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use crate::config::Config;
@@ -166,7 +166,8 @@ pub struct Status {
 ///
 /// # Errors
 ///
-/// Connection, install and registration failures.
+/// [`LondisteError::ConsumerTaken`] when another subscriber registered the consumer name on the
+/// queue; connection, install and registration failures.
 pub async fn init(config: &Config) -> Result<ConsumerName> {
     let mut provider = config.provider.connect().await?;
     let lines: &[Line] = match pgq_core::flavor(&provider).await? {
@@ -181,18 +182,37 @@ pub async fn init(config: &Config) -> Result<ConsumerName> {
         Ok(()) | Err(pgq_core::Error::QueueExists { .. }) => {}
         Err(err) => return Err(err.into()),
     }
-    pgq_core::register_consumer(&provider, &config.queue, &consumer).await?;
-    subscriber
-        .query_typed(
+    // The subscriber records its worker first: a registration it finds already made is its
+    // own when the record was there before (init run again), another subscriber's when not.
+    let params: [(&(dyn ToSql + Sync), Type); 2] = [
+        (&config.queue.as_str(), Type::TEXT),
+        (&consumer.as_str(), Type::TEXT),
+    ];
+    let first_init = subscriber
+        .query_typed_opt(
             "INSERT INTO londiste_rs.worker_position (queue_name, consumer_name) VALUES ($1, $2) \
-             ON CONFLICT DO NOTHING",
-            &[
-                (&config.queue.as_str(), Type::TEXT),
-                (&consumer.as_str(), Type::TEXT),
-            ],
+             ON CONFLICT DO NOTHING RETURNING true",
+            &params,
         )
         .await
-        .on(SUBSCRIBER, "recording the worker")?;
+        .on(SUBSCRIBER, "recording the worker")?
+        .is_some();
+    let registered = pgq_core::register_consumer(&provider, &config.queue, &consumer).await;
+    if first_init && !matches!(registered, Ok(true)) {
+        subscriber
+            .query_typed(
+                "DELETE FROM londiste_rs.worker_position WHERE queue_name = $1 AND consumer_name = $2",
+                &params,
+            )
+            .await
+            .on(SUBSCRIBER, "forgetting the worker")?;
+        registered?;
+        return Err(LondisteError::ConsumerTaken {
+            queue: config.queue.to_string(),
+            consumer: consumer.to_string(),
+        });
+    }
+    registered?;
     Ok(consumer)
 }
 

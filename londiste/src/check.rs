@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use crate::admin::list_tables;
 use crate::config::Config;
 use crate::error::{DbContext as _, Result, PROVIDER, SUBSCRIBER};
-use crate::meta::{table_info, TableInfo};
+use crate::meta::{conversion, key_difference, table_info, TableInfo};
 use crate::state::TableState;
 
 // language=SQL
@@ -167,8 +167,9 @@ async fn trigger_problems(
     Ok(problems)
 }
 
-/// Columns the subscriber lacks (an error: the worker stops there), has with another type, or
-/// has alone and NOT NULL without a default (inserts fail).
+/// Columns the subscriber lacks or has with a type that would convert the provider's values
+/// (errors: the worker stops there), has with a wider type (a warning), or has alone and NOT
+/// NULL without a default (inserts fail).
 async fn column_problems(
     subscriber: &Client,
     source: &TableInfo,
@@ -185,27 +186,25 @@ async fn column_problems(
                     column.sql_type
                 ),
             )),
-            Some(theirs) if theirs.sql_type != column.sql_type => problems.push((
-                Severity::Warning,
-                format!(
-                    "column {} is {} on the provider, {} on the subscriber",
-                    quote_ident(&column.name),
-                    column.sql_type,
-                    theirs.sql_type
-                ),
-            )),
+            Some(theirs) if theirs.sql_type != column.sql_type => {
+                problems.push(match conversion(column, theirs) {
+                    Some(problem) => (Severity::Error, problem),
+                    None => (
+                        Severity::Warning,
+                        format!(
+                            "column {} is {} on the provider, {} on the subscriber",
+                            quote_ident(&column.name),
+                            column.sql_type,
+                            theirs.sql_type
+                        ),
+                    ),
+                });
+            }
             Some(_) => {}
         }
     }
-    if dest.pkey != source.pkey {
-        problems.push((
-            Severity::Error,
-            format!(
-                "primary key ({}) on the subscriber, ({}) on the provider",
-                dest.pkey.join(", "),
-                source.pkey.join(", ")
-            ),
-        ));
+    if let Some(difference) = key_difference(source, dest) {
+        problems.push((Severity::Error, difference));
     }
     let strict: Vec<String> = subscriber
         .query_typed(

@@ -26,7 +26,7 @@ use crate::apply::TableBatch;
 use crate::config::Config;
 use crate::decode::Op;
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
-use crate::meta::{require_table, TableInfo};
+use crate::meta::{key_difference, require_table, TableInfo};
 use crate::state::TableState;
 use crate::worker::Worker;
 
@@ -307,6 +307,16 @@ async fn pairs(
         let dest: String = row.get(1);
         let source = require_table(provider, PROVIDER, &name).await?;
         let dest = require_table(subscriber, SUBSCRIBER, &dest).await?;
+        // Rows are matched by key: without the same key on both sides there is nothing to
+        // match them by, and a repair would rewrite rows it cannot tell apart.
+        source.require_pkey()?;
+        if let Some(difference) = key_difference(&source, &dest) {
+            return Err(LondisteError::TableMismatch {
+                table: source.event_name,
+                dest: dest.event_name,
+                problem: format!("{difference}: rows cannot be matched"),
+            });
+        }
         pairs.push((source, dest));
     }
     if pairs.is_empty() {

@@ -106,6 +106,18 @@ pub enum LondisteError {
         /// The subscriber database's name.
         db: String,
     },
+    /// Another subscriber's worker uses this consumer name on the queue: two workers of one
+    /// consumer would each take half of the batches.
+    #[error(
+        "consumer {consumer} is registered on queue {queue} by another subscriber: give this \
+         subscriber its own `consumer` in the config (or leave it out for the default)"
+    )]
+    ConsumerTaken {
+        /// The queue.
+        queue: String,
+        /// The consumer name.
+        consumer: String,
+    },
     /// The default consumer name for this queue would not be a valid name.
     #[error("queue {queue:?} has no default consumer name: set `consumer` in the config")]
     DefaultConsumer {

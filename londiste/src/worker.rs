@@ -23,7 +23,7 @@ use crate::copy::replica_error;
 use crate::decode::{parse_ev_type, parse_urlencoded, Op, Snapshot};
 use crate::error::{DbContext as _, LondisteError, Result, PROVIDER, SUBSCRIBER};
 use crate::execute::{record_script, EXECUTE_EVENT};
-use crate::meta::{require_table, TableInfo};
+use crate::meta::{converting_column, registered_table_info, require_table, TableInfo};
 use crate::monitor::{observe, Board};
 use crate::state::TableState;
 
@@ -89,6 +89,9 @@ SELECT pg_catalog.setval($1::text::regclass, $2)
 const SEQ_SEEN: &str = "\
 UPDATE londiste_rs.subscriber_seq SET last_value = $3 WHERE queue_name = $1 AND seq_name = $2";
 
+// language=SQL
+const SCRIPTS: &str = "SELECT count(*) FROM londiste_rs.executed WHERE queue_name = $1";
+
 /// How long a batch waits while a table it touches is being copied, or while `compare` holds
 /// the worker.
 const HOLD: Duration = Duration::from_millis(100);
@@ -121,7 +124,15 @@ struct Replayer {
 }
 
 impl Replayer {
-    async fn dest(&self, tx: &Transaction<'_>, name: &str) -> Result<Arc<TableInfo>> {
+    /// The subscriber table `name`, which replicates the provider's `table`: read from the
+    /// catalogs and checked once, then cached until a script runs or a batch fails.
+    async fn dest(
+        &self,
+        provider: &Transaction<'_>,
+        tx: &Transaction<'_>,
+        table: &str,
+        name: &str,
+    ) -> Result<Arc<TableInfo>> {
         let cached = self
             .tables
             .lock()
@@ -133,11 +144,54 @@ impl Replayer {
         }
         let info = Arc::new(require_table(tx, SUBSCRIBER, name).await?);
         info.require_pkey()?;
+        self.check_types(provider, tx, table, &info).await?;
         self.tables
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_owned(), Arc::clone(&info));
         Ok(info)
+    }
+
+    /// Stops at a subscriber column whose type would convert the provider's values (a column
+    /// the subscriber lacks stops the merge of the first event that carries it). The provider's
+    /// catalog tells how things are now and the batch may be older: while a script of
+    /// `londiste execute` is still to come, it changes both sides at its position, so nothing
+    /// is checked until it ran (running it forgets the cached tables).
+    async fn check_types(
+        &self,
+        provider: &Transaction<'_>,
+        tx: &Transaction<'_>,
+        table: &str,
+        dest: &TableInfo,
+    ) -> Result<()> {
+        let queue = self.config.queue.as_str();
+        let scripts = [(
+            &queue as &(dyn tokio_postgres::types::ToSql + Sync),
+            Type::TEXT,
+        )];
+        let provider_scripts: i64 = provider
+            .query_typed_one(SCRIPTS, &scripts)
+            .await
+            .on(PROVIDER, "counting executed scripts")?
+            .get(0);
+        let subscriber_scripts: i64 = tx
+            .query_typed_one(SCRIPTS, &scripts)
+            .await
+            .on(SUBSCRIBER, "counting executed scripts")?
+            .get(0);
+        if provider_scripts != subscriber_scripts {
+            return Ok(());
+        }
+        let Some(source) = registered_table_info(provider, queue, table).await? else {
+            return Ok(());
+        };
+        converting_column(&source, dest).map_or(Ok(()), |problem| {
+            Err(LondisteError::TableMismatch {
+                table: table.to_owned(),
+                dest: dest.event_name.clone(),
+                problem,
+            })
+        })
     }
 
     fn forget_tables(&self) {
@@ -150,6 +204,7 @@ impl Replayer {
     async fn replay(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
         let started = Instant::now();
         let tx = batch.tx();
+        let provider = batch.queue_tx();
         let queue = self.config.queue.as_str();
         let consumer = self.consumer.as_str();
         tx.batch_execute(REPLICA_ROLE)
@@ -223,7 +278,7 @@ impl Replayer {
                     _ => {}
                 }
                 let outcome = self
-                    .event(tx, &mut pending, table, sub, event, per_event)
+                    .event(provider, tx, &mut pending, sub, event, per_event)
                     .await;
                 match outcome {
                     Ok((op, bytes)) => {
@@ -403,17 +458,19 @@ impl Replayer {
         Ok(tables)
     }
 
-    /// Applies or merges one event; returns its operation and the bytes it added to the merge.
+    /// Applies or merges one event of a subscribed table; returns its operation and the bytes
+    /// it added to the merge.
     async fn event(
         &self,
+        provider: &Transaction<'_>,
         tx: &Transaction<'_>,
         pending: &mut HashMap<String, TableBatch>,
-        table: &str,
         sub: &Subscribed,
         event: &Event,
         per_event: bool,
     ) -> Result<(Op, usize)> {
-        let dest = &self.dest(tx, &sub.dest).await?;
+        let table = event.extra1.as_deref().unwrap_or_default();
+        let dest = &self.dest(provider, tx, table, &sub.dest).await?;
         let ev_type = event.ev_type.as_deref().unwrap_or("");
         let bad = |problem: String| LondisteError::BadEvent {
             event_id: event.id.0,

@@ -173,3 +173,84 @@ async fn every_command_speaks_json() -> anyhow::Result<()> {
     assert_eq!(run(&["tables"]).await?, serde_json::json!([]));
     Ok(())
 }
+
+/// A second subscriber that takes a consumer name another subscriber uses would share its
+/// batches: refused, and the first keeps replicating. Running `init` again on the first is fine.
+#[tokio::test]
+async fn a_consumer_name_in_use_by_another_subscriber_is_refused() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both("CREATE TABLE t (id int PRIMARY KEY, v int)")
+        .await?;
+    londiste::add_tables(&pair.config, &["t".to_owned()], &AddTableOptions::default()).await?;
+    let err = pair
+        .second_subscriber("worker")
+        .await
+        .expect_err("a taken consumer name");
+    assert_eq!(
+        err.to_string(),
+        "consumer worker is registered on queue replica by another subscriber: give this \
+         subscriber its own `consumer` in the config (or leave it out for the default)"
+    );
+    assert_eq!(londiste::init(&pair.config).await?.as_str(), "worker");
+    let consumers: i64 = pair
+        .provider
+        .query_one("SELECT count(*) FROM pgq.get_consumer_info('replica')", &[])
+        .await?
+        .get(0);
+    assert_eq!(consumers, 1);
+    pair.provider
+        .batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 10) g")
+        .await?;
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    assert_eq!(pair.assert_same("t", "id").await?, 10);
+    Ok(())
+}
+
+/// `compare` and `repair` match rows by primary key: a table that lost its key on either side
+/// is refused, and no row changes.
+#[tokio::test]
+async fn repair_refuses_a_table_without_a_primary_key() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both("CREATE TABLE t (id int CONSTRAINT t_key PRIMARY KEY, v int)")
+        .await?;
+    pair.provider
+        .batch_execute("INSERT INTO t SELECT g, g FROM generate_series(1, 10) g")
+        .await?;
+    londiste::add_tables(&pair.config, &["t".to_owned()], &AddTableOptions::default()).await?;
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    drop(worker);
+    pair.subscriber
+        .batch_execute("ALTER TABLE t DROP CONSTRAINT t_key; INSERT INTO t VALUES (1, 1)")
+        .await?;
+    let before = Pair::md5(&pair.subscriber, "t", "id, v").await?;
+    let err = londiste::repair(&pair.config, Some("t"))
+        .await
+        .expect_err("no key on the subscriber");
+    assert_eq!(
+        err.to_string(),
+        "subscriber table public.t does not match provider table public.t: primary key () on \
+         the subscriber, (id) on the provider: rows cannot be matched"
+    );
+    assert_eq!(Pair::md5(&pair.subscriber, "t", "id, v").await?, before);
+
+    pair.subscriber
+        .batch_execute(
+            "DELETE FROM t WHERE id = 1; INSERT INTO t VALUES (1, 1);
+             ALTER TABLE t ADD CONSTRAINT t_key PRIMARY KEY (id)",
+        )
+        .await?;
+    pair.provider
+        .batch_execute("ALTER TABLE t DROP CONSTRAINT t_key")
+        .await?;
+    let err = londiste::repair(&pair.config, Some("t"))
+        .await
+        .expect_err("no key on the provider");
+    assert_eq!(
+        err.to_string(),
+        "table public.t has no primary key: londiste needs one to apply updates and deletes"
+    );
+    assert_eq!(pair.assert_same("t", "id").await?, 10);
+    Ok(())
+}

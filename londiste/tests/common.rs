@@ -35,6 +35,20 @@ impl Pair {
         })
     }
 
+    /// Another subscriber of the pair's queue, initialized, with its own consumer.
+    pub(crate) async fn second_subscriber(
+        &self,
+        consumer: &str,
+    ) -> anyhow::Result<(Config, TestDb, Client)> {
+        let db = TestDb::new().await?;
+        let mut config = self.config.clone();
+        config.subscriber = Dsn::parse(&db.dsn())?;
+        config.consumer = Some(ConsumerName::new(consumer)?);
+        londiste::init(&config).await?;
+        let client = db.client().await?;
+        Ok((config, db, client))
+    }
+
     /// Writes this pair's config file into `dir`, with `extra` TOML after the `[londiste]`
     /// section.
     pub(crate) fn write_config(
@@ -82,6 +96,19 @@ impl Pair {
                     deadline.pause("a postponed batch to go through").await?;
                 }
                 Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// A new worker for `config`, once a dropped one's session has let go of the consumer.
+    pub(crate) async fn worker(config: &Config) -> anyhow::Result<Worker> {
+        let deadline = Deadline::after(Duration::from_secs(30));
+        loop {
+            match Worker::connect(config).await {
+                Err(LondisteError::Consumer(pgq_consumer::ConsumerError::ConsumerBusy {
+                    ..
+                })) => deadline.pause("a dropped worker to let go").await?,
+                other => return Ok(other?),
             }
         }
     }

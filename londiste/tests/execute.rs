@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 use londiste::{AddTableOptions, LondisteError, Worker};
+use tokio_postgres::Client;
 
 use crate::common::Pair;
 
@@ -58,26 +59,67 @@ impl Writer {
     }
 }
 
+/// Rows of `acc` written before the column came (NULL `c`) and after (`c` set), on one side.
+async fn split(client: &Client) -> anyhow::Result<(i64, i64)> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE c IS NULL AND id > 1000),
+                    count(*) FILTER (WHERE c = id AND id > 1000) FROM acc",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The number of columns of `acc` on one side.
+async fn columns(client: &Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'acc'::regclass AND attnum > 0",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Lets every worker apply what there is.
+async fn drain_all(pair: &Pair, workers: &mut [Worker]) -> anyhow::Result<()> {
+    for worker in workers {
+        pair.drain(worker).await?;
+    }
+    Ok(())
+}
+
+/// Scripts recorded as executed on one side.
+async fn executed(client: &Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one("SELECT count(*) FROM londiste_rs.executed", &[])
+        .await?
+        .get(0))
+}
+
 #[tokio::test]
 async fn a_column_added_under_load_lands_at_its_point_of_the_stream() -> anyhow::Result<()> {
     let pair = Pair::new().await?;
-    pair.both("CREATE TABLE acc (id int PRIMARY KEY, v int NOT NULL)")
-        .await?;
+    let (config2, _db2, subscriber2) = pair.second_subscriber("worker2").await?;
+    let table = "CREATE TABLE acc (id int PRIMARY KEY, v int NOT NULL)";
+    pair.both(table).await?;
+    subscriber2.batch_execute(table).await?;
     pair.provider
         .batch_execute("INSERT INTO acc SELECT g, 0 FROM generate_series(1, 100) g")
         .await?;
-    londiste::add_tables(
-        &pair.config,
-        &["acc".to_owned()],
-        &AddTableOptions::default(),
-    )
-    .await?;
+    for config in [&pair.config, &config2] {
+        londiste::add_tables(config, &["acc".to_owned()], &AddTableOptions::default()).await?;
+    }
     let added = Arc::new(AtomicBool::new(false));
     let last = Arc::new(AtomicI32::new(0));
     let writer = Writer::start(&pair, Arc::clone(&added), Arc::clone(&last)).await?;
-    let mut worker = Worker::connect(&pair.config).await?;
+    let mut workers = [
+        Worker::connect(&pair.config).await?,
+        Worker::connect(&config2).await?,
+    ];
     while last.load(Ordering::SeqCst) < 1100 {
-        pair.drain(&mut worker).await?;
+        drain_all(&pair, &mut workers).await?;
     }
     let done = londiste::execute(
         &pair.config,
@@ -89,28 +131,22 @@ async fn a_column_added_under_load_lands_at_its_point_of_the_stream() -> anyhow:
     added.store(true, Ordering::SeqCst);
     let at = last.load(Ordering::SeqCst);
     while last.load(Ordering::SeqCst) < at + 100 {
-        pair.drain(&mut worker).await?;
+        drain_all(&pair, &mut workers).await?;
     }
     writer.stop().await?;
-    pair.drain(&mut worker).await?;
+    drain_all(&pair, &mut workers).await?;
     pair.assert_same("acc", "id").await?;
-    let split: (i64, i64) = {
-        let row = pair
-            .subscriber
-            .query_one(
-                "SELECT count(*) FILTER (WHERE c IS NULL AND id > 1000),
-                        count(*) FILTER (WHERE c = id AND id > 1000) FROM acc",
-                &[],
-            )
-            .await?;
-        (row.get(0), row.get(1))
-    };
-    assert!(
-        split.0 >= 100 && split.1 >= 100,
-        "rows before and after: {split:?}"
-    );
+    let provider = Pair::md5(&pair.provider, "acc", "id").await?;
+    assert_eq!(Pair::md5(&subscriber2, "acc", "id").await?, provider);
+    for subscriber in [&pair.subscriber, &subscriber2] {
+        let (before, after) = split(subscriber).await?;
+        assert!(
+            before >= 100 && after >= 100,
+            "rows before and after: {before}, {after}"
+        );
+    }
 
-    // Refused, and nothing changes.
+    // Refused, and nothing changes on either side.
     let refusals = [
         (
             "add_c.sql",
@@ -137,6 +173,11 @@ async fn a_column_added_under_load_lands_at_its_point_of_the_stream() -> anyhow:
             "ALTER TABLE nowhere ADD COLUMN f int",
             "failed on the provider",
         ),
+        (
+            "syntax.sql",
+            "ALTER TABLE acc ADD COLUMN g int; ALTER TABLE acc ADD COLUMNN h int",
+            "failed on the provider",
+        ),
     ];
     for (file, script, message) in refusals {
         let err = londiste::execute(&pair.config, file, script)
@@ -145,44 +186,24 @@ async fn a_column_added_under_load_lands_at_its_point_of_the_stream() -> anyhow:
         assert!(matches!(err, LondisteError::Execute { .. }), "{err}");
         assert!(err.to_string().contains(message), "{file}: {err}");
     }
-    let columns: i64 = pair
-        .provider
-        .query_one(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'acc'::regclass AND attnum > 0",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert_eq!(columns, 3, "id, v, c");
-    let scripts = "SELECT count(*) FROM londiste_rs.executed";
-    assert_eq!(
-        pair.provider
-            .query_one(scripts, &[])
-            .await?
-            .get::<_, i64>(0),
-        1
-    );
-    assert_eq!(
-        pair.subscriber
-            .query_one(scripts, &[])
-            .await?
-            .get::<_, i64>(0),
-        1
-    );
-    // The record and the event share the provider transaction: one record, one event.
+    drain_all(&pair, &mut workers).await?;
+    for side in [&pair.provider, &pair.subscriber, &subscriber2] {
+        assert_eq!(columns(side).await?, 3, "id, v, c");
+        // The record and the event share the provider transaction: one record, one event.
+        assert_eq!(executed(side).await?, 1);
+    }
 
-    // A column only the provider has stops the worker, naming table and column.
+    // A column only the provider has stops every worker, naming table and column.
     pair.provider
         .batch_execute("ALTER TABLE acc ADD COLUMN p int; UPDATE acc SET p = 1 WHERE id = 1")
         .await?;
-    let err = pair
-        .drain(&mut worker)
-        .await
-        .expect_err("provider-only column");
-    assert!(
-        format!("{err:#}").contains("subscriber table public.acc has no column \"p\""),
-        "{err:#}"
-    );
+    for worker in &mut workers {
+        let err = pair.drain(worker).await.expect_err("provider-only column");
+        assert!(
+            format!("{err:#}").contains("subscriber table public.acc has no column \"p\""),
+            "{err:#}"
+        );
+    }
     Ok(())
 }
 
@@ -274,5 +295,76 @@ async fn check_lists_drift() -> anyhow::Result<()> {
         stdout.contains(r#"error: public.two: column "x" (integer) is missing"#),
         "{stdout}"
     );
+    Ok(())
+}
+
+/// A subscriber column whose type would convert the provider's values stops the worker,
+/// naming table and column, before any row is written; a type change made with `execute`
+/// (both sides at one position) never does, even for a worker that starts before it.
+#[tokio::test]
+async fn a_converting_column_type_stops_the_worker() -> anyhow::Result<()> {
+    let pair = Pair::new().await?;
+    pair.both("CREATE TABLE t (id int PRIMARY KEY, amount numeric(10,2))")
+        .await?;
+    londiste::add_tables(&pair.config, &["t".to_owned()], &AddTableOptions::default()).await?;
+    pair.provider
+        .batch_execute("INSERT INTO t VALUES (1, 1.25)")
+        .await?;
+    let mut worker = Pair::worker(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+
+    // A script, and rows on both sides of it, replayed by a worker that starts with the script
+    // still ahead of it in the stream.
+    pair.provider
+        .batch_execute("INSERT INTO t VALUES (2, 2.5)")
+        .await?;
+    londiste::execute(
+        &pair.config,
+        "wider.sql",
+        "ALTER TABLE t ALTER COLUMN amount TYPE numeric(12,3)",
+    )
+    .await?;
+    pair.provider
+        .batch_execute("INSERT INTO t VALUES (3, 3.125)")
+        .await?;
+    drop(worker);
+    let mut worker = Pair::worker(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    assert_eq!(pair.assert_same("t", "id").await?, 3);
+
+    // A change made on the subscriber alone.
+    pair.subscriber
+        .batch_execute("ALTER TABLE t ALTER COLUMN amount TYPE real")
+        .await?;
+    pair.provider
+        .batch_execute("INSERT INTO t VALUES (4, 4.375)")
+        .await?;
+    let problem = "column \"amount\" is numeric(12,3) on the provider, real on the \
+                   subscriber: values would be converted";
+    drop(worker);
+    let mut worker = Pair::worker(&pair.config).await?;
+    let err = pair.drain(&mut worker).await.expect_err("converting type");
+    assert!(
+        format!("{err:#}").contains(&format!("provider table public.t: {problem}")),
+        "{err:#}"
+    );
+    let rows: i64 = pair
+        .subscriber
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .get(0);
+    assert_eq!(rows, 3, "nothing applied");
+    let drift = londiste::check(&pair.config).await?;
+    assert!(
+        drift
+            .iter()
+            .any(|d| d.severity == londiste::Severity::Error && d.problem.contains(problem)),
+        "{drift:#?}"
+    );
+    pair.subscriber
+        .batch_execute("ALTER TABLE t ALTER COLUMN amount TYPE numeric(12,3)")
+        .await?;
+    pair.drain(&mut worker).await?;
+    assert_eq!(pair.assert_same("t", "id").await?, 4);
     Ok(())
 }

@@ -4,22 +4,10 @@ use std::time::Duration;
 
 use londiste::{AddTableOptions, Config, TableState, Worker};
 use pgq_consumer::CancellationToken;
-use pgq_core::{ConsumerName, Dsn};
-use pgq_testkit::{Deadline, TestDb};
+use pgq_testkit::Deadline;
 use tokio_postgres::Client;
 
 use crate::common::{pgbench_init, pgbench_load, Pair};
-
-/// A second subscriber of the pair's queue.
-async fn second(pair: &Pair) -> anyhow::Result<(Config, TestDb, Client)> {
-    let db = TestDb::new().await?;
-    let mut config = pair.config.clone();
-    config.subscriber = Dsn::parse(&db.dsn())?;
-    config.consumer = Some(ConsumerName::new("worker2")?);
-    londiste::init(&config).await?;
-    let client = db.client().await?;
-    Ok((config, db, client))
-}
 
 /// Runs a worker until the token fires.
 fn run(config: &Config, cancel: &CancellationToken) -> tokio::task::JoinHandle<anyhow::Result<()>> {
@@ -68,7 +56,7 @@ async fn write_branches(
 async fn two_subscribers_with_their_own_tables_on_one_queue() -> anyhow::Result<()> {
     let pair = Pair::new().await?;
     pgbench_init(&pair.dbs.0.dsn(), 1).await?;
-    let (config2, _db2, subscriber2) = second(&pair).await?;
+    let (config2, _db2, subscriber2) = pair.second_subscriber("worker2").await?;
     let cancel = CancellationToken::new();
     let workers = [run(&pair.config, &cancel), run(&config2, &cancel)];
     let mut load = pgbench_load(&pair.dbs.0.dsn())?;

@@ -55,8 +55,8 @@ async fn types_quoted_names_other_schemas_and_key_changes() -> anyhow::Result<()
     Ok(())
 }
 
-/// Generated columns are computed by each side and never written by the worker (a capture
-/// trigger records them, the subscriber would refuse them).
+/// Generated columns are computed by each side: the capture trigger leaves them out of the
+/// events (the subscriber would refuse a value for one) and the worker never writes them.
 #[tokio::test]
 async fn generated_columns_are_computed_on_each_side() -> anyhow::Result<()> {
     let pair = Pair::new().await?;
@@ -74,6 +74,28 @@ async fn generated_columns_are_computed_on_each_side() -> anyhow::Result<()> {
              DELETE FROM g WHERE id = 10;",
         )
         .await?;
+    let captured: Vec<String> = pair
+        .provider
+        .query(
+            "SELECT ev_data FROM pgq.event_template WHERE ev_extra1 = 'public.g' ORDER BY ev_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        captured,
+        [
+            "id=11&a=11",
+            "id=1&a=101",
+            "id=2&a=102",
+            "id=3&a=103",
+            "id=4&a=104",
+            "id=5&a=105",
+            "id=10&a=10"
+        ]
+    );
     let mut worker = Worker::connect(&pair.config).await?;
     pair.drain(&mut worker).await?;
     assert_eq!(pair.assert_same("g", "id").await?, 10);

@@ -1,10 +1,11 @@
--- pgq-rs: the `pgq_triggers` line, version 2, in one file.
+-- pgq-rs: the `pgq_triggers` line, version 3, in one file.
 --
 -- PGQ's change-capture triggers pgq.logutriga(), pgq.sqltriga() and pgq.jsontriga() in PL/pgSQL,
 -- for the pgq-rs schema, and their registered variants that need no pgq_writer. Arguments,
 -- events and error messages are those of PGQ 3.5 (listed in 0001_initial.sql); the registered
--- variants are described in 0002_trust.sql.
--- This file is what the numbered files up to 0002 build, in one piece: a DBA reads a
+-- variants are described in 0002_trust.sql; 0003_generated_columns.sql leaves generated columns out
+-- of the events.
+-- This file is what the numbered files up to 0003 build, in one piece: a DBA reads a
 -- function's current definition here. A fresh installation runs it (the Rust installer does; by
 -- hand: `psql -v ON_ERROR_STOP=1 -1 -f migrations/current/pgq_triggers.sql`) and it records every
 -- version it contains in pgq_rs.migrations; an installation at an earlier version runs the
@@ -262,6 +263,7 @@ DECLARE
     field_names text[] := '{}';
     field_exprs text[] := '{}';
     cols text[];
+    generated text[];
     kinds "char"[] := '{}';
     types oid[];
     nv text[];
@@ -321,8 +323,10 @@ BEGIN
     -- Cheap catalog queries on every row: a session-level cache would miss DDL. Two plain
     -- queries and a loop cost less than one query doing it all.
     SELECT array_agg(a.attname::text ORDER BY a.attnum), array_agg(a.atttypid ORDER BY a.attnum),
-           array_agg(a.attnum ORDER BY a.attnum)
-      INTO cols, types, attnums
+           array_agg(a.attnum ORDER BY a.attnum),
+           coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated <> ''),
+                    '{}')
+      INTO cols, types, attnums, generated
       FROM pg_attribute a
      WHERE a.attrelid = relid AND a.attnum > 0 AND NOT a.attisdropped;
     FOR i IN 1 .. cardinality(types) LOOP
@@ -448,7 +452,12 @@ BEGIN
         END IF;
     END IF;
 
-    IF cardinality(ignored) = 0 AND NOT cols && magic THEN
+    -- Generated columns are left out of the data (a subscriber computes its own, and a virtual
+    -- one has no stored value), except a key column: the event must name its row.
+    IF cardinality(generated) > 0 THEN
+        generated := ARRAY(SELECT g FROM unnest(generated) AS g WHERE NOT g = ANY (pkey));
+    END IF;
+    IF cardinality(ignored) = 0 AND cardinality(generated) = 0 AND NOT cols && magic THEN
         data_cols := cols;
         data_kinds := kinds;
         data_new := rv;
@@ -458,7 +467,7 @@ BEGIN
                array_agg(o ORDER BY n)
           INTO data_cols, data_kinds, data_new, data_old
           FROM unnest(cols, kinds, rv, ov) WITH ORDINALITY AS u(c, k, v, o, n)
-         WHERE NOT c = ANY (ignored) AND NOT c = ANY (magic);
+         WHERE NOT c = ANY (ignored) AND NOT c = ANY (magic) AND NOT c = ANY (generated);
     END IF;
 
     -- ev: type, data, extra1 .. extra4
@@ -745,4 +754,5 @@ GRANT EXECUTE ON FUNCTION pgq.logutriga(), pgq.sqltriga(), pgq.jsontriga() TO pg
 
 INSERT INTO pgq_rs.migrations (line, version, description) VALUES
     ('pgq_triggers', 1, 'initial'),
-    ('pgq_triggers', 2, 'trust');
+    ('pgq_triggers', 2, 'trust'),
+    ('pgq_triggers', 3, 'generated_columns');

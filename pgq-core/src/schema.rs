@@ -330,6 +330,12 @@ static MIGRATIONS: &[Migration] = &[
     ),
     migration!(PgqTriggers, "pgq_triggers/0002_trust.sql", 2, "trust"),
     migration!(
+        PgqTriggers,
+        "pgq_triggers/0003_generated_columns.sql",
+        3,
+        "generated_columns"
+    ),
+    migration!(
         PgqCoop,
         "pgq_coop/0001_initial.sql",
         1,
@@ -381,7 +387,7 @@ macro_rules! current {
 /// own current file). A test installs every line both ways and compares the databases.
 static CURRENT: &[CurrentFile] = &[
     current!(Pgq, "current/pgq.sql", 6),
-    current!(PgqTriggers, "current/pgq_triggers.sql", 2),
+    current!(PgqTriggers, "current/pgq_triggers.sql", 3),
     current!(PgqCoop, "current/pgq_coop.sql", 2),
     current!(PgqExt, "current/pgq_ext.sql", 2),
     current!(Londiste, "current/londiste_rs.sql", 2),
