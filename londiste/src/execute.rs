@@ -90,7 +90,15 @@ pub async fn execute(config: &Config, file: &str, script: &str) -> Result<Execut
         .on(PROVIDER, "starting the script's transaction")?;
     tx.batch_execute("SET LOCAL session_replication_role = local")
         .await
-        .map_err(|e| refuse(format!("cannot set session_replication_role = local: {e}")))?;
+        .map_err(|err| {
+            refuse(format!(
+                "cannot set session_replication_role = local, which keeps the script's own \
+                 changes out of the capture ({}): connect as a superuser, or on PostgreSQL 15+ \
+                 run `GRANT SET ON PARAMETER session_replication_role TO <role>`",
+                err.as_db_error()
+                    .map_or_else(|| err.to_string(), |db| db.message().to_owned())
+            ))
+        })?;
     let queue = config.queue.as_str();
     if !record_script(&tx, PROVIDER, queue, file, script).await? {
         return Err(refuse(format!("was executed on queue {queue} already")));

@@ -506,8 +506,14 @@ async fn resolve_tables(provider: &Client, which: &SeedTables) -> Result<Vec<Tab
     Ok(tables)
 }
 
+/// Why a seed does not go where a server answers.
+const ANSWERS: &str = "a server answers at the subscriber's address already: seeding makes a \
+                       new cluster there; stop it, or point the config's subscriber elsewhere";
+
 /// Refuses a target that is in use: a non-empty data directory, or a server answering at the
-/// subscriber's address (naming the tables it replicates already, if any).
+/// subscriber's address, even only to refuse the login (naming the tables it replicates
+/// already, if any).
+
 async fn check_target(config: &Config, options: &SeedOptions) -> Result<()> {
     if config.subscriber.dbname() != config.provider.dbname() {
         return Err(LondisteError::Seed {
@@ -528,8 +534,14 @@ async fn check_target(config: &Config, options: &SeedOptions) -> Result<()> {
             ),
         });
     }
-    let Ok(subscriber) = config.subscriber.connect().await else {
-        return Ok(());
+    let subscriber = match config.subscriber.connect().await {
+        Ok(client) => client,
+        Err(pgq_core::Error::Db { source, .. }) if source.as_db_error().is_some() => {
+            return Err(LondisteError::Seed {
+                problem: ANSWERS.to_owned(),
+            })
+        }
+        Err(_) => return Ok(()),
     };
     let queue = config.queue.as_str();
     let replicated: Vec<String> = subscriber
@@ -539,9 +551,7 @@ async fn check_target(config: &Config, options: &SeedOptions) -> Result<()> {
         .unwrap_or_default();
     Err(LondisteError::Seed {
         problem: if replicated.is_empty() {
-            "a server answers at the subscriber's address already: seeding makes a new \
-             cluster there; stop it, or point the config's subscriber elsewhere"
-                .to_owned()
+            ANSWERS.to_owned()
         } else {
             format!(
                 "the subscriber already replicates {} from queue {queue}",

@@ -368,3 +368,48 @@ async fn a_converting_column_type_stops_the_worker() -> anyhow::Result<()> {
     assert_eq!(pair.assert_same("t", "id").await?, 4);
     Ok(())
 }
+
+/// A role that may not set `session_replication_role` (here the table's owner, not a
+/// superuser) cannot run a script: its changes would be captured as well as replayed. Refused
+/// before anything runs, saying what to grant.
+#[tokio::test]
+async fn execute_needs_a_role_that_can_silence_capture() -> anyhow::Result<()> {
+    const OWNER: &str = "pgqt_londiste_table_owner";
+    let pair = Pair::new().await?;
+    pgq_testkit::create_role(&pair.provider, OWNER, "LOGIN").await?;
+    pair.both("CREATE TABLE acc (id int PRIMARY KEY, v int)")
+        .await?;
+    pair.provider
+        .batch_execute(&format!("ALTER TABLE acc OWNER TO {OWNER}"))
+        .await?;
+    londiste::add_tables(
+        &pair.config,
+        &["acc".to_owned()],
+        &AddTableOptions::default(),
+    )
+    .await?;
+    let mut config = pair.config.clone();
+    config.provider = config.provider.with_user(OWNER);
+    let err = londiste::execute(&config, "add_c.sql", "ALTER TABLE acc ADD COLUMN c int")
+        .await
+        .expect_err("not allowed to set session_replication_role");
+    assert_eq!(
+        err.to_string(),
+        "execute add_c.sql: cannot set session_replication_role = local, which keeps the \
+         script's own changes out of the capture (permission denied to set parameter \
+         \"session_replication_role\"): connect as a superuser, or on PostgreSQL 15+ run \
+         `GRANT SET ON PARAMETER session_replication_role TO <role>`"
+    );
+    assert_eq!(columns(&pair.provider).await?, 2);
+    assert_eq!(executed(&pair.provider).await?, 0);
+    let scripts: i64 = pair
+        .provider
+        .query_one(
+            "SELECT count(*) FROM pgq.event_template WHERE ev_type = 'EXECUTE'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(scripts, 0);
+    Ok(())
+}

@@ -487,6 +487,22 @@ async fn refused_and_interrupted_seeds_leave_the_provider_clean() -> anyhow::Res
         "mine"
     );
     assert_eq!(provider.footprint().await?, clean);
+    // A server at the subscriber's address that refuses the login is still a server there.
+    let mut taken = config.clone();
+    taken.subscriber = config.provider.with_user("pgqt_no_such_role");
+    let err = londiste::seed(
+        &taken,
+        &named(&["public.pgbench_accounts"]),
+        &provider.options("taken", port, true),
+    )
+    .await
+    .expect_err("a server answers");
+    assert!(
+        err.to_string()
+            .contains("a server answers at the subscriber's address already"),
+        "{err}"
+    );
+    assert_eq!(provider.footprint().await?, clean);
 
     // The backup fails midway: a file fetch is cut off.
     let interrupted = provider.options("interrupted", port, true);
