@@ -94,8 +94,9 @@ pub use queue::{
     unregister_consumer, QueueInfo, QueueSetting, TickInfo,
 };
 pub use schema::{
-    check, flavor, install, installation_id, migrations_sql, AppliedMigration, Flavor,
-    InstallReport, InstallationId, Line, LineReport,
+    check, flavor, install, installation_id, migrate_from_extension, migrations_sql,
+    AppliedMigration, ExtensionMigration, Flavor, InstallReport, InstallationId, Line, LineReport,
+    MigrationRun, Refusal,
 };
 pub use skip::{skip_consumer, SkipReport, SkipTarget};
 pub use tokio_postgres;
