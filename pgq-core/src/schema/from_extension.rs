@@ -139,7 +139,9 @@ impl fmt::Display for ExtensionMigration {
 ///
 /// It takes an exclusive lock on the queue tables, so it waits for the producers and consumers
 /// in the middle of a transaction and holds the next ones off until it commits; they go on
-/// against the new schema, whose SQL API is the same. There is no way back to the extension
+/// against the new schema, whose SQL API is the same. A statement that had already called one
+/// of the extension's functions when it came to wait on that lock fails once (the function is
+/// gone by then) and its transaction rolls back whole, to be retried like after any error. There is no way back to the extension
 /// (`CREATE EXTENSION pgq` cannot adopt existing tables): take a backup first, and try it with
 /// [`MigrationRun::DryRun`].
 ///
