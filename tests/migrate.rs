@@ -345,7 +345,15 @@ async fn live_extension_database_moves_over() -> Result<()> {
             .count();
         ensure!(theirs <= 1, "{client} failed {theirs} times: {failures:#?}");
     }
-    eprintln!("transactions in flight at the move that failed: {failures:#?}");
+    let pgqd_errors: Vec<String> = std::fs::read_to_string(scratch.path("pgqd.log"))?
+        .lines()
+        .filter(|line| line.contains("ERROR"))
+        .map(str::to_owned)
+        .collect();
+    eprintln!(
+        "transactions in flight at the move that failed: {failures:#?}\npgqd's errors: \
+         {pgqd_errors:#?}"
+    );
     drop(daemon);
     Arc::try_unwrap(scratch)
         .map_err(|_| anyhow::anyhow!("the scratch directory is still shared"))?

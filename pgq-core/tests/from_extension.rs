@@ -162,7 +162,7 @@ async fn carries_queues_positions_open_batches_retries_and_triggers() -> anyhow:
         .batch_execute(
             "SELECT pgq.create_queue('q');
              SELECT pgq.set_queue_config('q', 'ticker_max_count', '7');
-             SELECT pgq.create_queue('second');
+             SELECT pgq.create_queue('a \"queue\"; it''s odd');
              SELECT pgq.register_consumer('q', 'ahead');
              SELECT pgq.register_consumer('q', 'behind');
              SELECT pgq.register_consumer('q', 'open');
@@ -229,6 +229,20 @@ async fn carries_queues_positions_open_batches_retries_and_triggers() -> anyhow:
     pgq_core::check(&client, &[Line::Pgq, Line::PgqTriggers, Line::PgqCoop]).await?;
     let after = state(&client).await?;
     assert_eq!(before, after, "the queue state is carried over as it was");
+
+    // The queue with an odd name takes events on the new schema.
+    let odd = "a \"queue\"; it's odd";
+    client
+        .query_one("SELECT pgq.insert_event($1, 't', 'x')", &[&odd])
+        .await?;
+    tick(&client, odd).await?;
+    let (odd_new,): (i64,) = {
+        let row = client
+            .query_one("SELECT ev_new FROM pgq.get_queue_info($1)", &[&odd])
+            .await?;
+        (row.get(0),)
+    };
+    assert_eq!(odd_new, 0, "the odd queue's event was ticked");
 
     // Open batches are finished on the new schema, with the same events.
     assert_eq!(batch_ids(&client, open).await?, open_ids);
