@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use pgq_core::tokio_postgres::Client;
-use pgq_core::{Flavor, MigrationRun};
+use pgq_core::{Flavor, MigrationOptions};
 use pgq_testkit::{Deadline, TestDb};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -254,7 +254,7 @@ async fn live_extension_database_moves_over() -> Result<()> {
         deadline,
     )
     .await?;
-    let report = pgq_core::migrate_from_extension(&mut admin, MigrationRun::Commit).await?;
+    let report = pgq_core::migrate_from_extension(&mut admin, MigrationOptions::new()).await?;
     assert_eq!((report.queues, report.consumers), (1, 3), "{report}");
     assert_eq!(pgq_core::flavor(&admin).await?, Flavor::Ours);
     let at_move = (

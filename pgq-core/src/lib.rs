@@ -96,7 +96,7 @@ pub use queue::{
 pub use schema::{
     check, flavor, install, installation_id, migrate_from_extension, migrations_sql,
     AppliedMigration, ExtensionMigration, Flavor, InstallReport, InstallationId, Line, LineReport,
-    MigrationRun, Refusal,
+    MigrationOptions, Refusal,
 };
 pub use skip::{skip_consumer, SkipReport, SkipTarget};
 pub use tokio_postgres;

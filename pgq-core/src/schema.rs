@@ -17,7 +17,7 @@ use crate::error::{DbContext, Error, Result};
 
 mod from_extension;
 
-pub use from_extension::{migrate_from_extension, ExtensionMigration, MigrationRun, Refusal};
+pub use from_extension::{migrate_from_extension, ExtensionMigration, MigrationOptions, Refusal};
 
 /// The session advisory lock key that serializes installers (ASCII `pgqrs_in`).
 const INSTALL_LOCK_KEY: i64 = 0x7067_7172_735f_696e;

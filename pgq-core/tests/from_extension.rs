@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
+use pgq_core::tokio_postgres::error::SqlState;
 use pgq_core::tokio_postgres::Client;
-use pgq_core::{Dsn, Error, Flavor, Line, MigrationRun, Refusal};
+use pgq_core::{Dsn, Error, Flavor, Line, MigrationOptions, Refusal};
 use pgq_testkit::TestDb;
 
 /// A database with the reference extension; `None` (after the testkit's `SKIPPED` line) when it
@@ -211,7 +212,7 @@ async fn carries_queues_positions_open_batches_retries_and_triggers() -> anyhow:
     let coop_ids = batch_ids(&client, coop).await?;
     let before = state(&client).await?;
 
-    let report = pgq_core::migrate_from_extension(&mut client, MigrationRun::Commit).await?;
+    let report = pgq_core::migrate_from_extension(&mut client, MigrationOptions::new()).await?;
     assert_eq!(
         (
             report.queues,
@@ -328,7 +329,7 @@ async fn carries_queues_positions_open_batches_retries_and_triggers() -> anyhow:
         sorted.sort_unstable();
         assert_eq!(&sorted, &all, "{consumer}: every event once");
     }
-    let again = pgq_core::migrate_from_extension(&mut client, MigrationRun::Commit).await;
+    let again = pgq_core::migrate_from_extension(&mut client, MigrationOptions::new()).await;
     assert!(
         matches!(
             again,
@@ -351,7 +352,7 @@ async fn expect_refusal(
     refusal: Refusal,
     before: &BTreeMap<&'static str, String>,
 ) -> anyhow::Result<()> {
-    match pgq_core::migrate_from_extension(client, MigrationRun::Commit).await {
+    match pgq_core::migrate_from_extension(client, MigrationOptions::new()).await {
         Err(Error::MigrationRefused {
             refusal: got,
             problem,
@@ -429,14 +430,31 @@ async fn refusals_change_nothing() -> anyhow::Result<()> {
         .await?;
     expect_refusal(&mut stranger, &client, Refusal::NotOwner, &before).await?;
 
+    // A transaction that sits on a queue table past the lock timeout: given up, nothing changed.
+    let idle = db.client().await?;
+    idle.batch_execute("BEGIN; SELECT count(*) FROM pgq.queue;")
+        .await?;
+    let waited = pgq_core::migrate_from_extension(
+        &mut client,
+        MigrationOptions::new().lock_timeout(std::time::Duration::from_millis(200)),
+    )
+    .await;
+    assert!(
+        matches!(&waited, Err(e) if e.sql_state() == Some(&SqlState::LOCK_NOT_AVAILABLE)),
+        "{waited:?}"
+    );
+    assert_eq!(state(&idle).await?, before);
+    idle.batch_execute("COMMIT").await?;
+
     // A dry run does it all and keeps nothing.
-    let dry = pgq_core::migrate_from_extension(&mut client, MigrationRun::DryRun).await?;
+    let dry = pgq_core::migrate_from_extension(&mut client, MigrationOptions::new().dry_run(true))
+        .await?;
     assert!(!dry.committed && dry.queues == 1, "{dry}");
     assert_eq!(state(&client).await?, before);
     assert_eq!(pgq_core::flavor(&client).await?, Flavor::Extension);
 
     // Once the causes are gone, the same database moves over and the consumer goes on.
-    pgq_core::migrate_from_extension(&mut client, MigrationRun::Commit).await?;
+    pgq_core::migrate_from_extension(&mut client, MigrationOptions::new()).await?;
     assert_eq!(state(&client).await?, before);
     assert_eq!(drain(&client, "q", "c").await?.len(), 3);
     Ok(())
@@ -447,7 +465,7 @@ async fn no_extension_is_refused() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let mut client = db.client().await?;
     pgq_core::install(&mut client, &[Line::Pgq]).await?;
-    let refused = pgq_core::migrate_from_extension(&mut client, MigrationRun::Commit).await;
+    let refused = pgq_core::migrate_from_extension(&mut client, MigrationOptions::new()).await;
     assert!(
         matches!(
             refused,
@@ -479,7 +497,7 @@ async fn hostile_search_path_catches_nothing() -> anyhow::Result<()> {
     let path: String = fresh.query_one("SHOW search_path", &[]).await?.get(0);
     assert!(path.starts_with("evil"), "{path}");
     fresh.batch_execute("DELETE FROM evil.calls").await?;
-    pgq_core::migrate_from_extension(&mut fresh, MigrationRun::Commit).await?;
+    pgq_core::migrate_from_extension(&mut fresh, MigrationOptions::new()).await?;
     assert_eq!(
         pgq_testkit::shadow_calls(&fresh).await?,
         Vec::<String>::new()

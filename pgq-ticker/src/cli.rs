@@ -86,6 +86,11 @@ pub(crate) enum Admin {
         /// Do everything, print the report, and roll back.
         #[arg(long)]
         dry_run: bool,
+        /// Give up, changing nothing, when a queue table stays locked this long (`5s`, `500ms`,
+        /// or seconds); without it the migration waits for every transaction on the queues,
+        /// and producers and consumers wait behind it.
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        lock_timeout: Option<Duration>,
     },
     /// Create a queue.
     CreateQueue {

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use pgq_core::monitor::Monitor;
 use pgq_core::tokio_postgres::Client;
 use pgq_core::{
-    ConsumerName, Dsn, Line, MigrationRun, QueueName, QueueSetting, SkipTarget, TickId,
+    ConsumerName, Dsn, Line, MigrationOptions, QueueName, QueueSetting, SkipTarget, TickId,
 };
 use pgq_ticker::config::parse_duration;
 use pgq_ticker::{Databases, Ticker, TickerConfig};
@@ -139,13 +139,15 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
             let report = pgq_core::install(client, &lines).await?;
             out!("{report}");
         }
-        Admin::MigrateFromExtension { dry_run } => {
-            let run = if dry_run {
-                MigrationRun::DryRun
-            } else {
-                MigrationRun::Commit
-            };
-            let report = pgq_core::migrate_from_extension(client, run).await?;
+        Admin::MigrateFromExtension {
+            dry_run,
+            lock_timeout,
+        } => {
+            let mut options = MigrationOptions::new().dry_run(dry_run);
+            if let Some(limit) = lock_timeout {
+                options = options.lock_timeout(limit);
+            }
+            let report = pgq_core::migrate_from_extension(client, options).await?;
             out!("{report}");
         }
         Admin::CreateQueue { queue } => {

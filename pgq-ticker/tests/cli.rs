@@ -170,7 +170,17 @@ async fn migrate_from_extension_moves_the_queue_over() -> anyhow::Result<()> {
     };
     cli(&db, &["create-queue", "orders"], 0).await?;
     cli(&db, &["register", "orders", "mailer"], 0).await?;
-    let dry = cli(&db, &["migrate-from-extension", "--dry-run"], 0).await?;
+    let dry = cli(
+        &db,
+        &[
+            "migrate-from-extension",
+            "--dry-run",
+            "--lock-timeout",
+            "5s",
+        ],
+        0,
+    )
+    .await?;
     assert!(dry.contains("dry run, rolled back"), "{dry}");
     assert_eq!(
         pgq_core::flavor(&client).await?,

@@ -2,7 +2,9 @@
 //! place and in one transaction; the SQL that does it is `migrations/from_extension.sql`.
 
 use std::fmt;
+use std::time::Duration;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
@@ -20,6 +22,9 @@ const PIN: &str = "SET LOCAL search_path = pg_catalog, pg_temp";
 const LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock($1)";
 
 // language=SQL
+const LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', $1, true)";
+
+// language=SQL
 const DETACH: &str = "\
 SELECT queues, consumers, open_batches, retry_events, triggers, extension_version
   FROM pg_temp.pgq_rs_detach_extension()";
@@ -30,13 +35,35 @@ const ATTACH: &str = "SELECT pg_temp.pgq_rs_attach_extension_state()";
 /// The lines that take over what the extension provided, in installation order.
 const TAKEN_OVER: [Line; 2] = [Line::Pgq, Line::PgqTriggers];
 
-/// Whether [`migrate_from_extension`] commits, or only tries and rolls back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MigrationRun {
-    /// Commit the migration.
-    Commit,
+/// How [`migrate_from_extension`] runs. The default commits, and waits for the locks it needs
+/// as long as it takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct MigrationOptions {
+    dry_run: bool,
+    lock_timeout: Option<Duration>,
+}
+
+impl MigrationOptions {
+    /// The defaults: commit, no lock timeout.
+    pub fn new() -> MigrationOptions {
+        MigrationOptions::default()
+    }
+
     /// Carry out every step, report, and roll back: the database is left as it was.
-    DryRun,
+    pub fn dry_run(self, dry_run: bool) -> MigrationOptions {
+        MigrationOptions { dry_run, ..self }
+    }
+
+    /// Give up (changing nothing) when a lock cannot be had within `limit`: while the migration
+    /// waits for a transaction that holds a queue table, every producer and consumer that comes
+    /// later waits behind it, so a long or idle transaction would stall the queue.
+    pub fn lock_timeout(self, limit: Duration) -> MigrationOptions {
+        MigrationOptions {
+            lock_timeout: Some(limit),
+            ..self
+        }
+    }
 }
 
 /// Why [`migrate_from_extension`] refused a database (it changed nothing).
@@ -98,7 +125,7 @@ pub struct ExtensionMigration {
     pub triggers: i32,
     /// The pgq-rs lines installed in their place ([`Line::Pgq`], [`Line::PgqTriggers`]).
     pub lines: Vec<LineReport>,
-    /// Whether it was committed ([`MigrationRun::Commit`]) or rolled back.
+    /// Whether it was committed, or rolled back ([`MigrationOptions::dry_run`]).
     pub committed: bool,
 }
 
@@ -143,7 +170,8 @@ impl fmt::Display for ExtensionMigration {
 /// of the extension's functions when it came to wait on that lock fails once (the function is
 /// gone by then) and its transaction rolls back whole, to be retried like after any error. There is no way back to the extension
 /// (`CREATE EXTENSION pgq` cannot adopt existing tables): take a backup first, and try it with
-/// [`MigrationRun::DryRun`].
+/// [`MigrationOptions::dry_run`]. A deadlock with a client (which aborts the migration's
+/// transaction, changing nothing) is retried twice.
 ///
 /// Runs as the extension's owner (or a superuser), with `search_path` pinned to `pg_catalog`.
 ///
@@ -151,14 +179,41 @@ impl fmt::Display for ExtensionMigration {
 ///
 /// [`Error::MigrationRefused`] when the database holds what cannot be carried over (see
 /// [`Refusal`]); [`Error::MigrationFailed`] when installing a line fails; [`Error::Db`] for
-/// other statements. In each case nothing was changed.
+/// other statements, SQLSTATE `55P03` when the lock timeout passed. In each case nothing was
+/// changed.
 pub async fn migrate_from_extension(
     client: &mut Client,
-    run: MigrationRun,
+    options: MigrationOptions,
+) -> Result<ExtensionMigration> {
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        match migrate_once(client, options).await {
+            Err(err)
+                if attempt < ATTEMPTS
+                    && err.sql_state() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                tracing::warn!(attempt, "deadlock with a client; moving again");
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn migrate_once(
+    client: &mut Client,
+    options: MigrationOptions,
 ) -> Result<ExtensionMigration> {
     const OP: &str = "moving from the pgq extension";
     let tx = client.transaction().await.op(OP)?;
     tx.batch_execute(PIN).await.op(OP)?;
+    if let Some(limit) = options.lock_timeout {
+        let limit = format!("{}ms", limit.as_millis().max(1));
+        tx.query_typed_one(LOCK_TIMEOUT, &[(&limit, Type::TEXT)])
+            .await
+            .op("setting the lock timeout")?;
+    }
     tx.query_typed_one(LOCK, &[(&INSTALL_LOCK_KEY, Type::INT8)])
         .await
         .op("taking the installer lock")?;
@@ -200,17 +255,16 @@ pub async fn migrate_from_extension(
     }
     tx.batch_execute(PIN).await.op(OP)?;
     tx.query_typed_one(ATTACH, &[]).await.map_err(refused)?;
-    match run {
-        MigrationRun::Commit => {
-            tx.commit().await.op(OP)?;
-            report.committed = true;
-            tracing::info!(
-                queues = report.queues,
-                consumers = report.consumers,
-                "moved the pgq extension onto the pgq-rs schema"
-            );
-        }
-        MigrationRun::DryRun => tx.rollback().await.op(OP)?,
+    if options.dry_run {
+        tx.rollback().await.op(OP)?;
+    } else {
+        tx.commit().await.op(OP)?;
+        report.committed = true;
+        tracing::info!(
+            queues = report.queues,
+            consumers = report.consumers,
+            "moved the pgq extension onto the pgq-rs schema"
+        );
     }
     Ok(report)
 }
