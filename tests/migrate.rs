@@ -142,25 +142,25 @@ async fn consume_python(
     }
 }
 
-/// Waits until `seen` holds `count` events; fails early with the error of a task of `tasks`
-/// that ended.
+/// Waits until each `(seen, count, who)` of `readers` holds `count` events; fails early with
+/// the error of a task of `tasks` that ended.
 async fn wait_for(
-    seen: &Seen,
-    count: usize,
-    what: &str,
+    readers: [(&Seen, usize, &str); 2],
     tasks: &mut [&mut JoinHandle<Result<()>>],
     deadline: Deadline,
 ) -> Result<()> {
-    while seen.lock().unwrap().len() < count {
-        for task in tasks.iter_mut() {
-            if task.is_finished() {
-                (&mut **task).await??;
-                bail!("a task ended while waiting for {what}");
+    for (seen, count, who) in readers {
+        while seen.lock().unwrap().len() < count {
+            for task in tasks.iter_mut() {
+                if task.is_finished() {
+                    (&mut **task).await??;
+                    bail!("a task ended while waiting for {who}");
+                }
             }
+            deadline
+                .pause(format!("{who} to read {count} events"))
+                .await?;
         }
-        deadline
-            .pause(format!("{what} to read {count} events"))
-            .await?;
     }
     Ok(())
 }
@@ -239,17 +239,10 @@ async fn live_extension_database_moves_over() -> Result<()> {
 
     // Before: the live readers are under way; py_late has read nothing.
     wait_for(
-        &rust_seen,
-        60,
-        "the Rust consumer",
-        &mut [&mut producer, &mut rust, &mut live],
-        deadline,
-    )
-    .await?;
-    wait_for(
-        &live_seen,
-        60,
-        "python3-pgq",
+        [
+            (&rust_seen, 60, "the Rust consumer"),
+            (&live_seen, 60, "python3-pgq"),
+        ],
         &mut [&mut producer, &mut rust, &mut live],
         deadline,
     )
@@ -264,17 +257,10 @@ async fn live_extension_database_moves_over() -> Result<()> {
 
     // After: everyone goes on, on the new schema.
     wait_for(
-        &rust_seen,
-        at_move.0 + 60,
-        "the Rust consumer",
-        &mut [&mut producer, &mut rust, &mut live],
-        deadline,
-    )
-    .await?;
-    wait_for(
-        &live_seen,
-        at_move.1 + 60,
-        "python3-pgq",
+        [
+            (&rust_seen, at_move.0 + 60, "the Rust consumer"),
+            (&live_seen, at_move.1 + 60, "python3-pgq"),
+        ],
         &mut [&mut producer, &mut rust, &mut live],
         deadline,
     )

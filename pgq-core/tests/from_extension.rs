@@ -21,6 +21,21 @@ async fn extension_db() -> anyhow::Result<Option<(TestDb, Client)>> {
     Ok(Some((db, client)))
 }
 
+/// [`extension_db`] with queue `q`, consumer `c` and `events` events ticked for it.
+async fn queue_db(events: usize) -> anyhow::Result<Option<(TestDb, Client)>> {
+    let Some((db, client)) = extension_db().await? else {
+        return Ok(None);
+    };
+    client
+        .batch_execute(
+            "SELECT pgq.create_queue('q');
+             SELECT pgq.register_consumer('q', 'c');",
+        )
+        .await?;
+    produce(&client, "q", events).await?;
+    Ok(Some((db, client)))
+}
+
 /// Everything a consumer's future depends on, as text, and the extension's presence: equal
 /// before and after a refused migration; the queue state part equal across a migration.
 async fn state(client: &Client) -> anyhow::Result<BTreeMap<&'static str, String>> {
@@ -377,16 +392,9 @@ async fn expect_refusal(
 
 #[tokio::test]
 async fn refusals_change_nothing() -> anyhow::Result<()> {
-    let Some((db, mut client)) = extension_db().await? else {
+    let Some((db, mut client)) = queue_db(3).await? else {
         return Ok(());
     };
-    client
-        .batch_execute(
-            "SELECT pgq.create_queue('q');
-             SELECT pgq.register_consumer('q', 'c');",
-        )
-        .await?;
-    produce(&client, "q", 3).await?;
     let before = state(&client).await?;
 
     let causes: [(Refusal, &str, &str); 5] = [
@@ -482,16 +490,9 @@ async fn no_extension_is_refused() -> anyhow::Result<()> {
 /// A database owner's look-alikes first in the search_path catch nothing the migration runs.
 #[tokio::test]
 async fn hostile_search_path_catches_nothing() -> anyhow::Result<()> {
-    let Some((db, client)) = extension_db().await? else {
+    let Some((db, _)) = queue_db(2).await? else {
         return Ok(());
     };
-    client
-        .batch_execute(
-            "SELECT pgq.create_queue('q');
-             SELECT pgq.register_consumer('q', 'c');",
-        )
-        .await?;
-    produce(&client, "q", 2).await?;
     pgq_testkit::shadow_builtins(&db).await?;
     let mut fresh = db.client().await?;
     let path: String = fresh.query_one("SHOW search_path", &[]).await?.get(0);
