@@ -172,8 +172,12 @@ async fn carries_queues_positions_open_batches_retries_and_triggers() -> anyhow:
     let Some((db, mut client)) = extension_db().await? else {
         return Ok(());
     };
-    // pgq-rs's pgq_coop next to the extension: its sub-consumers live in pgq.subscription.
-    pgq_core::install(&mut client, &[Line::PgqCoop]).await?;
+    // pgq-rs's pgq_coop next to the extension (its sub-consumers live in pgq.subscription),
+    // and pgq_ext with a batch recorded done (its own tables, which the move leaves alone).
+    pgq_core::install(&mut client, &[Line::PgqCoop, Line::PgqExt]).await?;
+    client
+        .batch_execute("SELECT pgq_ext.set_batch_done('remote', 41)")
+        .await?;
     client
         .batch_execute(
             "SELECT pgq.create_queue('q');
@@ -242,7 +246,16 @@ async fn carries_queues_positions_open_batches_retries_and_triggers() -> anyhow:
     );
     assert!(report.committed);
     assert_eq!(pgq_core::flavor(&client).await?, Flavor::Ours);
-    pgq_core::check(&client, &[Line::Pgq, Line::PgqTriggers, Line::PgqCoop]).await?;
+    pgq_core::check(
+        &client,
+        &[Line::Pgq, Line::PgqTriggers, Line::PgqCoop, Line::PgqExt],
+    )
+    .await?;
+    let done: bool = client
+        .query_one("SELECT pgq_ext.is_batch_done('remote', 41)", &[])
+        .await?
+        .get(0);
+    assert!(done, "pgq_ext's state stays");
     let after = state(&client).await?;
     assert_eq!(before, after, "the queue state is carried over as it was");
 
