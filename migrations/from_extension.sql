@@ -1,7 +1,9 @@
 -- pgq-rs: moving a database from the original pgq extension (PGQ 3.x, C) onto the pgq-rs schema,
 -- in place and in one transaction. `pgq-ticker migrate-from-extension` (pgq_core::
--- migrate_from_extension) runs it: it defines the two session functions below, calls the first,
--- installs the pgq and pgq_triggers lines from their current files, calls the second and commits.
+-- migrate_from_extension) runs it: it defines the session functions below, checks the extension,
+-- runs the installer's prelude (migrations/prelude.sql), detaches the extension's queues,
+-- installs the pgq and pgq_triggers lines from their current files, attaches the queues to them
+-- and commits.
 -- Anything that fails rolls the whole transaction back, so a refused migration changes nothing.
 --
 -- What moves, and how:
@@ -32,35 +34,19 @@
 -- A dependency on the extension nothing above foresaw (a view on pgq.queue, a function taking
 -- a pgq type) makes DROP EXTENSION fail with its own message (2BP01), listing the objects.
 
-CREATE OR REPLACE FUNCTION pg_temp.pgq_rs_detach_extension()
-RETURNS TABLE (queues integer, consumers integer, open_batches integer, retry_events bigint,
-               triggers integer, extension_version text)
+-- The extension, its owner and its version, checked before the bookkeeping is looked at (the
+-- installer's prelude, which may create it, runs between this and the next function).
+CREATE OR REPLACE FUNCTION pg_temp.pgq_rs_check_extension() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    ext_oid oid;
     ext_owner oid;
     version text;
-    q record;
-    t record;
-    problem text;
-    recorded text[] := '{}';
 BEGIN
-    SELECT e.oid, e.extowner, e.extversion INTO ext_oid, ext_owner, version
+    SELECT e.extowner, e.extversion INTO ext_owner, version
       FROM pg_extension e WHERE e.extname = 'pgq';
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgq-rs: there is no pgq extension in database %', current_database()
             USING ERRCODE = 'PQM01';
-    END IF;
-    -- Dynamic: the bookkeeping exists only where a pgq-rs line was installed next to the extension.
-    IF to_regclass('pgq_rs.migrations') IS NOT NULL THEN
-        EXECUTE 'SELECT coalesce(array_agg(DISTINCT line), ''{}'') FROM pgq_rs.migrations'
-           INTO recorded;
-    END IF;
-    IF recorded && ARRAY['pgq', 'pgq_triggers'] THEN
-        RAISE EXCEPTION 'pgq-rs: the pgq-rs pgq line is recorded in pgq_rs.migrations next to the '
-                        'pgq extension'
-            USING ERRCODE = 'PQM02',
-                  HINT = 'The two cannot both be installed: find out how this database got here.';
     END IF;
     IF NOT pg_has_role(ext_owner, 'USAGE') THEN
         RAISE EXCEPTION 'pgq-rs: role % does not own the pgq extension (role % does)',
@@ -72,6 +58,34 @@ BEGIN
         RAISE EXCEPTION 'pgq-rs: the pgq extension is at version %, not 3.x', version
             USING ERRCODE = 'PQM08',
                   HINT = 'ALTER EXTENSION pgq UPDATE to 3.5 first.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pg_temp.pgq_rs_detach_extension()
+RETURNS TABLE (queues integer, consumers integer, open_batches integer, retry_events bigint,
+               triggers integer, extension_version text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ext_oid oid;
+    version text;
+    q record;
+    t record;
+    problem text;
+    recorded text[] := '{}';
+BEGIN
+    PERFORM pg_temp.pgq_rs_check_extension();
+    SELECT e.oid, e.extversion INTO ext_oid, version FROM pg_extension e WHERE e.extname = 'pgq';
+    -- Dynamic: the bookkeeping exists only where a pgq-rs line was installed next to the extension.
+    IF to_regclass('pgq_rs.migrations') IS NOT NULL THEN
+        EXECUTE 'SELECT coalesce(array_agg(DISTINCT line), ''{}'') FROM pgq_rs.migrations'
+           INTO recorded;
+    END IF;
+    IF recorded && ARRAY['pgq', 'pgq_triggers'] THEN
+        RAISE EXCEPTION 'pgq-rs: the pgq-rs pgq line is recorded in pgq_rs.migrations next to the '
+                        'pgq extension'
+            USING ERRCODE = 'PQM02',
+                  HINT = 'The two cannot both be installed: find out how this database got here.';
     END IF;
     IF to_regnamespace('londiste') IS NOT NULL THEN
         RAISE EXCEPTION 'pgq-rs: londiste3''s schema "londiste" is here'

@@ -444,6 +444,19 @@ async fn refusals_change_nothing() -> anyhow::Result<()> {
         client.batch_execute(mend).await?;
     }
 
+    // Bookkeeping that another role controls (its triggers would run with our rights).
+    pgq_testkit::create_role(&client, "pgq_migrate_squatter", "NOLOGIN").await?;
+    client
+        .batch_execute("CREATE SCHEMA pgq_rs AUTHORIZATION pgq_migrate_squatter")
+        .await?;
+    let squatted = pgq_core::migrate_from_extension(&mut client, MigrationOptions::new()).await;
+    assert!(
+        matches!(squatted, Err(Error::UntrustedInstallation { .. })),
+        "{squatted:?}"
+    );
+    assert_eq!(state(&client).await?, before);
+    client.batch_execute("DROP SCHEMA pgq_rs").await?;
+
     // A role that does not own the extension, even one that may use the queue.
     pgq_testkit::create_role(&client, "pgq_migrate_stranger", "LOGIN IN ROLE pgq_admin").await?;
     let mut stranger = Dsn::parse(&db.dsn_as("pgq_migrate_stranger"))?

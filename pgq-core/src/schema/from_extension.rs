@@ -8,7 +8,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::{run_recorded_in, Line, LineReport, CURRENT, INSTALL_LOCK_KEY, MIGRATIONS};
+use super::{
+    run_prelude, run_recorded_in, Line, LineReport, CURRENT, INSTALL_LOCK_KEY, MIGRATIONS,
+};
 use crate::error::{DbContext, Error, Result};
 
 /// The session functions that unhook the extension's queues and hook them into pgq-rs's.
@@ -23,6 +25,9 @@ const LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock($1)";
 
 // language=SQL
 const LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', $1, true)";
+
+// language=SQL
+const CHECK: &str = "SELECT pg_temp.pgq_rs_check_extension()";
 
 // language=SQL
 const DETACH: &str = "\
@@ -178,7 +183,8 @@ impl fmt::Display for ExtensionMigration {
 /// # Errors
 ///
 /// [`Error::MigrationRefused`] when the database holds what cannot be carried over (see
-/// [`Refusal`]); [`Error::MigrationFailed`] when installing a line fails; [`Error::Db`] for
+/// [`Refusal`]); [`Error::UntrustedInstallation`] when the pgq-rs bookkeeping belongs to
+/// somebody else (as for [`install`](crate::install)); [`Error::MigrationFailed`] when installing a line fails; [`Error::Db`] for
 /// other statements, SQLSTATE `55P03` when the lock timeout passed. In each case nothing was
 /// changed.
 pub async fn migrate_from_extension(
@@ -218,6 +224,9 @@ async fn migrate_once(
         .await
         .op("taking the installer lock")?;
     tx.batch_execute(FROM_EXTENSION).await.op(OP)?;
+    tx.query_typed_one(CHECK, &[]).await.map_err(refused)?;
+    // A bookkeeping schema somebody else controls is refused before it is read.
+    run_prelude(&tx).await?;
     let row = tx.query_typed_one(DETACH, &[]).await.map_err(refused)?;
     let mut report = ExtensionMigration {
         queues: row.try_get(0).op(OP)?,
