@@ -173,10 +173,12 @@ impl fmt::Display for ExtensionMigration {
 /// in the middle of a transaction and holds the next ones off until it commits; they go on
 /// against the new schema, whose SQL API is the same. A statement that had already called one
 /// of the extension's functions when it came to wait on that lock fails once (the function is
-/// gone by then) and its transaction rolls back whole, to be retried like after any error. There is no way back to the extension
-/// (`CREATE EXTENSION pgq` cannot adopt existing tables): take a backup first, and try it with
-/// [`MigrationOptions::dry_run`]. A deadlock with a client (which aborts the migration's
-/// transaction, changing nothing) is retried twice.
+/// gone by then) and its transaction rolls back whole, to be retried like after any error. A
+/// deadlock with a client (which aborts the migration's transaction, changing nothing) is
+/// retried twice.
+///
+/// There is no way back to the extension (`CREATE EXTENSION pgq` cannot adopt existing tables):
+/// take a backup first, and try it with [`MigrationOptions::dry_run`].
 ///
 /// Runs as the extension's owner (or a superuser), with `search_path` pinned to `pg_catalog`.
 ///
@@ -184,9 +186,9 @@ impl fmt::Display for ExtensionMigration {
 ///
 /// [`Error::MigrationRefused`] when the database holds what cannot be carried over (see
 /// [`Refusal`]); [`Error::UntrustedInstallation`] when the pgq-rs bookkeeping belongs to
-/// somebody else (as for [`install`](crate::install)); [`Error::MigrationFailed`] when installing a line fails; [`Error::Db`] for
-/// other statements, SQLSTATE `55P03` when the lock timeout passed. In each case nothing was
-/// changed.
+/// somebody else (as for [`install`](crate::install)); [`Error::MigrationFailed`] when
+/// installing a line fails; [`Error::Db`] for other statements, SQLSTATE `55P03` when the lock
+/// timeout passed. In each case nothing was changed.
 pub async fn migrate_from_extension(
     client: &mut Client,
     options: MigrationOptions,
@@ -262,7 +264,6 @@ async fn migrate_once(
             current: current.is_some(),
         });
     }
-    tx.batch_execute(PIN).await.op(OP)?;
     tx.query_typed_one(ATTACH, &[]).await.map_err(refused)?;
     if options.dry_run {
         tx.rollback().await.op(OP)?;
