@@ -142,6 +142,25 @@ async fn consume_python(
     }
 }
 
+/// One run of `plain_consumer.py` as consumer `name`: it drains what is ticked and exits.
+async fn read_once(
+    scratch: &Scratch,
+    name: &str,
+    config: &str,
+    seen: &Seen,
+    deadline: Deadline,
+) -> Result<()> {
+    let worker = Worker::spawn(scratch, name, "plain_consumer.py", &[config])?;
+    for line in worker.finish(deadline).await? {
+        let batch: Value = serde_json::from_str(&line)?;
+        let events = batch["events"].as_array().context("events")?;
+        seen.lock()
+            .unwrap()
+            .extend(events.iter().filter_map(|ev| ev[0].as_i64()));
+    }
+    Ok(())
+}
+
 /// Waits until each `(seen, count, who)` of `readers` holds `count` events; fails early with
 /// the error of a task of `tasks` that ended.
 async fn wait_for(
@@ -188,7 +207,8 @@ async fn live_extension_database_moves_over() -> Result<()> {
              SELECT pgq.set_queue_config('q', 'ticker_max_count', '20');
              SELECT pgq.register_consumer('q', 'rust');
              SELECT pgq.register_consumer('q', 'py_live');
-             SELECT pgq.register_consumer('q', 'py_late');",
+             SELECT pgq.register_consumer('q', 'py_late');
+             SELECT pgq.register_consumer('q', 'py_paused');",
         )
         .await?;
 
@@ -208,7 +228,11 @@ async fn live_extension_database_moves_over() -> Result<()> {
         )?;
         Ok(path.to_str().context("a UTF-8 temp dir")?.to_owned())
     };
-    let (live_config, late_config) = (py_config("py_live")?, py_config("py_late")?);
+    let (live_config, late_config, paused_config) = (
+        py_config("py_live")?,
+        py_config("py_late")?,
+        py_config("py_paused")?,
+    );
 
     let deadline = Deadline::after(Duration::from_secs(120));
     let stop_producer = Stop::default();
@@ -221,7 +245,12 @@ async fn live_extension_database_moves_over() -> Result<()> {
         failures.clone(),
         stop_producer.clone(),
     ));
-    let (rust_seen, live_seen, late_seen) = (Seen::default(), Seen::default(), Seen::default());
+    let (rust_seen, live_seen, late_seen, paused_seen) = (
+        Seen::default(),
+        Seen::default(),
+        Seen::default(),
+        Seen::default(),
+    );
     let mut rust = tokio::spawn(consume(
         db.client().await?,
         rust_seen.clone(),
@@ -237,7 +266,8 @@ async fn live_extension_database_moves_over() -> Result<()> {
         stop_readers.clone(),
     ));
 
-    // Before: the live readers are under way; py_late has read nothing.
+    // Before: the live readers are under way; py_paused reads what there is and stops until
+    // after the move; py_late has read nothing.
     wait_for(
         [
             (&rust_seen, 60, "the Rust consumer"),
@@ -247,8 +277,20 @@ async fn live_extension_database_moves_over() -> Result<()> {
         deadline,
     )
     .await?;
+    read_once(
+        &scratch,
+        "py_paused",
+        &paused_config,
+        &paused_seen,
+        deadline,
+    )
+    .await?;
+    ensure!(
+        !paused_seen.lock().unwrap().is_empty(),
+        "py_paused read nothing"
+    );
     let report = pgq_core::migrate_from_extension(&mut admin, MigrationOptions::new()).await?;
-    assert_eq!((report.queues, report.consumers), (1, 3), "{report}");
+    assert_eq!((report.queues, report.consumers), (1, 4), "{report}");
     assert_eq!(pgq_core::flavor(&admin).await?, Flavor::Ours);
     let at_move = (
         rust_seen.lock().unwrap().len(),
@@ -288,16 +330,11 @@ async fn live_extension_database_moves_over() -> Result<()> {
     stop_readers.store(true, Ordering::SeqCst);
     rust.await??;
     live.await??;
-    let late = Worker::spawn(&scratch, "py_late", "plain_consumer.py", &[&late_config])?;
-    for line in late.finish(deadline).await? {
-        let batch: Value = serde_json::from_str(&line)?;
-        late_seen.lock().unwrap().extend(
-            batch["events"]
-                .as_array()
-                .context("events")?
-                .iter()
-                .filter_map(|ev| ev[0].as_i64()),
-        );
+    for (name, config, seen) in [
+        ("py_late", &late_config, &late_seen),
+        ("py_paused", &paused_config, &paused_seen),
+    ] {
+        read_once(&scratch, name, config, seen, deadline).await?;
     }
     daemon.check(&scratch)?;
 
@@ -305,6 +342,7 @@ async fn live_extension_database_moves_over() -> Result<()> {
         ("rust", &rust_seen),
         ("py_live", &live_seen),
         ("py_late", &late_seen),
+        ("py_paused", &paused_seen),
     ]
     .into_iter()
     .collect();
