@@ -2,4 +2,5 @@
 //! extension (Skytools PGQ 3.5).
 
 mod compat;
+mod migrate;
 mod pgqd;

@@ -141,6 +141,17 @@ pub enum Error {
         /// What to do about it.
         hint: String,
     },
+    /// [`migrate_from_extension`](crate::migrate_from_extension) refused the database and
+    /// changed nothing.
+    #[error("{problem} (hint: {hint})")]
+    MigrationRefused {
+        /// Why.
+        refusal: crate::Refusal,
+        /// What was found, as the server said it.
+        problem: String,
+        /// What to do about it.
+        hint: String,
+    },
     /// The schema is missing or older than this build needs.
     #[error("schema line {line} is at version {found:?}, this build needs {expected}")]
     SchemaOutdated {

@@ -44,7 +44,8 @@
 //! }
 //! ```
 //!
-//! Main items: [`install`] and [`Line`] (schema), [`QueueName`] and [`ConsumerName`],
+//! Main items: [`install`] and [`Line`] (schema), [`migrate_from_extension`] (moving a database
+//! off the original `pgq` extension), [`QueueName`] and [`ConsumerName`],
 //! [`create_queue`], [`insert_event`] / [`insert_events`], [`next_batch`], [`EventCursor`],
 //! [`finish_batch`], [`queue_info`], [`consumer_info`], [`queue_backlog`], [`Error`]; the
 //! ticker's side of the SQL API (ticks, the ticker lock, maintenance) is in [`maintenance`]; the
@@ -94,8 +95,9 @@ pub use queue::{
     unregister_consumer, QueueInfo, QueueSetting, TickInfo,
 };
 pub use schema::{
-    check, flavor, install, installation_id, migrations_sql, AppliedMigration, Flavor,
-    InstallReport, InstallationId, Line, LineReport,
+    check, flavor, install, installation_id, migrate_from_extension, migrations_sql,
+    AppliedMigration, ExtensionMigration, Flavor, InstallReport, InstallationId, Line, LineReport,
+    MigrationOptions, Refusal,
 };
 pub use skip::{skip_consumer, SkipReport, SkipTarget};
 pub use tokio_postgres;

@@ -15,6 +15,10 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::{DbContext, Error, Result};
 
+mod from_extension;
+
+pub use from_extension::{migrate_from_extension, ExtensionMigration, MigrationOptions, Refusal};
+
 /// The session advisory lock key that serializes installers (ASCII `pgqrs_in`).
 const INSTALL_LOCK_KEY: i64 = 0x7067_7172_735f_696e;
 
@@ -640,7 +644,6 @@ async fn fill_checksum(client: &mut Client, m: &Migration) -> Result<()> {
 }
 
 /// Runs one migration and records it, in one transaction.
-/// Runs one migration and records it, in one transaction.
 async fn apply(client: &mut Client, m: &Migration) -> Result<AppliedMigration> {
     let mut applied = run_recorded(client, m.line, m.version, m.sql, &[m]).await?;
     tracing::info!(
@@ -684,6 +687,19 @@ async fn run_recorded(
         .transaction()
         .await
         .op("starting a migration transaction")?;
+    let applied = run_recorded_in(&tx, line, version, sql, recorded).await?;
+    tx.commit().await.op("committing a migration")?;
+    Ok(applied)
+}
+
+/// [`run_recorded`] inside the caller's transaction `tx`, which commits it.
+async fn run_recorded_in(
+    tx: &Transaction<'_>,
+    line: Line,
+    version: i32,
+    sql: &str,
+    recorded: &[&Migration],
+) -> Result<Vec<AppliedMigration>> {
     // The files are written for standard strings (PostgreSQL 19 knows no other), and a database
     // may default its sessions to `off`; SET LOCAL ends with the transaction.
     tx.batch_execute("SET LOCAL standard_conforming_strings = on")
@@ -722,7 +738,6 @@ async fn run_recorded(
             elapsed,
         });
     }
-    tx.commit().await.op("committing a migration")?;
     Ok(applied)
 }
 

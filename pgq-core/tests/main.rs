@@ -7,6 +7,7 @@ mod tls;
 mod attacks;
 mod batches;
 mod catchup;
+mod from_extension;
 mod info;
 mod installer;
 mod pgq_ext;

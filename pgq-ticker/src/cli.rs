@@ -74,6 +74,24 @@ pub(crate) enum Admin {
         #[arg(value_enum, default_values_t = [LineArg::Pgq])]
         lines: Vec<LineArg>,
     },
+    /// Move a database from the original pgq extension (PGQ 3.x) onto the pgq-rs schema, in
+    /// place and in one transaction.
+    ///
+    /// Queues, their events and ticks, consumers at their positions, open batches, retry events,
+    /// cooperative sub-consumers and capture triggers are carried over; producers and consumers
+    /// wait on its lock and go on afterwards. Refuses, changing nothing, what it cannot carry
+    /// (pgq_node cascades, londiste3, a pgq_coop it did not install, objects depending on the
+    /// extension). There is no way back to the extension: take a backup first.
+    MigrateFromExtension {
+        /// Do everything, print the report, and roll back.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give up, changing nothing, when a queue table stays locked this long (`5s`, `500ms`,
+        /// or seconds); without it the migration waits for every transaction on the queues,
+        /// and producers and consumers wait behind it.
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        lock_timeout: Option<Duration>,
+    },
     /// Create a queue.
     CreateQueue {
         /// The queue name.

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use pgq_core::monitor::Monitor;
 use pgq_core::tokio_postgres::Client;
-use pgq_core::{ConsumerName, Dsn, Line, QueueName, QueueSetting, SkipTarget, TickId};
+use pgq_core::{
+    ConsumerName, Dsn, Line, MigrationOptions, QueueName, QueueSetting, SkipTarget, TickId,
+};
 use pgq_ticker::config::parse_duration;
 use pgq_ticker::{Databases, Ticker, TickerConfig};
 use tokio::signal::unix::{signal, SignalKind};
@@ -135,6 +137,17 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
         Admin::Install { lines } => {
             let lines: Vec<Line> = lines.into_iter().map(Line::from).collect();
             let report = pgq_core::install(client, &lines).await?;
+            out!("{report}");
+        }
+        Admin::MigrateFromExtension {
+            dry_run,
+            lock_timeout,
+        } => {
+            let mut options = MigrationOptions::new().dry_run(dry_run);
+            if let Some(limit) = lock_timeout {
+                options = options.lock_timeout(limit);
+            }
+            let report = pgq_core::migrate_from_extension(client, options).await?;
             out!("{report}");
         }
         Admin::CreateQueue { queue } => {

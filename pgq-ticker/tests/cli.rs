@@ -160,6 +160,46 @@ async fn admin_commands_on_the_original_extension() -> anyhow::Result<()> {
     reports_and_skip(&db, &client).await
 }
 
+/// `migrate-from-extension`: a dry run leaves the extension, the real one moves the queue over
+/// with its consumer's position, and a second one is refused (exit 1, nothing changed).
+#[tokio::test]
+async fn migrate_from_extension_moves_the_queue_over() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let Some(client) = extension(&db).await? else {
+        return Ok(());
+    };
+    cli(&db, &["create-queue", "orders"], 0).await?;
+    cli(&db, &["register", "orders", "mailer"], 0).await?;
+    let dry = cli(
+        &db,
+        &[
+            "migrate-from-extension",
+            "--dry-run",
+            "--lock-timeout",
+            "5s",
+        ],
+        0,
+    )
+    .await?;
+    assert!(dry.contains("dry run, rolled back"), "{dry}");
+    assert_eq!(
+        pgq_core::flavor(&client).await?,
+        pgq_core::Flavor::Extension
+    );
+    let moved = cli(&db, &["migrate-from-extension"], 0).await?;
+    assert!(
+        moved.contains("moved the pgq extension 3.") && moved.contains("1 queue(s), 1 consumer(s)"),
+        "{moved}"
+    );
+    assert_eq!(pgq_core::flavor(&client).await?, pgq_core::Flavor::Ours);
+    let (code, _, stderr) = run_binary(&["--dsn", &db.dsn(), "migrate-from-extension"]).await?;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("there is no pgq extension"), "{stderr}");
+    let status = json(&db, &["status", "--json"]).await?;
+    assert_eq!(status["status"]["flavor"], "ours");
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_unreachable_database_fails_the_status_check() -> anyhow::Result<()> {
     let (code, _, stderr) = run_binary(&[
