@@ -1,7 +1,7 @@
--- pgq-rs: the `pgq` line, version 6, in one file.
+-- pgq-rs: the `pgq` line, version 7, in one file.
 --
 -- PGQ 3.x's queue schema and SQL API in plain SQL and PL/pgSQL (no C), so it installs where C
--- extensions cannot. This file is what the numbered files 0001 to 0006 build, in one piece: a DBA
+-- extensions cannot. This file is what the numbered files 0001 to 0007 build, in one piece: a DBA
 -- reads a function's current definition here. A fresh installation runs it (the Rust installer
 -- does; by hand: `psql -v ON_ERROR_STOP=1 -1 -f migrations/current/pgq.sql`) and it records
 -- every version it contains in pgq_rs.migrations; an installation at an earlier version runs the
@@ -711,6 +711,63 @@ BEGIN
         || ' FROM unnest($1, $2, $3, $4, $5, $6) WITH ORDINALITY AS u(t, d, e1, e2, e3, e4, n)'
         || ' ORDER BY n RETURNING ev_id'
       USING $2, $3, $4, $5, $6, $7;
+END
+$$;
+
+-- Events by key. Within a batch events come in ev_id order, but ids are taken when a transaction
+-- inserts, not when it commits: two transactions writing the same key could commit in the other
+-- order than their ids. These functions first take a transaction-level advisory lock on
+-- (queue id, hashtext(key)), so a second writer of a key waits until the first one commits or
+-- rolls back, and per key ev_id order is commit order. Keys that share a hash also share the
+-- lock: they wait for each other, which costs some parallelism and never order. The key itself
+-- is not stored; put it in the event where the consumer needs it. The lock uses the two-integer
+-- advisory lock space; an application that locks (queue id, hash) pairs of its own would wait
+-- on these.
+CREATE FUNCTION pgq.insert_event_by_key(
+    queue_name text, ev_key text, ev_type text, ev_data text,
+    ev_extra1 text DEFAULT NULL, ev_extra2 text DEFAULT NULL,
+    ev_extra3 text DEFAULT NULL, ev_extra4 text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF ev_key IS NULL THEN
+        RAISE EXCEPTION 'an event key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = format('queue %L', queue_name);
+    END IF;
+    -- An unknown queue takes no lock here and is refused by pgq.insert_event.
+    PERFORM pg_advisory_xact_lock(q.queue_id, hashtext(ev_key))
+       FROM pgq.queue q WHERE q.queue_name = insert_event_by_key.queue_name;
+    RETURN pgq.insert_event(queue_name, ev_type, ev_data, ev_extra1, ev_extra2, ev_extra3,
+                            ev_extra4);
+END
+$$;
+
+-- The bulk form: ev_keys[i] is the key of the i-th event. The locks are taken in hash order, so
+-- two bulk calls over the same keys cannot deadlock on each other.
+CREATE FUNCTION pgq.insert_event_bulk_by_key(
+    queue_name text, ev_keys text[], ev_types text[], ev_datas text[],
+    ev_extra1 text[] DEFAULT NULL, ev_extra2 text[] DEFAULT NULL,
+    ev_extra3 text[] DEFAULT NULL, ev_extra4 text[] DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := coalesce(greatest(cardinality(ev_types), cardinality(ev_datas),
+                                  cardinality(ev_extra1), cardinality(ev_extra2),
+                                  cardinality(ev_extra3), cardinality(ev_extra4)), 0);
+BEGIN
+    IF coalesce(cardinality(ev_keys), 0) <> n OR array_position(ev_keys, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'every event needs a key that is not NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = format('queue %L: %s keys for %s events', queue_name,
+                                  coalesce(cardinality(ev_keys), 0), n);
+    END IF;
+    PERFORM pg_advisory_xact_lock(l.queue_id, l.h)
+       FROM (SELECT DISTINCT q.queue_id, hashtext(k) AS h
+               FROM pgq.queue q CROSS JOIN unnest(ev_keys) AS k
+              WHERE q.queue_name = insert_event_bulk_by_key.queue_name
+              ORDER BY 2) l;
+    RETURN QUERY SELECT * FROM pgq.insert_event_bulk(queue_name, ev_types, ev_datas, ev_extra1,
+                                                     ev_extra2, ev_extra3, ev_extra4);
 END
 $$;
 
@@ -2119,6 +2176,8 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     pgq.insert_event(text, text, text), pgq.insert_event(text, text, text, text, text, text, text),
     pgq.insert_event_bulk(text, text[], text[], text[], text[], text[], text[]),
+    pgq.insert_event_by_key(text, text, text, text, text, text, text, text),
+    pgq.insert_event_bulk_by_key(text, text[], text[], text[], text[], text[], text[], text[]),
     pgq.current_event_table(text)
   TO pgq_writer;
 
@@ -2152,4 +2211,5 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES
     ('pgq', 3, 'failed_events'),
     ('pgq', 4, 'catchup_bounded_scan'),
     ('pgq', 5, 'trust'),
-    ('pgq', 6, 'bounded_batches');
+    ('pgq', 6, 'bounded_batches'),
+    ('pgq', 7, 'keyed_insert');

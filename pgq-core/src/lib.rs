@@ -68,6 +68,7 @@ mod ids;
 pub mod maintenance;
 #[cfg(feature = "monitor")]
 pub mod monitor;
+pub mod partition;
 mod producer;
 mod queue;
 mod schema;

@@ -181,7 +181,7 @@ pub async fn insert_events(
 }
 
 /// Classifies a failed insert by SQLSTATE.
-fn insert_error(queue: &QueueName, source: tokio_postgres::Error) -> Error {
+pub(crate) fn insert_error(queue: &QueueName, source: tokio_postgres::Error) -> Error {
     let queue = queue.to_string();
     match source.code().map(|c| c.code()) {
         Some("PQQ01") => Error::QueueNotFound { queue },

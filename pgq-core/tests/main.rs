@@ -10,6 +10,7 @@ mod catchup;
 mod from_extension;
 mod info;
 mod installer;
+mod partition;
 mod pgq_ext;
 mod producing;
 mod queues;

@@ -1,0 +1,130 @@
+//! A queue partitioned by key over several databases (issue 16, DESIGN.md §7).
+//!
+//! Each partition database holds the same queue. A key always goes to the same partition, so one
+//! key's events sit in one event stream, and there `pgq.insert_event_by_key` makes their `ev_id`
+//! order the order in which their writers committed.
+//!
+//! The mapping is the one a PL/Proxy function with `RUN ON hashtext(key)` uses over a cluster
+//! of `partitions` logical partitions: `hashtext(key) & (partitions - 1)`. [`hashtext`]
+//! computes PostgreSQL's `hashtext` here, so a producer without PL/Proxy (a managed service, or
+//! one that wants the event inside its own transaction) picks the partition itself, connects
+//! there and inserts with [`insert_event_by_key`] inside its transaction. The count is fixed:
+//! changing it remaps keys, which breaks per-key order unless the queue is drained first.
+
+use tokio_postgres::types::Type;
+use tokio_postgres::GenericClient;
+
+use crate::error::{DbContext, Result};
+use crate::ident::QueueName;
+use crate::ids::EventId;
+use crate::producer::{insert_error, NewEvent};
+use crate::queue::queue_not_found;
+
+// language=SQL
+const INSERT_EVENT_BY_KEY: &str = "\
+SELECT pgq.insert_event_by_key(q.queue_name, $2, $3, $4, $5, $6, $7, $8)
+  FROM pgq.queue q
+ WHERE q.queue_name = $1";
+
+/// PostgreSQL's `hashtext(text)` of a key under a deterministic collation: Bob Jenkins'
+/// lookup3 hash of the UTF-8 bytes as `hash_bytes` computes it on a little-endian server (the
+/// kind PostgreSQL runs on almost everywhere; a big-endian server hashes differently).
+pub fn hashtext(key: &str) -> i32 {
+    let bytes = key.as_bytes();
+    let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    // The length is part of the seed; PostgreSQL takes it as a 32-bit int.
+    let seed = 0x9e37_79b9_u32
+        .wrapping_add(bytes.len() as u32)
+        .wrapping_add(3_923_095);
+    let (mut a, mut b, mut c) = (seed, seed, seed);
+    let mut rest = bytes;
+    while rest.len() >= 12 {
+        a = a.wrapping_add(word(&rest[0..4]));
+        b = b.wrapping_add(word(&rest[4..8]));
+        c = c.wrapping_add(word(&rest[8..12]));
+        mix(&mut a, &mut b, &mut c);
+        rest = &rest[12..];
+    }
+    // The tail, little-endian into a, b and c; the lowest byte of c is left for the length,
+    // so c's bytes start one byte up.
+    let mut tail = [0u8; 12];
+    tail[..rest.len()].copy_from_slice(rest);
+    a = a.wrapping_add(word(&tail[0..4]));
+    b = b.wrapping_add(word(&tail[4..8]));
+    c = c.wrapping_add(word(&tail[8..12]) << 8);
+    finish(&mut a, &mut b, &mut c);
+    c as i32
+}
+
+fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
+    *a = a.wrapping_sub(*c) ^ c.rotate_left(4);
+    *c = c.wrapping_add(*b);
+    *b = b.wrapping_sub(*a) ^ a.rotate_left(6);
+    *a = a.wrapping_add(*c);
+    *c = c.wrapping_sub(*b) ^ b.rotate_left(8);
+    *b = b.wrapping_add(*a);
+    *a = a.wrapping_sub(*c) ^ c.rotate_left(16);
+    *c = c.wrapping_add(*b);
+    *b = b.wrapping_sub(*a) ^ a.rotate_left(19);
+    *a = a.wrapping_add(*c);
+    *c = c.wrapping_sub(*b) ^ b.rotate_left(4);
+    *b = b.wrapping_add(*a);
+}
+
+fn finish(a: &mut u32, b: &mut u32, c: &mut u32) {
+    *c = (*c ^ *b).wrapping_sub(b.rotate_left(14));
+    *a = (*a ^ *c).wrapping_sub(c.rotate_left(11));
+    *b = (*b ^ *a).wrapping_sub(a.rotate_left(25));
+    *c = (*c ^ *b).wrapping_sub(b.rotate_left(16));
+    *a = (*a ^ *c).wrapping_sub(c.rotate_left(4));
+    *b = (*b ^ *a).wrapping_sub(a.rotate_left(14));
+    *c = (*c ^ *b).wrapping_sub(b.rotate_left(24));
+}
+
+/// The logical partition of `key` among `partitions` (a power of two): the same one a PL/Proxy
+/// function with `RUN ON hashtext(key)` picks over a cluster of that many partitions.
+///
+/// # Panics
+///
+/// When `partitions` is not a power of two.
+pub fn partition_of(key: &str, partitions: u32) -> u32 {
+    assert!(
+        partitions.is_power_of_two(),
+        "the partition count must be a power of two, not {partitions}"
+    );
+    (hashtext(key) as u32) & (partitions - 1)
+}
+
+/// Inserts one event for `key` (`pgq.insert_event_by_key`) and returns its id: after any other
+/// open transaction that inserted an event for the same key (or a key of the same hash) into
+/// this queue has ended, so per key the id order is commit order. Pass the client of the key's
+/// partition ([`partition_of`]); with a transaction the event is part of it.
+///
+/// # Errors
+///
+/// As for [`crate::insert_event`].
+pub async fn insert_event_by_key(
+    client: &impl GenericClient,
+    queue: &QueueName,
+    key: &str,
+    event: &NewEvent,
+) -> Result<EventId> {
+    let row = client
+        .query_typed_opt(
+            INSERT_EVENT_BY_KEY,
+            &[
+                (&queue.as_str(), Type::TEXT),
+                (&key, Type::TEXT),
+                (&event.ev_type, Type::TEXT),
+                (&event.ev_data, Type::TEXT),
+                (&event.extra1, Type::TEXT),
+                (&event.extra2, Type::TEXT),
+                (&event.extra3, Type::TEXT),
+                (&event.extra4, Type::TEXT),
+            ],
+        )
+        .await
+        .map_err(|e| insert_error(queue, e))?
+        .ok_or_else(|| queue_not_found(queue))?;
+    Ok(EventId(row.try_get(0).op("insert_event_by_key")?))
+}
