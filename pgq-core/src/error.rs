@@ -17,6 +17,12 @@ pub enum Error {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// A partitioned queue's layout that cannot work (see [`crate::partition`]).
+    #[error("invalid partitioning: {reason}")]
+    InvalidPartitions {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The queue does not exist.
     #[error("queue {queue:?} not found")]
     QueueNotFound {

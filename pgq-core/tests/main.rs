@@ -13,6 +13,7 @@ mod installer;
 mod partition;
 mod pgq_ext;
 mod producing;
+mod proxy;
 mod queues;
 mod quoting;
 mod roles;

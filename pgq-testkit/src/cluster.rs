@@ -211,6 +211,34 @@ impl Cluster {
         run(pg_ctl, "pg_ctl restart").await.map(drop)
     }
 
+    /// Stops the server (`pg_ctl stop -m fast`), keeping its data, as an outage does;
+    /// [`Cluster::start_again`] brings it back.
+    pub async fn stop(&self) -> Result<(), TestkitError> {
+        let mut pg_ctl = self.tools.command("pg_ctl");
+        pg_ctl
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", "60", "-s"])
+            .current_dir(&self.base);
+        run(pg_ctl, "pg_ctl stop").await.map(drop)
+    }
+
+    /// Starts a server that [`Cluster::stop`] stopped, on the same port (clients keep their
+    /// connection strings), and returns once it accepts connections.
+    pub async fn start_again(&self) -> Result<(), TestkitError> {
+        let mut pg_ctl = self.tools.command("pg_ctl");
+        pg_ctl
+            .arg("start")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.base.join("server.log"))
+            .args(["-w", "-t", "60", "-s"])
+            .current_dir(&self.base);
+        run(pg_ctl, "pg_ctl start").await.map(drop)
+    }
+
     fn base_settings(&self, ssl: bool) -> Vec<(String, String)> {
         let listen = if self.listen_tcp { "127.0.0.1" } else { "" };
         let mut settings = vec![

@@ -1,0 +1,149 @@
+//! A queue partitioned over three private clusters behind a PL/Proxy proxy database.
+
+use std::collections::BTreeMap;
+
+use pgq_core::partition::{partition_of, setup_proxy, teardown_proxy};
+use pgq_core::tokio_postgres::{Client, NoTls};
+use pgq_core::Line;
+use pgq_testkit::{Cluster, ClusterOptions, TestDb};
+
+use crate::setup::{consumer, queue, tick};
+
+const LOGICAL: u32 = 8;
+
+struct Partition {
+    cluster: Cluster,
+    dsn: String,
+}
+
+async fn connect(dsn: &str) -> anyhow::Result<Client> {
+    let (client, connection) = pgq_core::tokio_postgres::connect(dsn, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Three clusters, each with database `part`, the queue and a consumer.
+async fn partitions() -> anyhow::Result<Vec<Partition>> {
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let cluster = Cluster::start(ClusterOptions {
+            listen_tcp: true,
+            ..ClusterOptions::default()
+        })
+        .await?;
+        let admin = connect(&cluster.dsn("postgres")).await?;
+        admin.batch_execute("CREATE DATABASE part").await?;
+        let dsn = cluster.tcp_dsn("part").expect("listens on TCP");
+        let mut client = connect(&dsn).await?;
+        pgq_core::install(&mut client, &[Line::Pgq]).await?;
+        pgq_core::create_queue(&client, &queue("orders")).await?;
+        pgq_core::register_consumer(&client, &queue("orders"), &consumer("reader")).await?;
+        out.push(Partition { cluster, dsn });
+    }
+    Ok(out)
+}
+
+/// The `ev_data` of every event in the partition's next batches, in order.
+async fn drain(dsn: &str) -> anyhow::Result<Vec<String>> {
+    let client = connect(dsn).await?;
+    let (q, c) = (queue("orders"), consumer("reader"));
+    tick(&client, &q).await?;
+    let mut out = Vec::new();
+    while let Some(batch) = pgq_core::next_batch(&client, &q, &c).await? {
+        out.extend(
+            pgq_core::batch_events(&client, batch.id)
+                .await?
+                .into_iter()
+                .filter_map(|e| e.ev_data),
+        );
+        pgq_core::finish_batch(&client, batch.id).await?;
+    }
+    Ok(out)
+}
+
+fn database_of(key: &str, databases: usize) -> usize {
+    partition_of(key, LOGICAL) as usize % databases
+}
+
+#[tokio::test]
+async fn proxy_routes_keys_like_the_rust_router_and_survives_a_partition_outage(
+) -> anyhow::Result<()> {
+    let parts = partitions().await?;
+    let proxy_db = TestDb::new().await?;
+    let mut proxy = proxy_db.client().await?;
+    let dsns: Vec<String> = parts.iter().map(|p| p.dsn.clone()).collect();
+    setup_proxy(&mut proxy, &dsns, LOGICAL).await?;
+
+    let single = "SELECT pgq_proxy.insert_event_by_key('orders', $1, 'order', $2)";
+    let mut expected: Vec<Vec<String>> = vec![Vec::new(); parts.len()];
+    for n in 0..60 {
+        let key = format!("customer-{}", n % 20);
+        let data = format!("{key}/{n}");
+        proxy.execute(single, &[&key, &data]).await?;
+        expected[database_of(&key, parts.len())].push(data);
+    }
+    // The bulk form: one call, split by key.
+    let keys: Vec<String> = (0..30).map(|n| format!("bulk-{}", n % 7)).collect();
+    let datas: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, k)| format!("{k}/{n}"))
+        .collect();
+    let types = vec!["order"; keys.len()];
+    let ids = proxy
+        .query(
+            "SELECT pgq_proxy.insert_event_bulk_by_key('orders', $1, $2, $3)",
+            &[&keys, &types, &datas],
+        )
+        .await?;
+    assert_eq!(ids.len(), keys.len());
+    for (key, data) in keys.iter().zip(&datas) {
+        expected[database_of(key, parts.len())].push(data.clone());
+    }
+    for (part, want) in parts.iter().zip(&expected) {
+        assert_eq!(&drain(&part.dsn).await?, want);
+    }
+
+    // One partition down: its keys fail, naming where; the others go on; nothing is lost.
+    let down = 1;
+    parts[down].cluster.stop().await?;
+    let mut expected: Vec<Vec<String>> = vec![Vec::new(); parts.len()];
+    let mut refused = BTreeMap::new();
+    for n in 0..40 {
+        let key = format!("customer-{}", n % 20);
+        let data = format!("{key}/late-{n}");
+        let target = database_of(&key, parts.len());
+        match proxy.execute(single, &[&key, &data]).await {
+            Ok(_) => expected[target].push(data),
+            Err(e) => {
+                assert_eq!(target, down, "{key}: {e:?}");
+                refused.insert(key, format!("{:?}", e.as_db_error()));
+            }
+        }
+    }
+    assert!(!refused.is_empty());
+    let port = format!("port {}", parts[down].cluster.port());
+    for (key, message) in &refused {
+        assert!(message.contains(&port), "{key}: {message}");
+    }
+    parts[down].cluster.start_again().await?;
+    for key in refused.keys() {
+        let data = format!("{key}/after");
+        proxy.execute(single, &[key, &data]).await?;
+        expected[down].push(data);
+    }
+    for (part, want) in parts.iter().zip(&expected) {
+        assert_eq!(&drain(&part.dsn).await?, want);
+    }
+
+    teardown_proxy(&mut proxy).await?;
+    let left: i64 = proxy
+        .query_one(
+            "SELECT count(*) FROM pg_foreign_server WHERE srvname = 'pgq_partitions'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(left, 0);
+    Ok(())
+}
