@@ -129,6 +129,15 @@ pub async fn run_coop_group(
     for runner in runners {
         tasks.spawn(runner.run(inner.clone()));
     }
+    run_all(tasks, inner).await
+}
+
+/// Waits for every task; the first error cancels `inner`, which stops the others, and is
+/// returned.
+pub(crate) async fn run_all(
+    mut tasks: tokio::task::JoinSet<Result<()>>,
+    inner: CancellationToken,
+) -> Result<()> {
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         if let Err(err) = joined.unwrap_or(Ok(())) {

@@ -8,6 +8,7 @@ mod local;
 mod lost;
 mod memory;
 mod metrics;
+mod partitioned;
 mod remote;
 mod search_path;
 mod tls;
