@@ -1,40 +1,39 @@
-//! Scenario `londiste`: table replication, ours vs python3-londiste (londiste3).
+//! Scenario `londiste`: table replication, ours vs python3-londiste (londiste3) and
+//! PostgreSQL's built-in logical replication.
 //!
-//! A pgbench-like `accounts` table of 100,000 rows (with `--quick`, 10,000) is added to the
-//! replication with the worker running: the time from `add-table` until the table is `ok`.
-//! Then, with the worker stopped, 2,000 transactions of 100 single-row updates each (200,000
-//! updates over the 100,000 hot rows, each row twice) are committed on the provider while a
-//! ticker ticks every 100 ms (`ticker_max_lag` 100 ms), and the worker is started: source
-//! events applied per second until it reaches the last tick. Ours runs in this process with
-//! batch-update apply and with per-event apply; the reference is `python/londiste_ref.py`
-//! (londiste3 with pgqd, its default handler and its bulk handler) on the same server.
+//! Two shapes of provider load, each written as a backlog while the replicator is stopped and
+//! then timed until the replicator caught up: single-row updates spread evenly over a
+//! pgbench-like `accounts` table, and pgbench's TPC-B (accounts, tellers, branches). Ours also
+//! times `add-table` to ok. Then, with each replicator running, a paced search for the highest
+//! provider rate it keeps up with at a lag under five seconds ([`paced`]).
+
+mod builtin;
+mod ours;
+mod paced;
+mod workload;
 
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
-use londiste::{AddTableOptions, ApplyMode, Config, Worker};
-use pgq_consumer::CancellationToken;
-use pgq_core::{ConsumerName, Dsn, QueueName};
+use londiste::ApplyMode;
 use serde::Deserialize;
 
 use crate::harness::{python_command, reference, Bench, Part, Server, WorkDir, PYTHON};
-use crate::report::{Limit, Measure, Ratio, Report, Sample, Series};
+use crate::report::{Limit, Measures, Ratio, Report, Sample, Series};
+use ours::Apply;
+use paced::{Search, LAG_LIMIT, PROBE, START_RATE};
+use workload::{Workload, TXN_SIZE};
 
-/// Updates per provider transaction.
-const TXN_SIZE: u64 = 100;
-/// Distinct rows per transaction are spread with this stride (as `londiste_ref.py` does).
-const STRIDE: u64 = 7919;
-/// How long one replay may take.
-const REPLAY_TIMEOUT: Duration = Duration::from_secs(600);
-
-const SHAPE: &str = "replay of single-row updates";
+const UNIFORM: &str = "replay of single-row updates";
+const TPCB: &str = "replay of pgbench TPC-B (accounts, tellers, branches)";
 const BATCH: &str = "ours batch-update apply";
+const PER_TICK: &str = "ours batch-update apply, a batch per tick (catch_up_events = 0)";
 const PER_EVENT: &str = "ours per-event apply";
 const REF_DEFAULT: &str = "londiste3 default handler";
 const REF_BULK: &str = "londiste3 bulk handler";
+const BUILTIN: &str = "built-in logical replication (binary)";
+const SUSTAINED: &str = "highest provider rate kept up with at a lag under 5 s";
 
 /// What `londiste_ref.py` prints.
 #[derive(Deserialize)]
@@ -47,7 +46,7 @@ struct Reference {
 #[derive(Deserialize)]
 struct ReferenceReplay {
     default: ReferenceRun,
-    bulk: ReferenceRun,
+    bulk: Option<ReferenceRun>,
 }
 
 #[derive(Deserialize)]
@@ -56,23 +55,91 @@ struct ReferenceRun {
     seconds: f64,
 }
 
+/// The sizes of one plan.
+struct Sizes {
+    uniform: Workload,
+    tpcb: Workload,
+    rows: u64,
+    /// The length of a step of the paced search, and the most steps.
+    step: Duration,
+    max_steps: usize,
+}
+
+impl Sizes {
+    fn new(small: bool) -> Sizes {
+        let (rows, updates, transactions) = if small {
+            (10_000, 20_000, 2_000)
+        } else {
+            (100_000, 100_000, 10_000)
+        };
+        let (step, max_steps) = if small {
+            (Duration::from_secs(3), 3)
+        } else {
+            (Duration::from_secs(8), 6)
+        };
+        Sizes {
+            uniform: Workload::Uniform { rows, updates },
+            tpcb: Workload::Tpcb { transactions },
+            rows,
+            step,
+            max_steps,
+        }
+    }
+}
+
 /// How the figures are made.
-fn method(rows: u64, updates: u64) -> Vec<String> {
+fn method(sizes: &Sizes) -> Vec<String> {
+    let (uniform, tpcb, rows) = (sizes.uniform.changes(), sizes.tpcb.changes(), sizes.rows);
     vec![
         format!(
-            "accounts(aid int primary key, bid int, abalance int, filler char(84)), {rows} rows. \
-             add-table to ok: from `add-table --create` (one copy connection) to state ok, with \
-             the worker running. Replay: {updates} updates committed by a server-side loop in \
-             transactions of {TXN_SIZE} rows while a ticker ticks every 100 ms (ticker_max_lag \
-             100 ms), the worker stopped; then the worker starts and the clock runs until it \
-             reached the last tick. Source events applied per second."
+            "{UNIFORM}: accounts(aid int primary key, bid int, abalance int, filler char(84)), \
+             {rows} rows; {uniform} updates committed by a server-side loop in transactions of \
+             {TXN_SIZE} rows, each row updated as often as any other. {TPCB}: `pgbench -i -s 1` \
+             ({rows} accounts, 10 tellers, 1 branch); `pgbench -n -b tpcb-like -c 2` commits \
+             {} transactions, {tpcb} updates of the three keyed tables (`pgbench_history` has \
+             no key and is replicated by none). Events per second count those updates.",
+            tpcb / 3
         ),
+        "Replay: the backlog is committed with the replicator stopped, then the replicator \
+         starts and the clock runs until it has applied all of it. Ours and londiste3 run \
+         with a ticker every 100 ms (ticker_max_lag 100 ms) while the backlog is written, and \
+         are done at the queue's last tick. add-table to ok: from `add-table --create` (one \
+         copy connection) to state ok, with the worker running."
+            .to_owned(),
         format!(
             "Ours: `londiste::Worker` in this process over TCP, default settings (chunk 5,000 \
-             events, 64 MiB merge limit). Reference: `python/londiste_ref.py` under {PYTHON} \
+             events, 64 MiB merge limit, catch_up_events 20,000: when that many events wait, a \
+             batch spans ticks up to about that many); `{PER_TICK}` takes every tick as a batch \
+             of its own, as before that setting. londiste3: `python/londiste_ref.py` under {PYTHON} \
              (londiste3 3.11 with pgqd at a 0.1 s period and the same queue settings; its bulk \
-             handler after `change-handler --handler=bulk`). Each side gets fresh databases per \
-             run."
+             handler after `change-handler --handler=bulk`, single-row updates only)."
+        ),
+        "Built-in: a publication of the tables and a subscription (`binary = true`, \
+         `copy_data = false`: both sides are filled with the same rows, `create_slot = false` \
+         on a slot made beforehand) between two databases of the same server, disabled while \
+         the backlog is written, then enabled: the clock runs from `ENABLE` until the \
+         subscriber shows a marker row the provider updated last, in its own transaction \
+         (transactions apply in commit order, so everything before it is there). The tables \
+         are then compared (md5 of their rows) on both sides, as for ours and londiste3. Each \
+         replicator gets fresh databases per run."
+            .to_owned(),
+        format!(
+            "{SUSTAINED}: with the replicator running, two connections commit transactions of \
+             {TXN_SIZE} single-row updates of accounts ({rows} rows) at a paced rate for {} s, \
+             starting at {START_RATE} rows/s, doubling while it keeps up, then bisecting, {} \
+             steps at most, ending early when the provider cannot write faster (a step that \
+             keeps up at less than 95 % of the rate asked). Every {} ms the provider counts up a marker row in its own \
+             transaction; the lag is the age of the oldest count the subscriber does not show \
+             yet, and after the load the time the last count takes to arrive. A step keeps up \
+             when the lag stays under {} s; its rate is what the provider wrote. A step of {} s \
+             also passes a replicator that applies slower than the load, by up to {} s of \
+             lag's worth. Ours with a ticker every 100 ms.",
+            sizes.step.as_secs(),
+            sizes.max_steps,
+            PROBE.as_millis(),
+            LAG_LIMIT.as_secs(),
+            sizes.step.as_secs(),
+            LAG_LIMIT.as_secs(),
         ),
     ]
 }
@@ -80,83 +147,147 @@ fn method(rows: u64, updates: u64) -> Vec<String> {
 /// Runs the scenario on scratch databases of the bench's server.
 pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
     let (plan, server) = (bench.plan, bench.server);
-    let (rows, updates) = if plan.small {
-        (10_000, 20_000)
-    } else {
-        (100_000, 200_000)
-    };
-    let mut notes = method(rows, updates);
+    let sizes = Sizes::new(plan.small);
+    let mut notes = method(&sizes);
     let parts = [Part::Pgqd, Part::PythonLondiste];
-    let with_reference = reference(server, &parts, "the reference is skipped", &mut notes).await?;
+    let with_reference = reference(server, &parts, "londiste3 is skipped", &mut notes).await?;
+    let with_builtin = builtin::available(server).await?;
+    if !with_builtin {
+        notes.push(
+            "Built-in logical replication is skipped: the server's wal_level is not logical."
+                .to_owned(),
+        );
+    }
     let work_dir = WorkDir::new("londiste")?;
-    let mut batch = Vec::new();
-    let mut per_event = Vec::new();
-    let mut ref_default = Vec::new();
-    let mut ref_bulk = Vec::new();
-    let mut add_ours = Vec::new();
-    let mut add_ref = Vec::new();
+    let mut samples = Samples::default();
+    let mut measures = Measures::default();
+    let add_table = format!("add-table to ok, {} rows", sizes.rows);
     for run in 1..=plan.runs {
-        let ours = run_ours(server, run, rows, updates).await?;
-        add_ours.push(ours.add_table_seconds);
-        batch.push(Sample::new(run, updates, ours.batch_seconds));
-        per_event.push(Sample::new(run, updates, ours.per_event_seconds));
+        let (uniform, tpcb) = (sizes.uniform, sizes.tpcb);
+        let applies = [
+            (BATCH, ApplyMode::Batch, None),
+            (PER_TICK, ApplyMode::Batch, Some(0)),
+            (PER_EVENT, ApplyMode::PerEvent, None),
+        ];
+        for (workload, applies) in [(uniform, &applies[..]), (tpcb, &applies[..2])] {
+            let asked: Vec<Apply> = applies
+                .iter()
+                .map(|&(_, mode, catch_up_events)| Apply {
+                    mode,
+                    catch_up_events,
+                })
+                .collect();
+            let ours = ours::run(server, run, workload, &asked).await?;
+            if let Workload::Uniform { .. } = workload {
+                measures.push(&add_table, "ours", "seconds", ours.add_table_seconds);
+            }
+            for (&(variant, ..), seconds) in applies.iter().zip(ours.replay_seconds) {
+                samples.push(shape(workload), variant, run, workload.changes(), seconds);
+            }
+        }
+        if with_builtin {
+            for workload in [uniform, tpcb] {
+                let seconds = builtin::run(server, run, workload).await?;
+                samples.push(shape(workload), BUILTIN, run, workload.changes(), seconds);
+            }
+        }
         if with_reference {
-            let r = run_reference(server, run, rows, updates, &work_dir).await?;
-            ensure!(r.md5_match, "londiste3 left the tables different");
-            add_ref.push(r.add_table_to_ok_s);
-            let (default, bulk) = (&r.replay.default, &r.replay.bulk);
-            ref_default.push(Sample::new(run, default.events, default.seconds));
-            ref_bulk.push(Sample::new(run, bulk.events, bulk.seconds));
+            let r = run_reference(server, run, uniform, &work_dir).await?;
+            measures.push(&add_table, "londiste3", "seconds", r.add_table_to_ok_s);
+            let default = &r.replay.default;
+            samples.push(UNIFORM, REF_DEFAULT, run, default.events, default.seconds);
+            if let Some(bulk) = &r.replay.bulk {
+                samples.push(UNIFORM, REF_BULK, run, bulk.events, bulk.seconds);
+            }
+            let r = run_reference(server, run, tpcb, &work_dir).await?;
+            let default = &r.replay.default;
+            samples.push(TPCB, REF_DEFAULT, run, default.events, default.seconds);
         }
     }
-    let series_of = |variant: &'static str, samples: Vec<Sample>| Series {
-        shape: SHAPE,
-        variant,
-        reps: 1,
-        events_per_rep: updates,
-        samples,
-    };
-    let mut series = vec![series_of(BATCH, batch), series_of(PER_EVENT, per_event)];
-    if with_reference {
-        series.push(series_of(REF_DEFAULT, ref_default));
-        series.push(series_of(REF_BULK, ref_bulk));
+    let searches = [
+        (
+            "ours",
+            Some(ours::paced(server, sizes.rows, sizes.step, sizes.max_steps).await?),
+        ),
+        (
+            "built-in",
+            match with_builtin {
+                true => {
+                    Some(builtin::paced(server, sizes.rows, sizes.step, sizes.max_steps).await?)
+                }
+                false => None,
+            },
+        ),
+    ];
+    for (variant, search) in &searches {
+        if let Some(search) = search {
+            sustained(variant, search, &mut measures, &mut notes);
+        }
     }
-    let find = |variant: &str| series.iter().find(|s| s.variant == variant);
+    let series = samples.0;
+    let find = |shape: &str, variant: &str| {
+        series
+            .iter()
+            .find(|s| s.shape == shape && s.variant == variant)
+    };
     let ratios = vec![
         Ratio::of(
             "ours batch-update / londiste3 default handler",
-            find(BATCH),
-            find(REF_DEFAULT),
+            find(UNIFORM, BATCH),
+            find(UNIFORM, REF_DEFAULT),
             Some(5.0),
         ),
         Ratio::of(
+            "ours batch-update / ours a batch per tick",
+            find(UNIFORM, BATCH),
+            find(UNIFORM, PER_TICK),
+            None,
+        ),
+        Ratio::of(
+            "ours batch-update / ours a batch per tick, TPC-B",
+            find(TPCB, BATCH),
+            find(TPCB, PER_TICK),
+            None,
+        ),
+        Ratio::of(
             "ours batch-update / ours per-event",
-            find(BATCH),
-            find(PER_EVENT),
+            find(UNIFORM, BATCH),
+            find(UNIFORM, PER_EVENT),
             Some(3.0),
         ),
         Ratio::of(
             "ours batch-update / londiste3 bulk handler",
-            find(BATCH),
-            find(REF_BULK),
+            find(UNIFORM, BATCH),
+            find(UNIFORM, REF_BULK),
+            None,
+        ),
+        Ratio::of(
+            "ours batch-update / built-in logical replication, single-row updates",
+            find(UNIFORM, BATCH),
+            find(UNIFORM, BUILTIN),
+            Some(1.0),
+        ),
+        Ratio::of(
+            "ours batch-update / built-in logical replication, TPC-B",
+            find(TPCB, BATCH),
+            find(TPCB, BUILTIN),
+            Some(2.0),
+        ),
+        Ratio::of(
+            "ours batch-update / londiste3 default handler, TPC-B",
+            find(TPCB, BATCH),
+            find(TPCB, REF_DEFAULT),
             None,
         ),
     ];
-    let mut measures = vec![Measure {
-        what: format!("add-table to ok, {rows} rows"),
-        variant: "ours",
-        metric: "seconds",
-        samples: add_ours,
-    }];
-    if with_reference {
-        measures.push(Measure {
-            what: format!("add-table to ok, {rows} rows"),
-            variant: "londiste3",
-            metric: "seconds",
-            samples: add_ref,
-        });
-    }
-    let limits = vec![Limit::of("ours add-table to ok (s)", measures.first(), 3.0)];
+    let measures = measures.into_vec();
+    let limits = vec![Limit::of(
+        "ours add-table to ok (s)",
+        measures
+            .iter()
+            .find(|m| m.what == add_table && m.variant == "ours"),
+        3.0,
+    )];
     Ok(Report {
         scenario: "londiste",
         notes,
@@ -167,179 +298,92 @@ pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
     })
 }
 
-struct Ours {
-    add_table_seconds: f64,
-    batch_seconds: f64,
-    per_event_seconds: f64,
-}
-
-async fn run_ours(server: &Server, run: u32, rows: u64, updates: u64) -> Result<Ours> {
-    let provider = server.scratch_db(&format!("lp{run}")).await?;
-    let subscriber = server.scratch_db(&format!("ls{run}")).await?;
-    let mut config = Config::new(
-        provider.clone(),
-        subscriber.clone(),
-        QueueName::new("bench_replica")?,
-        Some(ConsumerName::new("bench_worker")?),
-    );
-    londiste::init(&config).await?;
-    let p = provider.connect().await?;
-    p.batch_execute(&format!(
-        "SELECT pgq.set_queue_config('bench_replica', 'ticker_max_lag', '100 ms');
-         SELECT pgq.set_queue_config('bench_replica', 'ticker_idle_period', '1 s');
-         CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84));
-         INSERT INTO accounts SELECT g, 1, 0, '' FROM generate_series(1, {rows}) g;"
-    ))
-    .await
-    .context("preparing accounts")?;
-    p.batch_execute("VACUUM ANALYZE accounts")
-        .await
-        .context("vacuuming accounts")?;
-
-    let cancel = CancellationToken::new();
-    let worker = tokio::spawn(Worker::connect(&config).await?.run(cancel.clone()));
-    let started = Instant::now();
-    let options = AddTableOptions {
-        create: true,
-        wait: Duration::from_secs(120),
-        ..AddTableOptions::default()
-    };
-    let added = londiste::add_tables(&config, &["public.accounts".to_owned()], &options).await?;
-    let add_table_seconds = started.elapsed().as_secs_f64();
-    ensure!(
-        added[0].state == londiste::TableState::Ok,
-        "add-table ended {}",
-        added[0].state
-    );
-    cancel.cancel();
-    worker.await??;
-
-    let mut seconds = Vec::new();
-    for (round, apply) in [ApplyMode::Batch, ApplyMode::PerEvent]
-        .into_iter()
-        .enumerate()
-    {
-        let target = backlog(&provider, updates, rows, round).await?;
-        config.apply = apply;
-        seconds.push(replay(&config, &subscriber, target).await?);
+fn shape(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Uniform { .. } => UNIFORM,
+        Workload::Tpcb { .. } => TPCB,
     }
-    let same = |dsn: Dsn| async move {
-        let client = dsn.connect().await?;
-        let row = client
-            .query_one(
-                "SELECT md5(string_agg(a::text, ',' ORDER BY aid)) FROM accounts a",
-                &[],
-            )
-            .await?;
-        anyhow::Ok(row.get::<_, Option<String>>(0))
-    };
-    ensure!(
-        same(provider).await? == same(subscriber).await?,
-        "ours left the tables different"
-    );
-    Ok(Ours {
-        add_table_seconds,
-        batch_seconds: seconds[0],
-        per_event_seconds: seconds[1],
-    })
 }
 
-/// Commits the updates while a ticker runs; returns the last tick, which holds them all.
-async fn backlog(provider: &Dsn, updates: u64, rows: u64, round: usize) -> Result<i64> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ticker = {
-        let stop = Arc::clone(&stop);
-        let dsn = provider.clone();
-        tokio::spawn(async move {
-            let client = dsn.connect().await?;
-            while !stop.load(Ordering::Relaxed) {
-                client.batch_execute("SELECT pgq.ticker()").await?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
-    let client = provider.connect().await?;
-    let txns = updates / TXN_SIZE;
-    let offset = u64::try_from(round).unwrap_or(0) * txns;
-    client
-        .batch_execute(&format!(
-            "DO $$ BEGIN
-               FOR t IN {offset} .. {last} LOOP
-                 UPDATE accounts SET abalance = abalance + 1
-                  WHERE aid = ANY (ARRAY(SELECT ((t::bigint * {TXN_SIZE} + k) * {STRIDE}) % {rows} + 1
-                                           FROM generate_series(0, {TXN_SIZE} - 1) k));
-                 COMMIT;
-               END LOOP;
-             END $$",
-            last = offset + txns - 1
-        ))
-        .await
-        .context("committing the backlog")?;
-    stop.store(true, Ordering::Relaxed);
-    ticker.await??;
-    client
-        .batch_execute("SELECT pgq.force_tick('bench_replica'); SELECT pgq.ticker('bench_replica')")
-        .await?;
-    let row = client
-        .query_one("SELECT max(tick_id) FROM pgq.tick", &[])
-        .await?;
-    Ok(row.get(0))
-}
+/// Series collected run by run, in first-measured order.
+#[derive(Default)]
+struct Samples(Vec<Series>);
 
-/// Starts a worker and times it until it reaches `target`.
-async fn replay(config: &Config, subscriber: &Dsn, target: i64) -> Result<f64> {
-    let watch = subscriber.connect().await?;
-    let cancel = CancellationToken::new();
-    let started = Instant::now();
-    let worker = tokio::spawn(Worker::connect(config).await?.run(cancel.clone()));
-    loop {
-        let position: Option<i64> = watch
-            .query_one(
-                "SELECT max(last_tick) FROM londiste_rs.worker_position",
-                &[],
-            )
-            .await?
-            .get(0);
-        if position.is_some_and(|p| p >= target) {
-            break;
+impl Samples {
+    fn push(
+        &mut self,
+        shape: &'static str,
+        variant: &'static str,
+        run: u32,
+        events: u64,
+        seconds: f64,
+    ) {
+        let sample = Sample::new(run, events, seconds);
+        match self
+            .0
+            .iter_mut()
+            .find(|s| s.shape == shape && s.variant == variant)
+        {
+            Some(series) => series.samples.push(sample),
+            None => self.0.push(Series {
+                shape,
+                variant,
+                reps: 1,
+                events_per_rep: events,
+                samples: vec![sample],
+            }),
         }
-        ensure!(
-            started.elapsed() < REPLAY_TIMEOUT,
-            "the replay did not finish"
-        );
-        ensure!(!worker.is_finished(), "the worker stopped");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    cancel.cancel();
-    worker.await??;
-    Ok(seconds)
+}
+
+/// Reports one replicator's paced search: its best rate as a measure, its steps as a note.
+fn sustained(
+    variant: &'static str,
+    search: &Search,
+    measures: &mut Measures,
+    notes: &mut Vec<String>,
+) {
+    notes.push(format!(
+        "{SUSTAINED}, {variant}'s steps: {}.",
+        search.describe()
+    ));
+    if let Some(best) = search.best() {
+        measures.push(SUSTAINED, variant, "rows/s", best.achieved);
+        measures.push(SUSTAINED, variant, "lag at that rate (s)", best.max_lag);
+    }
 }
 
 async fn run_reference(
     server: &Server,
     run: u32,
-    rows: u64,
-    updates: u64,
+    workload: Workload,
     work_dir: &WorkDir,
 ) -> Result<Reference> {
-    let provider = server.scratch_db(&format!("rp{run}")).await?;
-    let subscriber = server.scratch_db(&format!("rs{run}")).await?;
-    let dir = work_dir.join(format!("ref{run}"));
-    let (rows, updates) = (rows.to_string(), updates.to_string());
-    let args = [
-        "--provider",
-        &provider.conninfo(),
-        "--subscriber",
-        &subscriber.conninfo(),
-        "--rows",
-        &rows,
-        "--updates",
-        &updates,
-        "--create",
-        "--skip-trigger-tps",
+    let tag = workload.tag();
+    let provider = server.scratch_db(&format!("r{tag}p{run}")).await?;
+    let subscriber = server.scratch_db(&format!("r{tag}s{run}")).await?;
+    let dir = work_dir.join(format!("ref{tag}{run}"));
+    let mut args = vec![
+        "--provider".to_owned(),
+        provider.conninfo(),
+        "--subscriber".to_owned(),
+        subscriber.conninfo(),
+        "--create".to_owned(),
+        "--skip-trigger-tps".to_owned(),
     ];
+    match workload {
+        Workload::Uniform { rows, updates } => args.extend([
+            "--rows".to_owned(),
+            rows.to_string(),
+            "--updates".to_owned(),
+            updates.to_string(),
+        ]),
+        Workload::Tpcb { transactions } => args.extend([
+            "--tpcb".to_owned(),
+            transactions.to_string(),
+            "--skip-bulk".to_owned(),
+        ]),
+    }
     let out = python_command("londiste_ref.py", args, &provider)
         .arg("--workdir")
         .arg(&dir)
@@ -352,5 +396,8 @@ async fn run_reference(
         "londiste_ref.py failed: {}",
         out.status
     );
-    serde_json::from_slice(&out.stdout).context("reading londiste_ref.py's JSON")
+    let reference: Reference =
+        serde_json::from_slice(&out.stdout).context("reading londiste_ref.py's JSON")?;
+    ensure!(reference.md5_match, "londiste3 left the tables different");
+    Ok(reference)
 }
