@@ -319,7 +319,7 @@ mod tests {
         let config = load(
             "[londiste]\nprovider = \"host=a dbname=p user=u\"\nsubscriber = \"host=b dbname=s user=u\"\n\
              queue = \"q\"\n\n[worker]\napply = \"per-event\"\nmemory_limit_mb = 2\nchunk_size = 10\n\
-             listen = \"127.0.0.1:9187\"\nobserve_period = \"500ms\"\nmax_lag = \"1m\"\n",
+             catch_up_events = 0\nlisten = \"127.0.0.1:9187\"\nobserve_period = \"500ms\"\nmax_lag = \"1m\"\n",
         )?;
         assert_eq!(config.listen.as_deref(), Some("127.0.0.1:9187"));
         assert_eq!(
@@ -330,6 +330,7 @@ mod tests {
         assert_eq!(config.consumer, None);
         assert_eq!(config.apply, ApplyMode::PerEvent);
         assert_eq!((config.memory_limit, config.chunk_size), (2 << 20, 10));
+        assert_eq!(config.catch_up_events, 0);
         assert_eq!(config.subscriber.dbname(), "s");
         Ok(())
     }
