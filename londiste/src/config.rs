@@ -11,6 +11,7 @@
 //! apply = "batch"                # or "per-event": one statement per event, for comparison
 //! memory_limit_mb = 64           # merged rows held before an early flush
 //! chunk_size = 5000              # events fetched per round trip
+//! catch_up_events = 20000        # when behind, one batch spans ticks up to about this many; 0: off
 //! listen = "127.0.0.1:9188"      # /metrics, /health and a status page; off unless set
 //! observe_period = "10s"         # how often the lag, backlog and tables are read for them
 //! max_lag = "5m"                 # /health fails when the worker's lag is over this
@@ -50,6 +51,7 @@ pub enum ApplyMode {
 /// apply = "batch"                # or "per-event": one statement per event, for comparison
 /// memory_limit_mb = 64           # merged rows held before an early flush
 /// chunk_size = 5000              # events fetched per round trip
+/// catch_up_events = 20000        # when behind, one batch spans ticks up to about this many; 0: off
 /// listen = "127.0.0.1:9188"      # /metrics, /health and a status page; off unless set
 /// observe_period = "10s"         # how often the lag, backlog and tables are read for them
 /// max_lag = "5m"                 # /health fails when the worker's lag is over this
@@ -71,6 +73,10 @@ pub struct Config {
     pub memory_limit: usize,
     /// Events fetched per round trip.
     pub chunk_size: u32,
+    /// When at least this many events wait, one batch spans several ticks to hold about this
+    /// many (see [`pgq_consumer::ConsumerConfig::catch_up_events`]); 0 for one tick per batch.
+    /// A worker that keeps up still applies every tick as it comes.
+    pub catch_up_events: u32,
     /// Where the worker serves `/metrics`, `/health` and its status page (`host:port`); `None`
     /// (the default) for nowhere.
     pub listen: Option<String>,
@@ -84,6 +90,9 @@ pub struct Config {
 
 /// Default [`Config::observe_period`]: 10 seconds.
 pub const DEFAULT_OBSERVE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Default [`Config::catch_up_events`].
+pub const DEFAULT_CATCH_UP_EVENTS: u32 = 20_000;
 
 /// Default [`Config::max_lag`]: 5 minutes.
 pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(300);
@@ -111,6 +120,7 @@ struct WorkerSection {
     apply: Option<ApplyMode>,
     memory_limit_mb: Option<u32>,
     chunk_size: Option<u32>,
+    catch_up_events: Option<u32>,
     listen: Option<String>,
     observe_period: Option<Period>,
     max_lag: Option<Period>,
@@ -161,6 +171,7 @@ impl Config {
             apply: ApplyMode::Batch,
             memory_limit: 64 << 20,
             chunk_size: 5000,
+            catch_up_events: DEFAULT_CATCH_UP_EVENTS,
             listen: None,
             observe_period: DEFAULT_OBSERVE_PERIOD,
             max_lag: DEFAULT_MAX_LAG,
@@ -243,6 +254,9 @@ impl Config {
             }
             config.chunk_size = chunk;
         }
+        if let Some(events) = w.catch_up_events {
+            config.catch_up_events = events;
+        }
         if let Some(listen) = &w.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {
                 return Err(invalid(
@@ -305,7 +319,7 @@ mod tests {
         let config = load(
             "[londiste]\nprovider = \"host=a dbname=p user=u\"\nsubscriber = \"host=b dbname=s user=u\"\n\
              queue = \"q\"\n\n[worker]\napply = \"per-event\"\nmemory_limit_mb = 2\nchunk_size = 10\n\
-             listen = \"127.0.0.1:9187\"\nobserve_period = \"500ms\"\nmax_lag = \"1m\"\n",
+             catch_up_events = 0\nlisten = \"127.0.0.1:9187\"\nobserve_period = \"500ms\"\nmax_lag = \"1m\"\n",
         )?;
         assert_eq!(config.listen.as_deref(), Some("127.0.0.1:9187"));
         assert_eq!(
@@ -316,6 +330,7 @@ mod tests {
         assert_eq!(config.consumer, None);
         assert_eq!(config.apply, ApplyMode::PerEvent);
         assert_eq!((config.memory_limit, config.chunk_size), (2 << 20, 10));
+        assert_eq!(config.catch_up_events, 0);
         assert_eq!(config.subscriber.dbname(), "s");
         Ok(())
     }

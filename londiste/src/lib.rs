@@ -68,8 +68,8 @@ pub use admin::{
 pub use check::{check, Drift, Severity};
 pub use compare::{compare, compare_rows, repair, Comparison, RowDiff};
 pub use config::{
-    default_consumer, ApplyMode, Config, DEFAULT_CONSUMER_PREFIX, DEFAULT_MAX_LAG,
-    DEFAULT_OBSERVE_PERIOD,
+    default_consumer, ApplyMode, Config, DEFAULT_CATCH_UP_EVENTS, DEFAULT_CONSUMER_PREFIX,
+    DEFAULT_MAX_LAG, DEFAULT_OBSERVE_PERIOD,
 };
 pub use copy::CopyProgress;
 pub use error::{LondisteError, Result};

@@ -513,7 +513,6 @@ const ANSWERS: &str = "a server answers at the subscriber's address already: see
 /// Refuses a target that is in use: a non-empty data directory, or a server answering at the
 /// subscriber's address, even only to refuse the login (naming the tables it replicates
 /// already, if any).
-
 async fn check_target(config: &Config, options: &SeedOptions) -> Result<()> {
     if config.subscriber.dbname() != config.provider.dbname() {
         return Err(LondisteError::Seed {

@@ -27,14 +27,13 @@ use crate::meta::{converting_column, registered_table_info, require_table, Table
 use crate::monitor::{observe, Board};
 use crate::state::TableState;
 
+// The replica role keeps the subscriber's own triggers quiet. Batches know their array sizes,
+// so the planner would hash-join a batch against a full scan of the table (a 10,000,000-row
+// table for 2,000 events); index lookups per merged row keep a batch's cost proportional to the
+// batch. One round trip for both.
 // language=SQL
-const REPLICA_ROLE: &str = "SET LOCAL session_replication_role = replica";
-
-// Batches know their array sizes, so the planner would hash-join a batch against a full scan
-// of the table (a 10,000,000-row table for 2,000 events); index lookups per merged row keep a
-// batch's cost proportional to the batch.
-// language=SQL
-const KEY_LOOKUPS: &str = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+const BATCH_SETTINGS: &str = "SET LOCAL session_replication_role = replica; \
+     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 // language=SQL
 const POSITION: &str = "\
@@ -207,19 +206,10 @@ impl Replayer {
         let provider = batch.queue_tx();
         let queue = self.config.queue.as_str();
         let consumer = self.consumer.as_str();
-        tx.batch_execute(REPLICA_ROLE)
+        tx.batch_execute(BATCH_SETTINGS)
             .await
             .map_err(replica_error)?;
-        tx.batch_execute(KEY_LOOKUPS)
-            .await
-            .on(SUBSCRIBER, "planner settings")?;
-        let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
-            [(&queue, Type::TEXT), (&consumer, Type::TEXT)];
-        tx.query_typed(ADD_POSITION, &names)
-            .await
-            .on(SUBSCRIBER, "recording the worker")?;
-        let position = tx
-            .query_typed_one(POSITION, &names)
+        let position = lock_position(tx, queue, consumer)
             .await
             .on(SUBSCRIBER, "reading the worker position")?;
         let pause_requested: bool = position.get(0);
@@ -238,7 +228,8 @@ impl Replayer {
         let mut pending: HashMap<String, TableBatch> = HashMap::new();
         let mut applied = Applied::new();
         let mut held = 0usize;
-        while let Some(events) = batch.next_chunk().await? {
+        let mut chunk = batch.next_chunk().await?;
+        while let Some(events) = chunk {
             for event in &events {
                 if seeded.contains(&event.txid) {
                     continue;
@@ -301,9 +292,15 @@ impl Replayer {
                     held = 0;
                 }
             }
-        }
-        if let Err(err) = flush_all(tx, &mut pending).await {
-            return Err(self.failed(err, batch.id()));
+            // This chunk's merged rows go to the subscriber while the provider reads the next
+            // chunk: the two servers work at once. Flushes stay in event order, and a key's
+            // events merge within a chunk (5,000 events by default) instead of a whole batch.
+            let (next, flushed) = tokio::join!(batch.next_chunk(), flush_all(tx, &mut pending));
+            if let Err(err) = flushed {
+                return Err(self.failed(err, batch.id()));
+            }
+            held = 0;
+            chunk = next?;
         }
         self.sync_sequences(batch).await?;
         self.finish_catch_up(batch, &subscribed, &seeded).await?;
@@ -630,6 +627,21 @@ fn old_key(dest: &TableInfo, data: &str) -> Result<Key, String> {
         .collect()
 }
 
+/// The worker's position row, locked until the transaction ends; made first when missing.
+async fn lock_position(
+    tx: &Transaction<'_>,
+    queue: &str,
+    consumer: &str,
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+    let names: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+        [(&queue, Type::TEXT), (&consumer, Type::TEXT)];
+    if let Some(position) = tx.query_typed_opt(POSITION, &names).await? {
+        return Ok(position);
+    }
+    tx.query_typed(ADD_POSITION, &names).await?;
+    tx.query_typed_one(POSITION, &names).await
+}
+
 async fn flush_all(tx: &Transaction<'_>, pending: &mut HashMap<String, TableBatch>) -> Result<()> {
     for merged in pending.values_mut() {
         if !merged.is_empty() {
@@ -643,6 +655,15 @@ async fn flush_all(tx: &Transaction<'_>, pending: &mut HashMap<String, TableBatc
 impl Consumer for Replayer {
     async fn process_batch(&self, batch: &mut BatchHandle<'_, '_>) -> Result<(), HandlerError> {
         self.replay(batch).await
+    }
+
+    /// Not while `compare` holds the worker: it must stop exactly at its tick, which a batch
+    /// spanning ticks could pass. The position row stays locked until the batch commits, so
+    /// `compare` cannot ask for a hold (and make its tick) while this batch is taken.
+    async fn may_span_ticks(&self, work: &Transaction<'_>) -> Result<bool, tokio_postgres::Error> {
+        let (queue, consumer) = (self.config.queue.as_str(), self.consumer.as_str());
+        let position = lock_position(work, queue, consumer).await?;
+        Ok(!position.get::<_, bool>(0))
     }
 
     async fn process_event(&self, _: &Transaction<'_>, event: &Event) -> Result<(), HandlerError> {
@@ -680,6 +701,7 @@ impl Worker {
             .await?;
         let consumer_config = ConsumerConfig::builder(config.queue.clone(), consumer.clone())
             .chunk_size(config.chunk_size)
+            .catch_up_events(config.catch_up_events)
             .batch_failures_before_per_event(u32::MAX)
             .poll_interval(Duration::from_secs(1))
             .build();

@@ -341,3 +341,73 @@ async fn compare_finds_the_rows_and_repair_mends_them() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{stdout}");
     Ok(())
 }
+
+/// A worker behind by several ticks takes them as one batch (`catch_up_events`); while
+/// `compare` holds it at a tick, it takes one tick at a time and stops exactly there.
+#[tokio::test]
+async fn a_worker_behind_takes_ticks_together_but_stops_at_a_held_tick() -> anyhow::Result<()> {
+    let mut pair = Pair::new().await?;
+    pair.config.catch_up_events = 50;
+    pair.provider
+        .batch_execute(
+            "CREATE TABLE acc (id int PRIMARY KEY, bal int NOT NULL);
+             INSERT INTO acc SELECT g, 0 FROM generate_series(1, 100) g;",
+        )
+        .await?;
+    let options = AddTableOptions {
+        create: true,
+        ..AddTableOptions::default()
+    };
+    londiste::add_tables(&pair.config, &["acc".to_owned()], &options).await?;
+    let mut worker = Worker::connect(&pair.config).await?;
+    pair.drain(&mut worker).await?;
+    let position = "SELECT last_tick FROM londiste_rs.worker_position";
+    let newest = "SELECT max(tick_id) FROM pgq.tick";
+    // Ticks by the tick rule, as a ticker makes them: a forced tick moves the event sequence
+    // on, so every forced tick would look like a batch of its own.
+    pair.provider
+        .batch_execute("SELECT pgq.set_queue_config('replica', 'ticker_max_lag', '0')")
+        .await?;
+    let tick = || pgq_core::ticker(&pair.provider, &pair.config.queue);
+
+    // Five ticks of 20 events each: 100 wait, at least 50, so one batch takes them all.
+    let mut ticks = Vec::new();
+    for _ in 0..5 {
+        pair.provider
+            .batch_execute("UPDATE acc SET bal = bal + 1 WHERE id <= 20")
+            .await?;
+        tick().await?;
+        ticks.push(pair.provider.query_one(newest, &[]).await?.get::<_, i64>(0));
+    }
+    assert!(worker.process_next_batch().await?.is_some());
+    let reached: i64 = pair.subscriber.query_one(position, &[]).await?.get(0);
+    assert_eq!(reached, ticks[4], "one batch spans the five ticks");
+    pair.assert_same("acc", "id").await?;
+
+    // The same again, held at the third tick as compare holds it: a tick per batch up to it.
+    ticks.clear();
+    for _ in 0..5 {
+        pair.provider
+            .batch_execute("UPDATE acc SET bal = bal + 1 WHERE id > 80")
+            .await?;
+        tick().await?;
+        ticks.push(pair.provider.query_one(newest, &[]).await?.get::<_, i64>(0));
+    }
+    pair.subscriber
+        .execute(
+            "UPDATE londiste_rs.worker_position SET pause_requested = true, pause_at_tick = $1",
+            &[&ticks[2]],
+        )
+        .await?;
+    while let Ok(Some(_)) = worker.process_next_batch().await {}
+    let reached: i64 = pair.subscriber.query_one(position, &[]).await?.get(0);
+    assert_eq!(reached, ticks[2], "the worker stops at the held tick");
+    pair.subscriber
+        .batch_execute(
+            "UPDATE londiste_rs.worker_position SET pause_requested = false, pause_at_tick = NULL",
+        )
+        .await?;
+    pair.drain(&mut worker).await?;
+    pair.assert_same("acc", "id").await?;
+    Ok(())
+}

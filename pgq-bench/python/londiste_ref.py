@@ -1,7 +1,8 @@
 """Reference figures from python3-londiste (londiste3) for the replicator benchmark.
 
 usage: londiste_ref.py --provider DSN --subscriber DSN --workdir DIR [--rows N]
-       [--updates N] [--txn-size N] [--create] [--skip-bulk] [--skip-trigger-tps] ...
+       [--updates N] [--txn-size N] [--tpcb N] [--create] [--skip-bulk] [--skip-trigger-tps]
+       ...
 
 PROVIDER and SUBSCRIBER are existing empty databases on one server (superuser). The script
 installs pgq, pgq_node and londiste in both, makes a root node on the provider and a leaf
@@ -14,6 +15,11 @@ and writes their configs and logs into DIR. It then measures:
                      of TXN_SIZE rows are committed and ticked; the worker is resumed and
                      timed until its last tick on the provider reaches the backlog's tick;
                      once with the default handler and once with handler=bulk;
+
+With --tpcb N the provider is `pgbench -i -s 1` instead, its three keyed tables are added
+(pgbench_history has no key and stays out) and the backlog is N pgbench TPC-B transactions
+(2 clients), three replicated updates each.
+
   md5_match          ordered md5 of the table on both sides at the end;
   trigger_tps        pgbench UPDATE-only TPS on a copy of the table without a trigger and
                      with the C pgq.logutriga trigger.
@@ -38,6 +44,8 @@ QUEUE = "lref_q"
 ROOT = "lref_root"
 LEAF = "lref_leaf"
 TABLE = "public.accounts"
+TPCB_TABLES = ["public.pgbench_accounts", "public.pgbench_branches", "public.pgbench_tellers"]
+TPCB_CLIENTS = 2
 TPS_TABLE = "accounts_tps"
 TPS_QUEUE = "lref_tps_q"
 # Multiplier of the update walk: prime and coprime with any sane row count, so that one
@@ -87,6 +95,7 @@ class Bench:
         self.worker = None
         self.pdb = None
         self.sdb = None
+        self.tables = TPCB_TABLES if opts.tpcb else [TABLE]
 
     # --- setup -------------------------------------------------------------------------
 
@@ -141,13 +150,20 @@ class Bench:
         for conn in (self.pdb, self.sdb):
             for ext in ("pgq", "pgq_node", "londiste"):
                 query(conn, "CREATE EXTENSION IF NOT EXISTS %s" % ext)
-        log("filling %s with %d rows on the provider", TABLE, self.opts.rows)
-        query(self.pdb, ACCOUNTS_DDL)
-        query(self.pdb, "INSERT INTO accounts SELECT g, (g - 1) / 100000 + 1, 0, '' "
-                        "FROM generate_series(1, %s) g", [self.opts.rows])
-        query(self.pdb, "VACUUM ANALYZE accounts")
-        if not self.opts.create:
-            query(self.sdb, ACCOUNTS_DDL)
+        if self.opts.tpcb:
+            log("filling the provider with pgbench -i -s 1")
+            subprocess.run(["pgbench", "-i", "-q", "-s", "1", self.opts.provider], check=True,
+                           capture_output=True)
+            if not self.opts.create:
+                raise SystemExit("--tpcb needs --create")
+        else:
+            log("filling %s with %d rows on the provider", TABLE, self.opts.rows)
+            query(self.pdb, ACCOUNTS_DDL)
+            query(self.pdb, "INSERT INTO accounts SELECT g, (g - 1) / 100000 + 1, 0, '' "
+                            "FROM generate_series(1, %s) g", [self.opts.rows])
+            query(self.pdb, "VACUUM ANALYZE accounts")
+            if not self.opts.create:
+                query(self.sdb, ACCOUNTS_DDL)
         self.londiste(self.provider_ini, "create-root", ROOT, self.opts.provider)
         self.londiste(self.leaf_ini, "create-leaf", LEAF, self.opts.subscriber,
                       "--provider=" + self.opts.provider)
@@ -236,10 +252,10 @@ class Bench:
                 raise RuntimeError("timed out waiting for %s" % what)
             time.sleep(self.opts.poll)
 
-    def merge_state(self):
-        row = query_one(self.sdb, "SELECT merge_state FROM londiste.get_table_list(%s) "
-                                  "WHERE table_name = %s", [QUEUE, TABLE])
-        return row[0] if row else None
+    def all_ok(self):
+        rows = query(self.sdb, "SELECT merge_state FROM londiste.get_table_list(%s) "
+                               "WHERE table_name = ANY(%s)", [QUEUE, self.tables])
+        return len(rows) == len(self.tables) and all(r[0] == "ok" for r in rows)
 
     def consumer_info(self):
         """(last_tick, pending_events) of the leaf worker's subscription on the provider."""
@@ -258,28 +274,43 @@ class Bench:
         return target is not None and pending == 0 and last_tick >= target
 
     def table_md5(self, conn):
-        return query_one(conn, "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY aid)) "
-                               "FROM accounts t")
+        return [list(query_one(conn, "SELECT count(*), md5(string_agg(t::text, ',' "
+                                     "ORDER BY t::text)) FROM %s t" % table))
+                for table in self.tables]
 
     # --- measurements ------------------------------------------------------------------
 
     def add_table(self):
-        leaf_args = ["add-table", TABLE]
+        leaf_args = ["add-table"] + self.tables
         if self.opts.create:
             leaf_args.append("--create")
         start = time.monotonic()
-        self.londiste(self.provider_ini, "add-table", TABLE)
+        self.londiste(self.provider_ini, "add-table", *self.tables)
         self.londiste(self.leaf_ini, *leaf_args)
-        self.wait_for("table ok", lambda: self.merge_state() == "ok")
+        self.wait_for("tables ok", self.all_ok)
         secs = time.monotonic() - start
         log("add-table to ok: %.2f s", secs)
         return secs
 
+    def backlog_events(self):
+        """Replicated row changes in one backlog."""
+        if self.opts.tpcb:
+            return self.opts.tpcb // TPCB_CLIENTS * TPCB_CLIENTS * 3
+        return self.opts.updates // self.opts.txn_size * self.opts.txn_size
+
     def backlog(self):
-        """Commits the updates as one UPDATE of txn_size distinct rows per transaction;
-        the londiste row trigger logs one event per row."""
-        n, size, rows = self.opts.updates, self.opts.txn_size, self.opts.rows
+        """Commits the updates as one UPDATE of txn_size distinct rows per transaction (or
+        pgbench's TPC-B); the londiste row trigger logs one event per row."""
         start = time.monotonic()
+        if self.opts.tpcb:
+            clients = str(TPCB_CLIENTS)
+            subprocess.run(["pgbench", "-n", "-b", "tpcb-like", "-c", clients, "-j", clients,
+                            "-t", str(self.opts.tpcb // TPCB_CLIENTS), self.opts.provider],
+                           check=True, capture_output=True)
+            log("backlog of %d TPC-B transactions committed in %.2f s", self.opts.tpcb,
+                time.monotonic() - start)
+            return self.wait_for("backlog ticked", self.ticked_queue_tick)
+        n, size, rows = self.opts.updates, self.opts.txn_size, self.opts.rows
         query(self.pdb, """
             DO $$
             DECLARE
@@ -317,7 +348,7 @@ class Bench:
         self.wait_for("replay caught up",
                       lambda: self.consumer_info()[0] >= target)
         secs = time.monotonic() - start
-        updates = self.opts.updates // self.opts.txn_size * self.opts.txn_size
+        updates = self.backlog_events()
         log("replay (%s): %.2f s, %.0f events/s", handler, secs, updates / secs)
         return {"events": updates, "pending_events": pending, "ticks": target - last_tick,
                 "seconds": round(secs, 3),
@@ -368,7 +399,7 @@ class Bench:
 
     def run(self):
         self.setup()
-        result = {"rows": self.opts.rows, "updates": self.opts.updates,
+        result = {"rows": self.opts.rows, "updates": self.opts.updates, "tpcb": self.opts.tpcb,
                   "txn_size": self.opts.txn_size,
                   "config": {"pgqd_ticker_period_s": self.opts.ticker_period,
                              "ticker_max_lag": self.opts.ticker_max_lag,
@@ -385,10 +416,11 @@ class Bench:
         result["md5"] = {"provider": list(pmd5), "subscriber": list(smd5)}
         log("md5 provider %s, subscriber %s", pmd5, smd5)
         self.stop_worker()
-        if not self.opts.skip_trigger_tps:
+        if not self.opts.skip_trigger_tps and not self.opts.tpcb:
             result["trigger_tps"] = self.trigger_tps()
         trig = query_one(self.pdb, "SELECT string_agg(pg_get_triggerdef(oid), '; ') "
-                                   "FROM pg_trigger WHERE tgrelid = 'public.accounts'::regclass")
+                                   "FROM pg_trigger WHERE tgrelid = %s::regclass",
+                         [self.tables[0]])
         result["londiste_triggers"] = trig[0]
         return result
 
@@ -401,6 +433,8 @@ def parse_args():
     p.add_argument("--rows", type=int, default=100000)
     p.add_argument("--updates", type=int, default=200000)
     p.add_argument("--txn-size", type=int, default=100, help="updates per transaction")
+    p.add_argument("--tpcb", type=int, default=0,
+                   help="pgbench -i -s 1 and a backlog of this many TPC-B transactions")
     p.add_argument("--create", action="store_true",
                    help="let the leaf add-table create the table (--create)")
     p.add_argument("--skip-bulk", action="store_true")

@@ -22,6 +22,13 @@ pub struct ConsumerConfig {
     pub register_at: Option<TickId>,
     /// Events read per round trip from the batch cursor; bounds memory. Default 1,000.
     pub chunk_size: u32,
+    /// When at least this many events wait past the consumer's position, a batch spans
+    /// several ticks to hold about this many (`pgq.next_batch_custom`'s `min_count`); below
+    /// it, each tick is a batch of its own, so a consumer that keeps up waits for nothing.
+    /// Fewer, larger batches cost fewer round trips and merge more when catching up. Every
+    /// batch is still whole transactions between two ticks, handled as one. Default none:
+    /// one tick per batch.
+    pub catch_up_events: Option<u32>,
     /// How long to wait for a tick notification before looking for a batch anyway. Default 1 s.
     pub poll_interval: Duration,
     /// After a stop is requested, how long the batch in hand may run before it is rolled back.
@@ -56,6 +63,7 @@ impl ConsumerConfig {
                 register: true,
                 register_at: None,
                 chunk_size: 1000,
+                catch_up_events: None,
                 poll_interval: Duration::from_secs(1),
                 shutdown_timeout: Duration::from_secs(30),
                 max_event_retries: 5,
@@ -92,6 +100,12 @@ impl ConsumerConfigBuilder {
     /// See [`ConsumerConfig::chunk_size`]; 0 counts as 1.
     pub fn chunk_size(mut self, events: u32) -> Self {
         self.config.chunk_size = events.max(1);
+        self
+    }
+
+    /// See [`ConsumerConfig::catch_up_events`]; 0 counts as none.
+    pub fn catch_up_events(mut self, events: u32) -> Self {
+        self.config.catch_up_events = (events > 0).then_some(events);
         self
     }
 

@@ -1,7 +1,7 @@
 //! The trait users implement: [`Consumer`] (its typed variant is beside the typed producer).
 
 use async_trait::async_trait;
-use pgq_core::tokio_postgres::Transaction;
+use pgq_core::tokio_postgres::{self, Transaction};
 use pgq_core::Event;
 
 use crate::batch::BatchHandle;
@@ -49,6 +49,19 @@ pub trait Consumer: Send + Sync {
             }
         }
         Ok(())
+    }
+
+    /// With [`ConsumerConfig::catch_up_events`](crate::ConsumerConfig), asked in the work
+    /// transaction (the target's, for a remote consumer) just before each batch is taken:
+    /// whether this batch may span several ticks. A consumer whose batches must stop at a tick
+    /// someone else picks can lock and read that choice here; the lock holds until the batch
+    /// commits. The default allows it.
+    ///
+    /// # Errors
+    ///
+    /// A failed statement; the runner rolls back and tries again later.
+    async fn may_span_ticks(&self, _work: &Transaction<'_>) -> Result<bool, tokio_postgres::Error> {
+        Ok(true)
     }
 
     /// Processes one event in `tx` (the batch's work transaction).

@@ -8,6 +8,7 @@ use pgq_core::{Dsn, InstallationId};
 use crate::config::ConsumerConfig;
 use crate::consumer::Consumer;
 use crate::error::{DbContext, Result};
+use crate::runner::next_batch;
 use crate::runner::sealed::{Held, Steps, Take, Taken};
 use crate::runner::ConsumerRunner;
 use crate::session::register;
@@ -41,10 +42,12 @@ impl Steps for Remote {
             return Ok(None);
         };
         let (queue, consumer) = (&config.queue, &config.consumer);
-        let Some(batch) = pgq_core::next_batch(&*client, queue, consumer).await? else {
+        // Begun before the batch is taken: the consumer may lock what bounds the batch there.
+        let ttx = target.transaction().await.op("begin on the target")?;
+        let Some(batch) = next_batch(&*client, &ttx, config, on.consumer).await? else {
+            ttx.rollback().await.op("rollback on the target")?;
             return Ok(None);
         };
-        let ttx = target.transaction().await.op("begin on the target")?;
         if pgq_core::ext::is_batch_done_for_update(&ttx, provider, queue, consumer, batch.id)
             .await?
         {

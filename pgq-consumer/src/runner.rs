@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use pgq_core::tokio_postgres::Client;
-use pgq_core::{Backoff, Dsn, Line};
+use pgq_core::tokio_postgres::{Client, GenericClient, Transaction};
+use pgq_core::{Backoff, Batch, Dsn, Line};
 use tokio_util::sync::CancellationToken;
 use tracing::{field, Instrument as _};
 
@@ -30,6 +30,7 @@ pub(crate) mod sealed {
     use pgq_core::{Batch, BatchId, Dsn, InstallationId};
 
     use crate::config::ConsumerConfig;
+    use crate::consumer::Consumer;
     use crate::error::{ConsumerError, DbContext, Result};
 
     /// What differs between the modes. The defaults are the local mode's.
@@ -84,6 +85,7 @@ pub(crate) mod sealed {
         pub(crate) client: &'a mut Client,
         pub(crate) target: Option<&'a mut Client>,
         pub(crate) config: &'a ConsumerConfig,
+        pub(crate) consumer: &'a dyn Consumer,
     }
 
     /// A batch taken, with the transactions to work it in.
@@ -260,6 +262,7 @@ impl<M: Mode> ConsumerRunner<M> {
                 client,
                 target,
                 config,
+                consumer: &*self.consumer,
             })
             .await?
         else {
@@ -410,6 +413,28 @@ impl<M: Mode> ConsumerRunner<M> {
     }
 }
 
+/// Takes the consumer's next batch on `client`: with [`ConsumerConfig::catch_up_events`] and
+/// the consumer's leave ([`Consumer::may_span_ticks`], asked in `work`), first one that spans
+/// ticks up to about that many events when so many wait; else the next tick's.
+pub(crate) async fn next_batch(
+    client: &impl GenericClient,
+    work: &Transaction<'_>,
+    config: &ConsumerConfig,
+    consumer: &dyn Consumer,
+) -> Result<Option<Batch>> {
+    let (queue, name) = (&config.queue, &config.consumer);
+    if let Some(events) = config.catch_up_events {
+        let may = consumer.may_span_ticks(work).await;
+        if may.op("asking whether a batch may span ticks")? {
+            let grown = pgq_core::next_batch_custom(client, queue, name, None, Some(events), None);
+            if let Some(batch) = grown.await? {
+                return Ok(Some(batch));
+            }
+        }
+    }
+    Ok(pgq_core::next_batch(client, queue, name).await?)
+}
+
 /// The local mode: each batch's work and its `finish_batch` commit in one transaction on the
 /// queue's database.
 #[derive(Debug)]
@@ -418,7 +443,7 @@ pub struct Local;
 impl Steps for Local {
     async fn take<'a>(&'a mut self, on: Take<'a>) -> Result<Taken<'a>> {
         let (tx, config) = (on.client.transaction().await.op("begin")?, on.config);
-        let Some(batch) = pgq_core::next_batch(&tx, &config.queue, &config.consumer).await? else {
+        let Some(batch) = next_batch(&tx, &tx, config, on.consumer).await? else {
             tx.commit().await.op("commit")?;
             return Ok(None);
         };

@@ -30,8 +30,11 @@ impl Server {
         let (maintenance, cluster) = match dsn {
             Some(dsn) => (dsn, None),
             None => {
+                // `londiste` measures built-in logical replication between two of its
+                // databases.
                 let cluster = Cluster::start(ClusterOptions {
                     listen_tcp: true,
+                    settings: vec![("wal_level".to_owned(), "logical".to_owned())],
                     ..Default::default()
                 })
                 .await
