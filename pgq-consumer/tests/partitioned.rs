@@ -51,7 +51,7 @@ async fn produce(dsns: Arc<Vec<String>>, key: String) -> anyhow::Result<()> {
     for seq in 0..EVENTS_PER_KEY {
         let event = NewEvent::new("e", format!("{key}:{seq}"));
         loop {
-            if client.as_ref().is_none_or(Client::is_closed) {
+            if client.as_ref().map_or(true, Client::is_closed) {
                 client = connect(dsn).await.ok();
             }
             if let Some(c) = &client {

@@ -30,12 +30,16 @@ SELECT pgq.insert_event_by_key(q.queue_name, $2, $3, $4, $5, $6, $7, $8)
 /// lookup3 hash of the UTF-8 bytes as `hash_bytes` computes it on a little-endian server (the
 /// kind PostgreSQL runs on almost everywhere; a big-endian server hashes differently).
 pub fn hashtext(key: &str) -> i32 {
-    let bytes = key.as_bytes();
+    // The server's int4 is the hash's 32 bits as they are.
+    i32::from_ne_bytes(hash_bytes(key.as_bytes()).to_ne_bytes())
+}
+
+/// The hash itself, unsigned, as PostgreSQL's `hash_bytes` returns it.
+fn hash_bytes(bytes: &[u8]) -> u32 {
     let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     // The length is part of the seed; PostgreSQL takes it as a 32-bit int.
-    let seed = 0x9e37_79b9_u32
-        .wrapping_add(bytes.len() as u32)
-        .wrapping_add(3_923_095);
+    let len = u32::try_from(bytes.len()).expect("a PostgreSQL text value is under 1 GB");
+    let seed = 0x9e37_79b9_u32.wrapping_add(len).wrapping_add(3_923_095);
     let (mut a, mut b, mut c) = (seed, seed, seed);
     let mut rest = bytes;
     while rest.len() >= 12 {
@@ -53,7 +57,7 @@ pub fn hashtext(key: &str) -> i32 {
     b = b.wrapping_add(word(&tail[4..8]));
     c = c.wrapping_add(word(&tail[8..12]) << 8);
     finish(&mut a, &mut b, &mut c);
-    c as i32
+    c
 }
 
 fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
@@ -92,7 +96,7 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
         partitions.is_power_of_two(),
         "the partition count must be a power of two, not {partitions}"
     );
-    (hashtext(key) as u32) & (partitions - 1)
+    hash_bytes(key.as_bytes()) & (partitions - 1)
 }
 
 /// Inserts one event for `key` (`pgq.insert_event_by_key`) and returns its id: after any other

@@ -41,16 +41,16 @@ async fn rust_hashtext_is_postgres_hashtext() -> anyhow::Result<()> {
         .collect();
     let ours: Vec<i32> = keys.iter().map(|k| hashtext(k)).collect();
     assert_eq!(ours, server);
-    let buckets: Vec<i32> = client
+    let buckets: Vec<i64> = client
         .query(
-            "SELECT hashtext(k) & 7 FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
+            "SELECT (hashtext(k) & 7)::int8 FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
             &[&keys],
         )
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let ours: Vec<i32> = keys.iter().map(|k| partition_of(k, 8) as i32).collect();
+    let ours: Vec<i64> = keys.iter().map(|k| i64::from(partition_of(k, 8))).collect();
     assert_eq!(ours, buckets);
     Ok(())
 }
