@@ -92,6 +92,21 @@ pub(crate) enum Admin {
         #[arg(long, value_name = "AGE", value_parser = parse_age)]
         lock_timeout: Option<Duration>,
     },
+    /// Make this database a PL/Proxy proxy over the partition databases of a queue partitioned
+    /// by key (docs/partitions.md): cluster `pgq_partitions` and the functions of schema
+    /// `pgq_proxy`. A proxied insert commits on its partition even when the caller rolls back.
+    ProxySetup {
+        /// A partition database's connection string (each with the queue), in order; repeat
+        /// the option for each. Never printed.
+        #[arg(long = "partition", value_name = "DSN", required = true)]
+        partitions: Vec<String>,
+        /// The number of logical partitions, a power of two, at least one per database.
+        /// Changing it or the databases remaps keys: drain the queue first.
+        #[arg(long, default_value_t = 16)]
+        logical: u32,
+    },
+    /// Remove what proxy-setup made (schema pgq_proxy and cluster pgq_partitions).
+    ProxyTeardown,
     /// Create a queue.
     CreateQueue {
         /// The queue name.

@@ -150,6 +150,20 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
             let report = pgq_core::migrate_from_extension(client, options).await?;
             out!("{report}");
         }
+        Admin::ProxySetup {
+            partitions,
+            logical,
+        } => {
+            pgq_core::partition::setup_proxy(client, &partitions, logical).await?;
+            out!(
+                "proxy set up: {logical} logical partitions over {} databases",
+                partitions.len()
+            );
+        }
+        Admin::ProxyTeardown => {
+            pgq_core::partition::teardown_proxy(client).await?;
+            out!("proxy removed");
+        }
         Admin::CreateQueue { queue } => {
             let queue = QueueName::new(queue)?;
             pgq_core::create_queue(&*client, &queue).await?;

@@ -249,3 +249,59 @@ async fn sql_prints_what_a_dba_applies() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn proxy_setup_and_teardown() -> anyhow::Result<()> {
+    let proxy = TestDb::new().await?;
+    let mut partitions = Vec::new();
+    for _ in 0..2 {
+        let db = TestDb::new().await?;
+        let mut client = db.client().await?;
+        pgq_core::install(&mut client, &[pgq_core::Line::Pgq]).await?;
+        pgq_core::create_queue(&client, &queue("orders")).await?;
+        partitions.push(db);
+    }
+    let dsns: Vec<String> = partitions.iter().map(TestDb::dsn).collect();
+    let args = |logical: &'static str| {
+        let mut args = vec!["proxy-setup", "--logical", logical];
+        for dsn in &dsns {
+            args.extend(["--partition", dsn.as_str()]);
+        }
+        args
+    };
+    cli(&proxy, &args("3"), 1).await?;
+    let out = cli(&proxy, &args("4"), 0).await?;
+    assert!(!dsns.iter().any(|dsn| out.contains(dsn.as_str())), "{out}");
+    cli(&proxy, &args("4"), 1).await?;
+
+    let client = proxy.client().await?;
+    for key in ["a", "b", "c", "d", "e"] {
+        client
+            .execute(
+                "SELECT pgq_proxy.insert_event_by_key('orders', $1, 't', $1)",
+                &[&key],
+            )
+            .await?;
+        let target = pgq_core::partition::partition_of(key, 4) as usize % 2;
+        let found: i64 = partitions[target]
+            .client()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM pgq.event_template WHERE ev_data = $1",
+                &[&key],
+            )
+            .await?
+            .get(0);
+        assert_eq!(found, 1, "{key}");
+    }
+    cli(&proxy, &["proxy-teardown"], 0).await?;
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgq_proxy'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(left, 0);
+    Ok(())
+}
