@@ -199,44 +199,34 @@ impl Cluster {
     /// Restarts the server (`pg_ctl restart -m fast`): every session is terminated, the data
     /// and the port stay. Returns once it accepts connections again.
     pub async fn restart(&self) -> Result<(), TestkitError> {
-        let mut pg_ctl = self.tools.command("pg_ctl");
-        pg_ctl
-            .arg("restart")
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.base.join("server.log"))
-            .args(["-m", "fast", "-w", "-t", "60", "-s"])
-            .current_dir(&self.base);
-        run(pg_ctl, "pg_ctl restart").await.map(drop)
+        self.pg_ctl("restart", &["-m", "fast"], true).await
     }
 
     /// Stops the server (`pg_ctl stop -m fast`), keeping its data, as an outage does;
     /// [`Cluster::start_again`] brings it back.
     pub async fn stop(&self) -> Result<(), TestkitError> {
-        let mut pg_ctl = self.tools.command("pg_ctl");
-        pg_ctl
-            .arg("stop")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", "60", "-s"])
-            .current_dir(&self.base);
-        run(pg_ctl, "pg_ctl stop").await.map(drop)
+        self.pg_ctl("stop", &["-m", "fast"], false).await
     }
 
     /// Starts a server that [`Cluster::stop`] stopped, on the same port (clients keep their
     /// connection strings), and returns once it accepts connections.
     pub async fn start_again(&self) -> Result<(), TestkitError> {
+        self.pg_ctl("start", &[], true).await
+    }
+
+    /// `pg_ctl ACTION` on the data directory, waiting up to a minute; with `log`, the server
+    /// writes to the cluster's `server.log`.
+    async fn pg_ctl(&self, action: &str, args: &[&str], log: bool) -> Result<(), TestkitError> {
         let mut pg_ctl = self.tools.command("pg_ctl");
+        pg_ctl.arg(action).arg("-D").arg(&self.data);
+        if log {
+            pg_ctl.arg("-l").arg(self.base.join("server.log"));
+        }
         pg_ctl
-            .arg("start")
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.base.join("server.log"))
+            .args(args)
             .args(["-w", "-t", "60", "-s"])
             .current_dir(&self.base);
-        run(pg_ctl, "pg_ctl start").await.map(drop)
+        run(pg_ctl, &format!("pg_ctl {action}")).await.map(drop)
     }
 
     fn base_settings(&self, ssl: bool) -> Vec<(String, String)> {
