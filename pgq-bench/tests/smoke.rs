@@ -476,9 +476,9 @@ async fn londiste_runs_on_small_sizes() -> anyhow::Result<()> {
     assert_eq!(variants, expected);
     for s in &report.series {
         let events = if s.shape.contains("TPC-B") {
-            6_000
+            1_500
         } else {
-            20_000
+            5_000
         };
         assert_eq!((s.events_per_rep, s.samples.len()), (events, 1), "{s:?}");
         assert!(s.samples[0].events_per_sec > 0.0, "{s:?}");

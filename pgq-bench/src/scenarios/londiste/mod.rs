@@ -68,12 +68,12 @@ struct Sizes {
 impl Sizes {
     fn new(small: bool) -> Sizes {
         let (rows, updates, transactions) = if small {
-            (10_000, 20_000, 2_000)
+            (5_000, 5_000, 500)
         } else {
             (100_000, 100_000, 10_000)
         };
         let (step, max_steps) = if small {
-            (Duration::from_secs(3), 3)
+            (Duration::from_secs(2), 2)
         } else {
             (Duration::from_secs(8), 6)
         };
