@@ -1,23 +1,29 @@
-//! A queue partitioned by key over three private clusters: four producers routing keys with the
-//! Rust router, one consumer over every partition whose task is aborted and restarted over and
-//! over, and one partition's cluster stopped and started again in the middle. Every event is
-//! applied once, each key's events in the order they were produced.
+//! A queue partitioned by key over three private clusters, ticked by one `pgq-ticker` daemon
+//! from one config. Four producers: two through a PL/Proxy proxy database, two through the
+//! Rust router inside their own transactions. One consumer over every partition whose task is
+//! aborted and restarted over and over, and one partition's cluster stopped and started again
+//! in the middle: its keys fail naming it, the other keys keep flowing, every event is applied
+//! once, each key's events in the order they were produced.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgq_consumer::run_partitioned;
-use pgq_core::partition::{insert_event_by_key, partition_of};
+use pgq_core::partition::{database_of, insert_event_by_key, setup_proxy, Router};
 use pgq_core::tokio_postgres::{Client, NoTls};
-use pgq_core::{ConsumerName, Dsn, Line, NewEvent, QueueName};
-use pgq_testkit::{Cluster, ClusterOptions};
+use pgq_core::{ConsumerName, Dsn, Line, NewEvent, QueueName, QueueSetting};
+use pgq_testkit::{Cluster, ClusterOptions, TestDb};
+use pgq_ticker::{Databases, Ticker, TickerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{config, create_applied, Apply, QUEUE};
 
+const PARTITIONS: usize = 3;
+const LOGICAL: u32 = 8;
 const PRODUCERS: usize = 4;
-const KEYS_PER_PRODUCER: usize = 3;
 const EVENTS_PER_KEY: usize = 150;
+/// The partition whose cluster is stopped in the middle.
+const DOWN: usize = 1;
 
 async fn connect(dsn: &str) -> anyhow::Result<Client> {
     let (client, connection) = pgq_core::tokio_postgres::connect(dsn, NoTls).await?;
@@ -25,59 +31,124 @@ async fn connect(dsn: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-async fn partition() -> anyhow::Result<(Cluster, String)> {
+/// A cluster with database `part<n>`: the queue (ticked at every event), consumer `reader`
+/// registered before any event, and the consumer's `applied` table.
+async fn partition(n: usize) -> anyhow::Result<(Cluster, String)> {
     let cluster = Cluster::start(ClusterOptions {
         listen_tcp: true,
         ..ClusterOptions::default()
     })
     .await?;
-    let dsn = cluster.dsn("postgres");
+    connect(&cluster.dsn("postgres"))
+        .await?
+        .batch_execute(&format!("CREATE DATABASE part{n}"))
+        .await?;
+    let dsn = cluster
+        .tcp_dsn(&format!("part{n}"))
+        .expect("listens on TCP");
     let mut client = connect(&dsn).await?;
     pgq_core::install(&mut client, &[Line::Pgq]).await?;
     let queue = QueueName::new(QUEUE)?;
     pgq_core::create_queue(&client, &queue).await?;
-    // Before any event: a consumer registered later would start after them.
+    pgq_core::set_queue_config(&client, &queue, QueueSetting::TickerMaxCount(1)).await?;
     pgq_core::register_consumer(&client, &queue, &ConsumerName::new("reader")?).await?;
     create_applied(&client).await?;
     Ok((cluster, dsn))
 }
 
-/// Produces `key`'s events in order, one transaction each, on the key's partition; an insert
-/// that fails (its partition is down) is tried again until it commits.
-async fn produce(dsns: Arc<Vec<String>>, key: String) -> anyhow::Result<()> {
-    let dsn = &dsns[partition_of(&key, 4) as usize % dsns.len()];
-    let queue = QueueName::new(QUEUE)?;
-    let mut client: Option<Client> = None;
-    for seq in 0..EVENTS_PER_KEY {
-        let event = NewEvent::new("e", format!("{key}:{seq}"));
-        loop {
-            if client.as_ref().map_or(true, Client::is_closed) {
-                client = connect(dsn).await.ok();
-            }
-            if let Some(c) = &client {
-                if insert_event_by_key(c, &queue, &key, &event).await.is_ok() {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
+/// How a producer reaches the partitions.
+#[derive(Clone)]
+enum Route {
+    /// `pgq_proxy.insert_event_by_key` in the proxy database.
+    Proxy(String),
+    /// The Rust router, the event inserted inside a transaction on the key's partition.
+    Router(Arc<Router>),
 }
 
-/// Ticks every partition that is up, as the ticker daemon would.
-async fn tick_all(dsns: Arc<Vec<String>>, cancel: CancellationToken) {
-    let queue = QueueName::new(QUEUE).expect("valid");
-    while !cancel.is_cancelled() {
-        for dsn in dsns.iter() {
-            if let Ok(client) = connect(dsn).await {
-                let _ = pgq_core::force_tick(&client, &queue).await;
-                let _ = pgq_core::ticker(&client, &queue).await;
+/// What the producers saw: committed inserts per partition, and the errors of failed ones.
+#[derive(Default)]
+struct Produced {
+    committed: Mutex<[usize; PARTITIONS]>,
+    errors: Mutex<Vec<(usize, String)>>,
+}
+
+impl Produced {
+    fn committed(&self) -> [usize; PARTITIONS] {
+        *self.committed.lock().unwrap()
+    }
+}
+
+/// One insert of `key`'s event through `route`, the error as text with its sources.
+async fn insert(
+    route: &Route,
+    proxy: &mut Option<Client>,
+    key: &str,
+    data: &str,
+) -> Result<(), String> {
+    match route {
+        Route::Proxy(dsn) => {
+            if proxy.as_ref().map_or(true, Client::is_closed) {
+                *proxy = Some(connect(dsn).await.map_err(|e| format!("{e:#}"))?);
+            }
+            let client = proxy.as_ref().expect("connected");
+            client
+                .execute(
+                    "SELECT pgq_proxy.insert_event_by_key($1, $2, 'e', $3)",
+                    &[&QUEUE, &key, &data],
+                )
+                .await
+                .map(drop)
+                .map_err(|e| format!("{:?}", e.as_db_error()))
+        }
+        Route::Router(router) => {
+            let queue = QueueName::new(QUEUE).expect("valid");
+            let event = NewEvent::new("e", data);
+            let mut client = router.client(key).await.map_err(error_text)?;
+            let partition = client.partition();
+            let fail = |e: pgq_core::Error| error_text(router.error(partition, e));
+            let tx = client.transaction().await.map_err(|e| {
+                fail(pgq_core::Error::Db {
+                    op: "begin",
+                    source: e,
+                })
+            })?;
+            insert_event_by_key(&tx, &queue, key, &event)
+                .await
+                .map_err(fail)?;
+            tx.commit().await.map_err(|e| {
+                fail(pgq_core::Error::Db {
+                    op: "commit",
+                    source: e,
+                })
+            })
+        }
+    }
+}
+
+fn error_text(err: pgq_core::Error) -> String {
+    format!("{:#}", anyhow::Error::from(err))
+}
+
+/// Produces each of `keys`' events in order, the keys side by side, one transaction per event;
+/// a failed insert (its partition is down) is tried again until it commits.
+async fn produce(route: Route, keys: Vec<String>, produced: Arc<Produced>) {
+    let one_key = |key: String| {
+        let (route, produced) = (route.clone(), Arc::clone(&produced));
+        async move {
+            let partition = database_of(&key, LOGICAL, PARTITIONS);
+            let mut proxy = None;
+            for seq in 0..EVENTS_PER_KEY {
+                let data = format!("{key}:{seq}");
+                while let Err(e) = insert(&route, &mut proxy, &key, &data).await {
+                    produced.errors.lock().unwrap().push((partition, e));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                produced.committed.lock().unwrap()[partition] += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    futures_util::future::join_all(keys.into_iter().map(one_key)).await;
 }
 
 async fn applied(dsn: &str) -> anyhow::Result<Vec<String>> {
@@ -90,34 +161,77 @@ async fn applied(dsn: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// The proxy database on the test server, or `None` (reported) where PL/Proxy is not
+/// packaged for it; the producers then all use the router.
+async fn proxy(dsns: &[String]) -> anyhow::Result<Option<TestDb>> {
+    let db = TestDb::new().await?;
+    let mut client = db.client().await?;
+    let packaged: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'plproxy')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !packaged {
+        pgq_testkit::reference_missing(
+            "PL/Proxy for the server's major version (Debian: postgresql-15-plproxy)",
+        )?;
+        return Ok(None);
+    }
+    setup_proxy(&mut client, dsns, LOGICAL).await?;
+    Ok(Some(db))
+}
+
+/// Three keys per producer, one on each partition, so every producer meets the outage and
+/// every producer has keys that must keep flowing through it.
+fn keys() -> Vec<Vec<String>> {
+    let mut out = vec![Vec::new(); PRODUCERS];
+    let mut candidates = (0..).map(|n| format!("key-{n}"));
+    for keys in &mut out {
+        for partition in 0..PARTITIONS {
+            let key = candidates
+                .by_ref()
+                .find(|k| database_of(k, LOGICAL, PARTITIONS) == partition)
+                .expect("endless");
+            keys.push(key);
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_event_once_per_key_in_order_under_kills_and_an_outage() -> anyhow::Result<()> {
     let mut clusters = Vec::new();
     let mut dsns = Vec::new();
-    for _ in 0..3 {
-        let (cluster, dsn) = partition().await?;
+    for n in 0..PARTITIONS {
+        let (cluster, dsn) = partition(n).await?;
         clusters.push(cluster);
         dsns.push(dsn);
     }
-    let dsns = Arc::new(dsns);
     let parsed: Vec<Dsn> = dsns
         .iter()
         .map(|d| Dsn::parse(d))
         .collect::<Result<_, _>>()?;
+    let proxy_db = proxy(&dsns).await?;
+    let router = Arc::new(Router::new(&parsed, LOGICAL, 4)?);
+
     let stop = CancellationToken::new();
-    let ticker = tokio::spawn(tick_all(Arc::clone(&dsns), stop.clone()));
-    let keys: Vec<String> = (0..PRODUCERS * KEYS_PER_PRODUCER)
-        .map(|n| format!("key-{n}"))
-        .collect();
+    let ticker_config = TickerConfig::builder(Databases::List(parsed.clone()))
+        .ticker_period(Duration::from_millis(50))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(300))
+        .build()?;
+    let ticker = tokio::spawn(Ticker::new(ticker_config).run(stop.clone()));
+
+    let keys = keys();
+    let produced = Arc::new(Produced::default());
     let mut producers = tokio::task::JoinSet::new();
-    for chunk in keys.chunks(KEYS_PER_PRODUCER) {
-        let (dsns, chunk) = (Arc::clone(&dsns), chunk.to_vec());
-        producers.spawn(async move {
-            for key in chunk {
-                produce(Arc::clone(&dsns), key).await?;
-            }
-            anyhow::Ok(())
-        });
+    for (n, keys) in keys.iter().enumerate() {
+        let route = match &proxy_db {
+            Some(db) if n < 2 => Route::Proxy(db.dsn()),
+            _ => Route::Router(Arc::clone(&router)),
+        };
+        producers.spawn(produce(route, keys.clone(), Arc::clone(&produced)));
     }
 
     let queue = QueueName::new(QUEUE)?;
@@ -130,41 +244,52 @@ async fn every_event_once_per_key_in_order_under_kills_and_an_outage() -> anyhow
         })
     };
     let mut running = start();
-    let total = keys.len() * EVENTS_PER_KEY;
+    let total = keys.len() * PARTITIONS * EVENTS_PER_KEY;
     let mut round: u64 = 0;
-    let mut before_outage = [0, 0];
+    let mut outage: Option<([usize; PARTITIONS], [usize; 2])> = None;
     loop {
         // Kills at varying points: inside a batch, between batches, while connecting.
         tokio::time::sleep(Duration::from_millis(200 + 150 * (round % 4))).await;
         round += 1;
         running.abort();
         let _ = running.await;
-        if round == 4 {
-            clusters[1].stop().await?;
-            before_outage = [
+        if round == 2 {
+            assert!(!producers.is_empty(), "the producers were done too soon");
+            clusters[DOWN].stop().await?;
+            let applied_then = [
                 applied(&dsns[0]).await?.len(),
                 applied(&dsns[2]).await?.len(),
             ];
-        }
-        if round == 8 {
-            assert!(
-                !producers.is_empty(),
-                "the outage came after the producers were done"
-            );
-            let during = [
-                applied(&dsns[0]).await?.len(),
-                applied(&dsns[2]).await?.len(),
-            ];
-            assert!(
-                during[0] > before_outage[0] && during[1] > before_outage[1],
-                "the other partitions stood still: {before_outage:?} then {during:?}"
-            );
-            clusters[1].start_again().await?;
+            outage = Some((produced.committed(), applied_then));
+        } else if let Some((committed_then, applied_then)) = outage {
+            let errors = produced.errors.lock().unwrap().len();
+            if round >= 5 && errors >= PRODUCERS {
+                let committed = produced.committed();
+                let applied_now = [
+                    applied(&dsns[0]).await?.len(),
+                    applied(&dsns[2]).await?.len(),
+                ];
+                assert_eq!(
+                    committed[DOWN], committed_then[DOWN],
+                    "committed while down"
+                );
+                assert!(
+                    committed[0] > committed_then[0] && committed[2] > committed_then[2],
+                    "the other keys stood still: {committed_then:?} then {committed:?}"
+                );
+                assert!(
+                    applied_now[0] > applied_then[0] && applied_now[1] > applied_then[1],
+                    "the other partitions' consumers stood still: {applied_then:?} then \
+                     {applied_now:?}"
+                );
+                clusters[DOWN].start_again().await?;
+                outage = None;
+            }
         }
         running = start();
-        if producers.is_empty() && round > 8 {
+        if producers.is_empty() && outage.is_none() && round > 5 {
             let mut counts = 0;
-            for dsn in dsns.iter() {
+            for dsn in &dsns {
                 counts += applied(dsn).await?.len();
             }
             if counts >= total {
@@ -172,7 +297,7 @@ async fn every_event_once_per_key_in_order_under_kills_and_an_outage() -> anyhow
             }
         }
         while let Some(done) = producers.try_join_next() {
-            done??;
+            done?;
         }
         assert!(round < 150, "not every event applied in time");
     }
@@ -180,27 +305,52 @@ async fn every_event_once_per_key_in_order_under_kills_and_an_outage() -> anyhow
     stop.cancel();
     ticker.await?;
 
-    for dsn in dsns.iter() {
+    // Only the stopped partition's keys failed, and each failure names it: PL/Proxy's error
+    // gives its port (no connection) or its database's name (a cached connection cut), the
+    // router's its index, host and port.
+    let errors = produced.errors.lock().unwrap().clone();
+    let (port, name) = (
+        format!("port {}", clusters[DOWN].port()),
+        format!("[part{DOWN}]"),
+    );
+    let router_names = format!(
+        "partition {DOWN} (host=127.0.0.1 port={} ",
+        clusters[DOWN].port()
+    );
+    let (mut via_proxy, mut via_router) = (0, 0);
+    for (partition, text) in &errors {
+        assert_eq!(*partition, DOWN, "{text}");
+        if text.starts_with(&router_names) {
+            via_router += 1;
+        } else {
+            assert!(text.contains(&port) || text.contains(&name), "{text}");
+            via_proxy += 1;
+        }
+    }
+    assert!(via_router > 0, "{errors:?}");
+    assert!(via_proxy > 0 || proxy_db.is_none(), "{errors:?}");
+
+    let mut all = Vec::new();
+    for (partition, dsn) in dsns.iter().enumerate() {
         let data = applied(dsn).await?;
-        assert!(!data.is_empty(), "no key on {dsn}");
-        for key in &keys {
+        for key in keys.iter().flatten() {
             let seqs: Vec<usize> = data
                 .iter()
                 .filter_map(|d| d.strip_prefix(&format!("{key}:")))
                 .map(|s| s.parse().unwrap())
                 .collect();
-            if !seqs.is_empty() {
+            if database_of(key, LOGICAL, PARTITIONS) == partition {
                 assert_eq!(seqs, (0..EVENTS_PER_KEY).collect::<Vec<_>>(), "{key}");
+            } else {
+                assert!(seqs.is_empty(), "{key} on partition {partition}");
             }
         }
-    }
-    let mut all = Vec::new();
-    for dsn in dsns.iter() {
-        all.extend(applied(dsn).await?);
+        all.extend(data);
     }
     all.sort();
     let mut want: Vec<String> = keys
         .iter()
+        .flatten()
         .flat_map(|k| (0..EVENTS_PER_KEY).map(move |s| format!("{k}:{s}")))
         .collect();
     want.sort();

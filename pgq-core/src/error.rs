@@ -23,6 +23,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A call on one database of a partitioned queue failed (see
+    /// [`crate::partition::Router`]).
+    #[error("partition {partition} ({database}) failed")]
+    Partition {
+        /// The database's index in the router's list.
+        partition: usize,
+        /// Where it is: host, port and database name, never the password.
+        database: String,
+        /// What failed there.
+        #[source]
+        source: Box<Error>,
+    },
     /// The queue does not exist.
     #[error("queue {queue:?} not found")]
     QueueNotFound {
@@ -210,6 +222,7 @@ impl Error {
     pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
             Error::Db { source, .. } | Error::MigrationFailed { source, .. } => source.code(),
+            Error::Partition { source, .. } => source.sql_state(),
             _ => None,
         }
     }
@@ -218,6 +231,7 @@ impl Error {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Error::Db { source, .. } => connection_lost(source),
+            Error::Partition { source, .. } => source.is_connection_lost(),
             _ => false,
         }
     }

@@ -1,0 +1,103 @@
+//! The PL/Proxy proxy database in front of the partitions.
+
+use crate::error::{DbContext, Result};
+use crate::ident::{quote_ident, quote_literal};
+
+/// The PL/Proxy cluster (an SQL/MED server) that [`setup_proxy`] makes in the proxy database.
+pub const PROXY_CLUSTER: &str = "pgq_partitions";
+
+/// The proxy's functions, in schema `pgq_proxy`: the keyed inserts of the partitions, routed by
+/// `hashtext(key)`. The bulk forms split their arrays by key (PL/Proxy's `SPLIT`): each
+/// partition gets one call with its keys' events, in the given order, and the ids come back
+/// grouped by partition, not in the order given. `SPLIT` needs arrays of one length, so the form
+/// with extra fields takes all four, each as long as the keys (NULL elements are fine).
+// language=SQL
+const PROXY_FUNCTIONS: &str = "\
+CREATE FUNCTION pgq_proxy.insert_event_by_key(
+    queue_name text, ev_key text, ev_type text, ev_data text,
+    ev_extra1 text DEFAULT NULL, ev_extra2 text DEFAULT NULL,
+    ev_extra3 text DEFAULT NULL, ev_extra4 text DEFAULT NULL)
+RETURNS bigint LANGUAGE plproxy AS $$
+    CLUSTER 'pgq_partitions';
+    RUN ON hashtext(ev_key);
+    TARGET pgq.insert_event_by_key;
+$$;
+CREATE FUNCTION pgq_proxy.insert_event_bulk_by_key(
+    queue_name text, ev_keys text[], ev_types text[], ev_datas text[])
+RETURNS SETOF bigint LANGUAGE plproxy AS $$
+    CLUSTER 'pgq_partitions';
+    SPLIT ev_keys, ev_types, ev_datas;
+    RUN ON hashtext(ev_keys);
+    TARGET pgq.insert_event_bulk_by_key;
+$$;
+CREATE FUNCTION pgq_proxy.insert_event_bulk_by_key(
+    queue_name text, ev_keys text[], ev_types text[], ev_datas text[],
+    ev_extra1 text[], ev_extra2 text[], ev_extra3 text[], ev_extra4 text[])
+RETURNS SETOF bigint LANGUAGE plproxy AS $$
+    CLUSTER 'pgq_partitions';
+    SPLIT ev_keys, ev_types, ev_datas, ev_extra1, ev_extra2, ev_extra3, ev_extra4;
+    RUN ON hashtext(ev_keys);
+    TARGET pgq.insert_event_bulk_by_key;
+$$;
+REVOKE ALL ON FUNCTION
+    pgq_proxy.insert_event_by_key(text, text, text, text, text, text, text, text),
+    pgq_proxy.insert_event_bulk_by_key(text, text[], text[], text[]),
+    pgq_proxy.insert_event_bulk_by_key(text, text[], text[], text[], text[], text[], text[],
+                                       text[])
+  FROM public;";
+
+/// Makes `client`'s database a proxy over `databases` (libpq connection strings of the
+/// partition databases, each with the queue installed): PL/Proxy, the cluster
+/// [`PROXY_CLUSTER`] of `logical` partitions (a power of two, at least the number of
+/// databases), logical partition `p` on database `p % databases.len()`, and the functions of
+/// schema `pgq_proxy`. In one transaction; the proxy's owner runs the functions, grant
+/// `EXECUTE` on them to the producers.
+///
+/// Keys stay on their partition while this mapping stays; another number of databases remaps
+/// keys, so drain the queue on every partition before a new setup. PL/Proxy commits each remote
+/// call on its own on the partition: a caller that rolls back does not take the event back.
+///
+/// # Errors
+///
+/// [`crate::Error::InvalidPartitions`] for a bad partition count, [`crate::Error::Db`] when a
+/// statement fails (PL/Proxy not installed on the server, the cluster already there).
+pub async fn setup_proxy(
+    client: &mut tokio_postgres::Client,
+    databases: &[String],
+    logical: u32,
+) -> Result<()> {
+    super::check_layout(databases.len(), logical)?;
+    let options: Vec<String> = (0..logical as usize)
+        .map(|p| format!("p{p} {}", quote_literal(&databases[p % databases.len()])))
+        .collect();
+    let tx = client.transaction().await.op("setup_proxy")?;
+    tx.batch_execute(&format!(
+        "CREATE EXTENSION IF NOT EXISTS plproxy;
+         CREATE SERVER {cluster} FOREIGN DATA WRAPPER plproxy OPTIONS ({options});
+         CREATE USER MAPPING FOR PUBLIC SERVER {cluster};
+         CREATE SCHEMA pgq_proxy;
+         {PROXY_FUNCTIONS}",
+        cluster = quote_ident(PROXY_CLUSTER),
+        options = options.join(", "),
+    ))
+    .await
+    .op("setup_proxy")?;
+    tx.commit().await.op("setup_proxy")
+}
+
+/// Removes what [`setup_proxy`] made (PL/Proxy itself stays); nothing on the partitions.
+///
+/// # Errors
+///
+/// [`crate::Error::Db`] when a statement fails.
+pub async fn teardown_proxy(client: &mut tokio_postgres::Client) -> Result<()> {
+    let tx = client.transaction().await.op("teardown_proxy")?;
+    tx.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS pgq_proxy CASCADE;
+         DROP SERVER IF EXISTS {} CASCADE;",
+        quote_ident(PROXY_CLUSTER)
+    ))
+    .await
+    .op("teardown_proxy")?;
+    tx.commit().await.op("teardown_proxy")
+}
