@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use pgq_core::partition::{hashtext, insert_event_by_key, partition_of};
-use pgq_core::NewEvent;
+use pgq_core::partition::{database_of, hashtext, insert_event_by_key, partition_of, Router};
+use pgq_core::{Dsn, Error, Line, NewEvent};
 use pgq_testkit::TestDb;
 
 use crate::setup::{queue, setup};
@@ -140,5 +140,122 @@ async fn second_writer_of_a_key_waits_so_id_order_is_commit_order() -> anyhow::R
         refused.code(),
         Some(&pgq_core::tokio_postgres::error::SqlState::NULL_VALUE_NOT_ALLOWED)
     );
+    Ok(())
+}
+
+/// Two databases as partitions of queue `keyed`, each with pgq and the queue.
+async fn two_partitions() -> anyhow::Result<(Vec<TestDb>, Vec<Dsn>)> {
+    let mut dbs = Vec::new();
+    let mut dsns = Vec::new();
+    for _ in 0..2 {
+        let db = TestDb::new().await?;
+        let mut client = db.client().await?;
+        pgq_core::install(&mut client, &[Line::Pgq]).await?;
+        pgq_core::create_queue(&client, &queue("keyed")).await?;
+        dsns.push(Dsn::parse(&db.dsn())?);
+        dbs.push(db);
+    }
+    Ok((dbs, dsns))
+}
+
+/// The `ev_data` of the queue's events on one partition, in id order.
+async fn events_on(db: &TestDb) -> anyhow::Result<Vec<String>> {
+    Ok(db
+        .client()
+        .await?
+        .query("SELECT ev_data FROM pgq.event_template ORDER BY ev_id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The router puts each key on the database the proxy's mapping names, and its event is part
+/// of the producer's transaction there: rolled back with it, committed with it.
+#[tokio::test]
+async fn router_inserts_inside_the_producers_transaction() -> anyhow::Result<()> {
+    if std::env::var("PGQ_TEST_SCHEMA").is_ok_and(|v| v == "extension") {
+        return Ok(());
+    }
+    let (dbs, dsns) = two_partitions().await?;
+    let router = Router::new(&dsns, 4, 2)?;
+    let q = queue("keyed");
+    let mut expected = vec![Vec::new(), Vec::new()];
+    for n in 0..20 {
+        let key = format!("order-{n}");
+        let mut client = router.client(&key).await?;
+        assert_eq!(client.partition(), database_of(&key, 4, 2));
+        assert_eq!(client.partition(), router.database_of(&key));
+        let tx = client.transaction().await?;
+        insert_event_by_key(&tx, &q, &key, &NewEvent::new("t", format!("{key}/undone"))).await?;
+        tx.rollback().await?;
+        let tx = client.transaction().await?;
+        insert_event_by_key(&tx, &q, &key, &NewEvent::new("t", format!("{key}/kept"))).await?;
+        tx.commit().await?;
+        router
+            .insert_event(&q, &key, &NewEvent::new("t", format!("{key}/own")))
+            .await?;
+        expected[client.partition()].extend([format!("{key}/kept"), format!("{key}/own")]);
+    }
+    assert!(expected.iter().all(|e| !e.is_empty()));
+    for (db, want) in dbs.iter().zip(&expected) {
+        assert_eq!(&events_on(db).await?, want);
+    }
+    Ok(())
+}
+
+/// A layout the proxy would refuse is refused by the router too.
+#[test]
+fn router_refuses_layouts_the_proxy_refuses() -> anyhow::Result<()> {
+    let one = Dsn::parse("host=127.0.0.1 user=app dbname=p")?;
+    for (databases, logical) in [(0, 4), (1, 3), (3, 2), (2, 6)] {
+        let dsns = vec![one.clone(); databases];
+        let err = Router::new(&dsns, logical, 1).err().expect("refused");
+        assert!(
+            matches!(err, Error::InvalidPartitions { .. }),
+            "{databases} over {logical}: {err:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A database that cannot be reached fails the keys routed to it, naming it (and never the
+/// password); the other keys go on.
+#[tokio::test]
+async fn unreachable_partition_fails_its_keys_naming_it() -> anyhow::Result<()> {
+    if std::env::var("PGQ_TEST_SCHEMA").is_ok_and(|v| v == "extension") {
+        return Ok(());
+    }
+    let (dbs, mut dsns) = two_partitions().await?;
+    // Nothing listens on port 1.
+    dsns[1] = Dsn::parse("host=127.0.0.1 port=1 dbname=gone user=app password=s3cret")?;
+    let router = Router::new(&dsns, 2, 1)?;
+    let q = queue("keyed");
+    let (mut failed, mut went_on) = (0, 0);
+    for n in 0..20 {
+        let key = format!("order-{n}");
+        match router
+            .insert_event(&q, &key, &NewEvent::new("t", &key))
+            .await
+        {
+            Ok(_) => {
+                assert_eq!(router.database_of(&key), 0);
+                went_on += 1;
+            }
+            Err(err) => {
+                assert_eq!(router.database_of(&key), 1);
+                assert!(err.is_connection_lost(), "{err:?}");
+                let text = format!("{:#}", anyhow::Error::from(err));
+                assert!(
+                    text.starts_with("partition 1 (host=127.0.0.1 port=1 dbname=gone) failed: "),
+                    "{text}"
+                );
+                assert!(!text.contains("s3cret"), "{text}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0 && went_on > 0);
+    assert_eq!(events_on(&dbs[0]).await?.len(), went_on);
     Ok(())
 }
