@@ -61,16 +61,10 @@ async fn drain(dsn: &str) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn database_of(key: &str, databases: usize) -> usize {
-    partition_of(key, LOGICAL) as usize % databases
-}
-
-#[tokio::test]
-async fn proxy_routes_keys_like_the_rust_router_and_survives_a_partition_outage(
-) -> anyhow::Result<()> {
-    let proxy_db = TestDb::new().await?;
-    let mut proxy = proxy_db.client().await?;
-    let packaged: bool = proxy
+/// Whether PL/Proxy is packaged for the server; when not, says so (or fails, where the
+/// reference is required).
+async fn plproxy_packaged(client: &Client) -> anyhow::Result<bool> {
+    let packaged: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'plproxy')",
             &[],
@@ -81,6 +75,20 @@ async fn proxy_routes_keys_like_the_rust_router_and_survives_a_partition_outage(
         pgq_testkit::reference_missing(
             "PL/Proxy for the server's major version (Debian: postgresql-15-plproxy)",
         )?;
+    }
+    Ok(packaged)
+}
+
+fn database_of(key: &str, databases: usize) -> usize {
+    partition_of(key, LOGICAL) as usize % databases
+}
+
+#[tokio::test]
+async fn proxy_routes_keys_like_the_rust_router_and_survives_a_partition_outage(
+) -> anyhow::Result<()> {
+    let proxy_db = TestDb::new().await?;
+    let mut proxy = proxy_db.client().await?;
+    if !plproxy_packaged(&proxy).await? {
         return Ok(());
     }
     let parts = partitions().await?;
@@ -158,5 +166,78 @@ async fn proxy_routes_keys_like_the_rust_router_and_survives_a_partition_outage(
         .await?
         .get(0);
     assert_eq!(left, 0);
+    Ok(())
+}
+
+/// The proxy's functions are closed to roles not granted them, and a hostile `search_path`
+/// (a look-alike `hashtext` ahead of `pg_catalog`) cannot move a key to another partition.
+#[tokio::test]
+async fn proxy_needs_a_grant_and_ignores_a_hostile_search_path() -> anyhow::Result<()> {
+    let proxy_db = TestDb::new().await?;
+    let mut proxy = proxy_db.client().await?;
+    if !plproxy_packaged(&proxy).await? {
+        return Ok(());
+    }
+    let mut parts = Vec::new();
+    for _ in 0..2 {
+        let db = TestDb::new().await?;
+        let mut client = db.client().await?;
+        pgq_core::install(&mut client, &[Line::Pgq]).await?;
+        pgq_core::create_queue(&client, &queue("orders")).await?;
+        parts.push(db);
+    }
+    let dsns: Vec<String> = parts.iter().map(TestDb::dsn).collect();
+    setup_proxy(&mut proxy, &dsns, 2).await?;
+    pgq_testkit::create_role(&proxy, "pgq_proxy_producer", "LOGIN").await?;
+    let producer = connect(&proxy_db.dsn_as("pgq_proxy_producer")).await?;
+    let single = "SELECT pgq_proxy.insert_event_by_key('orders', $1, 'order', $2)";
+    let key = (0..)
+        .map(|n| format!("customer-{n}"))
+        .find(|k| partition_of(k, 2) == 1)
+        .expect("endless");
+
+    let refused = producer
+        .execute(single, &[&key, &"refused"])
+        .await
+        .expect_err("not granted");
+    assert_eq!(
+        refused.code(),
+        Some(&pgq_core::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused:?}"
+    );
+
+    proxy
+        .batch_execute(
+            "GRANT USAGE ON SCHEMA pgq_proxy TO pgq_proxy_producer;
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgq_proxy TO pgq_proxy_producer;
+             GRANT USAGE ON FOREIGN SERVER pgq_partitions TO pgq_proxy_producer;
+             CREATE SCHEMA evil AUTHORIZATION pgq_proxy_producer;",
+        )
+        .await?;
+    producer
+        .batch_execute(
+            "CREATE FUNCTION evil.hashtext(text) RETURNS integer LANGUAGE sql AS 'SELECT 0';
+             SET search_path = evil, pg_catalog;",
+        )
+        .await?;
+    let hostile: i32 = producer
+        .query_one("SELECT hashtext($1)", &[&key])
+        .await?
+        .get(0);
+    assert_eq!(hostile, 0, "the look-alike is what the session resolves");
+    producer.execute(single, &[&key, &"routed"]).await?;
+    let mut landed = Vec::new();
+    for db in &parts {
+        landed.push(
+            db.client()
+                .await?
+                .query("SELECT ev_data FROM pgq.event_template", &[])
+                .await?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(landed, [vec![], vec!["routed".to_owned()]]);
     Ok(())
 }

@@ -17,26 +17,26 @@ CREATE FUNCTION pgq_proxy.insert_event_by_key(
     queue_name text, ev_key text, ev_type text, ev_data text,
     ev_extra1 text DEFAULT NULL, ev_extra2 text DEFAULT NULL,
     ev_extra3 text DEFAULT NULL, ev_extra4 text DEFAULT NULL)
-RETURNS bigint LANGUAGE plproxy AS $$
+RETURNS bigint LANGUAGE plproxy SET search_path = pg_catalog, pg_temp AS $$
     CLUSTER 'pgq_partitions';
-    RUN ON hashtext(ev_key);
+    RUN ON pg_catalog.hashtext(ev_key);
     TARGET pgq.insert_event_by_key;
 $$;
 CREATE FUNCTION pgq_proxy.insert_event_bulk_by_key(
     queue_name text, ev_keys text[], ev_types text[], ev_datas text[])
-RETURNS SETOF bigint LANGUAGE plproxy AS $$
+RETURNS SETOF bigint LANGUAGE plproxy SET search_path = pg_catalog, pg_temp AS $$
     CLUSTER 'pgq_partitions';
     SPLIT ev_keys, ev_types, ev_datas;
-    RUN ON hashtext(ev_keys);
+    RUN ON pg_catalog.hashtext(ev_keys);
     TARGET pgq.insert_event_bulk_by_key;
 $$;
 CREATE FUNCTION pgq_proxy.insert_event_bulk_by_key(
     queue_name text, ev_keys text[], ev_types text[], ev_datas text[],
     ev_extra1 text[], ev_extra2 text[], ev_extra3 text[], ev_extra4 text[])
-RETURNS SETOF bigint LANGUAGE plproxy AS $$
+RETURNS SETOF bigint LANGUAGE plproxy SET search_path = pg_catalog, pg_temp AS $$
     CLUSTER 'pgq_partitions';
     SPLIT ev_keys, ev_types, ev_datas, ev_extra1, ev_extra2, ev_extra3, ev_extra4;
-    RUN ON hashtext(ev_keys);
+    RUN ON pg_catalog.hashtext(ev_keys);
     TARGET pgq.insert_event_bulk_by_key;
 $$;
 REVOKE ALL ON FUNCTION
@@ -50,8 +50,8 @@ REVOKE ALL ON FUNCTION
 /// partition databases, each with the queue installed): PL/Proxy, the cluster
 /// [`PROXY_CLUSTER`] of `logical` partitions (a power of two, at least the number of
 /// databases), logical partition `p` on database `p % databases.len()`, and the functions of
-/// schema `pgq_proxy`. In one transaction; the proxy's owner runs the functions, grant
-/// `EXECUTE` on them to the producers.
+/// schema `pgq_proxy`. In one transaction. The producers' roles need `USAGE` on the schema
+/// and the cluster and `EXECUTE` on the functions (docs/partitions.md).
 ///
 /// Keys stay on their partition while this mapping stays; another number of databases remaps
 /// keys, so drain the queue on every partition before a new setup. PL/Proxy commits each remote
