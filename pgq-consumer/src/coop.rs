@@ -119,11 +119,28 @@ pub async fn run_coop_group(
     consumer: Arc<dyn Consumer>,
     cancel: CancellationToken,
 ) -> Result<()> {
+    let runners = connect_coop_group(dsn, config, subconsumers, dead_interval, consumer).await?;
+    run_runners(runners, cancel).await
+}
+
+/// Connects one [`CoopRunner`] per name in `subconsumers`.
+pub(crate) async fn connect_coop_group(
+    dsn: &Dsn,
+    config: ConsumerConfig,
+    subconsumers: Vec<ConsumerName>,
+    dead_interval: Option<Duration>,
+    consumer: Arc<dyn Consumer>,
+) -> Result<Vec<CoopRunner>> {
     let mut runners = Vec::with_capacity(subconsumers.len());
     for sub in subconsumers {
         let consumer = Arc::clone(&consumer);
         runners.push(CoopRunner::connect(dsn, config.clone(), sub, dead_interval, consumer).await?);
     }
+    Ok(runners)
+}
+
+/// Runs `runners` side by side until `cancel` fires; the first error stops the others.
+pub(crate) async fn run_runners(runners: Vec<CoopRunner>, cancel: CancellationToken) -> Result<()> {
     let inner = cancel.child_token();
     let mut tasks = tokio::task::JoinSet::new();
     for runner in runners {

@@ -73,7 +73,7 @@ pub use consumer::Consumer;
 pub use coop::{run_coop_group, Coop, CoopRunner};
 pub use error::{ConsumerError, HandlerError, Postpone, Result};
 pub use metrics::{BatchReport, ConsumerMetrics, MetricsSnapshot};
-pub use partitioned::run_partitioned;
+pub use partitioned::{run_partitioned, run_partitioned_coop};
 pub use pgq_core::failed::{
     delete_failed_event, failed_event_count, failed_events, requeue_failed_event, FailedEvent,
 };

@@ -357,3 +357,79 @@ async fn every_event_once_per_key_in_order_under_kills_and_an_outage() -> anyhow
     assert_eq!(all, want);
     Ok(())
 }
+
+/// A cooperative group of two sub-consumers on each of two partitions: both take batches, every
+/// event is applied once, each key's events on its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coop_groups_on_every_partition_apply_each_event_once() -> anyhow::Result<()> {
+    let parts = [crate::common::setup().await?, crate::common::setup().await?];
+    let queue = QueueName::new(QUEUE)?;
+    let (group, subs) = (
+        ConsumerName::new("group")?,
+        [ConsumerName::new("a")?, ConsumerName::new("b")?],
+    );
+    for part in &parts {
+        for sub in &subs {
+            pgq_core::coop::register_subconsumer(&part.client, &queue, &group, sub).await?;
+        }
+    }
+    let dsns: Vec<Dsn> = parts.iter().map(|p| p.dsn.clone()).collect();
+    let router = Router::new(&dsns, 2, 2)?;
+    let keys: Vec<String> = (0..8).map(|n| format!("key-{n}")).collect();
+    let mut want = Vec::new();
+    for round in 0..20 {
+        for key in &keys {
+            let data = format!("{key}:{round}");
+            router
+                .insert_event(&queue, key, &NewEvent::new("e", data.as_str()))
+                .await?;
+            want.push(data);
+        }
+        for part in &parts {
+            pgq_core::force_tick(&part.client, &queue).await?;
+            pgq_core::ticker(&part.client, &queue).await?;
+        }
+    }
+
+    let cancel = CancellationToken::new();
+    let (partitions, config, subs, stop) = (
+        dsns.clone(),
+        config(&queue, "group"),
+        subs.to_vec(),
+        cancel.clone(),
+    );
+    let running = tokio::spawn(async move {
+        let consumer = Arc::new(Apply::default());
+        pgq_consumer::run_partitioned_coop(&partitions, config, subs, None, consumer, stop).await
+    });
+    let mut all = Vec::new();
+    for _ in 0..200 {
+        all.clear();
+        for part in &parts {
+            all.extend(applied(&part.db.dsn()).await?);
+        }
+        if all.len() >= want.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    running.await??;
+    all.sort();
+    want.sort();
+    assert_eq!(all, want);
+    for (n, part) in parts.iter().enumerate() {
+        for data in applied(&part.db.dsn()).await? {
+            let key = data.split(':').next().expect("key:seq");
+            assert_eq!(router.database_of(key), n, "{data}");
+        }
+        // Both sub-consumers took batches: each works on its own connection.
+        let sessions: i64 = part
+            .client
+            .query_one("SELECT count(DISTINCT backend) FROM applied", &[])
+            .await?
+            .get(0);
+        assert_eq!(sessions, 2, "partition {n}");
+    }
+    Ok(())
+}
