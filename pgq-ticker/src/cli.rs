@@ -105,6 +105,13 @@ pub(crate) enum Admin {
         #[arg(long, default_value_t = 16)]
         logical: u32,
     },
+    /// Let roles produce through the proxy: USAGE on schema pgq_proxy and cluster
+    /// pgq_partitions, EXECUTE on the functions; all roles or none.
+    ProxyGrant {
+        /// The producers' roles.
+        #[arg(required = true, value_name = "ROLE")]
+        roles: Vec<String>,
+    },
     /// Remove what proxy-setup made (schema pgq_proxy and cluster pgq_partitions).
     ProxyTeardown,
     /// Create a queue.

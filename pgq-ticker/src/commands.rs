@@ -160,6 +160,10 @@ async fn admin(command: Admin, client: &mut Client) -> anyhow::Result<ExitCode> 
                 partitions.len()
             );
         }
+        Admin::ProxyGrant { roles } => {
+            pgq_core::partition::grant_proxy(client, &roles).await?;
+            out!("granted the proxy to {}", roles.join(", "));
+        }
         Admin::ProxyTeardown => {
             pgq_core::partition::teardown_proxy(client).await?;
             out!("proxy removed");

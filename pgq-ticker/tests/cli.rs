@@ -294,6 +294,33 @@ async fn proxy_setup_and_teardown() -> anyhow::Result<()> {
             .get(0);
         assert_eq!(found, 1, "{key}");
     }
+
+    // Granting: a role that does not exist (with a hostile name) changes nothing, not even
+    // for the roles named before it; then the producer role may insert through the proxy.
+    pgq_testkit::create_role(&client, "pgq_cli_proxy_producer", "LOGIN").await?;
+    let hostile = "x\"; DROP SCHEMA pgq_proxy CASCADE; --";
+    let dsn = proxy.dsn();
+    let (code, _, stderr) = run_binary(&[
+        "--dsn",
+        &dsn,
+        "proxy-grant",
+        "pgq_cli_proxy_producer",
+        hostile,
+    ])
+    .await?;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    let (producer, connection) = pgq_core::tokio_postgres::connect(
+        &proxy.dsn_as("pgq_cli_proxy_producer"),
+        pgq_core::tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    let insert = "SELECT pgq_proxy.insert_event_by_key('orders', 'k', 't', 'by the producer')";
+    assert!(producer.execute(insert, &[]).await.is_err());
+    cli(&proxy, &["proxy-grant", "pgq_cli_proxy_producer"], 0).await?;
+    producer.execute(insert, &[]).await?;
+
     cli(&proxy, &["proxy-teardown"], 0).await?;
     let left: i64 = client
         .query_one(

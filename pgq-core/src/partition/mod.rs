@@ -17,7 +17,7 @@ mod proxy;
 mod router;
 
 pub use hash::hashtext;
-pub use proxy::{setup_proxy, teardown_proxy, PROXY_CLUSTER};
+pub use proxy::{grant_proxy, setup_proxy, teardown_proxy, PROXY_CLUSTER};
 pub use router::{PartitionClient, Router};
 
 use tokio_postgres::types::Type;

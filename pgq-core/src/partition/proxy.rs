@@ -85,6 +85,28 @@ pub async fn setup_proxy(
     tx.commit().await.op("setup_proxy")
 }
 
+/// Lets each of `roles` produce through the proxy: `USAGE` on schema `pgq_proxy` and on the
+/// cluster [`PROXY_CLUSTER`], `EXECUTE` on the functions. In one transaction: all or none.
+///
+/// # Errors
+///
+/// [`crate::Error::Db`] when a grant fails (a role that does not exist, no proxy set up).
+pub async fn grant_proxy(client: &mut tokio_postgres::Client, roles: &[String]) -> Result<()> {
+    let tx = client.transaction().await.op("grant_proxy")?;
+    for role in roles {
+        tx.batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA pgq_proxy TO {role};
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgq_proxy TO {role};
+             GRANT USAGE ON FOREIGN SERVER {cluster} TO {role};",
+            role = quote_ident(role),
+            cluster = quote_ident(PROXY_CLUSTER),
+        ))
+        .await
+        .op("grant_proxy")?;
+    }
+    tx.commit().await.op("grant_proxy")
+}
+
 /// Removes what [`setup_proxy`] made (PL/Proxy itself stays); nothing on the partitions.
 ///
 /// # Errors
