@@ -93,6 +93,26 @@ async fn proxy_routes_keys_like_the_rust_router_and_survives_a_partition_outage(
     }
     let parts = partitions().await?;
     let dsns: Vec<String> = parts.iter().map(|p| p.dsn.clone()).collect();
+    // A password in a connection string would be readable to every role of the proxy
+    // database: refused, without echoing it, and nothing is made.
+    let mut with_password = dsns.clone();
+    with_password[2] = format!("{} password=s3cret", dsns[2]);
+    let refused = setup_proxy(&mut proxy, &with_password, LOGICAL)
+        .await
+        .expect_err("a password in the string");
+    let text = refused.to_string();
+    assert!(
+        text.contains("partition 2") && text.contains("user mapping") && !text.contains("s3cret"),
+        "{text}"
+    );
+    let made: i64 = proxy
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgq_proxy'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(made, 0);
     setup_proxy(&mut proxy, &dsns, LOGICAL).await?;
 
     let single = "SELECT pgq_proxy.insert_event_by_key('orders', $1, 'order', $2)";

@@ -135,6 +135,20 @@ impl Dsn {
         Dsn::resolve(params)
     }
 
+    /// Whether the connection string `s` itself holds a password (`password=`, or one in a
+    /// URL's user info); the environment and password files are not consulted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidDsn`] when `s` does not parse, as for [`Dsn::parse`].
+    pub(crate) fn holds_password(s: &str) -> Result<bool> {
+        let pairs = match uri_rest(s.trim_start()) {
+            Some(rest) => parse_uri(rest)?,
+            None => parse_keyword_value(s)?,
+        };
+        Ok(pairs.iter().any(|(key, _)| key == "password"))
+    }
+
     /// Settings from the environment: `PGQ_DSN`, else `DATABASE_URL`, else the libpq variables
     /// when any of `PGHOST`, `PGPORT`, `PGUSER` or `PGDATABASE` is set. Empty variables count as
     /// unset.

@@ -1,6 +1,7 @@
 //! The PL/Proxy proxy database in front of the partitions.
 
-use crate::error::{DbContext, Result};
+use crate::dsn::Dsn;
+use crate::error::{DbContext, Error, Result};
 use crate::ident::{quote_ident, quote_literal};
 
 /// The PL/Proxy cluster (an SQL/MED server) that [`setup_proxy`] makes in the proxy database.
@@ -59,7 +60,8 @@ REVOKE ALL ON FUNCTION
 ///
 /// # Errors
 ///
-/// [`crate::Error::InvalidPartitions`] for a bad partition count, [`crate::Error::Db`] when a
+/// [`Error::InvalidPartitions`] for a bad partition count or a connection string with a
+/// password in it; [`Error::InvalidDsn`] for one that does not parse; [`Error::Db`] when a
 /// statement fails (PL/Proxy not installed on the server, the cluster already there).
 pub async fn setup_proxy(
     client: &mut tokio_postgres::Client,
@@ -67,6 +69,20 @@ pub async fn setup_proxy(
     logical: u32,
 ) -> Result<()> {
     super::check_layout(databases.len(), logical)?;
+    for (n, database) in databases.iter().enumerate() {
+        // The cluster's options are readable to every role of the proxy database.
+        if Dsn::holds_password(database)? {
+            return Err(Error::InvalidPartitions {
+                reason: format!(
+                    "the connection string of partition {n} holds a password, which every role \
+                     of the proxy database could read in pg_foreign_server: give it in the user \
+                     mapping instead (ALTER USER MAPPING FOR PUBLIC SERVER {PROXY_CLUSTER} \
+                     OPTIONS (ADD password '...')), or in the password file of the proxy's \
+                     server"
+                ),
+            });
+        }
+    }
     let options: Vec<String> = (0..logical as usize)
         .map(|p| format!("p{p} {}", quote_literal(&databases[p % databases.len()])))
         .collect();
@@ -90,7 +106,7 @@ pub async fn setup_proxy(
 ///
 /// # Errors
 ///
-/// [`crate::Error::Db`] when a grant fails (a role that does not exist, no proxy set up).
+/// [`Error::Db`] when a grant fails (a role that does not exist, no proxy set up).
 pub async fn grant_proxy(client: &mut tokio_postgres::Client, roles: &[String]) -> Result<()> {
     let tx = client.transaction().await.op("grant_proxy")?;
     for role in roles {
@@ -111,7 +127,7 @@ pub async fn grant_proxy(client: &mut tokio_postgres::Client, roles: &[String]) 
 ///
 /// # Errors
 ///
-/// [`crate::Error::Db`] when a statement fails.
+/// [`Error::Db`] when a statement fails.
 pub async fn teardown_proxy(client: &mut tokio_postgres::Client) -> Result<()> {
     let tx = client.transaction().await.op("teardown_proxy")?;
     tx.batch_execute(&format!(
