@@ -1,7 +1,7 @@
--- pgq-rs: the `pgq` line, version 7, in one file.
+-- pgq-rs: the `pgq` line, version 8, in one file.
 --
 -- PGQ 3.x's queue schema and SQL API in plain SQL and PL/pgSQL (no C), so it installs where C
--- extensions cannot. This file is what the numbered files 0001 to 0007 build, in one piece: a DBA
+-- extensions cannot. This file is what the numbered files 0001 to 0008 build, in one piece: a DBA
 -- reads a function's current definition here. A fresh installation runs it (the Rust installer
 -- does; by hand: `psql -v ON_ERROR_STOP=1 -1 -f migrations/current/pgq.sql`) and it records
 -- every version it contains in pgq_rs.migrations; an installation at an earlier version runs the
@@ -782,6 +782,15 @@ $$;
 -- age. Without: back off, no tick while the lag is under max_lag/2, or under both twice the
 -- previous gap and ticker_idle_period. Returns the newest tick id written, or NULL when no tick
 -- was written.
+--
+-- One writer of a queue's ticks at a time: the queue's row is locked first. Two tickers at once
+-- (two daemons in a split brain, force_tick beside a daemon, pgqd beside ours) could otherwise
+-- give the lower tick id the newer snapshot; a transaction that commits between the two
+-- snapshots is then in the batch up to the lower tick and again in the one after the higher
+-- tick, and its events come twice. Under the lock each tick's snapshot is taken after the
+-- previous tick committed, so snapshots grow with tick ids. The lock is FOR NO KEY UPDATE:
+-- producers and consumers only read the row, and nothing but a ticker or a settings change
+-- waits. Callers must tick in READ COMMITTED, where every statement takes a new snapshot.
 CREATE FUNCTION pgq.ticker(i_queue_name text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -796,7 +805,8 @@ BEGIN
     SELECT queue_id, queue_tick_seq, queue_event_seq, queue_external_ticker, queue_ticker_paused,
            queue_ticker_max_count, queue_ticker_max_lag, queue_ticker_idle_period,
            queue_ticker_max_batch
-      INTO q FROM pgq.queue WHERE queue_name = i_queue_name;
+      INTO q FROM pgq.queue WHERE queue_name = i_queue_name
+       FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no such queue' USING ERRCODE = 'PQQ01',
             DETAIL = format('queue %L', i_queue_name);
@@ -884,7 +894,8 @@ DECLARE
 BEGIN
     SELECT queue_id, queue_tick_seq, queue_event_seq INTO q
       FROM pgq.queue
-     WHERE queue_name = i_queue_name AND queue_external_ticker AND NOT queue_ticker_paused;
+     WHERE queue_name = i_queue_name AND queue_external_ticker AND NOT queue_ticker_paused
+       FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'queue not found or ticker disabled: %', i_queue_name USING ERRCODE = 'PQT01';
     END IF;
@@ -2032,7 +2043,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q record;
     last_tick record;
-    cur_snap txid_snapshot := txid_current_snapshot();
+    cur_snap txid_snapshot;
     event_seq bigint;
     -- the waiting transactions, side by side in the order of their last event id: id, last event
     -- id, number of events, time of the last event
@@ -2051,7 +2062,8 @@ DECLARE
 BEGIN
     SELECT queue_id, queue_data_pfx, queue_event_seq, queue_tick_seq, queue_ticker_max_batch,
            queue_external_ticker OR queue_ticker_paused AS not_here
-      INTO q FROM pgq.queue WHERE queue_name = i_queue_name;
+      INTO q FROM pgq.queue WHERE queue_name = i_queue_name
+       FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no such queue' USING ERRCODE = 'PQQ01',
             DETAIL = format('queue %L', i_queue_name);
@@ -2059,6 +2071,8 @@ BEGIN
     IF q.not_here THEN
         RETURN 0;
     END IF;
+    -- Taken once the queue's ticks are this session's to write (see pgq.ticker(text)).
+    cur_snap := txid_current_snapshot();
     SELECT tick_id, tick_snapshot, tick_event_seq, tick_time INTO last_tick
       FROM pgq.tick WHERE tick_queue = q.queue_id
      ORDER BY tick_queue DESC, tick_id DESC LIMIT 1;
@@ -2212,4 +2226,5 @@ INSERT INTO pgq_rs.migrations (line, version, description) VALUES
     ('pgq', 4, 'catchup_bounded_scan'),
     ('pgq', 5, 'trust'),
     ('pgq', 6, 'bounded_batches'),
-    ('pgq', 7, 'keyed_insert');
+    ('pgq', 7, 'keyed_insert'),
+    ('pgq', 8, 'serial_ticks');

@@ -326,6 +326,7 @@ static MIGRATIONS: &[Migration] = &[
     migration!(Pgq, "pgq/0005_trust.sql", 5, "trust"),
     migration!(Pgq, "pgq/0006_bounded_batches.sql", 6, "bounded_batches"),
     migration!(Pgq, "pgq/0007_keyed_insert.sql", 7, "keyed_insert"),
+    migration!(Pgq, "pgq/0008_serial_ticks.sql", 8, "serial_ticks"),
     migration!(
         PgqTriggers,
         "pgq_triggers/0001_initial.sql",
@@ -391,7 +392,7 @@ macro_rules! current {
 /// The current file of each line that has more than one version (a line of one version is its
 /// own current file). A test installs every line both ways and compares the databases.
 static CURRENT: &[CurrentFile] = &[
-    current!(Pgq, "current/pgq.sql", 7),
+    current!(Pgq, "current/pgq.sql", 8),
     current!(PgqTriggers, "current/pgq_triggers.sql", 3),
     current!(PgqCoop, "current/pgq_coop.sql", 2),
     current!(PgqExt, "current/pgq_ext.sql", 2),

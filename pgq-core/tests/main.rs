@@ -20,3 +20,4 @@ mod roles;
 mod setup;
 mod sql_api;
 mod sql_scripts;
+mod tickers;

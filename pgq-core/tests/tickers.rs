@@ -1,0 +1,130 @@
+//! Two tickers on one queue at once (two daemons in a split brain, a `force_tick` beside the
+//! daemon, pgqd beside ours): their ticks must still make batches in which every event comes
+//! once. PGQ 3.5's own ticker does not hold this: run against the extension
+//! (`PGQ_TEST_SCHEMA=extension`, with the skip below removed), the first test sees a few
+//! transactions' events twice in every run of it. These tests skip there.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgq_core::{NewEvent, QueueSetting};
+use pgq_testkit::TestDb;
+
+use crate::setup::{consumer, queue, setup};
+
+fn on_extension() -> bool {
+    std::env::var("PGQ_TEST_SCHEMA").is_ok_and(|v| v == "extension")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_tickers_at_once_never_deliver_an_event_twice() -> anyhow::Result<()> {
+    if on_extension() {
+        return Ok(());
+    }
+    let db = TestDb::new().await?;
+    let Some(client) = setup(&db).await? else {
+        return Ok(());
+    };
+    let (q, c) = (queue("busy"), consumer("reader"));
+    pgq_core::create_queue(&client, &q).await?;
+    pgq_core::set_queue_config(&client, &q, QueueSetting::TickerMaxCount(20)).await?;
+    pgq_core::register_consumer(&client, &q, &c).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicI64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (mut producer, q, stop, produced) = (
+            db.client().await?,
+            q.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&produced),
+        );
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let tx = producer.transaction().await?;
+                for _ in 0..3 {
+                    pgq_core::insert_event(&tx, &q, "t", "e").await?;
+                }
+                tx.commit().await?;
+                produced.fetch_add(3, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    for _ in 0..3 {
+        let (ticker, q, stop) = (db.client().await?, q.clone(), Arc::clone(&stop));
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                pgq_core::ticker(&ticker, &q).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+
+    let reader = db.client().await?;
+    let mut seen = BTreeSet::new();
+    let mut twice = Vec::new();
+    let mut drain = |events: Vec<pgq_core::Event>| {
+        for e in events {
+            if !seen.insert(e.id) {
+                twice.push(e.id);
+            }
+        }
+    };
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        if let Some(batch) = pgq_core::next_batch(&reader, &q, &c).await? {
+            drain(pgq_core::batch_events(&reader, batch.id).await?);
+            pgq_core::finish_batch(&reader, batch.id).await?;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    pgq_core::force_tick(&reader, &q).await?;
+    pgq_core::ticker(&reader, &q).await?;
+    while let Some(batch) = pgq_core::next_batch(&reader, &q, &c).await? {
+        drain(pgq_core::batch_events(&reader, batch.id).await?);
+        pgq_core::finish_batch(&reader, batch.id).await?;
+    }
+    assert!(
+        twice.is_empty(),
+        "{} events came twice: {twice:?}",
+        twice.len()
+    );
+    assert_eq!(seen.len() as i64, produced.load(Ordering::Relaxed));
+    Ok(())
+}
+
+/// A second ticker of a queue waits for the first one's transaction, then decides on what it
+/// committed.
+#[tokio::test]
+async fn a_second_ticker_waits_for_the_first() -> anyhow::Result<()> {
+    if on_extension() {
+        return Ok(());
+    }
+    let db = TestDb::new().await?;
+    let Some(mut first) = setup(&db).await? else {
+        return Ok(());
+    };
+    let q = queue("serial");
+    pgq_core::create_queue(&first, &q).await?;
+    pgq_core::set_queue_config(&first, &q, QueueSetting::TickerMaxCount(1)).await?;
+    pgq_core::insert_event(&first, &q, "t", "e").await?;
+    let tx = first.transaction().await?;
+    let ticked = pgq_core::ticker(&tx, &q).await?;
+    assert!(ticked.is_some());
+
+    let (second, q2) = (db.client().await?, q.clone());
+    let waiting = tokio::spawn(async move { pgq_core::ticker(&second, &q2).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the second ticker did not wait");
+    tx.commit().await?;
+    // The first tick took the only new event: nothing is left to tick for.
+    assert_eq!(waiting.await??, None);
+    Ok(())
+}
