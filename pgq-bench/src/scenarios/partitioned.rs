@@ -75,6 +75,8 @@ const PRODUCE: &str = "produce";
 const PRODUCE_CONSUME: &str = "produce + consume";
 const PROXY_METRIC: &str = "proxy backends µs/event";
 const PARTITION_METRIC: &str = "partition backends µs/event";
+/// The variant of the model's figures, made from the `proxy ×1` CPU per event.
+const MODEL: &str = "model from proxy ×1";
 
 /// How the events of a call travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +220,8 @@ fn method(sizes: Sizes, runs: u32, settings: &str) -> Vec<String> {
         format!(
             "CPU per event (`{PRODUCE}` blocks): the on-CPU time (/proc schedstat) of the client \
              backends of the proxy database (`{PROXY_METRIC}`) and of the partition databases \
-             (`{PARTITION_METRIC}`) over the block, divided by its events. Proxy overhead = \
+             (`{PARTITION_METRIC}`) over the block, divided by its events (client backends only: \
+             WAL writer, checkpointer and autovacuum are not counted). Proxy overhead = \
              (proxy + partition µs/event through the proxy) / (partition µs/event direct) − 1, \
              per run, target ≤ {OVERHEAD_MAX_PCT:.0} % for bulk calls; single events have no \
              target."
@@ -232,17 +235,18 @@ fn method(sizes: Sizes, runs: u32, settings: &str) -> Vec<String> {
             TICKER_PERIOD.as_millis()
         ),
         format!(
-            "Model (per core of each server, events/s): a partition server does 10⁶ / (partition \
-             µs/event) events per second per core and a proxy server 10⁶ / (proxy µs/event); \
-             with N partition servers and P proxy servers, events/s = min(N × partition, P × \
-             proxy). It uses the ×{largest} figures, i.e. bulk calls split into about \
-             {} events per partition call; with more partitions a bulk call of 100 splits \
-             finer and costs more per event at the partitions, so producers should send larger \
-             calls. It assumes CPU is the limit (fsync is off here: with it, each partition \
-             call's commit adds a WAL flush that larger calls amortize), keys spread evenly, \
-             cores scale linearly, and producers, ticker and consumers run elsewhere \
-             (consuming's CPU at the partitions is not included).",
-            BULK_EVENTS / largest
+            "Model (`{MODEL}`, events/s per core of each server): a partition server does \
+             10⁶ / (partition µs/event) events per second per core, a proxy server 10⁶ / \
+             (proxy µs/event), and with N partition servers and P proxy servers events/s = \
+             min(N × partition, P × proxy); the direct figure is one server without a proxy. \
+             It takes the `proxy ×1` CPU per event (every partition call carries {BULK_EVENTS} \
+             events, or one), which holds at any N when producers' bulk calls grow with N \
+             ({BULK_EVENTS} × N events); a bulk call of {BULK_EVENTS} split N ways costs more \
+             per event at the partitions (the `split {largest} ways` row). It assumes CPU is \
+             the limit (fsync is off here: with it each partition call's commit adds a WAL \
+             flush, which larger calls amortize), keys spread evenly, linear scaling with cores, \
+             and producers, ticker and consumers elsewhere (consuming's CPU at the partitions \
+             is not in it)."
         ),
     ]
 }
@@ -401,33 +405,53 @@ fn derive(
                 pct,
             );
         }
-        let used = find(largest, call)?;
-        let partition = 1e6 / used.partition_us;
-        let proxy = 1e6 / used.proxy_us;
+        // Producers whose proxy calls grow with N (100 × N events) keep every partition call
+        // at the size of the ×1 calls, so the ×1 figures hold at every N.
+        let base = find(Route::Proxy(1), call)?;
+        let (partition, proxy) = (1e6 / base.partition_us, 1e6 / base.proxy_us);
+        let per_core = "events/s per core";
         model.push(
             &format!("model, 1 server without proxy, {}", call.name()),
-            "direct",
-            "events/s per core",
+            Route::Direct.name(),
+            per_core,
             1e6 / direct.partition_us,
         );
         model.push(
-            &format!("model, proxy server capacity, {}", call.name()),
-            largest.name(),
-            "events/s per core",
+            &format!("model, partition server, {}", call.name()),
+            MODEL,
+            per_core,
+            partition,
+        );
+        model.push(
+            &format!("model, proxy server, {}", call.name()),
+            MODEL,
+            per_core,
             proxy,
         );
+        if call == Call::Bulk {
+            let split = find(largest, call)?;
+            model.push(
+                &format!(
+                    "model, partition server, bulk of 100 split {} ways",
+                    largest.partitions()
+                ),
+                largest.name(),
+                per_core,
+                1e6 / split.partition_us,
+            );
+        }
         for servers in MODEL_SERVERS {
             let what = format!("model, {servers} partition servers, {}", call.name());
             let servers = f64::from(servers);
             model.push(
                 &what,
-                largest.name(),
+                MODEL,
                 "events/s per core, 1 proxy server",
                 (servers * partition).min(proxy),
             );
             model.push(
                 &what,
-                largest.name(),
+                MODEL,
                 "proxy servers to keep up",
                 (servers * partition / proxy).ceil(),
             );
