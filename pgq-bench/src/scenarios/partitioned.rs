@@ -223,8 +223,10 @@ fn method(sizes: Sizes, runs: u32, settings: &str) -> Vec<String> {
              (`{PARTITION_METRIC}`) over the block, divided by its events (client backends only: \
              WAL writer, checkpointer and autovacuum are not counted). Proxy overhead = \
              (proxy + partition µs/event through the proxy) / (partition µs/event direct) − 1, \
-             per run, target ≤ {OVERHEAD_MAX_PCT:.0} % for bulk calls; single events have no \
-             target."
+             per run, target ≤ {OVERHEAD_MAX_PCT:.0} % for bulk calls at every partition count \
+             (×1 compares the same work at the partition, one call of {BULK_EVENTS} events; \
+             ×2 and ×4 add what splitting a call into smaller partition calls costs); single \
+             events have no target."
         ),
         format!(
             "`{PRODUCE_CONSUME}`: the same producers while one `pgq-ticker run` (period {} ms, \
@@ -259,7 +261,7 @@ pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
     let ticker_bin = bench.ticker_binary()?;
     let work_dir = WorkDir::new("partitioned")?;
     let layout = Layout::start().await?;
-    let mut notes = method(sizes, plan.runs, &layout.proxy.cluster.settings_summary());
+    let notes = method(sizes, plan.runs, &layout.proxy.cluster.settings_summary());
     let clock = CpuClock::new().await;
 
     let mut variants = Vec::new();
@@ -345,11 +347,6 @@ pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
             )
         })
         .collect();
-    notes.push(format!(
-        "The overhead target is checked at every partition count; ×1 compares the same work \
-         at the partition (one call of {BULK_EVENTS} events), ×2 and ×4 add what splitting a \
-         call into smaller partition calls costs."
-    ));
     let mut measures = cpu.into_vec();
     measures.extend(overheads);
     measures.extend(model.into_vec());
