@@ -53,11 +53,11 @@ const OVERHEAD_MAX_PCT: f64 = 30.0;
 const MODEL_SERVERS: [u32; 5] = [1, 2, 4, 8, 16];
 
 // language=SQL
-const DIRECT_BULK: &str = "SELECT count(*) FROM pgq.insert_event_bulk_by_key($1, $2, $3, $4)";
+const DIRECT_BULK: &str = "SELECT pgq.insert_event_bulk_by_key($1, $2, $3, $4)";
 // language=SQL
 const DIRECT_SINGLE: &str = "SELECT pgq.insert_event_by_key($1, $2, $3, $4)";
 // language=SQL
-const PROXY_BULK: &str = "SELECT count(*) FROM pgq_proxy.insert_event_bulk_by_key($1, $2, $3, $4)";
+const PROXY_BULK: &str = "SELECT pgq_proxy.insert_event_bulk_by_key($1, $2, $3, $4)";
 // language=SQL
 const PROXY_SINGLE: &str = "SELECT pgq_proxy.insert_event_by_key($1, $2, $3, $4)";
 /// Events ever inserted into the queue: its event sequence's last value.
@@ -67,9 +67,11 @@ const EVENTS_SO_FAR: &str = "SELECT coalesce(pg_catalog.pg_sequence_last_value(\
 // language=SQL
 const PLPROXY_AVAILABLE: &str =
     "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'plproxy')";
-/// Makes the ticker cut everything committed so far into a tick now.
+/// Whether the queue's newest tick covers every event inserted so far.
 // language=SQL
-const TICK_NOW: &str = "SELECT pgq.force_tick($1), pgq.ticker($1)";
+const TICKED: &str = "SELECT t.tick_event_seq >= coalesce(pg_catalog.pg_sequence_last_value(\
+     q.queue_event_seq::regclass), 0) FROM pgq.queue q JOIN pgq.tick t ON t.tick_queue = q.queue_id \
+     WHERE q.queue_name = $1 ORDER BY t.tick_id DESC LIMIT 1";
 
 const PRODUCE: &str = "produce";
 const PRODUCE_CONSUME: &str = "produce + consume";
@@ -207,7 +209,8 @@ fn method(sizes: Sizes, runs: u32, settings: &str) -> Vec<String> {
              `bulk of 100` call sends every key once (`insert_event_bulk_by_key(queue, keys[], \
              types[], datas[])`, which PL/Proxy splits by key: about 100/N events per partition \
              call), a `single event` call one event (`insert_event_by_key`), each call its own \
-             transaction; {DATA_BYTES}-byte ev_data. A block is {} events in bulk calls or {} \
+             transaction returning its event ids to the producer, as the partition returns them \
+             to PL/Proxy; {DATA_BYTES}-byte ev_data. A block is {} events in bulk calls or {} \
              in single calls, shared by the producers.",
             sizes.bulk, sizes.single
         ),
@@ -648,11 +651,8 @@ impl Producer {
                 Call::Bulk => {
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                         [&QUEUE, &self.keys, &self.types, &self.datas];
-                    let n: i64 = self.client.query_one(&self.stmt, &params).await?.get(0);
-                    ensure!(
-                        usize::try_from(n)? == BULK_EVENTS,
-                        "a bulk call inserted {n} events"
-                    );
+                    let ids = self.client.query(&self.stmt, &params).await?.len();
+                    ensure!(ids == BULK_EVENTS, "a bulk call returned {ids} event ids");
                 }
                 Call::Single => {
                     let key = &self.keys[i % KEYS];
@@ -751,9 +751,9 @@ impl Variant {
         Ok((Sample::new(run, u64::try_from(events)?, seconds), used))
     }
 
-    /// One `produce + consume` block: a consumer registered on the route's partitions after a
-    /// tick of everything before, the producers, and `run_partitioned` until it has handled
-    /// every event they sent.
+    /// One `produce + consume` block: a consumer registered on the route's partitions once the
+    /// daemon has ticked everything before, the producers, and `run_partitioned` until it has
+    /// handled every event they sent.
     async fn consume_block(
         &self,
         layout: &Layout,
@@ -764,8 +764,23 @@ impl Variant {
         let queue = QueueName::new(QUEUE)?;
         let consumer = ConsumerName::new(format!("c{run}_{index}"))?;
         let partitions = &layout.partitions[..self.route.partitions()];
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
         for p in partitions {
-            p.client.query_one(TICK_NOW, &[&QUEUE]).await?;
+            // Only the daemon ticks: a second ticker on the queue at the same time is not
+            // supported (as with PGQ), and a consumer registered before the earlier events are
+            // ticked would get them.
+            while !p
+                .client
+                .query_one(TICKED, &[&QUEUE])
+                .await?
+                .get::<_, bool>(0)
+            {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the daemon did not tick the earlier events"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             pgq_core::register_consumer(&p.client, &queue, &consumer).await?;
         }
         let dsns: Vec<Dsn> = partitions.iter().map(|p| p.dsn.clone()).collect();
