@@ -305,9 +305,9 @@ pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
         derive(&per_event, &mut overheads, &mut model)?;
 
         let dsns: Vec<Dsn> = layout.partitions.iter().map(|p| p.dsn.clone()).collect();
+        let ours = backend_pids(&layout.partitions[0].node.watch, PART_DB).await?;
         let mut daemon =
             Daemon::ours_over(&ticker_bin, &dsns, TICKER_PERIOD, work_dir.path()).await?;
-        let ours = backend_pids(&layout.partitions[0].node.watch, PART_DB).await?;
         daemon
             .wait_connected(&layout.partitions[0].node.watch, &ours)
             .await?;
