@@ -88,7 +88,8 @@ impl Daemon {
 
     /// Starts one `pgq-ticker run` serving every database of `dbs` (at least one) from one
     /// configuration, as for a partitioned queue; [`Daemon::wait_connected`] and
-    /// [`Daemon::stop`] look at the first database's name on the server they are given.
+    /// [`Daemon::stop`] look at the first database's name on the server they are given, and only
+    /// the first's password goes to the daemon.
     pub(crate) async fn ours_over(
         bin: &Path,
         dbs: &[Dsn],
