@@ -11,9 +11,10 @@ use clap::{Parser, ValueEnum};
 /// private throwaway cluster and connects to it over TCP. With one, it creates scratch databases
 /// `pgq_bench_*` on that server (superuser needed) and drops them at the end.
 ///
-/// The scenarios ticker, e2e, latency, backlog and held-xmin start the `pgq-ticker` binary found
-/// beside this one: build both with `cargo build --release -p pgq-ticker -p pgq-bench`, then
-/// run `target/release/pgq-bench`.
+/// The scenarios ticker, e2e, latency, backlog, held-xmin and partitioned start the
+/// `pgq-ticker` binary found beside this one: build both with `cargo build --release -p
+/// pgq-ticker -p pgq-bench`, then run `target/release/pgq-bench`. `partitioned` runs on private
+/// clusters of its own and needs PL/Proxy (Debian: `postgresql-15-plproxy`).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pgq-bench", version)]
 pub struct Cli {
@@ -105,6 +106,10 @@ pub enum Scenario {
     /// A londiste subscriber of a `pgbench -i -s 100` provider under pgbench load: the time
     /// until every keyed table is ok, seeded from a base backup vs `add-table --parallel-copy 2`.
     Seed,
+    /// A queue partitioned by key over 1, 2 and 4 private clusters behind a PL/Proxy proxy vs
+    /// the keyed inserts called directly: produce and produce + consume throughput, CPU per
+    /// event at the proxy and at the partitions, the proxy's overhead and a model for N servers.
+    Partitioned,
 }
 
 impl Scenario {
@@ -120,6 +125,7 @@ impl Scenario {
         Scenario::HeldXmin,
         Scenario::Londiste,
         Scenario::Seed,
+        Scenario::Partitioned,
     ];
 
     /// The name used on the command line and in reports.
@@ -135,6 +141,7 @@ impl Scenario {
             Scenario::HeldXmin => "held-xmin",
             Scenario::Londiste => "londiste",
             Scenario::Seed => "seed",
+            Scenario::Partitioned => "partitioned",
         }
     }
 }

@@ -538,3 +538,74 @@ async fn seed_runs_on_a_small_provider() -> anyhow::Result<()> {
     assert_eq!(leftovers, 0, "the copies were not removed");
     Ok(())
 }
+
+#[tokio::test]
+async fn partitioned_runs_on_small_sizes() -> anyhow::Result<()> {
+    let smoke = Smoke::new().await?;
+    let packaged: bool = smoke
+        .maintenance
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'plproxy')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !packaged {
+        pgq_testkit::reference_missing(
+            "PL/Proxy for the server's major version (Debian: postgresql-15-plproxy)",
+        )?;
+        return Ok(());
+    }
+    let report = smoke.run(&["partitioned", "--quick"]).await?;
+
+    let routes = ["direct", "proxy ×1", "proxy ×2", "proxy ×4"];
+    let mut expected = Vec::new();
+    for shape in ["produce", "produce + consume"] {
+        for (call, reps, events) in [("bulk of 100", 20, 100), ("single event", 200, 1)] {
+            for route in routes {
+                expected.push((shape, format!("{route}, {call}"), reps, events));
+            }
+        }
+    }
+    let measured: Vec<_> = report
+        .series
+        .iter()
+        .map(|s| (s.shape, s.variant.to_owned(), s.reps, s.events_per_rep))
+        .collect();
+    assert_eq!(measured, expected);
+    for s in &report.series {
+        assert_eq!(s.samples.len(), 1, "{s:?}");
+        assert!(s.samples[0].events_per_sec > 0.0, "{s:?}");
+    }
+    for call in ["bulk of 100", "single event"] {
+        let what = format!("CPU per event, {call}");
+        for route in routes {
+            let at_partition = measure(&report, &what, route, "partition backends µs/event")
+                .unwrap_or_else(|| panic!("no partition CPU for {route}, {call}"));
+            assert!(at_partition.samples[0] > 0.0, "{at_partition:?}");
+            let at_proxy = measure(&report, &what, route, "proxy backends µs/event");
+            assert_eq!(at_proxy.is_some(), route != "direct", "{route}, {call}");
+            if let Some(m) = at_proxy {
+                assert!(m.samples[0] > 0.0, "{m:?}");
+            }
+        }
+    }
+    for servers in [1, 2, 4, 8, 16] {
+        let what = format!("model, {servers} partition servers, bulk of 100");
+        let m = measure(
+            &report,
+            &what,
+            "model from proxy ×1",
+            "proxy servers to keep up",
+        )
+        .unwrap_or_else(|| panic!("no model for {servers} servers"));
+        assert!(m.samples[0] >= 1.0, "{m:?}");
+    }
+    assert_eq!(report.ratios.len(), 12);
+    assert!(report.ratios.iter().all(|r| r.value.is_some()));
+    all_limits_measured(&report, 3);
+    let work_dir =
+        std::env::temp_dir().join(format!("pgq-bench-partitioned-{}", std::process::id()));
+    assert!(!work_dir.exists(), "the work directory was not removed");
+    Ok(())
+}

@@ -66,18 +66,29 @@ impl CpuClock {
         newer: &BTreeSet<i32>,
     ) -> Cpu {
         let seconds = end.at.duration_since(start.at).as_secs_f64();
-        let mut after = end.backends.clone();
-        after.extend(self.backends(newer));
         let visible = backends.is_empty() || !start.backends.is_empty();
-        let backends_cpu: f64 = after
-            .iter()
-            .map(|(pid, after)| after - start.backends.get(pid).copied().unwrap_or(0.0))
-            .sum();
+        let backends_cpu = self.backends_seconds(start, end, newer);
         let pct = |cpu: f64| (cpu / seconds * 100.0).max(0.0);
         Cpu {
             process_pct: pct(end.process - start.process),
             backends_pct: visible.then(|| pct(backends_cpu)),
         }
+    }
+
+    /// The CPU seconds the backends of `start` used until `end`, plus the whole CPU time of
+    /// `newer` backends that came meanwhile; a backend that went away counts until `start`.
+    pub(crate) fn backends_seconds(
+        &self,
+        start: &CpuSnapshot,
+        end: &CpuSnapshot,
+        newer: &BTreeSet<i32>,
+    ) -> f64 {
+        let mut after = end.backends.clone();
+        after.extend(self.backends(newer));
+        after
+            .iter()
+            .map(|(pid, after)| after - start.backends.get(pid).copied().unwrap_or(0.0))
+            .sum()
     }
 
     /// The CPU time of a process (all its threads), in seconds: the on-CPU nanoseconds of

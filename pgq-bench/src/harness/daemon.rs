@@ -83,11 +83,36 @@ impl Daemon {
         dir: &Path,
         listen: Option<&str>,
     ) -> Result<Daemon> {
+        Daemon::ours_config(bin, std::slice::from_ref(db), period, dir, listen).await
+    }
+
+    /// Starts one `pgq-ticker run` serving every database of `dbs` (at least one) from one
+    /// configuration, as for a partitioned queue; [`Daemon::wait_connected`] and
+    /// [`Daemon::stop`] look at the first database's name on the server they are given, and only
+    /// the first's password goes to the daemon.
+    pub(crate) async fn ours_over(
+        bin: &Path,
+        dbs: &[Dsn],
+        period: Duration,
+        dir: &Path,
+    ) -> Result<Daemon> {
+        Daemon::ours_config(bin, dbs, period, dir, None).await
+    }
+
+    async fn ours_config(
+        bin: &Path,
+        dbs: &[Dsn],
+        period: Duration,
+        dir: &Path,
+        listen: Option<&str>,
+    ) -> Result<Daemon> {
+        let first = dbs.first().context("a ticker daemon needs a database")?;
+        let conninfos: Vec<String> = dbs.iter().map(Dsn::conninfo).collect();
         let period = format!("{}ms", period.as_millis());
         let config = dir.join(format!("ticker-{period}.toml"));
         let mut text = format!(
-            "[ticker]\ndatabases = [{}]\nticker_period = {}\n",
-            serde_json::to_string(&db.conninfo())?,
+            "[ticker]\ndatabases = {}\nticker_period = {}\n",
+            serde_json::to_string(&conninfos)?,
             serde_json::to_string(&period)?
         );
         if let Some(listen) = listen {
@@ -103,7 +128,7 @@ impl Daemon {
             .arg("-c")
             .arg(&config)
             .env_remove("PGQ_DSN");
-        Daemon::spawn(command, TICKER_BIN, db, log).await
+        Daemon::spawn(command, TICKER_BIN, first, log).await
     }
 
     /// Starts `pgqd` on `db` with this ticker period; its configuration and log go to `dir`.

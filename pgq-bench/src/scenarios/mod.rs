@@ -9,6 +9,7 @@ mod exact_backlog;
 mod held_xmin;
 mod latency;
 mod londiste;
+mod partitioned;
 mod produce;
 mod seed;
 mod ticker;
@@ -32,5 +33,6 @@ pub(crate) async fn run(scenario: Scenario, bench: &Bench<'_>) -> Result<Report>
         Scenario::HeldXmin => held_xmin::run(bench).await,
         Scenario::Londiste => londiste::run(bench).await,
         Scenario::Seed => seed::run(bench).await,
+        Scenario::Partitioned => partitioned::run(bench).await,
     }
 }
