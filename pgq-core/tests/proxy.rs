@@ -141,6 +141,18 @@ async fn proxy_routes_keys_like_the_rust_router_and_survives_a_partition_outage(
     for (key, data) in keys.iter().zip(&datas) {
         expected[database_of(key, parts.len())].push(data.clone());
     }
+    // Events of one key in one call, no split: on the key's partition, in order.
+    let datas: Vec<String> = (0..5).map(|n| format!("one-key/{n}")).collect();
+    let ids: Vec<i64> = proxy
+        .query_one(
+            "SELECT pgq_proxy.insert_event_bulk_for_key('orders', 'one-key', $1, $2)",
+            &[&vec!["order"; datas.len()], &datas],
+        )
+        .await?
+        .get(0);
+    assert_eq!(ids.len(), datas.len());
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    expected[database_of("one-key", parts.len())].extend(datas);
     for (part, want) in parts.iter().zip(&expected) {
         assert_eq!(&drain(&part.dsn).await?, want);
     }

@@ -2,8 +2,9 @@
 //! private cluster, behind a PL/Proxy proxy database, against calling the keyed inserts of one
 //! database directly.
 //!
-//! Producers send bulk calls of 100 events (`insert_event_bulk_by_key`) or single events
-//! (`insert_event_by_key`). Each block measures the throughput and the CPU the backends spent:
+//! Producers send bulk calls of 100 events of distinct keys (`insert_event_bulk_by_key`, split
+//! by key), bulk calls of 100 events of one key (`insert_event_bulk_for_key`, not split) or
+//! single events (`insert_event_by_key`). Each block measures the throughput and the CPU the backends spent:
 //! those of the proxy database (the producers' sessions) and those of the partition databases
 //! (PL/Proxy's sessions, or the producers' own when calling directly). From the CPU per event
 //! come the proxy's overhead and a throughput model for N servers: on one 2-core machine a second
@@ -54,10 +55,17 @@ const MODEL_SERVERS: [u32; 5] = [1, 2, 4, 8, 16];
 
 // language=SQL
 const DIRECT_BULK: &str = "SELECT pgq.insert_event_bulk_by_key($1, $2, $3, $4)";
+/// What the partition runs for `pgq_proxy.insert_event_bulk_for_key`.
+// language=SQL
+const DIRECT_KEY_BULK: &str = "SELECT pg_catalog.array_agg(id ORDER BY id) \
+     FROM pgq.insert_event_bulk_by_key($1, pg_catalog.array_fill($2::text, \
+     ARRAY[pg_catalog.cardinality($3::text[])]), $3, $4) AS id";
 // language=SQL
 const DIRECT_SINGLE: &str = "SELECT pgq.insert_event_by_key($1, $2, $3, $4)";
 // language=SQL
 const PROXY_BULK: &str = "SELECT pgq_proxy.insert_event_bulk_by_key($1, $2, $3, $4)";
+// language=SQL
+const PROXY_KEY_BULK: &str = "SELECT pgq_proxy.insert_event_bulk_for_key($1, $2, $3, $4)";
 // language=SQL
 const PROXY_SINGLE: &str = "SELECT pgq_proxy.insert_event_by_key($1, $2, $3, $4)";
 /// Events ever inserted into the queue: its event sequence's last value.
@@ -85,23 +93,28 @@ const MODEL: &str = "model from proxy ×1";
 enum Call {
     /// [`BULK_EVENTS`] events of distinct keys in one call.
     Bulk,
+    /// [`BULK_EVENTS`] events of one key in one call.
+    KeyBulk,
     /// One event per call.
     Single,
 }
 
 impl Call {
-    const ALL: [Call; 2] = [Call::Bulk, Call::Single];
+    const ALL: [Call; 3] = [Call::Bulk, Call::KeyBulk, Call::Single];
+    /// The calls the overhead target applies to.
+    const BULKS: [Call; 2] = [Call::Bulk, Call::KeyBulk];
 
     fn name(self) -> &'static str {
         match self {
             Call::Bulk => "bulk of 100",
+            Call::KeyBulk => "bulk of 100, one key",
             Call::Single => "single event",
         }
     }
 
     fn events_per_call(self) -> usize {
         match self {
-            Call::Bulk => BULK_EVENTS,
+            Call::Bulk | Call::KeyBulk => BULK_EVENTS,
             Call::Single => 1,
         }
     }
@@ -141,8 +154,10 @@ impl Route {
     fn sql(self, call: Call) -> &'static str {
         match (self, call) {
             (Route::Direct, Call::Bulk) => DIRECT_BULK,
+            (Route::Direct, Call::KeyBulk) => DIRECT_KEY_BULK,
             (Route::Direct, Call::Single) => DIRECT_SINGLE,
             (Route::Proxy(_), Call::Bulk) => PROXY_BULK,
+            (Route::Proxy(_), Call::KeyBulk) => PROXY_KEY_BULK,
             (Route::Proxy(_), Call::Single) => PROXY_SINGLE,
         }
     }
@@ -152,12 +167,16 @@ impl Route {
 fn label(route: Route, call: Call) -> &'static str {
     match (route, call) {
         (Route::Direct, Call::Bulk) => "direct, bulk of 100",
+        (Route::Direct, Call::KeyBulk) => "direct, bulk of 100, one key",
         (Route::Direct, Call::Single) => "direct, single event",
         (Route::Proxy(1), Call::Bulk) => "proxy ×1, bulk of 100",
+        (Route::Proxy(1), Call::KeyBulk) => "proxy ×1, bulk of 100, one key",
         (Route::Proxy(1), Call::Single) => "proxy ×1, single event",
         (Route::Proxy(2), Call::Bulk) => "proxy ×2, bulk of 100",
+        (Route::Proxy(2), Call::KeyBulk) => "proxy ×2, bulk of 100, one key",
         (Route::Proxy(2), Call::Single) => "proxy ×2, single event",
         (Route::Proxy(_), Call::Bulk) => "proxy ×4, bulk of 100",
+        (Route::Proxy(_), Call::KeyBulk) => "proxy ×4, bulk of 100, one key",
         (Route::Proxy(_), Call::Single) => "proxy ×4, single event",
     }
 }
@@ -186,7 +205,7 @@ impl Sizes {
 
     fn events(self, call: Call) -> usize {
         match call {
-            Call::Bulk => self.bulk,
+            Call::Bulk | Call::KeyBulk => self.bulk,
             Call::Single => self.single,
         }
     }
@@ -208,7 +227,10 @@ fn method(sizes: Sizes, runs: u32, settings: &str) -> Vec<String> {
             "Producers: {PRODUCERS} sessions per variant, each with {KEYS} keys of its own; a \
              `bulk of 100` call sends every key once (`insert_event_bulk_by_key(queue, keys[], \
              types[], datas[])`, which PL/Proxy splits by key: about 100/N events per partition \
-             call), a `single event` call one event (`insert_event_by_key`), each call its own \
+             call), a `bulk of 100, one key` call 100 events of one of its keys \
+             (`insert_event_bulk_for_key(queue, key, types[], datas[])`, one partition call, \
+             not split; direct: the same query the partition runs for it), a `single event` \
+             call one event (`insert_event_by_key`), each call its own \
              transaction returning its event ids to the producer, as the partition returns them \
              to PL/Proxy; {DATA_BYTES}-byte ev_data. A block is {} events in bulk calls or {} \
              in single calls, shared by the producers.",
@@ -226,7 +248,7 @@ fn method(sizes: Sizes, runs: u32, settings: &str) -> Vec<String> {
              (`{PARTITION_METRIC}`) over the block, divided by its events (client backends only: \
              WAL writer, checkpointer and autovacuum are not counted). Proxy overhead = \
              (proxy + partition µs/event through the proxy) / (partition µs/event direct) − 1, \
-             per run, target ≤ {OVERHEAD_MAX_PCT:.0} % for bulk calls at every partition count \
+             per run, target ≤ {OVERHEAD_MAX_PCT:.0} % for both bulk calls at every partition count \
              (×1 compares the same work at the partition, one call of {BULK_EVENTS} events; \
              ×2 and ×4 add what splitting a call into smaller partition calls costs); single \
              events have no target."
@@ -339,10 +361,10 @@ pub(crate) async fn run(bench: &Bench<'_>) -> Result<Report> {
         }
     }
     let overheads = overheads.into_vec();
-    let limits = COUNTS
-        .iter()
-        .map(|&n| {
-            let what = overhead_label(Route::Proxy(n), Call::Bulk);
+    let limits = Call::BULKS
+        .into_iter()
+        .flat_map(|call| COUNTS.map(|n| overhead_label(Route::Proxy(n), call)))
+        .map(|what| {
             Limit::of(
                 format!("{what} (%)"),
                 overheads.iter().find(|m| m.what == what),
@@ -654,6 +676,17 @@ impl Producer {
                     let ids = self.client.query(&self.stmt, &params).await?.len();
                     ensure!(ids == BULK_EVENTS, "a bulk call returned {ids} event ids");
                 }
+                Call::KeyBulk => {
+                    let key = &self.keys[i % KEYS];
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                        [&QUEUE, key, &self.types, &self.datas];
+                    let ids: Vec<i64> = self.client.query_one(&self.stmt, &params).await?.get(0);
+                    ensure!(
+                        ids.len() == BULK_EVENTS,
+                        "a one-key bulk call returned {} event ids",
+                        ids.len()
+                    );
+                }
                 Call::Single => {
                     let key = &self.keys[i % KEYS];
                     self.client
@@ -766,9 +799,8 @@ impl Variant {
         let partitions = &layout.partitions[..self.route.partitions()];
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         for p in partitions {
-            // Only the daemon ticks: a second ticker on the queue at the same time is not
-            // supported (as with PGQ), and a consumer registered before the earlier events are
-            // ticked would get them.
+            // A consumer registered before the daemon has ticked the earlier events would get
+            // them.
             while !p
                 .client
                 .query_one(TICKED, &[&QUEUE])

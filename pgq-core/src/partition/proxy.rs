@@ -8,10 +8,13 @@ use crate::ident::{quote_ident, quote_literal};
 pub const PROXY_CLUSTER: &str = "pgq_partitions";
 
 /// The proxy's functions, in schema `pgq_proxy`: the keyed inserts of the partitions, routed by
-/// `hashtext(key)`. The bulk forms split their arrays by key (PL/Proxy's `SPLIT`): each
-/// partition gets one call with its keys' events, in the given order, and the ids come back
-/// grouped by partition, not in the order given. `SPLIT` needs arrays of one length, so the form
-/// with extra fields takes all four, each as long as the keys (NULL elements are fine).
+/// `hashtext(key)`. The bulk forms `insert_event_bulk_by_key` split their arrays by key
+/// (PL/Proxy's `SPLIT`): each partition gets one call with its keys' events, in the given order,
+/// and the ids come back grouped by partition, not in the order given. `SPLIT` needs arrays of
+/// one length, so the form with extra fields takes all four, each as long as the keys (NULL
+/// elements are fine). `insert_event_bulk_for_key` sends events of one key in one call with no
+/// split, and returns their ids as one array: splitting costs the proxy about as much CPU per
+/// event again as the call itself (pgq-bench `partitioned`).
 // language=SQL
 const PROXY_FUNCTIONS: &str = "\
 CREATE FUNCTION pgq_proxy.insert_event_by_key(
@@ -40,8 +43,22 @@ RETURNS SETOF bigint LANGUAGE plproxy SET search_path = pg_catalog, pg_temp AS $
     RUN ON pg_catalog.hashtext(ev_keys);
     TARGET pgq.insert_event_bulk_by_key;
 $$;
+CREATE FUNCTION pgq_proxy.insert_event_bulk_for_key(
+    queue_name text, ev_key text, ev_types text[], ev_datas text[],
+    ev_extra1 text[] DEFAULT NULL, ev_extra2 text[] DEFAULT NULL,
+    ev_extra3 text[] DEFAULT NULL, ev_extra4 text[] DEFAULT NULL)
+RETURNS bigint[] LANGUAGE plproxy SET search_path = pg_catalog, pg_temp AS $$
+    CLUSTER 'pgq_partitions';
+    RUN ON pg_catalog.hashtext(ev_key);
+    SELECT pg_catalog.array_agg(id ORDER BY id)
+      FROM pgq.insert_event_bulk_by_key(
+               queue_name, pg_catalog.array_fill(ev_key, ARRAY[pg_catalog.cardinality(ev_types)]),
+               ev_types, ev_datas, ev_extra1, ev_extra2, ev_extra3, ev_extra4) AS id;
+$$;
 REVOKE ALL ON FUNCTION
     pgq_proxy.insert_event_by_key(text, text, text, text, text, text, text, text),
+    pgq_proxy.insert_event_bulk_for_key(text, text, text[], text[], text[], text[], text[],
+                                        text[]),
     pgq_proxy.insert_event_bulk_by_key(text, text[], text[], text[]),
     pgq_proxy.insert_event_bulk_by_key(text, text[], text[], text[], text[], text[], text[],
                                        text[])
