@@ -15,20 +15,25 @@ pub const PROXY_CLUSTER: &str = "pgq_partitions";
 /// elements are fine). `insert_event_bulk_for_key` sends events of one key in one call with no
 /// split, and returns their ids as one array: splitting costs the proxy about as much CPU per
 /// event again as the call itself (pgq-bench `partitioned`).
+///
+/// Every name the proxy resolves is schema-qualified (`pg_catalog.hashtext`, `pgq.*` on the
+/// partitions), so a caller's `search_path` picks nothing (tested with a look-alike
+/// `hashtext`). The functions carry no `SET search_path`: with it a split call cost the proxy
+/// about 0.7 µs more per event (measured; PL/Proxy evaluates the hash once per element).
 // language=SQL
 const PROXY_FUNCTIONS: &str = "\
 CREATE FUNCTION pgq_proxy.insert_event_by_key(
     queue_name text, ev_key text, ev_type text, ev_data text,
     ev_extra1 text DEFAULT NULL, ev_extra2 text DEFAULT NULL,
     ev_extra3 text DEFAULT NULL, ev_extra4 text DEFAULT NULL)
-RETURNS bigint LANGUAGE plproxy SET search_path = pg_catalog, pg_temp AS $$
+RETURNS bigint LANGUAGE plproxy AS $$
     CLUSTER 'pgq_partitions';
     RUN ON pg_catalog.hashtext(ev_key);
     TARGET pgq.insert_event_by_key;
 $$;
 CREATE FUNCTION pgq_proxy.insert_event_bulk_by_key(
     queue_name text, ev_keys text[], ev_types text[], ev_datas text[])
-RETURNS SETOF bigint LANGUAGE plproxy SET search_path = pg_catalog, pg_temp AS $$
+RETURNS SETOF bigint LANGUAGE plproxy AS $$
     CLUSTER 'pgq_partitions';
     SPLIT ev_keys, ev_types, ev_datas;
     RUN ON pg_catalog.hashtext(ev_keys);
@@ -37,7 +42,7 @@ $$;
 CREATE FUNCTION pgq_proxy.insert_event_bulk_by_key(
     queue_name text, ev_keys text[], ev_types text[], ev_datas text[],
     ev_extra1 text[], ev_extra2 text[], ev_extra3 text[], ev_extra4 text[])
-RETURNS SETOF bigint LANGUAGE plproxy SET search_path = pg_catalog, pg_temp AS $$
+RETURNS SETOF bigint LANGUAGE plproxy AS $$
     CLUSTER 'pgq_partitions';
     SPLIT ev_keys, ev_types, ev_datas, ev_extra1, ev_extra2, ev_extra3, ev_extra4;
     RUN ON pg_catalog.hashtext(ev_keys);
@@ -47,7 +52,7 @@ CREATE FUNCTION pgq_proxy.insert_event_bulk_for_key(
     queue_name text, ev_key text, ev_types text[], ev_datas text[],
     ev_extra1 text[] DEFAULT NULL, ev_extra2 text[] DEFAULT NULL,
     ev_extra3 text[] DEFAULT NULL, ev_extra4 text[] DEFAULT NULL)
-RETURNS bigint[] LANGUAGE plproxy SET search_path = pg_catalog, pg_temp AS $$
+RETURNS bigint[] LANGUAGE plproxy AS $$
     CLUSTER 'pgq_partitions';
     RUN ON pg_catalog.hashtext(ev_key);
     SELECT pg_catalog.array_agg(id ORDER BY id)
