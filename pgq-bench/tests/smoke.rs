@@ -561,7 +561,11 @@ async fn partitioned_runs_on_small_sizes() -> anyhow::Result<()> {
     let routes = ["direct", "proxy ×1", "proxy ×2", "proxy ×4"];
     let mut expected = Vec::new();
     for shape in ["produce", "produce + consume"] {
-        for (call, reps, events) in [("bulk of 100", 20, 100), ("single event", 200, 1)] {
+        for (call, reps, events) in [
+            ("bulk of 100", 20, 100),
+            ("bulk of 100, one key", 20, 100),
+            ("single event", 200, 1),
+        ] {
             for route in routes {
                 expected.push((shape, format!("{route}, {call}"), reps, events));
             }
@@ -577,7 +581,7 @@ async fn partitioned_runs_on_small_sizes() -> anyhow::Result<()> {
         assert_eq!(s.samples.len(), 1, "{s:?}");
         assert!(s.samples[0].events_per_sec > 0.0, "{s:?}");
     }
-    for call in ["bulk of 100", "single event"] {
+    for call in ["bulk of 100", "bulk of 100, one key", "single event"] {
         let what = format!("CPU per event, {call}");
         for route in routes {
             let at_partition = measure(&report, &what, route, "partition backends µs/event")
@@ -601,9 +605,9 @@ async fn partitioned_runs_on_small_sizes() -> anyhow::Result<()> {
         .unwrap_or_else(|| panic!("no model for {servers} servers"));
         assert!(m.samples[0] >= 1.0, "{m:?}");
     }
-    assert_eq!(report.ratios.len(), 12);
+    assert_eq!(report.ratios.len(), 18);
     assert!(report.ratios.iter().all(|r| r.value.is_some()));
-    all_limits_measured(&report, 3);
+    all_limits_measured(&report, 6);
     let work_dir =
         std::env::temp_dir().join(format!("pgq-bench-partitioned-{}", std::process::id()));
     assert!(!work_dir.exists(), "the work directory was not removed");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgq_core::{NewEvent, QueueSetting};
+use pgq_core::QueueSetting;
 use pgq_testkit::TestDb;
 
 use crate::setup::{consumer, queue, setup};
@@ -96,7 +96,7 @@ async fn two_tickers_at_once_never_deliver_an_event_twice() -> anyhow::Result<()
         "{} events came twice: {twice:?}",
         twice.len()
     );
-    assert_eq!(seen.len() as i64, produced.load(Ordering::Relaxed));
+    assert_eq!(i64::try_from(seen.len())?, produced.load(Ordering::Relaxed));
     Ok(())
 }
 
