@@ -542,18 +542,7 @@ async fn seed_runs_on_a_small_provider() -> anyhow::Result<()> {
 #[tokio::test]
 async fn partitioned_runs_on_small_sizes() -> anyhow::Result<()> {
     let smoke = Smoke::new().await?;
-    let packaged: bool = smoke
-        .maintenance
-        .query_one(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'plproxy')",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !packaged {
-        pgq_testkit::reference_missing(
-            "PL/Proxy for the server's major version (Debian: postgresql-15-plproxy)",
-        )?;
+    if !pgq_testkit::plproxy_available(&smoke.maintenance).await? {
         return Ok(());
     }
     let report = smoke.run(&["partitioned", "--quick"]).await?;

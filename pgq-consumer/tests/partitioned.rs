@@ -166,17 +166,7 @@ async fn applied(dsn: &str) -> anyhow::Result<Vec<String>> {
 async fn proxy(dsns: &[String]) -> anyhow::Result<Option<TestDb>> {
     let db = TestDb::new().await?;
     let mut client = db.client().await?;
-    let packaged: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'plproxy')",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !packaged {
-        pgq_testkit::reference_missing(
-            "PL/Proxy for the server's major version (Debian: postgresql-15-plproxy)",
-        )?;
+    if !pgq_testkit::plproxy_available(&client).await? {
         return Ok(None);
     }
     setup_proxy(&mut client, dsns, LOGICAL).await?;

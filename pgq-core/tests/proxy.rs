@@ -61,24 +61,6 @@ async fn drain(dsn: &str) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// Whether PL/Proxy is packaged for the server; when not, says so (or fails, where the
-/// reference is required).
-async fn plproxy_packaged(client: &Client) -> anyhow::Result<bool> {
-    let packaged: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'plproxy')",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !packaged {
-        pgq_testkit::reference_missing(
-            "PL/Proxy for the server's major version (Debian: postgresql-15-plproxy)",
-        )?;
-    }
-    Ok(packaged)
-}
-
 fn database_of(key: &str, databases: usize) -> usize {
     partition_of(key, LOGICAL) as usize % databases
 }
@@ -88,7 +70,7 @@ async fn proxy_routes_keys_like_the_rust_router_and_survives_a_partition_outage(
 ) -> anyhow::Result<()> {
     let proxy_db = TestDb::new().await?;
     let mut proxy = proxy_db.client().await?;
-    if !plproxy_packaged(&proxy).await? {
+    if !pgq_testkit::plproxy_available(&proxy).await? {
         return Ok(());
     }
     let parts = partitions().await?;
@@ -207,7 +189,7 @@ async fn proxy_routes_keys_like_the_rust_router_and_survives_a_partition_outage(
 async fn proxy_needs_a_grant_and_ignores_a_hostile_search_path() -> anyhow::Result<()> {
     let proxy_db = TestDb::new().await?;
     let mut proxy = proxy_db.client().await?;
-    if !plproxy_packaged(&proxy).await? {
+    if !pgq_testkit::plproxy_available(&proxy).await? {
         return Ok(());
     }
     let mut parts = Vec::new();

@@ -225,20 +225,47 @@ pub async fn reference_available(client: &tokio_postgres::Client) -> Result<bool
         reference_missing("the reference is hidden (PGQ_HIDE_REFERENCE=1)")?;
         return Ok(false);
     }
+    extension_available(
+        client,
+        "pgq",
+        "the reference pgq extension is not available on the test server; install \
+         postgresql-15-pgq3 (the Skytools PGQ extension for the server's major version)",
+    )
+    .await
+}
+
+/// Whether the test server offers PL/Proxy, which the partitioned queue's proxy needs; when
+/// not, see [`reference_missing`].
+///
+/// # Errors
+///
+/// As for [`reference_available`].
+pub async fn plproxy_available(client: &tokio_postgres::Client) -> Result<bool, TestkitError> {
+    extension_available(
+        client,
+        "plproxy",
+        "PL/Proxy for the server's major version (Debian: postgresql-15-plproxy)",
+    )
+    .await
+}
+
+/// Whether extension `name` is available on the server; when not, reports `missing`.
+async fn extension_available(
+    client: &tokio_postgres::Client,
+    name: &str,
+    missing: &str,
+) -> Result<bool, TestkitError> {
     let row = client
         .query_one(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = $1)",
-            &[&"pgq"],
+            &[&name],
         )
         .await
-        .map_err(|e| dsn::pg_error("looking for the reference pgq extension", e))?;
+        .map_err(|e| dsn::pg_error(format!("looking for extension {name}"), e))?;
     if row.get::<_, bool>(0) {
         return Ok(true);
     }
-    reference_missing(
-        "the reference pgq extension is not available on the test server; install \
-         postgresql-15-pgq3 (the Skytools PGQ extension for the server's major version)",
-    )?;
+    reference_missing(missing)?;
     Ok(false)
 }
 
