@@ -1,9 +1,11 @@
 -- pgq-rs: the `pgq` line, version 8: one tick writer per queue at a time.
 --
--- pgq.ticker and pgq.catchup_ticker lock the queue's row before they write a tick. Without it,
--- two tickers at once could give the lower tick id the newer snapshot, and a transaction that
+-- pgq.ticker and pgq.catchup_ticker lock the queue's row before they write a tick. Without it, two
+-- tickers at once could give the lower tick id the newer snapshot, and a transaction that
 -- committed between the two snapshots came in two batches (seen with force_tick beside the
--- daemon). See pgq.ticker(text) below.
+-- daemon). See pgq.ticker(text) below. A whole ticker pass (pgq.catchup_ticker() then
+-- pgq.ticker()) locks its queues by name first, the order pgq.ticker() takes them in, so two
+-- passes at once wait for each other instead of deadlocking.
 --
 -- Run it as `psql -v ON_ERROR_STOP=1 -1 -f 0008_serial_ticks.sql`, or let the Rust installer.
 
@@ -82,8 +84,9 @@ $guard$;
 -- snapshots is then in the batch up to the lower tick and again in the one after the higher
 -- tick, and its events come twice. Under the lock each tick's snapshot is taken after the
 -- previous tick committed, so snapshots grow with tick ids. The lock is FOR NO KEY UPDATE:
--- producers and consumers only read the row, and nothing but a ticker or a settings change
--- waits. Callers must tick in READ COMMITTED, where every statement takes a new snapshot.
+-- producers and consumers only read the row; other tickers, settings changes, table rotation and
+-- drop_queue wait for the ticker's transaction. Callers must tick in READ COMMITTED, where every
+-- statement takes a new snapshot.
 CREATE OR REPLACE FUNCTION pgq.ticker(i_queue_name text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -243,8 +246,10 @@ BEGIN
         || ' WHERE NOT txid_visible_in_snapshot(txid, $1) AND txid_visible_in_snapshot(txid, $2)'
       INTO tx_ids, tx_last, tx_events, tx_time
       USING last_tick.tick_snapshot, cur_snap, finished_xip;
+    -- This transaction runs too, and a snapshot does not list its own: since the queue's lock gave
+    -- it an id before the snapshot, a cut above that id must not count it finished.
     SELECT coalesce(array_agg(x ORDER BY x), '{}') INTO in_progress
-      FROM txid_snapshot_xip(cur_snap) x;
+      FROM (SELECT txid_snapshot_xip(cur_snap) UNION SELECT txid_current()) AS running(x);
     top := txid_snapshot_xmax(last_tick.tick_snapshot) - 1;
 
     FOR i IN 1 .. cardinality(tx_ids) LOOP
@@ -266,6 +271,29 @@ BEGIN
         cut_time := greatest(cut_time, tx_time[i]);
     END LOOP;
     RETURN written;
+END
+$$;
+
+-- The batch cap for every queue ticked here; returns the number of ticks written. Every queue a
+-- ticker pass ticks is locked first, by name: pgq.ticker() after it in the same transaction, and
+-- any other pass, take them in that order, so two passes at once wait instead of deadlocking.
+-- Queues with no more than ticker_max_batch events since their newest tick are then filtered out
+-- in one query.
+CREATE OR REPLACE FUNCTION pgq.catchup_ticker() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM FROM pgq.queue
+      WHERE NOT queue_external_ticker AND NOT queue_ticker_paused
+      ORDER BY queue_name
+        FOR NO KEY UPDATE;
+    RETURN (SELECT coalesce(sum(pgq.catchup_ticker(q.queue_name)), 0)::bigint
+              FROM pgq.queue q
+              JOIN LATERAL (SELECT t.tick_event_seq FROM pgq.tick t
+                             WHERE t.tick_queue = q.queue_id
+                             ORDER BY t.tick_queue DESC, t.tick_id DESC LIMIT 1) top ON true
+             WHERE NOT q.queue_external_ticker AND NOT q.queue_ticker_paused
+               AND pgq._event_seq_value(q.queue_event_seq) - top.tick_event_seq
+                   > q.queue_ticker_max_batch);
 END
 $$;
 

@@ -108,8 +108,8 @@ where
     run_all(tasks, inner).await
 }
 
-/// Calls `connect` until it succeeds, backing off after each failure no retry can fix;
-/// `None` when `cancel` fired first.
+/// Calls `connect` until it succeeds, backing off after each failure a retry can fix;
+/// `None` when `cancel` fired first (also during an attempt).
 async fn keep_connecting<T, F, Fut>(
     dsn: &Dsn,
     config: &ConsumerConfig,
@@ -125,7 +125,11 @@ where
         if cancel.is_cancelled() {
             return Ok(None);
         }
-        match connect().await {
+        let attempt = tokio::select! {
+            attempt = connect() => attempt,
+            () = cancel.cancelled() => return Ok(None),
+        };
+        match attempt {
             Ok(connected) => return Ok(Some(connected)),
             Err(err) if err.is_fatal() => return Err(err),
             Err(err) => {

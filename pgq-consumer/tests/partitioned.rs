@@ -419,7 +419,10 @@ async fn coop_groups_on_every_partition_apply_each_event_once() -> anyhow::Resul
             .query_one("SELECT count(DISTINCT backend) FROM applied", &[])
             .await?
             .get(0);
-        assert_eq!(sessions, 2, "partition {n}");
+        assert!(
+            sessions >= 2,
+            "partition {n}: {sessions} session(s) applied"
+        );
     }
     Ok(())
 }

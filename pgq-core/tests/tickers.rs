@@ -114,17 +114,94 @@ async fn a_second_ticker_waits_for_the_first() -> anyhow::Result<()> {
     let q = queue("serial");
     pgq_core::create_queue(&first, &q).await?;
     pgq_core::set_queue_config(&first, &q, QueueSetting::TickerMaxCount(1)).await?;
+    // No tick for age alone while the test runs, however slow the machine.
+    let hour = Duration::from_secs(3600);
+    pgq_core::set_queue_config(&first, &q, QueueSetting::TickerMaxLag(hour)).await?;
+    pgq_core::set_queue_config(&first, &q, QueueSetting::TickerIdlePeriod(hour)).await?;
     pgq_core::insert_event(&first, &q, "t", "e").await?;
     let tx = first.transaction().await?;
     let ticked = pgq_core::ticker(&tx, &q).await?;
     assert!(ticked.is_some());
 
     let (second, q2) = (db.client().await?, q.clone());
+    let pid: i32 = second
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
     let waiting = tokio::spawn(async move { pgq_core::ticker(&second, &q2).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the second ticker did not wait");
+    let watch = db.client().await?;
+    let mut on_lock = false;
+    for _ in 0..200 {
+        on_lock = watch
+            .query_one(
+                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity \
+                  WHERE pid = $1",
+                &[&pid],
+            )
+            .await?
+            .get(0);
+        if on_lock {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(on_lock, "the second ticker did not wait on a lock");
+    assert!(!waiting.is_finished());
     tx.commit().await?;
     // The first tick took the only new event: nothing is left to tick for.
     assert_eq!(waiting.await??, None);
+    Ok(())
+}
+
+/// Two whole ticker passes at once (catch-up cuts, then every queue), over queues whose
+/// backlogs need cuts: they wait for each other, neither deadlocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_whole_passes_at_once_do_not_deadlock() -> anyhow::Result<()> {
+    if on_extension() {
+        return Ok(());
+    }
+    let db = TestDb::new().await?;
+    let Some(client) = setup(&db).await? else {
+        return Ok(());
+    };
+    let queues: Vec<_> = ["a", "b", "c"].map(queue).to_vec();
+    for q in &queues {
+        pgq_core::create_queue(&client, q).await?;
+        pgq_core::set_queue_config(&client, q, QueueSetting::TickerMaxCount(1)).await?;
+        pgq_core::set_queue_config(&client, q, QueueSetting::TickerMaxBatch(3)).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..2_usize {
+        let (mut producer, queues, stop) = (db.client().await?, queues.clone(), Arc::clone(&stop));
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // Each producer writes the queues in another order.
+                let tx = producer.transaction().await?;
+                for i in 0..queues.len() {
+                    let q = &queues[(i + n) % queues.len()];
+                    for _ in 0..4 {
+                        pgq_core::insert_event(&tx, q, "t", "e").await?;
+                    }
+                }
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    for _ in 0..2 {
+        let (ticker, stop) = (db.client().await?, Arc::clone(&stop));
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                pgq_core::maintenance::ticker_pass_with_catchup(&ticker).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
     Ok(())
 }

@@ -317,7 +317,15 @@ async fn proxy_setup_and_teardown() -> anyhow::Result<()> {
     .await?;
     tokio::spawn(connection);
     let insert = "SELECT pgq_proxy.insert_event_by_key('orders', 'k', 't', 'by the producer')";
-    assert!(producer.execute(insert, &[]).await.is_err());
+    let refused = producer
+        .execute(insert, &[])
+        .await
+        .expect_err("not granted");
+    assert_eq!(
+        refused.code(),
+        Some(&pgq_core::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused:?}"
+    );
     cli(&proxy, &["proxy-grant", "pgq_cli_proxy_producer"], 0).await?;
     producer.execute(insert, &[]).await?;
 
