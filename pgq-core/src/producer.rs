@@ -9,7 +9,7 @@
 //! which then come back as [`Error::Db`]; an unknown queue is recognised with either schema,
 //! because each statement calls PGQ only for a queue row that exists.
 
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 
 use crate::error::{DbContext, Error, Result};
@@ -100,23 +100,39 @@ pub async fn insert_event_ext(
     queue: &QueueName,
     event: &NewEvent,
 ) -> Result<EventId> {
+    insert_one(client, INSERT_EVENT, "insert_event", queue, None, event).await
+}
+
+/// Runs `sql`, a call of one of the schema's single-event inserts that takes the queue name,
+/// `key` when given, and the event's six fields, all as text and in that order, and returns the
+/// new event's id.
+pub(crate) async fn insert_one(
+    client: &impl GenericClient,
+    sql: &str,
+    op: &'static str,
+    queue: &QueueName,
+    key: Option<&str>,
+    event: &NewEvent,
+) -> Result<EventId> {
+    let name = queue.as_str();
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&name, Type::TEXT)];
+    if let Some(key) = &key {
+        params.push((key, Type::TEXT));
+    }
+    params.extend([
+        (&event.ev_type as &(dyn ToSql + Sync), Type::TEXT),
+        (&event.ev_data, Type::TEXT),
+        (&event.extra1, Type::TEXT),
+        (&event.extra2, Type::TEXT),
+        (&event.extra3, Type::TEXT),
+        (&event.extra4, Type::TEXT),
+    ]);
     let row = client
-        .query_typed_opt(
-            INSERT_EVENT,
-            &[
-                (&queue.as_str(), Type::TEXT),
-                (&event.ev_type, Type::TEXT),
-                (&event.ev_data, Type::TEXT),
-                (&event.extra1, Type::TEXT),
-                (&event.extra2, Type::TEXT),
-                (&event.extra3, Type::TEXT),
-                (&event.extra4, Type::TEXT),
-            ],
-        )
+        .query_typed_opt(sql, &params)
         .await
         .map_err(|e| insert_error(queue, e))?
         .ok_or_else(|| queue_not_found(queue))?;
-    Ok(EventId(row.try_get(0).op("insert_event")?))
+    Ok(EventId(row.try_get(0).op(op)?))
 }
 
 /// Inserts many events and returns their ids in the order given. The events go to the server
@@ -181,7 +197,7 @@ pub async fn insert_events(
 }
 
 /// Classifies a failed insert by SQLSTATE.
-pub(crate) fn insert_error(queue: &QueueName, source: tokio_postgres::Error) -> Error {
+fn insert_error(queue: &QueueName, source: tokio_postgres::Error) -> Error {
     let queue = queue.to_string();
     match source.code().map(|c| c.code()) {
         Some("PQQ01") => Error::QueueNotFound { queue },

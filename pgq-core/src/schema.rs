@@ -342,6 +342,12 @@ static MIGRATIONS: &[Migration] = &[
         "generated_columns"
     ),
     migration!(
+        PgqTriggers,
+        "pgq_triggers/0004_column_query.sql",
+        4,
+        "column_query"
+    ),
+    migration!(
         PgqCoop,
         "pgq_coop/0001_initial.sql",
         1,
@@ -393,7 +399,7 @@ macro_rules! current {
 /// own current file). A test installs every line both ways and compares the databases.
 static CURRENT: &[CurrentFile] = &[
     current!(Pgq, "current/pgq.sql", 8),
-    current!(PgqTriggers, "current/pgq_triggers.sql", 3),
+    current!(PgqTriggers, "current/pgq_triggers.sql", 4),
     current!(PgqCoop, "current/pgq_coop.sql", 2),
     current!(PgqExt, "current/pgq_ext.sql", 2),
     current!(Londiste, "current/londiste_rs.sql", 2),

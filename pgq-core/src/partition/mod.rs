@@ -20,14 +20,12 @@ pub use hash::hashtext;
 pub use proxy::{grant_proxy, setup_proxy, teardown_proxy, PROXY_CLUSTER};
 pub use router::{PartitionClient, Router};
 
-use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 
-use crate::error::{DbContext, Error, Result};
+use crate::error::{Error, Result};
 use crate::ident::QueueName;
 use crate::ids::EventId;
-use crate::producer::{insert_error, NewEvent};
-use crate::queue::queue_not_found;
+use crate::producer::{insert_one, NewEvent};
 
 // language=SQL
 const INSERT_EVENT_BY_KEY: &str = "\
@@ -89,22 +87,13 @@ pub async fn insert_event_by_key(
     key: &str,
     event: &NewEvent,
 ) -> Result<EventId> {
-    let row = client
-        .query_typed_opt(
-            INSERT_EVENT_BY_KEY,
-            &[
-                (&queue.as_str(), Type::TEXT),
-                (&key, Type::TEXT),
-                (&event.ev_type, Type::TEXT),
-                (&event.ev_data, Type::TEXT),
-                (&event.extra1, Type::TEXT),
-                (&event.extra2, Type::TEXT),
-                (&event.extra3, Type::TEXT),
-                (&event.extra4, Type::TEXT),
-            ],
-        )
-        .await
-        .map_err(|e| insert_error(queue, e))?
-        .ok_or_else(|| queue_not_found(queue))?;
-    Ok(EventId(row.try_get(0).op("insert_event_by_key")?))
+    insert_one(
+        client,
+        INSERT_EVENT_BY_KEY,
+        "insert_event_by_key",
+        queue,
+        Some(key),
+        event,
+    )
+    .await
 }
