@@ -111,6 +111,11 @@ impl CoopRunner {
 /// # Errors
 ///
 /// The first error of a sub-consumer (connecting or running); the others are stopped then.
+/// [`ConsumerError::NoSubconsumers`] for an empty `subconsumers`.
+///
+/// # Panics
+///
+/// When the handler panics: the other sub-consumers are stopped first, then the panic goes on.
 pub async fn run_coop_group(
     dsn: &Dsn,
     config: ConsumerConfig,
@@ -123,7 +128,7 @@ pub async fn run_coop_group(
     run_runners(runners, cancel).await
 }
 
-/// Connects one [`CoopRunner`] per name in `subconsumers`.
+/// Connects one [`CoopRunner`] per name in `subconsumers`; refuses an empty list.
 pub(crate) async fn connect_coop_group(
     dsn: &Dsn,
     config: ConsumerConfig,
@@ -131,6 +136,12 @@ pub(crate) async fn connect_coop_group(
     dead_interval: Option<Duration>,
     consumer: Arc<dyn Consumer>,
 ) -> Result<Vec<CoopRunner>> {
+    if subconsumers.is_empty() {
+        return Err(ConsumerError::NoSubconsumers {
+            queue: config.queue.to_string(),
+            group: config.consumer.to_string(),
+        });
+    }
     let mut runners = Vec::with_capacity(subconsumers.len());
     for sub in subconsumers {
         let consumer = Arc::clone(&consumer);
@@ -150,17 +161,30 @@ pub(crate) async fn run_runners(runners: Vec<CoopRunner>, cancel: CancellationTo
 }
 
 /// Waits for every task; the first error cancels `inner`, which stops the others, and is
-/// returned.
+/// returned. A task that panicked (a handler's panic) stops the others the same way, and its
+/// panic goes on in the caller once they have stopped.
 pub(crate) async fn run_all(
     mut tasks: tokio::task::JoinSet<Result<()>>,
     inner: CancellationToken,
 ) -> Result<()> {
     let mut first_error = None;
+    let mut panic = None;
     while let Some(joined) = tasks.join_next().await {
-        if let Err(err) = joined.unwrap_or(Ok(())) {
-            inner.cancel();
-            first_error.get_or_insert(err);
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                inner.cancel();
+                first_error.get_or_insert(err);
+            }
+            Err(join) if join.is_panic() => {
+                inner.cancel();
+                panic.get_or_insert(join.into_panic());
+            }
+            Err(_) => {}
         }
+    }
+    if let Some(payload) = panic {
+        std::panic::resume_unwind(payload);
     }
     first_error.map_or(Ok(()), Err)
 }

@@ -104,6 +104,14 @@ pub enum ConsumerError {
     /// The hard-stop timeout expired during shutdown; the batch in hand was rolled back.
     #[error("shutdown timeout expired; the batch in hand was rolled back")]
     HardStopped,
+    /// A cooperative group was to run with no sub-consumer, which would consume nothing.
+    #[error("cooperative group {group:?} on queue {queue:?}: no sub-consumer to run")]
+    NoSubconsumers {
+        /// The queue name.
+        queue: String,
+        /// The group (consumer) name.
+        group: String,
+    },
     /// A `pgq-core` call failed (unknown queue or consumer, database errors, ...).
     #[error(transparent)]
     Core(#[from] pgq_core::Error),
@@ -169,10 +177,12 @@ impl ConsumerError {
         }
     }
 
-    /// Errors no retry can fix: unknown queue or consumer, bad names, schema problems.
+    /// Errors no retry can fix: unknown queue or consumer, bad names, schema problems, a group
+    /// without sub-consumers.
     pub(crate) fn is_fatal(&self) -> bool {
-        matches!(self, ConsumerError::Core(core)
-            if !matches!(core, pgq_core::Error::Db { .. }) && !core.is_connection_lost())
+        matches!(self, ConsumerError::NoSubconsumers { .. })
+            || matches!(self, ConsumerError::Core(core)
+                if !matches!(core, pgq_core::Error::Db { .. }) && !core.is_connection_lost())
     }
 
     /// The runner's error for pgq-core's refusal to lock, record or finish a batch.

@@ -35,6 +35,10 @@ use crate::session::pause;
 ///
 /// The first error no retry can fix (an unknown queue or consumer on a partition); the other
 /// partitions are stopped then.
+///
+/// # Panics
+///
+/// When the handler panics: the other partitions are stopped first, then the panic goes on.
 pub async fn run_partitioned(
     partitions: &[Dsn],
     config: ConsumerConfig,
@@ -62,6 +66,11 @@ pub async fn run_partitioned(
 /// matter; where it does, use more logical partitions over more databases instead.
 ///
 /// # Errors
+///
+/// As for [`run_partitioned`]; [`crate::ConsumerError::NoSubconsumers`] for an empty
+/// `subconsumers`.
+///
+/// # Panics
 ///
 /// As for [`run_partitioned`].
 pub async fn run_partitioned_coop(

@@ -426,3 +426,64 @@ async fn coop_groups_on_every_partition_apply_each_event_once() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// A cooperative group with no sub-consumer would consume nothing: refused at once.
+#[tokio::test]
+async fn an_empty_cooperative_group_is_refused() -> anyhow::Result<()> {
+    let part = crate::common::setup().await?;
+    let queue = QueueName::new(QUEUE)?;
+    let running = pgq_consumer::run_partitioned_coop(
+        std::slice::from_ref(&part.dsn),
+        config(&queue, "group"),
+        Vec::new(),
+        None,
+        Arc::new(Apply::default()),
+        CancellationToken::new(),
+    );
+    let refused = tokio::time::timeout(Duration::from_secs(10), running).await?;
+    assert!(
+        matches!(
+            refused,
+            Err(pgq_consumer::ConsumerError::NoSubconsumers { .. })
+        ),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
+/// A handler that panics on every batch.
+struct Panics;
+
+#[pgq_consumer::async_trait]
+impl pgq_consumer::Consumer for Panics {
+    async fn process_event(
+        &self,
+        _tx: &pgq_core::tokio_postgres::Transaction<'_>,
+        _event: &pgq_core::Event,
+    ) -> Result<(), pgq_consumer::HandlerError> {
+        panic!("the handler's own bug");
+    }
+}
+
+/// A handler's panic on one partition stops the others and reaches the caller, instead of
+/// leaving that partition silently unconsumed.
+#[tokio::test]
+async fn a_handler_panic_stops_every_partition_and_reaches_the_caller() -> anyhow::Result<()> {
+    let parts = [crate::common::setup().await?, crate::common::setup().await?];
+    let queue = QueueName::new(QUEUE)?;
+    let reader = ConsumerName::new("reader")?;
+    pgq_core::register_consumer(&parts[0].client, &queue, &reader).await?;
+    pgq_core::register_consumer(&parts[1].client, &queue, &reader).await?;
+    pgq_core::insert_event(&parts[0].client, &queue, "e", "boom").await?;
+    pgq_core::force_tick(&parts[0].client, &queue).await?;
+    pgq_core::ticker(&parts[0].client, &queue).await?;
+    let dsns: Vec<Dsn> = parts.iter().map(|p| p.dsn.clone()).collect();
+    let running = tokio::spawn({
+        let config = config(&queue, "reader");
+        async move { run_partitioned(&dsns, config, Arc::new(Panics), CancellationToken::new()).await }
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(20), running).await?;
+    let panicked = ended.expect_err("the panic reached the caller");
+    assert!(panicked.is_panic(), "{panicked:?}");
+    Ok(())
+}
